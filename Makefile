@@ -1,0 +1,30 @@
+# make demo   the quickstart on a fresh machine (no network, CPU): config/quickstart.yaml -> results/
+# make test   the test suite (what CI runs)
+# make bench  the benchmarks of bench/ (prints figures; see bench/README.md)
+# Each target installs what it needs into .venv first (torch==2.13.0 before everything else).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) run.py --config config/quickstart.yaml --output results
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) bench/train_throughput.py
+
+clean:
+	rm -rf results .pytest_cache

@@ -1,0 +1,42 @@
+"""The one loss function of the project: token cross-entropy over the non-padded target tokens.
+
+Every number the project reports (training loss, validation/test perplexity, sharpness, landscapes)
+is `sum of token losses / number of target tokens` over a set of batches, never a mean of batch
+means, so batches of different lengths weigh by their tokens and padding never counts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from data.batches import Batch, to_device
+
+
+def summed_token_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
+    """(sum of next-token cross-entropies over the batch's target tokens, their number)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
+                               reduction="sum")
+    return loss_sum, int((targets != -100).sum())
+
+
+@torch.inference_mode()
+def evaluate(model, batches: list[Batch], device) -> float:
+    """Token-weighted mean loss of `model` (in eval mode) over `batches`, accumulated in float64."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss_sum, n = summed_token_loss(model, to_device(batch, device))
+        total += loss_sum.item()
+        count += n
+    model.train(was_training)
+    return total / count
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 700 else math.inf

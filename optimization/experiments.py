@@ -1,0 +1,49 @@
+"""Experiment orchestration: every stage over every (run, seed) of an experiment.
+
+Stages run in the order given and read only what earlier stages wrote to disk:
+  train      -> <output>/<experiment>/<run>/seed-<seed>/{checkpoint.pt, metrics.json, ...}
+  sharpness  -> .../seed-<seed>/{sharpness.json, measurement.pt}
+  landscape  -> .../seed-<seed>/landscape_2d.npz, <output>/<experiment>/interpolation.json, figures/
+  report     -> <output>/<experiment>/{report.md, summary.json}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from optimization.training import train_run
+from utils.config import Experiment, RunConfig
+from utils.errors import ConfigError
+
+STAGES = ("train", "sharpness", "landscape", "report")
+
+
+def experiment_dir(output: Path, experiment: Experiment) -> Path:
+    return Path(output) / experiment.name
+
+
+def run_dir(output: Path, experiment: Experiment, run: RunConfig) -> Path:
+    return experiment_dir(output, experiment) / run.name / f"seed-{run.seed}"
+
+
+def parse_stages(text: str) -> list[str]:
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise ConfigError(f"--stages: unknown stage {unknown[0] if unknown else text!r} (stages: {', '.join(STAGES)})")
+    return stages
+
+
+def train_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    for run in experiment.jobs():
+        train_run(run, run_dir(output, experiment, run), force=force,
+                  label=f"{experiment.name}/{run.name}/seed-{run.seed}")
+
+
+def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
+    handlers = {"train": train_stage}
+    for stage in stages:
+        if stage not in handlers:
+            raise ConfigError(f"--stages: the {stage} stage is not built yet (available: {', '.join(handlers)})")
+    for stage in stages:
+        handlers[stage](experiment, Path(output), force)

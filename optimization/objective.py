@@ -1,0 +1,113 @@
+"""L(θ): the loss of one model on one fixed set of batches, as a function of its weights.
+
+Sharpness and loss landscapes both stand on this object, so every metric sees the same data and
+the same definition of the loss (`summed_token_loss`, token-weighted across batches, model in eval
+mode, fp32). Vectors in weight space are flat fp32 tensors on the model's device, ordered like
+`model.parameters()` (tied weights, such as GPT-2's wte/lm_head, appear once).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from data.batches import Batch, count_targets, to_device
+from optimization.evaluation import summed_token_loss
+
+
+class Objective:
+    def __init__(self, model, batches: list[Batch], hvp_mode: str = "reverse"):
+        if hvp_mode not in ("reverse", "forward"):
+            raise ValueError(f"hvp_mode must be 'reverse' or 'forward', got {hvp_mode!r}")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        self.batches = [to_device(b, self.device) for b in batches]
+        self.n_tokens = sum(count_targets(b) for b in self.batches)
+        self.hvp_mode = hvp_mode
+        self.names, self.params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+        self.base = self.flatten([p.detach() for p in self.params]).clone()
+        self.dim = self.base.numel()
+        self.hvp_count = 0
+
+    # ---- vectors ---------------------------------------------------------------------------
+    def flatten(self, tensors) -> torch.Tensor:
+        return torch.cat([t.reshape(-1).float() for t in tensors])
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Per-parameter views of a flat vector (no copy)."""
+        return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
+
+    # ---- moving the weights ----------------------------------------------------------------
+    @torch.no_grad()
+    def move_to(self, coefficients=(), directions=()) -> None:
+        """Set the weights in place to base + Σ cᵢ·dᵢ (no copy of the model, no flattening)."""
+        torch._foreach_copy_(self.params, self.views(self.base))
+        for c, d in zip(coefficients, directions):
+            if c:
+                torch._foreach_add_(self.params, self.views(d), alpha=float(c))
+
+    def restore(self) -> None:
+        self.move_to()
+
+    @contextmanager
+    def moved(self, coefficients, directions):
+        self.move_to(coefficients, directions)
+        try:
+            yield
+        finally:
+            self.restore()
+
+    # ---- loss and its derivatives ---------------------------------------------------------
+    @torch.inference_mode()
+    def loss(self) -> float:
+        """L at the current weights (forward passes only; SDPA attention)."""
+        return sum(summed_token_loss(self.model, b)[0].item() for b in self.batches) / self.n_tokens
+
+    def loss_and_grad(self) -> tuple[float, torch.Tensor]:
+        total, grad = 0.0, torch.zeros_like(self.base)
+        for b in self.batches:
+            loss_sum, _ = summed_token_loss(self.model, b)
+            grads = torch.autograd.grad(loss_sum / self.n_tokens, self.params)
+            grad += self.flatten(grads)
+            total += loss_sum.item()
+        return total / self.n_tokens, grad
+
+    def hvp(self, vector: torch.Tensor) -> torch.Tensor:
+        """Exact H·v at the current weights (no finite differences), summed batch by batch.
+
+        SDPA's fused CPU kernel has no double backward, so second-order passes use its math kernel."""
+        self.hvp_count += 1
+        result = torch.zeros_like(self.base)
+        with sdpa_kernel(SDPBackend.MATH):
+            for b in self.batches:
+                result += self._batch_hvp(b, vector)
+        return result
+
+    def _batch_hvp(self, batch: Batch, vector: torch.Tensor) -> torch.Tensor:
+        if self.hvp_mode == "reverse":  # reverse-over-reverse: grad of (∇L · v)
+            loss_sum, _ = summed_token_loss(self.model, batch)
+            grads = torch.autograd.grad(loss_sum / self.n_tokens, self.params, create_graph=True)
+            return self.flatten(torch.autograd.grad(grads, self.params, grad_outputs=self.views(vector)))
+        # forward-over-reverse: a jvp of the gradient function
+        from torch.func import functional_call, grad, jvp
+
+        def batch_loss(params):
+            weights = dict(zip(self.names, params))
+            loss_sum, _ = summed_token_loss(_Bound(self.model, weights, functional_call), batch)
+            return loss_sum / self.n_tokens
+
+        primals = tuple(p.detach() for p in self.params)
+        _, hv = jvp(grad(batch_loss), (primals,), (tuple(self.views(vector)),))
+        return self.flatten(hv)
+
+
+class _Bound:
+    """Calls `model` with substituted weights (torch.func), with the signature summed_token_loss uses."""
+
+    def __init__(self, model, weights, functional_call):
+        self.model, self.weights, self.functional_call = model, weights, functional_call
+
+    def __call__(self, **inputs):
+        return self.functional_call(self.model, self.weights, (), inputs)

@@ -1,0 +1,222 @@
+"""Fine-tune (or train from scratch) one run for one seed, with exact resume.
+
+Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
+  init.pt         the weights before the first step
+  last.pt         written after every epoch while the run is unfinished: model, optimizer, scheduler,
+                  RNG state and history; an interrupted run continues from it with bit-identical
+                  results on CPU (the data order is a pure function of seed and epoch)
+  checkpoint.pt   the final weights (last.pt is then removed)
+  metrics.json    learning curves, test loss, cost and provenance
+  tokenizer/      the tokenizer, when it is not a hub id
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from data.batches import batches_in_order, epoch_order, fixed_batches, to_device, tokenize
+from data.corpus import load_texts
+from models.checkpoint import TOKENIZER_DIR, read_checkpoint, save_checkpoint
+from models.models import build_model, build_tokenizer, load_tokenizer, tokenizer_is_hub_id
+from optimization.evaluation import evaluate, perplexity, summed_token_loss
+from utils.config import RunConfig
+from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
+from utils.errors import UserError
+from utils.io import atomic_dir, read_json, versions, write_json
+
+
+def training_fingerprint(run: RunConfig) -> str:
+    """Hash of everything that determines the trained weights (not the device or later stages)."""
+    settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": asdict(run.train)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def is_trained(run: RunConfig, run_dir: Path) -> bool:
+    metrics = run_dir / "metrics.json"
+    return (run_dir / "checkpoint.pt").is_file() and metrics.is_file() and \
+        read_json(metrics).get("fingerprint") == training_fingerprint(run)
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer, cfg, total_steps: int):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "cosine":
+            progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _run_tokenizer(run: RunConfig, run_dir: Path, train_texts: list[str], resuming: bool):
+    """The run's tokenizer and how checkpoints refer to it: a hub id, or the folder saved with the run."""
+    if tokenizer_is_hub_id(run.model):
+        return build_tokenizer(run.model, train_texts), run.model.tokenizer or run.model.name
+    saved = run_dir / TOKENIZER_DIR
+    if resuming and saved.is_dir():
+        return load_tokenizer(str(saved)), TOKENIZER_DIR
+    return build_tokenizer(run.model, train_texts), TOKENIZER_DIR
+
+
+def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "") -> dict:
+    """Train one run into `run_dir` (resuming or skipping as appropriate); return its metrics."""
+    run_dir = Path(run_dir)
+    label = label or f"{run.name}/seed-{run.seed}"
+    fingerprint = training_fingerprint(run)
+    if not force and is_trained(run, run_dir):
+        print(f"{label}: already trained with this config; skipping (--force retrains)")
+        return read_json(run_dir / "metrics.json")
+
+    device = resolve_device(run.device)
+    if run.train.precision == "bf16" and device.type != "cuda":
+        raise UserError(f"{label}: train.precision bf16 needs a CUDA device (got {device}); use fp32 on CPU")
+
+    last = run_dir / "last.pt"
+    resume = None
+    if last.is_file() and not force:
+        resume = read_checkpoint(last)
+        if resume.get("fingerprint") != fingerprint:
+            print(f"{label}: the config changed since the unfinished run; starting over")
+            resume = None
+
+    texts = load_texts(run.data)
+    tokenizer, tokenizer_ref = _run_tokenizer(run, run_dir, texts.train, resuming=resume is not None)
+    model = build_model(run.model, tokenizer, run.seed).to(device)
+    if resume is None:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a fresh start: nothing stale (checkpoints, measurements) may survive
+        run_dir.mkdir(parents=True)
+        if tokenizer_ref == TOKENIZER_DIR:
+            with atomic_dir(run_dir / TOKENIZER_DIR) as tmp:
+                tokenizer.save_pretrained(str(tmp))
+    pad_id = tokenizer.eos_token_id
+    train_seqs = tokenize(texts.train, tokenizer, run.data.max_length)
+    lengths = [len(s) for s in train_seqs]
+    val_batches = fixed_batches(tokenize(texts.validation, tokenizer, run.data.max_length), run.train.eval_batch_size, pad_id)
+    test_batches = fixed_batches(tokenize(texts.test, tokenizer, run.data.max_length), run.train.eval_batch_size, pad_id)
+
+    steps_per_epoch = math.ceil(len(train_seqs) / run.train.batch_size)
+    optimizer = make_optimizer(model.parameters(), run.train)
+    scheduler = make_scheduler(optimizer, run.train, steps_per_epoch * run.train.epochs)
+    history = {"train_loss": [], "val_loss": [], "val_perplexity": [], "lr": []}
+    train_time, train_tokens, start_epoch = 0.0, 0, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        history = resume["history"]
+        train_time, train_tokens, start_epoch = resume["train_time_s"], resume["train_tokens"], resume["epoch"]
+        _set_rng_state(resume["rng"], device)
+        print(f"{label}: resuming after epoch {start_epoch} of {run.train.epochs}")
+    else:
+        save_checkpoint(run_dir / "init.pt", model, run, 0, tokenizer_ref, fingerprint)
+        torch.manual_seed(run.seed)  # dropout draws do not depend on how the model was built
+        history["init_val_loss"] = evaluate(model, val_batches, device)
+
+    reset_peak_memory(device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.train.precision == "bf16")
+    for epoch in range(start_epoch, run.train.epochs):
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_total, target_total, epoch_tokens = 0.0, 0, 0
+        order = epoch_order(lengths, run.data.order, run.seed, epoch)
+        batches = batches_in_order(train_seqs, order, run.train.batch_size, pad_id)
+        bar = tqdm(batches, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{run.train.epochs}",
+                   leave=False, dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            batch = to_device(batch, device)
+            with autocast:
+                loss_sum, n_targets = summed_token_loss(model, batch)
+            loss = loss_sum / n_targets
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if run.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
+            value = loss_sum.item()
+            if not math.isfinite(value):
+                kept = "last.pt" if last.is_file() else "init.pt"
+                raise UserError(f"{label}: the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                                f"stopped, {run_dir / kept} keeps the last good weights "
+                                "(lower train.lr or set train.grad_clip)")
+            optimizer.step()
+            scheduler.step()
+            loss_total += value
+            target_total += n_targets
+            epoch_tokens += int(batch["attention_mask"].sum())
+            elapsed = time.perf_counter() - epoch_start
+            bar.set_postfix(loss=f"{loss_total / target_total:.4f}", tok_s=f"{epoch_tokens / max(elapsed, 1e-9):.0f}")
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - epoch_start
+        train_tokens += epoch_tokens
+        val_loss = evaluate(model, val_batches, device)
+        if not math.isfinite(val_loss):
+            raise UserError(f"{label}: the validation loss became {val_loss} after epoch {epoch + 1}; stopped "
+                            "(lower train.lr or set train.grad_clip)")
+        history["train_loss"].append(loss_total / target_total)
+        history["val_loss"].append(val_loss)
+        history["val_perplexity"].append(perplexity(val_loss))
+        history["lr"].append(scheduler.get_last_lr()[0])
+        print(f"{label} epoch {epoch + 1}/{run.train.epochs}: train loss {history['train_loss'][-1]:.4f}, "
+              f"val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}")
+        if epoch + 1 < run.train.epochs:
+            save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            rng=_rng_state(device), history=history, train_time_s=train_time,
+                            train_tokens=train_tokens)
+
+    test_loss = evaluate(model, test_batches, device)
+    save_checkpoint(run_dir / "checkpoint.pt", model, run, run.train.epochs, tokenizer_ref, fingerprint)
+    metrics = {
+        "run": run.name,
+        "seed": run.seed,
+        "fingerprint": fingerprint,
+        **history,
+        "test_loss": test_loss,
+        "test_perplexity": perplexity(test_loss),
+        "epochs": run.train.epochs,
+        "n_train_texts": len(train_seqs),
+        "train_time_s": train_time,
+        "train_tokens": train_tokens,
+        "tokens_per_s": train_tokens / max(train_time, 1e-9),
+        "peak_memory_mb": peak_memory_mb(device),
+        "device": str(device),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "versions": versions(),
+        "config": run.to_dict(),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    last.unlink(missing_ok=True)
+    print(f"{label}: done; test loss {test_loss:.4f}, test ppl {perplexity(test_loss):.2f}, "
+          f"{metrics['tokens_per_s']:.0f} tokens/s")
+    return metrics

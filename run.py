@@ -1,0 +1,48 @@
+"""Run the stages of an experiment.
+
+    python run.py --config config/exp1.yaml [--stages train,sharpness,landscape,report]
+                  [--runs NAME ...] [--set key=value ...] [--output results] [--device auto] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from optimization.experiments import STAGES, parse_stages, run_experiment
+from utils.config import load_experiment
+from utils.errors import UserError
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="experiment YAML file, e.g. config/exp1.yaml")
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
+    parser.add_argument("--runs", nargs="+", metavar="NAME", help="only these runs of the experiment")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field for every run, e.g. --set train.lr=0.01 (repeatable)")
+    parser.add_argument("--output", default="results", help="results folder (default: results)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set device=...)")
+    parser.add_argument("--force", action="store_true", help="redo work that is already done for these settings")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        overrides = args.overrides + ([f"device={args.device}"] if args.device else [])
+        experiment = load_experiment(args.config, overrides, args.runs)
+        stages = parse_stages(args.stages)
+        run_experiment(experiment, stages, args.output, force=args.force)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny experiments on the builtin corpus that train in about a second on a CPU."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the network
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+TINY = """
+device: cpu
+data: {source: builtin, n_train: 48, n_val: 16, n_test: 16, max_length: 32}
+model:
+  init: scratch
+  tokenizer: bpe
+  bpe_vocab_size: 300
+  config: {n_layer: 2, n_embd: 32, n_head: 2, n_positions: 32}
+train: {optimizer: sgd, lr: 0.3, momentum: 0.9, batch_size: 8, epochs: 2, eval_batch_size: 8}
+"""
+
+
+@pytest.fixture
+def write_config(tmp_path):
+    """Write a YAML experiment file (tiny settings unless `tiny=False`) and return its path."""
+
+    def write(text: str = "", name: str = "exp.yaml", tiny: bool = True) -> Path:
+        path = tmp_path / name
+        body = textwrap.dedent(text)
+        if tiny:
+            (tmp_path / "tiny.yaml").write_text(textwrap.dedent(TINY))
+            body = "extends: tiny.yaml\n" + body
+        path.write_text(body)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def tiny_experiment(write_config):
+    from utils.config import load_experiment
+
+    def make(text: str = "", overrides=()):
+        return load_experiment(write_config(text), list(overrides))
+
+    return make
+
+
+@pytest.fixture
+def tiny_model_and_tokenizer():
+    """A 2-layer, 32-wide GPT-2 with a byte-level tokenizer (random weights, seeded)."""
+    from models.models import build_model, byte_tokenizer
+    from utils.config import ModelConfig
+
+    tokenizer = byte_tokenizer()
+    cfg = ModelConfig(init="scratch", config={"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64})
+    return build_model(cfg, tokenizer, seed=0), tokenizer

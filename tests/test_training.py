@@ -1,0 +1,134 @@
+"""Training: it learns, checkpoints round-trip, resume is exact, NaN stops, finished runs are skipped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import optimization.training as training
+import run
+from models.checkpoint import load_trained
+from optimization.experiments import run_dir, train_stage
+from utils.errors import UserError
+
+
+def test_training_lowers_the_loss_and_writes_every_output(tiny_experiment, tmp_path):
+    exp = tiny_experiment("train: {epochs: 3}\n")
+    train_stage(exp, tmp_path, force=False)
+    folder = run_dir(tmp_path, exp, exp.runs[0])
+    assert folder == tmp_path / "exp" / "default" / "seed-42"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["train_loss"][-1] < metrics["train_loss"][0]
+    assert metrics["val_loss"][-1] < metrics["init_val_loss"]
+    assert len(metrics["val_perplexity"]) == 3 and metrics["test_perplexity"] == pytest.approx(
+        torch.tensor(metrics["test_loss"]).exp().item(), rel=1e-6)
+    for key in ("train_time_s", "tokens_per_s", "peak_memory_mb", "seed", "versions"):
+        assert key in metrics
+    assert set(metrics["versions"]) == {"torch", "transformers", "git_commit"}
+    assert (folder / "tokenizer" / "tokenizer.json").is_file()
+    assert not (folder / "last.pt").exists()
+    assert not [p for p in folder.rglob("*") if ".tmp" in p.name]
+
+
+def test_checkpoints_load_with_weights_only_and_rebuild_the_model(tiny_experiment, tmp_path):
+    exp = tiny_experiment("train: {epochs: 1}\n")
+    train_stage(exp, tmp_path, force=False)
+    folder = run_dir(tmp_path, exp, exp.runs[0])
+    for name, epoch in (("init.pt", 0), ("checkpoint.pt", 1)):
+        ckpt = torch.load(folder / name, weights_only=True)
+        assert {"model", "model_config", "config", "epoch"} <= set(ckpt) and ckpt["epoch"] == epoch
+        assert ckpt["config"]["train"]["epochs"] == 1 and ckpt["model_config"]["n_layer"] == 2
+        trained = load_trained(folder / name)
+        assert all(torch.equal(trained.model.state_dict()[k], v) for k, v in ckpt["model"].items())
+        assert trained.run.train.lr == exp.runs[0].train.lr and len(trained.tokenizer) == 300
+    init, final = (torch.load(folder / n, weights_only=True)["model"] for n in ("init.pt", "checkpoint.pt"))
+    assert not torch.equal(init["transformer.wte.weight"], final["transformer.wte.weight"])
+
+
+def test_corrupt_or_missing_checkpoint_is_one_clear_error(tmp_path):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        load_trained(bad)
+    with pytest.raises(UserError, match="not found"):
+        load_trained(tmp_path / "missing.pt")
+
+
+def _weights(folder):
+    return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("order", ["random", "sorted"])
+def test_kill_and_resume_gives_bit_identical_weights(tiny_experiment, tmp_path, monkeypatch, order):
+    exp = tiny_experiment(f"train: {{epochs: 3}}\ndata: {{order: {order}}}\n")
+    train_stage(exp, tmp_path / "straight", force=False)
+
+    calls = {"n": 0}
+    real_loss = training.summed_token_loss
+
+    def killed_in_third_epoch(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 15:  # 6 steps per epoch: step 3 of epoch 3
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(training, "summed_token_loss", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(exp, tmp_path / "resumed", force=False)
+    folder = run_dir(tmp_path / "resumed", exp, exp.runs[0])
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 2
+    assert not (folder / "checkpoint.pt").exists()
+    monkeypatch.setattr(training, "summed_token_loss", real_loss)
+    train_stage(exp, tmp_path / "resumed", force=False)
+
+    straight, resumed = _weights(run_dir(tmp_path / "straight", exp, exp.runs[0])), _weights(folder)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    a, b = (json.loads((run_dir(tmp_path / d, exp, exp.runs[0]) / "metrics.json").read_text())
+            for d in ("straight", "resumed"))
+    assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(write_config, tmp_path, monkeypatch, capsys):
+    real_loss = training.summed_token_loss
+    calls = {"n": 0}
+
+    def nan_in_second_epoch(model, batch):
+        calls["n"] += 1
+        loss_sum, n = real_loss(model, batch)
+        return (loss_sum * float("nan") if calls["n"] == 8 else loss_sum), n
+
+    monkeypatch.setattr(training, "summed_token_loss", nan_in_second_epoch)
+    out = tmp_path / "out"
+    code = run.main(["--config", str(write_config()), "--output", str(out), "--stages", "train"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "training loss became nan at epoch 2, step 2" in err and len(err.strip().splitlines()) == 1
+    folder = out / "exp" / "default" / "seed-42"
+    assert torch.load(folder / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (folder / "checkpoint.pt").exists() and not (folder / "metrics.json").exists()
+
+
+def test_finished_runs_are_skipped_unless_forced_or_changed(tiny_experiment, tmp_path, capsys):
+    exp = tiny_experiment("train: {epochs: 1}\n")
+    train_stage(exp, tmp_path, force=False)
+    folder = run_dir(tmp_path, exp, exp.runs[0])
+    stamp = (folder / "checkpoint.pt").stat().st_mtime_ns
+    capsys.readouterr()
+    train_stage(exp, tmp_path, force=False)
+    assert "already trained with this config; skipping" in capsys.readouterr().out
+    assert (folder / "checkpoint.pt").stat().st_mtime_ns == stamp
+    train_stage(exp, tmp_path, force=True)
+    assert (folder / "checkpoint.pt").stat().st_mtime_ns != stamp
+    changed = tiny_experiment("train: {epochs: 1, lr: 0.1}\n")
+    stamp = (folder / "checkpoint.pt").stat().st_mtime_ns
+    train_stage(changed, tmp_path, force=False)
+    assert (folder / "checkpoint.pt").stat().st_mtime_ns != stamp
+    assert json.loads((folder / "metrics.json").read_text())["config"]["train"]["lr"] == 0.1
+
+
+def test_bf16_on_cpu_is_refused(tiny_experiment, tmp_path):
+    exp = tiny_experiment("train: {precision: bf16}\n")
+    with pytest.raises(UserError, match="bf16 needs a CUDA device"):
+        train_stage(exp, tmp_path, force=False)

@@ -1,0 +1,408 @@
+"""Typed experiment configuration.
+
+An experiment file (YAML) may `extends:` another file (usually config/base.yaml), overrides any
+field of the schema below, lists `seeds`, and names `runs`, each of which overrides fields again:
+
+    extends: base.yaml
+    seeds: [42]
+    train: {optimizer: sgd, lr: 1.0e-3}
+    runs:
+      bs4:  {train: {batch_size: 4}}
+      bs24: {train: {batch_size: 24, weight_decay: 5.0e-4}}
+
+Layers apply in order: dataclass defaults < extended files < experiment file < run < `--set`.
+Every error names the file (or `--set`) and the dotted key, and is raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from utils.errors import ConfigError
+
+
+def option(default, doc: str = "", *, ge=None, gt=None, le=None, lt=None):
+    """A schema field with a default, a one-line description and optional numeric bounds."""
+    metadata = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class DataConfig:
+    source: Literal["hub", "local", "builtin"] = option("hub", "where texts come from")
+    dataset: str = option("wikitext", "hub dataset id (source: hub)")
+    subset: str = option("wikitext-2-raw-v1", "hub dataset configuration (source: hub)")
+    path: str = option("", "folder with wiki.{train,valid,test}.{raw,tokens}, *.txt or *.parquet (source: local)")
+    min_text_length: int = option(50, "keep stripped lines longer than this many characters", ge=0)
+    max_length: int = option(128, "truncate every text to this many tokens", ge=2)
+    n_train: int = option(1000, "first N filtered training texts", ge=1)
+    n_val: int = option(100, "first N filtered validation texts", ge=1)
+    n_test: int = option(100, "first N filtered test texts", ge=1)
+    order: Literal["random", "sorted"] = option("random", "training order: reshuffled each epoch, or short-to-long")
+
+
+@dataclass
+class ModelConfig:
+    name: str = option("distilgpt2", "hub id or local folder of a causal LM (init: pretrained)")
+    init: Literal["pretrained", "scratch"] = option("pretrained", "load weights, or initialise randomly")
+    arch: Literal["", "distilgpt2", "gpt2"] = option("", "GPT-2 shape preset for init: scratch")
+    config: dict = option({}, "GPT2Config fields for init: scratch (override the arch preset)")
+    tokenizer: str = option("", "'' (same as name), a hub id, a folder, 'bytes', or 'bpe' (trained on train split)")
+    bpe_vocab_size: int = option(1024, "vocabulary size of the 'bpe' tokenizer", ge=260)
+
+
+@dataclass
+class TrainConfig:
+    optimizer: Literal["sgd", "adamw"] = option("sgd", "optimizer")
+    lr: float = option(1e-3, "learning rate", gt=0)
+    momentum: float = option(0.0, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(0.0, "weight decay (decoupled for AdamW)", ge=0)
+    batch_size: int = option(8, "texts per step", ge=1)
+    epochs: int = option(60, "passes over the training texts", ge=1)
+    grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)", ge=0)
+    schedule: Literal["constant", "cosine"] = option("constant", "learning-rate schedule after warmup")
+    warmup_steps: int = option(0, "linear warmup steps", ge=0)
+    precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast needs CUDA")
+    eval_batch_size: int = option(16, "texts per batch for validation and test", ge=1)
+
+
+@dataclass
+class RunConfig:
+    name: str = option("default", "run name (set from the `runs:` key)")
+    seed: int = option(42, "seed of this run (set from `seeds:`)", ge=0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Experiment:
+    name: str
+    source: Path
+    seeds: list[int]
+    runs: list[RunConfig]  # one per run name, with seed = seeds[0]
+
+    def jobs(self) -> list[RunConfig]:
+        """Every (run, seed) pair, runs outermost."""
+        return [dataclasses.replace(run, seed=seed) for run in self.runs for seed in self.seeds]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files: the tree of raw values, each leaf remembering where it was written.
+
+_EXPERIMENT_KEYS = {"extends", "experiment", "seeds", "runs"}
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid syntax"
+        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def _schema_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _resolve_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _all_keys(cls=None, prefix: str = "") -> list[str]:
+    """Every settable dotted key of the schema."""
+    keys = []
+    for name, kind in _resolve_types(cls or RunConfig).items():
+        if dataclasses.is_dataclass(kind):
+            keys += _all_keys(kind, f"{prefix}{name}.")
+        elif (prefix or name not in ("name", "seed")):
+            keys.append(prefix + name)
+    return keys
+
+
+def _unknown_key(source: str, dotted: str, candidates: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{source}: {dotted}: unknown key{hint}")
+
+
+def _flatten(tree: dict, source: str, root: str = "", cls=None, prefix: str = "") -> dict:
+    """Nested mapping -> {dotted schema key: (value, origin)}; unknown keys are errors.
+
+    `root` is where the mapping sits in its file (e.g. 'runs.bs4.'), so errors quote the key as written.
+    """
+    cls = cls or RunConfig
+    flat = {}
+    types = _resolve_types(cls)
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if not isinstance(key, str) or key not in types or (cls is RunConfig and key in ("name", "seed")):
+            candidates = _all_keys() + ([] if root else sorted(_EXPERIMENT_KEYS))
+            raise _unknown_key(source, root + dotted, [root + k for k in candidates])
+        if dataclasses.is_dataclass(types[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {root}{dotted}: expected a mapping of {key} settings, got {value!r}")
+            flat.update(_flatten(value, source, root, types[key], f"{dotted}."))
+        else:
+            flat[dotted] = (value, f"{source}: {root}{dotted}")
+    return flat
+
+
+def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict, dict]:
+    """(flat settings, experiment keys, flat run overrides by run name) of a file and its parents."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: extends itself through {' -> '.join(str(p) for p in chain)}")
+    raw = _read_yaml(path)
+    source = _display(path)
+    flat, meta, runs = {}, {}, {}
+    if "extends" in raw:
+        parent = raw["extends"]
+        if not isinstance(parent, str):
+            raise ConfigError(f"{source}: extends: expected a file name, got {parent!r}")
+        flat, meta, runs = _load_layers(path.parent / parent, chain + (path,))
+    for key in ("experiment", "seeds"):
+        if key in raw:
+            meta[key] = (raw[key], f"{source}: {key}")
+    settings = {k: v for k, v in raw.items() if k not in _EXPERIMENT_KEYS}
+    flat = _merge(flat, _flatten(settings, source))
+    if "runs" in raw:
+        listed = raw["runs"]
+        if not isinstance(listed, dict) or not listed:
+            raise ConfigError(f"{source}: runs: expected a mapping of run names to their settings")
+        runs = {}
+        for name, overrides in listed.items():
+            if not isinstance(name, str) or not _RUN_NAME.match(name):
+                raise ConfigError(f"{source}: runs.{name}: run names use letters, digits, '_', '-' and '.'")
+            if overrides is not None and not isinstance(overrides, dict):
+                raise ConfigError(f"{source}: runs.{name}: expected a mapping of settings, got {overrides!r}")
+            runs[name] = _flatten(overrides or {}, source, root=f"runs.{name}.")
+    return flat, meta, runs
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Typed values.
+
+def _coerce(value, expected, origin: str):
+    def fail(what: str):
+        return ConfigError(f"{origin}: expected {what}, got {value!r}")
+
+    if typing.get_origin(expected) is Literal:
+        choices = typing.get_args(expected)
+        if value is None and "" in choices:
+            return ""
+        if value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{origin}: must be one of {', '.join(repr(c) for c in choices)}, got {value!r}{hint}")
+        return value
+    if expected is bool:
+        if not isinstance(value, bool):
+            raise fail("true or false")
+        return value
+    if expected is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise fail("an integer")
+        return value
+    if expected is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise fail("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise fail("a number")
+        return float(value)
+    if expected is str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise fail("a string")
+        return value
+    if expected is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        return dict(value)
+    if typing.get_origin(expected) is list:
+        (item_type,) = typing.get_args(expected)
+        if not isinstance(value, list):
+            value = [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
+        if not isinstance(value, list) or not value:
+            raise fail(f"a non-empty list of {item_type.__name__}s")
+        return [_coerce(v, item_type, origin) for v in value]
+    raise TypeError(f"unsupported schema type {expected}")
+
+
+def _check_bounds(value, f: dataclasses.Field, origin: str):
+    meta = f.metadata
+    for bound, ok, words in (
+        ("ge", lambda v, b: v >= b, ">="),
+        ("gt", lambda v, b: v > b, ">"),
+        ("le", lambda v, b: v <= b, "<="),
+        ("lt", lambda v, b: v < b, "<"),
+    ):
+        b = meta.get(bound)
+        if b is None:
+            continue
+        for v in value if isinstance(value, list) else [value]:
+            if not ok(v, b):
+                raise ConfigError(f"{origin}: must be {words} {b}, got {v!r}")
+
+
+def _build(cls, flat: dict, prefix: str = ""):
+    types = _resolve_types(cls)
+    kwargs = {}
+    for name, f in _schema_fields(cls).items():
+        dotted = prefix + name
+        if dataclasses.is_dataclass(types[name]):
+            kwargs[name] = _build(types[name], flat, dotted + ".")
+        elif dotted in flat:
+            value, origin = flat[dotted]
+            value = _coerce(value, types[name], origin)
+            _check_bounds(value, f, origin)
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line overrides and cross-field checks.
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.lr=0.01' -> ('train.lr', 0.01); the value is read as YAML, then typed by the schema."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text}: expected KEY=VALUE, e.g. --set train.lr=0.01")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
+    keys = _all_keys()
+    for text in overrides:
+        key, value = parse_override(text)
+        origin = f"--set {key}"
+        if key in ("seeds", "experiment"):
+            meta[key] = (value, origin)
+        elif key.startswith("model.config."):
+            flat.setdefault("model.config", ({}, origin))
+            merged = dict(flat["model.config"][0] or {})
+            merged[key[len("model.config."):]] = value
+            flat["model.config"] = (merged, origin)
+        elif key not in keys:
+            raise _unknown_key("--set", key, keys + ["seeds", "experiment"])
+        else:
+            flat[key] = (value, origin)
+
+
+def _merge(base: dict, top: dict) -> dict:
+    merged = dict(base)
+    for key, (value, origin) in top.items():
+        if key == "model.config" and key in merged and isinstance(value, dict) and isinstance(merged[key][0], dict):
+            value = {**merged[key][0], **value}
+        merged[key] = (value, origin)
+    return merged
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("/", "./", "../", "~"))
+
+
+def _check_run(run: RunConfig, flat: dict) -> None:
+    def where(key: str) -> str:
+        return flat[key][1] if key in flat else f"(default) {key}"
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", run.device):
+        raise ConfigError(f"{where('device')}: must be auto, cpu, cuda or cuda:N, got {run.device!r}")
+    if run.data.source == "local":
+        if not run.data.path:
+            raise ConfigError(f"{where('data.source')}: source 'local' needs data.path (a folder of text or parquet files)")
+        if not Path(run.data.path).expanduser().is_dir():
+            raise ConfigError(f"{where('data.path')}: folder not found: {run.data.path}")
+    for key in ("model.name", "model.tokenizer"):
+        value = getattr(run.model, key.split(".")[1])
+        if value and _looks_like_path(value) and not Path(value).expanduser().exists():
+            raise ConfigError(f"{where(key)}: folder not found: {value}")
+    if run.model.arch and run.model.init != "scratch":
+        raise ConfigError(f"{where('model.arch')}: a shape preset needs model.init: scratch")
+    if run.model.init == "scratch":
+        from models.models import check_scratch_config  # the model module owns what a GPT-2 config may hold
+
+        try:
+            check_scratch_config(run.model, run.data.max_length)
+        except ValueError as err:
+            raise ConfigError(f"{where('model.config')}: {err}") from None
+    if run.model.tokenizer in ("bytes", "bpe") and run.model.init == "pretrained":
+        raise ConfigError(f"{where('model.tokenizer')}: a new tokenizer needs a model trained from scratch (model.init: scratch)")
+
+
+def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str] | None = None) -> Experiment:
+    """Read, merge, type and check an experiment file; `runs` keeps only the named runs."""
+    path = Path(path)
+    flat, meta, run_layers = _load_layers(path)
+    _apply_overrides(cli := {}, meta, list(overrides))
+    seeds_value, seeds_origin = meta.get("seeds", ([42], "(default) seeds"))
+    seeds = _coerce(seeds_value, list[int], seeds_origin)
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{seeds_origin}: seeds must be distinct non-negative integers, got {seeds}")
+    name_value, name_origin = meta.get("experiment", (path.stem, "experiment"))
+    name = _coerce(name_value, str, name_origin)
+    if not _RUN_NAME.match(name):
+        raise ConfigError(f"{name_origin}: experiment names use letters, digits, '_', '-' and '.'")
+    run_layers = run_layers or {"default": {}}
+    if runs:
+        missing = [r for r in runs if r not in run_layers]
+        if missing:
+            raise ConfigError(f"{_display(path)}: runs: no run named {missing[0]!r} (runs: {', '.join(run_layers)})")
+        run_layers = {r: run_layers[r] for r in run_layers if r in runs}
+    configs = []
+    for run_name, layer in run_layers.items():
+        merged = _merge(_merge(flat, layer), cli)
+        run = _build(RunConfig, merged)
+        run = dataclasses.replace(run, name=run_name, seed=seeds[0])
+        _check_run(run, merged)
+        configs.append(run)
+    return Experiment(name=name, source=path, seeds=seeds, runs=configs)
+
+
+def run_config_from_dict(data: dict) -> RunConfig:
+    """Rebuild a RunConfig from `RunConfig.to_dict()` (as stored in checkpoints)."""
+    flat = _flatten({k: v for k, v in data.items() if k not in ("name", "seed")}, "checkpoint config")
+    run = _build(RunConfig, flat)
+    return dataclasses.replace(run, name=data.get("name", run.name), seed=data.get("seed", run.seed))
