@@ -13,7 +13,7 @@ from pathlib import Path
 
 from optimization.training import train_run
 from utils.config import Experiment, RunConfig
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 
 STAGES = ("train", "sharpness", "landscape", "report")
 
@@ -34,14 +34,45 @@ def parse_stages(text: str) -> list[str]:
     return stages
 
 
+def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, Path]]:
+    """(run, run folder) of every job, once all of them have a final checkpoint."""
+    jobs = [(run, run_dir(output, experiment, run)) for run in experiment.jobs()]
+    for run, folder in jobs:
+        if not (folder / "checkpoint.pt").is_file():
+            raise UserError(f"{folder / 'checkpoint.pt'} not found: run the train stage first "
+                            f"(--stages train) for {experiment.name}/{run.name}/seed-{run.seed}")
+    return jobs
+
+
 def train_stage(experiment: Experiment, output: Path, force: bool) -> None:
     for run in experiment.jobs():
         train_run(run, run_dir(output, experiment, run), force=force,
                   label=f"{experiment.name}/{run.name}/seed-{run.seed}")
 
 
-def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
+def _handlers() -> dict:
     handlers = {"train": train_stage}
+    try:
+        from sharpness.stage import sharpness_stage
+        handlers["sharpness"] = sharpness_stage
+    except ImportError:
+        pass
+    try:
+        from visualization.stage import landscape_stage
+        handlers["landscape"] = landscape_stage
+    except ImportError:
+        pass
+    try:
+        from visualization.report import report_stage
+        handlers["report"] = report_stage
+    except ImportError:
+        pass
+    return handlers
+
+
+def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
+    """Each handler takes (experiment, output folder, force) and writes files under the output folder."""
+    handlers = _handlers()
     for stage in stages:
         if stage not in handlers:
             raise ConfigError(f"--stages: the {stage} stage is not built yet (available: {', '.join(handlers)})")

@@ -41,9 +41,13 @@ class Objective:
 
     # ---- moving the weights ----------------------------------------------------------------
     @torch.no_grad()
-    def move_to(self, coefficients=(), directions=()) -> None:
-        """Set the weights in place to base + Σ cᵢ·dᵢ (no copy of the model, no flattening)."""
+    def move_to(self, coefficients=(), directions=(), base_scale: float = 1.0) -> None:
+        """Set the weights in place to base_scale·base + Σ cᵢ·dᵢ (no copy of the model, no flattening).
+
+        base_scale lets interpolation write (1-α)·θ₀ + α·θ₁, which is exactly θ₁ at α = 1."""
         torch._foreach_copy_(self.params, self.views(self.base))
+        if base_scale != 1.0:
+            torch._foreach_mul_(self.params, float(base_scale))
         for c, d in zip(coefficients, directions):
             if c:
                 torch._foreach_add_(self.params, self.views(d), alpha=float(c))

@@ -12,8 +12,6 @@ Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import shutil
 import time
@@ -31,13 +29,13 @@ from optimization.evaluation import evaluate, perplexity, summed_token_loss
 from utils.config import RunConfig
 from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from utils.errors import UserError
-from utils.io import atomic_dir, read_json, versions, write_json
+from utils.io import atomic_dir, fingerprint, read_json, versions, write_json
 
 
 def training_fingerprint(run: RunConfig) -> str:
     """Hash of everything that determines the trained weights (not the device or later stages)."""
     settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": asdict(run.train)}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return fingerprint(settings)
 
 
 def is_trained(run: RunConfig, run_dir: Path) -> bool:

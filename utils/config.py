@@ -77,6 +77,39 @@ class TrainConfig:
 
 
 @dataclass
+class SharpnessConfig:
+    batches: int = option(3, "batches in the measurement set", ge=1)
+    batch_size: int = option(4, "training texts per measurement batch", ge=1)
+    seed: int = option(0, "draws the measurement texts (the same for every run and seed)", ge=0)
+    method: Literal["lanczos", "power"] = option("lanczos", "top-eigenvalue solver")
+    top_k: int = option(3, "eigenvalues reported by Lanczos", ge=1)
+    max_iter: int = option(40, "Lanczos steps / power iterations (each one HVP)", ge=2)
+    tol: float = option(1e-3, "relative accuracy of the eigenvalues", gt=0)
+    epsilons: list[float] = option([1e-3], "perturbation radii", gt=0)
+    random_directions: int = option(10, "random unit directions per epsilon", ge=0)
+    ball: Literal["l2", "adaptive"] = option("l2", "worst-case ball: ||d|| <= eps, or ||d/|theta| || <= eps")
+    worst_case_steps: int = option(10, "projected gradient-ascent steps (0: off)", ge=0)
+    trace_samples: int = option(20, "Hutchinson samples (0: off)", ge=0)
+    hvp: Literal["reverse", "forward"] = option("reverse", "Hessian-vector product: reverse-over-reverse or forward-over-reverse")
+
+
+@dataclass
+class LandscapeConfig:
+    norm: Literal["layer", "filter", "none"] = option("layer", "direction normalisation (Li et al. 2018)")
+    ignore: Literal["", "biasbn"] = option("", "'biasbn' zeroes biases and LayerNorm in the directions")
+    seed: int = option(0, "draws the random directions", ge=0)
+    resolution: int = option(21, "2D grid points per axis", ge=2)
+    range: float = option(1.0, "2D grid spans [-range, range] on both axes", gt=0)
+    val_surface: bool = option(False, "also evaluate the validation loss on the 2D grid")
+    points: int = option(31, "1D interpolation points", ge=2)
+    alpha_min: float = option(-0.5, "1D interpolation start")
+    alpha_max: float = option(1.5, "1D interpolation end")
+    eval_batches: int = option(16, "batches in each landscape evaluation set", ge=1)
+    eval_batch_size: int = option(16, "texts per landscape evaluation batch", ge=1)
+    eval_seed: int = option(0, "draws the evaluation texts (the same for every run and seed)", ge=0)
+
+
+@dataclass
 class RunConfig:
     name: str = option("default", "run name (set from the `runs:` key)")
     seed: int = option(42, "seed of this run (set from `seeds:`)", ge=0)
@@ -84,6 +117,8 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+    landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -368,6 +403,8 @@ def _check_run(run: RunConfig, flat: dict) -> None:
             check_scratch_config(run.model, run.data.max_length)
         except ValueError as err:
             raise ConfigError(f"{where('model.config')}: {err}") from None
+    if run.landscape.alpha_min >= run.landscape.alpha_max:
+        raise ConfigError(f"{where('landscape.alpha_max')}: must be greater than landscape.alpha_min")
     if run.model.tokenizer in ("bytes", "bpe") and run.model.init == "pretrained":
         raise ConfigError(f"{where('model.tokenizer')}: a new tokenizer needs a model trained from scratch (model.init: scratch)")
 

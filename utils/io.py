@@ -3,6 +3,7 @@ everything is written to a temporary file in the target folder and moved into pl
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -90,6 +91,11 @@ def atomic_dir(path: str | Path):
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def fingerprint(settings) -> str:
+    """A short stable hash of JSON-able settings: a stage redoes its work when this changes."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def git_commit() -> str:
