@@ -19,8 +19,9 @@ def summed_token_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropies over the batch's target tokens, their number)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     targets = batch["labels"][:, 1:]
-    loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
-                               reduction="sum")
+    logits = logits[:, :-1].flatten(0, 1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 autocast: the loss in fp32
+    loss_sum = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum")
     return loss_sum, int((targets != -100).sum())
 
 

@@ -2,8 +2,9 @@
 
 Sharpness and loss landscapes both stand on this object, so every metric sees the same data and
 the same definition of the loss (`summed_token_loss`, token-weighted across batches, model in eval
-mode, fp32). Vectors in weight space are flat fp32 tensors on the model's device, ordered like
-`model.parameters()` (tied weights, such as GPT-2's wte/lm_head, appear once).
+mode). Vectors in weight space are flat tensors on the model's device, in the model's dtype (fp32 in
+the pipeline; float64 in tests that need exact arithmetic), ordered like `model.parameters()` (tied
+weights, such as GPT-2's wte/lm_head, appear once).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class Objective:
 
     # ---- vectors ---------------------------------------------------------------------------
     def flatten(self, tensors) -> torch.Tensor:
-        return torch.cat([t.reshape(-1).float() for t in tensors])
+        return torch.cat([t.reshape(-1) for t in tensors])
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views of a flat vector (no copy)."""

@@ -1,0 +1,130 @@
+"""The `sharpness` stage: for every trained run, build the measurement set once and measure on it.
+
+Writes <run dir>/measurement.pt (the batches exactly as fed to the model, and the indices of their
+texts in the filtered training split) and <run dir>/sharpness.json.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from data.corpus import load_texts
+from data.measurement import FixedSet, fixed_set, same_texts
+from models.checkpoint import load_trained
+from optimization.experiments import trained_runs
+from optimization.objective import Objective
+from sharpness.eigen import lanczos, power_iteration
+from sharpness.sharpness import (eps_sharpness, hutchinson_trace, random_unit_directions, relative_increase_pct,
+                                 taylor_check, worst_case)
+from utils.config import Experiment, SharpnessConfig
+from utils.device import resolve_device
+from utils.io import fingerprint, read_json, save_torch, write_json
+
+
+def _bar(total: int, desc: str):
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "") -> dict:
+    """Every sharpness quantity of the model behind `objective`, as written to sharpness.json."""
+    timings = {}
+    start = time.perf_counter()
+    base_loss, gradient = objective.loss_and_grad()
+    timings["gradient_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    solver = lanczos if cfg.method == "lanczos" else power_iteration
+    extra = {"k": cfg.top_k} if cfg.method == "lanczos" else {}
+    with _bar(cfg.max_iter, f"{label} {cfg.method}") as bar:
+        eigen = solver(objective.hvp, objective.dim, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed,
+                       device=objective.device, dtype=objective.base.dtype, progress=bar, **extra)
+    timings["eigen_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    curvature = float(eigen.eigenvector @ objective.hvp(eigen.eigenvector))  # vᵀHv, exact for the Taylor check
+    randoms = random_unit_directions(objective.base, cfg.random_directions, cfg.seed + 1)
+    sharp, taylor = {}, {}
+    for eps in tqdm(cfg.epsilons, desc=f"{label} eps-sharpness", leave=False, dynamic_ncols=True):
+        key = f"{eps:g}"
+        sharp[key] = eps_sharpness(objective, base_loss, eigen.eigenvector, eps, randoms)
+        direction = sharp[key]["eigvec_sign"] * eigen.eigenvector
+        taylor[key] = taylor_check(base_loss, gradient, direction, curvature, eps, sharp[key]["eigvec"])
+    timings["eps_sharpness_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    worst = {}
+    if cfg.worst_case_steps:
+        with _bar(cfg.worst_case_steps * len(cfg.epsilons), f"{label} worst-case") as bar:
+            for eps in cfg.epsilons:
+                key = f"{eps:g}"
+                start_direction = sharp[key]["eigvec_sign"] * eigen.eigenvector
+                worst[key] = worst_case(objective, base_loss, start_direction, eps, cfg.worst_case_steps, cfg.ball, bar)
+    timings["worst_case_s"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    trace = None
+    if cfg.trace_samples:
+        with _bar(cfg.trace_samples, f"{label} trace") as bar:
+            trace = hutchinson_trace(objective, cfg.trace_samples, cfg.seed + 2, bar)
+    timings["trace_s"] = time.perf_counter() - start
+    timings["total_s"] = sum(timings.values())
+
+    return {
+        "lambda_max": eigen.lambda_max,
+        "lambda_min": eigen.lambda_min,
+        "eigenvalues": eigen.eigenvalues,
+        "method": cfg.method,
+        "hvp_count": eigen.matvecs,
+        "converged": eigen.converged,
+        "eigen_history": eigen.history,
+        "eigvec_curvature": curvature,
+        "base_loss": base_loss,
+        "grad_norm": float(gradient.norm()),
+        "n_tokens": objective.n_tokens,
+        "eps_sharpness": sharp,
+        "taylor_check": taylor,
+        "worst_case": worst,
+        "trace": trace,
+        "timings": timings,
+    }
+
+
+def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    first_set: FixedSet | None = None
+    for run, folder in trained_runs(experiment, output):
+        label = f"{experiment.name}/{run.name}/seed-{run.seed}"
+        settings = {"sharpness": asdict(run.sharpness), "checkpoint": read_json(folder / "metrics.json")["fingerprint"]}
+        stamp = fingerprint(settings)
+        result_path = folder / "sharpness.json"
+        if not force and result_path.is_file() and read_json(result_path).get("fingerprint") == stamp:
+            print(f"{label}: sharpness already measured with these settings; skipping (--force redoes it)")
+            continue
+
+        device = resolve_device(run.device)
+        trained = load_trained(folder / "checkpoint.pt", device)
+        texts = load_texts(run.data).train
+        cfg = run.sharpness
+        measurement = fixed_set(texts, cfg.batches, cfg.batch_size, cfg.seed, trained.tokenizer, run.data.max_length)
+        if first_set is None:
+            first_set = measurement
+        elif not same_texts(first_set, measurement):
+            print(f"{label}: warning: the measurement set differs from the experiment's first run "
+                  "(different data settings or tokenizer), so its numbers are not directly comparable")
+        save_torch(folder / "measurement.pt", {**measurement.to_dict(), "seed": cfg.seed})
+
+        objective = Objective(trained.model, measurement.batches, hvp_mode=cfg.hvp)
+        result = measure_sharpness(objective, cfg, label)
+        write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "settings": asdict(cfg),
+                                 "device": str(device), **result})
+        top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
+        print(f"{label}: lambda_max {result['lambda_max']:.4g} ({result['hvp_count']} HVPs, "
+              f"{'converged' if result['converged'] else 'NOT converged'}), eps-sharpness@{cfg.epsilons[0]:g} "
+              f"{top:.4g}%, {result['timings']['total_s']:.1f} s")
+        del objective, trained
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,217 @@
+"""Sharpness math against exact answers: formed Hessians, quadratics with known spectra, Taylor."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from data.batches import collate
+from models.checkpoint import load_trained
+from optimization.evaluation import summed_token_loss
+from optimization.objective import Objective
+from sharpness.eigen import lanczos, power_iteration
+from sharpness.sharpness import (eps_sharpness, hutchinson_trace, relative_increase_pct, taylor_check,
+                                 worst_case)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A 412-parameter GPT-2, two batches of unequal token counts (with padding), and its formed Hessian."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=4, n_head=2, n_positions=16, vocab_size=24, bos_token_id=23,
+                        eos_token_id=23)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 23, (n,), generator=g) for n in (12, 5, 9, 3, 16)]
+    batches = [collate(seqs[:2], 23), collate(seqs[2:], 23)]
+    objective = Objective(model, batches)
+    names = list(objective.names)
+
+    def loss_of(flat):
+        weights = dict(zip(names, objective.views(flat)))
+        total = sum(summed_token_loss(_Call(model, weights), b)[0] for b in batches)
+        return total / objective.n_tokens
+
+    with sdpa_kernel(SDPBackend.MATH):
+        hessian = torch.autograd.functional.hessian(loss_of, objective.base.clone(), vectorize=True)
+    return objective, hessian.double()
+
+
+class _Call:
+    def __init__(self, model, weights):
+        self.model, self.weights = model, weights
+
+    def __call__(self, **inputs):
+        return functional_call(self.model, self.weights, (), inputs)
+
+
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_hvp_equals_the_formed_hessian_times_v(tiny, mode):
+    objective, hessian = tiny
+    objective = Objective(objective.model, objective.batches, hvp_mode=mode)
+    v = torch.randn(objective.dim, generator=torch.Generator().manual_seed(3))
+    exact = hessian @ v.double()
+    hv = objective.hvp(v).double()
+    assert (hv - exact).norm() / exact.norm() < 1e-5
+    assert objective.hvp_count == 1
+
+
+def test_measurement_loss_weighs_batches_by_tokens(tiny):
+    objective, _ = tiny
+    sums = [summed_token_loss(objective.model, b) for b in objective.batches]
+    counts = [n for _, n in sums]
+    assert counts[0] != counts[1] and objective.n_tokens == sum(counts) == (12 - 1) + (5 - 1) + (9 - 1) + (3 - 1) + (16 - 1)
+    token_weighted = sum(s.item() for s, _ in sums) / sum(counts)
+    mean_of_means = sum(s.item() / n for s, n in sums) / len(sums)
+    assert objective.loss() == pytest.approx(token_weighted, rel=1e-6)
+    assert abs(token_weighted - mean_of_means) > 1e-4
+
+
+def test_gradient_and_moves_are_exact(tiny):
+    objective, _ = tiny
+    loss, grad = objective.loss_and_grad()
+    assert loss == pytest.approx(objective.loss(), rel=1e-6)
+    d = torch.randn(objective.dim, generator=torch.Generator().manual_seed(4))
+    d /= d.norm()
+    h = 1e-3
+    with objective.moved([h], [d]):
+        up = objective.loss()
+    with objective.moved([-h], [d]):
+        down = objective.loss()
+    assert (up - down) / (2 * h) == pytest.approx(float(grad @ d), rel=1e-3)
+    assert torch.equal(objective.flatten(objective.params), objective.base)  # restored exactly
+
+
+def _quadratic(spectrum, seed=0):
+    n = len(spectrum)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64))
+    matrix = q @ torch.diag(torch.tensor(spectrum, dtype=torch.float64)) @ q.T
+    return matrix, q
+
+
+def test_power_and_lanczos_recover_a_known_spectrum():
+    spectrum = [10.0, 7.0, 5.5] + torch.linspace(-3.0, 4.0, 57).tolist()
+    matrix, q = _quadratic(spectrum)
+    kw = dict(device="cpu", dtype=torch.float64, seed=5)
+    power = power_iteration(lambda v: matrix @ v, len(spectrum), max_iter=2000, tol=1e-13, **kw)
+    assert power.converged and power.lambda_max == pytest.approx(10.0, rel=1e-6)
+    assert abs(float(power.eigenvector @ q[:, 0])) == pytest.approx(1.0, abs=1e-6)
+    result = lanczos(lambda v: matrix @ v, len(spectrum), k=3, max_iter=60, tol=1e-10, **kw)
+    assert result.converged
+    assert result.eigenvalues == pytest.approx([10.0, 7.0, 5.5], rel=1e-6)
+    assert result.lambda_min == pytest.approx(-3.0, rel=1e-6)
+    assert abs(float(result.eigenvector @ q[:, 0])) == pytest.approx(1.0, abs=1e-6)
+    assert _first_within(result.history, 10.0, 1e-6) < _first_within(power.history, 10.0, 1e-6) / 2
+
+
+def test_lanczos_finds_a_dominant_negative_eigenvalue_and_stops_in_an_invariant_subspace():
+    matrix, _ = _quadratic([2.0, 1.0, -6.0, 0.5])
+    result = lanczos(lambda v: matrix @ v, 4, k=2, max_iter=10, tol=1e-12, device="cpu", dtype=torch.float64)
+    assert result.converged and result.matvecs <= 4
+    assert result.eigenvalues == pytest.approx([2.0, 1.0], rel=1e-9) and result.lambda_min == pytest.approx(-6.0)
+
+
+def _first_within(history, target, rel):
+    return next(i + 1 for i, value in enumerate(history) if abs(value - target) <= rel * abs(target))
+
+
+def test_lambda_max_of_a_tiny_gpt2_matches_the_formed_hessian(tiny):
+    objective, hessian = tiny
+    exact = torch.linalg.eigvalsh(hessian)
+    kw = dict(device="cpu", seed=0)
+    result = lanczos(objective.hvp, objective.dim, k=2, max_iter=80, tol=1e-6, **kw)
+    assert result.lambda_max == pytest.approx(float(exact[-1]), rel=1e-4)
+    assert result.eigenvalues[1] == pytest.approx(float(exact[-2]), rel=1e-3)
+    assert result.lambda_min == pytest.approx(float(exact[0]), rel=1e-3)
+    power = power_iteration(objective.hvp, objective.dim, max_iter=400, tol=1e-9, **kw)
+    assert power.lambda_max == pytest.approx(float(exact[-1]), rel=1e-4)
+    assert _first_within(result.history, float(exact[-1]), 1e-4) < _first_within(power.history, float(exact[-1]), 1e-4)
+
+
+def test_eps_sharpness_matches_its_taylor_expansion(tiny):
+    """In float64, so that the third-order remainder is visible down to small eps (fp32 rounding is not)."""
+    objective, _ = tiny
+    objective = Objective(copy.deepcopy(objective.model).double(), objective.batches)
+    top = lanczos(objective.hvp, objective.dim, k=1, max_iter=100, tol=1e-10, dtype=torch.float64)
+    v = top.eigenvector
+    base_loss, grad = objective.loss_and_grad()
+    curvature = float(v @ objective.hvp(v))
+    assert curvature == pytest.approx(top.lambda_max, rel=1e-8)
+    diffs = []
+    for eps in (2.5e-3, 1.25e-3, 6.25e-4, 3.125e-4):
+        sharp = eps_sharpness(objective, base_loss, v, eps, [])
+        assert sharp["eigvec"] == max(relative_increase_pct(objective, base_loss, v, eps),
+                                      relative_increase_pct(objective, base_loss, -v, eps))
+        check = taylor_check(base_loss, grad, sharp["eigvec_sign"] * v, curvature, eps, sharp["eigvec"])
+        second_order = 100 * (sharp["eigvec_sign"] * eps * float(grad @ v) + 0.5 * eps**2 * top.lambda_max) / base_loss
+        assert check["predicted_pct"] == pytest.approx(second_order, rel=1e-8)
+        assert check["abs_diff_pct"] < 0.01 * abs(check["predicted_pct"])
+        diffs.append(check["abs_diff_pct"])
+    ratios = [a / b for a, b in zip(diffs, diffs[1:])]
+    assert min(ratios) > 4.5 and ratios[-1] > 6  # halving eps divides the remainder by ~8: third order
+
+
+def test_worst_case_is_at_least_the_eigenvector_value_and_respects_the_ball(tiny):
+    objective, hessian = tiny
+    v = torch.linalg.eigh(hessian)[1][:, -1].float()
+    base_loss = objective.loss()
+    eps = 5e-2
+    sharp = eps_sharpness(objective, base_loss, v, eps, [])
+    start = sharp["eigvec_sign"] * v
+    result = worst_case(objective, base_loss, start, eps, steps=8, ball="l2")
+    assert result["value_pct"] >= sharp["eigvec"]
+    assert torch.equal(objective.flatten(objective.params), objective.base)
+    adaptive = worst_case(objective, base_loss, start, eps, steps=8, ball="adaptive")
+    assert adaptive["ball"] == "adaptive" and math.isfinite(adaptive["value_pct"])
+
+
+def test_hutchinson_trace_is_within_three_standard_errors(tiny):
+    objective, hessian = tiny
+    result = hutchinson_trace(objective, samples=64, seed=0)
+    assert abs(result["mean"] - float(hessian.trace())) < 3 * result["stderr"]
+    assert result["samples"] == 64 and result["stderr"] > 0
+
+
+def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(tiny_experiment, tmp_path, capsys):
+    from optimization.experiments import run_dir, run_experiment
+
+    exp = tiny_experiment("""
+        train: {epochs: 1}
+        sharpness: {max_iter: 8, epsilons: [1e-3, 1e-2], random_directions: 2, worst_case_steps: 2, trace_samples: 3}
+        runs:
+          a: {train: {batch_size: 4}}
+          b: {train: {batch_size: 16}}
+    """)
+    run_experiment(exp, ["train", "sharpness"], tmp_path)
+    sets = []
+    for run in exp.runs:
+        folder = run_dir(tmp_path, exp, run)
+        result = json.loads((folder / "sharpness.json").read_text())
+        for key in ("lambda_max", "lambda_min", "eigenvalues", "method", "hvp_count", "converged", "base_loss",
+                    "eps_sharpness", "taylor_check", "worst_case", "trace", "timings"):
+            assert key in result
+        assert set(result["eps_sharpness"]) == set(result["taylor_check"]) == set(result["worst_case"]) == {"0.001", "0.01"}
+        assert set(result["eps_sharpness"]["0.01"]) >= {"eigvec", "random_max", "random_mean"}
+        assert set(result["taylor_check"]["0.01"]) == {"measured_pct", "predicted_pct", "abs_diff_pct"}
+        assert result["worst_case"]["0.01"]["value_pct"] >= result["eps_sharpness"]["0.01"]["eigvec"]
+        assert len(result["eigenvalues"]) == 3 and result["lambda_max"] == result["eigenvalues"][0]
+        measurement = torch.load(folder / "measurement.pt", weights_only=True)
+        assert len(measurement["batches"]) == 3 and len(measurement["indices"]) == 12
+        batch = measurement["batches"][0]
+        assert set(batch) == {"input_ids", "attention_mask", "labels"}
+        assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+        trained = load_trained(folder / "checkpoint.pt")
+        base = Objective(trained.model, measurement["batches"]).loss()
+        assert base == pytest.approx(result["base_loss"], rel=1e-6)  # the same set, the same loss
+        sets.append(measurement["indices"])
+    assert sets[0] == sets[1]
+    capsys.readouterr()
+    run_experiment(exp, ["sharpness"], tmp_path)
+    assert capsys.readouterr().out.count("already measured with these settings; skipping") == 2
