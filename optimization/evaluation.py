@@ -18,8 +18,9 @@ from data.batches import Batch, to_device
 def summed_token_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     """(sum of next-token cross-entropies over the batch's target tokens, their number)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    targets = batch["labels"][:, 1:]
-    logits = logits[:, :-1].flatten(0, 1)
+    # Shift the labels, not the logits: slicing the (B, T, V) logits would copy them and their gradient.
+    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
+    logits = logits.flatten(0, 1)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 autocast: the loss in fp32
     loss_sum = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum")
     return loss_sum, int((targets != -100).sum())

@@ -151,6 +151,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         bar = tqdm(batches, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{run.train.epochs}",
                    leave=False, dynamic_ncols=True)
         for step, batch in enumerate(bar):
+            epoch_tokens += int(batch["attention_mask"].sum())
             batch = to_device(batch, device)
             with autocast:
                 loss_sum, n_targets = summed_token_loss(model, batch)
@@ -169,7 +170,6 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             scheduler.step()
             loss_total += value
             target_total += n_targets
-            epoch_tokens += int(batch["attention_mask"].sum())
             elapsed = time.perf_counter() - epoch_start
             bar.set_postfix(loss=f"{loss_total / target_total:.4f}", tok_s=f"{epoch_tokens / max(elapsed, 1e-9):.0f}")
         bar.close()
