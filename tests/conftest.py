@@ -6,10 +6,13 @@ import os
 import textwrap
 from pathlib import Path
 
-import pytest
-
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the network
-os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+# Tiny models: one thread is as fast as two, and far faster when other work shares the CPU.
+torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

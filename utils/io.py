@@ -61,6 +61,11 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with _temporary_beside(Path(path)) as tmp:
+        tmp.write_bytes(data)
+
+
 def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
@@ -73,8 +78,14 @@ def save_torch(path: str | Path, obj) -> None:
 def save_npz(path: str | Path, **arrays) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
-    with _temporary_beside(Path(path)) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+    write_bytes(path, buffer.getvalue())
+
+
+def save_figure(path: str | Path, figure, dpi: int = 150) -> None:
+    """A matplotlib figure, in the format its suffix names (png, pdf, ...)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=Path(path).suffix[1:], dpi=dpi)
+    write_bytes(path, buffer.getvalue())
 
 
 @contextmanager

@@ -1,0 +1,283 @@
+"""The landscape stage: 1D interpolations and 2D loss surfaces of every trained run, and their figures.
+
+For every (run, seed), in its run folder:
+  interpolation.json          loss along init.pt -> checkpoint.pt
+  landscape_directions.pt     the two directions of the plane (reused while the settings hold)
+  landscape_2d.npz            the loss on the plane around checkpoint.pt, written after every row
+For the experiment, in <output>/<experiment>/:
+  interpolation.json          loss along the line between every pair of runs, per seed
+  figures/                    interpolation, init_to_final_*, surface_2d_*, surface_3d_* (PNG and PDF)
+
+Every output records a fingerprint of the settings and checkpoints it depends on; an output with the
+current fingerprint is skipped (a partial 2D grid is continued) unless `force`. All losses are taken
+on fixed evaluation sets: the same texts for every run, tokenized once per run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.corpus import load_texts
+from data.measurement import FixedSet, fixed_set, same_texts
+from models.checkpoint import TrainedModel, load_trained, read_checkpoint
+from optimization.experiments import experiment_dir, trained_runs
+from optimization.objective import Objective
+from utils.config import Experiment, RunConfig
+from utils.device import resolve_device
+from utils.errors import UserError
+from utils.io import fingerprint, read_json, save_figure, save_npz, write_json
+from visualization.directions import (conv1d_weight_names, directions_for, random_directions, read_directions,
+                                      save_directions)
+from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
+from visualization.plots import interpolation_figure, surface_3d_figure, surface_contour_figure
+from visualization.surface import empty_grid, fill_surface, grid_axis
+
+DIRECTION_KEYS = ("norm", "ignore", "seed")
+SURFACE_KEYS = DIRECTION_KEYS + ("resolution", "range", "val_surface", "eval_batches", "eval_batch_size", "eval_seed")
+LINE_KEYS = ("points", "alpha_min", "alpha_max", "eval_batches", "eval_batch_size", "eval_seed")
+
+
+@dataclass
+class Job:
+    run: RunConfig
+    folder: Path
+    label: str
+    trained_with: str  # the checkpoint's fingerprint: which training produced these weights
+
+
+def landscape_settings(run: RunConfig, keys) -> dict:
+    return {key: getattr(run.landscape, key) for key in keys}
+
+
+def job_fingerprint(job: Job, keys) -> str:
+    """What one run's output depends on: its weights and the landscape settings named by `keys`."""
+    return fingerprint({"checkpoint": job.trained_with, "landscape": landscape_settings(job.run, keys)})
+
+
+class EvaluationSets:
+    """Each run's fixed training and validation sets, tokenized once; texts loaded once per data config."""
+
+    def __init__(self):
+        self.texts, self.sets = {}, {}
+
+    def of(self, job: Job, tokenizer) -> tuple[FixedSet, FixedSet]:
+        if job.label not in self.sets:
+            run, cfg = job.run, job.run.landscape
+            key = json.dumps({**asdict(run.data), "order": None}, sort_keys=True)  # the order picks no texts
+            if key not in self.texts:
+                self.texts[key] = load_texts(run.data)
+            texts = self.texts[key]
+            self.sets[job.label] = tuple(
+                fixed_set(split, cfg.eval_batches, cfg.eval_batch_size, cfg.eval_seed, tokenizer, run.data.max_length)
+                for split in (texts.train, texts.validation))
+        return self.sets[job.label]
+
+
+def landscape_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    jobs = [Job(run, folder, f"{experiment.name}/{run.name}/seed-{run.seed}",
+                read_checkpoint(folder / "checkpoint.pt").get("fingerprint", ""))
+            for run, folder in trained_runs(experiment, output)]
+    check_shared_settings(jobs)
+    sets = EvaluationSets()
+    for job in jobs:
+        run_landscape(job, sets, force)
+    between_runs(experiment, jobs, experiment_dir(output, experiment), sets, force)
+    draw_figures(jobs, experiment_dir(output, experiment), force)
+
+
+def check_shared_settings(jobs: list[Job]) -> None:
+    first = jobs[0]
+    for job in jobs[1:]:
+        for key in LINE_KEYS:
+            if getattr(job.run.landscape, key) != getattr(first.run.landscape, key):
+                raise UserError(f"landscape.{key} differs between runs {first.run.name} and {job.run.name}; "
+                                "the evaluation sets and interpolation points are shared by all runs of an experiment")
+
+
+# ----------------------------------------------------------------------------------------------
+# One run: init -> final, and the 2D surface.
+
+def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
+    line_path = job.folder / "interpolation.json"
+    line_print = job_fingerprint(job, LINE_KEYS)
+    line_todo = force or not line_path.is_file() or read_json(line_path).get("fingerprint") != line_print
+    if not line_todo:
+        print(f"{job.label}: init -> final interpolation already done with these settings; "
+              "skipping (--force redoes it)")
+
+    surface_path = job.folder / "landscape_2d.npz"
+    surface_print = job_fingerprint(job, SURFACE_KEYS)
+    saved = None if force else saved_surface(surface_path, surface_print)
+    surface_todo = saved is None or any(np.isnan(saved[k]).any() for k in ("train_loss", "val_loss") if k in saved)
+    if not surface_todo:
+        print(f"{job.label}: 2D landscape already done with these settings; skipping (--force redoes it)")
+
+    if not (line_todo or surface_todo):
+        return
+    device = resolve_device(job.run.device)
+    final = load_trained(job.folder / "checkpoint.pt", device)
+    train_set, val_set = sets.of(job, final.tokenizer)
+    if line_todo:
+        init_to_final(job, final, train_set, val_set, line_path, line_print)
+    if surface_todo:
+        surface_2d(job, final, train_set, val_set, surface_path, surface_print, saved, force)
+
+
+def init_to_final(job: Job, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, path: Path,
+                  line_print: str) -> None:
+    init = load_trained(job.folder / "init.pt", final.model.device)
+    objectives = {"train": Objective(init.model, train_set.batches), "val": Objective(init.model, val_set.batches)}
+    alphas = interpolation_alphas(job.run.landscape)
+    theta1 = weights_in(objectives["train"], final.model, job.label)
+    losses = interpolate(objectives, theta1, alphas, desc=f"{job.label} init -> final")
+    record = curve_record(alphas, losses["train"], losses["val"])
+    write_json(path, {"alphas": alphas.tolist(), "endpoints": ["init", "final"], "seed": job.run.seed, **record,
+                      "eval_tokens": {"train": train_set.n_tokens, "validation": val_set.n_tokens},
+                      "fingerprint": line_print})
+    print(f"{job.label}: init -> final barrier {record['barrier']:.4f} at α = {record['barrier_alpha']:.2f}")
+
+
+def saved_surface(path: Path, surface_print: str) -> dict | None:
+    """The arrays of a 2D surface written with the same settings and weights, or None."""
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        saved = {key: data[key] for key in data.files}
+    return saved if str(saved.get("fingerprint")) == surface_print else None
+
+
+def plane(job: Job, final: TrainedModel, objective: Objective, force: bool):
+    """The run's two directions: the saved ones if drawn with the same settings, else new ones (saved)."""
+    path, cfg = job.folder / "landscape_directions.pt", job.run.landscape
+    plane_print = job_fingerprint(job, DIRECTION_KEYS)
+    if path.is_file() and not force:
+        saved = read_directions(path)
+        if saved.get("fingerprint") == plane_print:
+            return directions_for(saved, objective)
+    d1, d2 = random_directions(objective, conv1d_weight_names(final.model), cfg.norm, cfg.ignore, cfg.seed)
+    save_directions(path, objective, d1, d2, {"norm": cfg.norm, "ignore": cfg.ignore, "seed": cfg.seed,
+                                              "fingerprint": plane_print})
+    return d1, d2
+
+
+def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, path: Path, surface_print: str,
+               saved: dict | None, force: bool) -> None:
+    cfg = job.run.landscape
+    objectives = {"train_loss": Objective(final.model, train_set.batches)}
+    if cfg.val_surface:
+        objectives["val_loss"] = Objective(final.model, val_set.batches)
+    directions = plane(job, final, objectives["train_loss"], force)
+    alphas = betas = grid_axis(cfg.resolution, cfg.range)
+    if saved is None:
+        grids = {name: empty_grid(alphas, betas) for name in objectives}
+    else:
+        grids = {name: saved[name].copy() for name in objectives}
+        done = int((~np.isnan(grids["train_loss"])).sum())
+        print(f"{job.label}: resuming the 2D landscape ({done} of {grids['train_loss'].size} points done)")
+    base_loss = objectives["train_loss"].loss()
+    earlier_s = 0.0 if saved is None else float(saved.get("time_s", 0.0))
+    start = time.perf_counter()
+
+    def save():
+        save_npz(path, alphas=alphas, betas=betas, **grids, norm=np.array(cfg.norm), ignore=np.array(cfg.ignore),
+                 seed=np.array(cfg.seed), base_loss=np.array(base_loss), eval_tokens=np.array(train_set.n_tokens),
+                 time_s=np.array(earlier_s + time.perf_counter() - start), fingerprint=np.array(surface_print))
+
+    fill_surface(objectives, directions, alphas, betas, grids, save, desc=f"{job.label} 2D landscape")
+    loss = grids["train_loss"]
+    print(f"{job.label}: 2D landscape done; loss {base_loss:.4f} at the model, "
+          f"{np.min(loss):.4f} to {np.max(loss):.4f} on the grid")
+
+
+# ----------------------------------------------------------------------------------------------
+# Between runs: every pair, per seed.
+
+def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: EvaluationSets, force: bool) -> None:
+    pairs = []
+    for seed in experiment.seeds:
+        same_seed = [job for job in jobs if job.run.seed == seed]
+        pairs += [(a, b) for i, a in enumerate(same_seed) for b in same_seed[i + 1:]]
+    if not pairs:
+        return
+    path = folder / "interpolation.json"
+    alphas = interpolation_alphas(jobs[0].run.landscape)
+    line_print = fingerprint({"checkpoints": {job.label: job.trained_with for job in jobs},
+                              "landscape": landscape_settings(jobs[0].run, LINE_KEYS)})
+    done = read_json(path) if path.is_file() and not force else {}
+    entries = {(tuple(p["runs"]), p["seed"]): p for p in done.get("pairs", [])} \
+        if done.get("fingerprint") == line_print else {}
+    keys = [((a.run.name, b.run.name), a.run.seed) for a, b in pairs]
+    if all(key in entries for key in keys):
+        print(f"{experiment.name}: interpolation between runs already done with these settings; skipping "
+              "(--force redoes it)")
+        return
+    for (a, b), key in zip(pairs, keys):
+        if key in entries:
+            continue
+        what = f"{experiment.name}: {a.run.name} -> {b.run.name}, seed {a.run.seed}"
+        device = resolve_device(a.run.device)
+        model_a = load_trained(a.folder / "checkpoint.pt", device)
+        model_b = load_trained(b.folder / "checkpoint.pt", device)
+        (train_a, val_a), (train_b, val_b) = sets.of(a, model_a.tokenizer), sets.of(b, model_b.tokenizer)
+        if not (same_texts(train_a, train_b) and same_texts(val_a, val_b)):
+            raise UserError(f"{what}: the two runs see different evaluation texts or tokenizers, "
+                            "so one loss cannot be taken along the line between them")
+        objectives = {"train": Objective(model_a.model, train_a.batches),
+                      "val": Objective(model_a.model, val_a.batches)}
+        theta1 = weights_in(objectives["train"], model_b.model, what)
+        losses = interpolate(objectives, theta1, alphas, desc=what)
+        entries[key] = {"runs": list(key[0]), "seed": key[1], **curve_record(alphas, losses["train"], losses["val"])}
+        write_json(path, {"alphas": alphas.tolist(), "pairs": [entries[k] for k in keys if k in entries],
+                          "eval_tokens": {"train": train_a.n_tokens, "validation": val_a.n_tokens},
+                          "fingerprint": line_print})
+        print(f"{what}: barrier {entries[key]['barrier']:.4f} at α = {entries[key]['barrier_alpha']:.2f}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Figures: redrawn when missing, older than their data, or forced.
+
+def draw_figures(jobs: list[Job], folder: Path, force: bool) -> None:
+    figures = folder / "figures"
+    between = folder / "interpolation.json"
+    if between.is_file():
+        draw(figures / "interpolation", between, force, lambda: pairs_figure(read_json(between)))
+    for job in jobs:
+        name, title = f"{job.run.name}_seed-{job.run.seed}", f"{job.run.name}, seed {job.run.seed}"
+        line = job.folder / "interpolation.json"
+        if line.is_file():
+            draw(figures / f"init_to_final_{name}", line, force, lambda: init_to_final_figure(read_json(line), title))
+        surface = job.folder / "landscape_2d.npz"
+        if not surface.is_file():
+            continue
+        with np.load(surface) as data:
+            alphas, betas, loss, norm = data["alphas"], data["betas"], data["train_loss"], str(data["norm"])
+        if np.isnan(loss).any():
+            continue
+        title = f"{job.run.name}, seed {job.run.seed}: {norm}-normalised directions"
+        draw(figures / f"surface_2d_{name}", surface, force, lambda: surface_contour_figure(alphas, betas, loss, title))
+        draw(figures / f"surface_3d_{name}", surface, force, lambda: surface_3d_figure(alphas, betas, loss, title))
+
+
+def pairs_figure(data: dict):
+    pairs = data["pairs"]
+    return interpolation_figure(data["alphas"], pairs, [tuple(p["runs"]) for p in pairs],
+                                [f"{p['runs'][0]} -> {p['runs'][1]}, seed {p['seed']}" for p in pairs])
+
+
+def init_to_final_figure(data: dict, title: str):
+    return interpolation_figure(data["alphas"], [data], [("init", "final")], [f"{title}: init -> final"])
+
+
+def draw(stem: Path, source: Path, force: bool, make_figure) -> None:
+    """Write stem.png and stem.pdf from `make_figure()`, unless both are newer than `source`."""
+    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
+    if not force and all(p.is_file() and p.stat().st_mtime_ns >= source.stat().st_mtime_ns for p in paths):
+        return
+    figure = make_figure()
+    for path in paths:
+        save_figure(path, figure)

@@ -1,0 +1,53 @@
+"""The 2D loss surface around a model: L(θ + a·d₁ + b·d₂) on a grid of (a, b).
+
+Each point sets the weights in place (Objective.move_to: no copy of the model, no flattening) and
+runs forward passes on batches tokenized once, so a point costs about one plain evaluation. Grids
+hold NaN where a point is not evaluated yet; `fill_surface` evaluates only those and calls `save`
+after every row, so an interrupted surface resumes where it stopped and ends identical.
+Index [i, j] of a grid is the point (alphas[i], betas[j]).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from optimization.objective import Objective
+
+
+def grid_axis(resolution: int, extent: float) -> np.ndarray:
+    """`resolution` values from -extent to extent, exactly symmetric, exactly 0 in the middle if odd."""
+    steps = 2 * np.arange(resolution) - (resolution - 1)
+    return extent * (steps / (resolution - 1))
+
+
+def empty_grid(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    return np.full((len(alphas), len(betas)), np.nan)
+
+
+def fill_surface(objectives: dict[str, Objective], directions: tuple[torch.Tensor, torch.Tensor],
+                 alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray],
+                 save: Callable[[], None], desc: str = "") -> None:
+    """Fill the NaN points of `grids[name]` with the loss of `objectives[name]` (which share one model)."""
+    mover = next(iter(objectives.values()))
+    missing = np.zeros((len(alphas), len(betas)), dtype=bool)
+    for grid in grids.values():
+        missing |= np.isnan(grid)
+    bar = tqdm(total=missing.size, initial=missing.size - int(missing.sum()), desc=desc, leave=False,
+               dynamic_ncols=True)
+    try:
+        for i, a in enumerate(alphas):
+            if not missing[i].any():
+                continue
+            for j in np.flatnonzero(missing[i]):
+                mover.move_to([a, betas[j]], directions)
+                for name, objective in objectives.items():
+                    grids[name][i, j] = objective.loss()
+                bar.update()
+            save()
+    finally:
+        mover.restore()
+        bar.close()
