@@ -14,6 +14,7 @@ from pathlib import Path
 from optimization.training import train_run
 from utils.config import Experiment, RunConfig
 from utils.errors import ConfigError, UserError
+from utils.io import read_json, write_json
 
 STAGES = ("train", "sharpness", "landscape", "report")
 
@@ -44,7 +45,24 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
     return jobs
 
 
+def write_manifest(experiment: Experiment, output: Path) -> None:
+    """<output>/<experiment>/experiment.json: the runs (in config order), seeds and resolved configs,
+    so readers of the results (report, notebook) need not re-read the YAML files. Runs trained by
+    earlier invocations (`--runs`) stay listed."""
+    path = experiment_dir(output, experiment) / "experiment.json"
+    configs = read_json(path)["configs"] if path.is_file() else {}
+    configs.update({run.name: run.to_dict() for run in experiment.runs})
+    write_json(path, {
+        "experiment": experiment.name,
+        "config_file": str(experiment.source),
+        "seeds": experiment.seeds,
+        "runs": list(configs),
+        "configs": configs,
+    })
+
+
 def train_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    write_manifest(experiment, output)
     for run in experiment.jobs():
         train_run(run, run_dir(output, experiment, run), force=force,
                   label=f"{experiment.name}/{run.name}/seed-{run.seed}")

@@ -87,7 +87,7 @@ class SharpnessConfig:
     tol: float = option(1e-3, "relative accuracy of the eigenvalues", gt=0)
     epsilons: list[float] = option([1e-3], "perturbation radii", gt=0)
     random_directions: int = option(10, "random unit directions per epsilon", ge=0)
-    ball: Literal["l2", "adaptive"] = option("l2", "worst-case ball: ||d|| <= eps, or ||d/|theta| || <= eps")
+    ball: Literal["l2", "adaptive"] = option("l2", "worst-case ball: l2 (‖δ‖₂ ≤ ε) or adaptive (‖δ/|θ|‖₂ ≤ ε)")
     worst_case_steps: int = option(10, "projected gradient-ascent steps (0: off)", ge=0)
     trace_samples: int = option(20, "Hutchinson samples (0: off)", ge=0)
     hvp: Literal["reverse", "forward"] = option("reverse", "Hessian-vector product: reverse-over-reverse or forward-over-reverse")
