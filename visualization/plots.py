@@ -81,3 +81,51 @@ def surface_3d_figure(alphas, betas, loss, title: str, label: str = "training lo
     ax.set_zlabel(label)
     ax.set_title(title, fontsize=10)
     return fig
+
+
+def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
+    """Training (solid) and validation (dashed) loss per epoch, one colour per run, one line per seed.
+
+    `curves[run]` is a list of metrics.json dicts (one per seed); epoch 0 is the validation loss
+    before training."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for color, (run, by_seed) in zip(_colors(len(curves)), curves.items()):
+        for k, metrics in enumerate(by_seed):
+            epochs = np.arange(1, len(metrics["train_loss"]) + 1)
+            label = run if k == 0 else None
+            ax.plot(epochs, metrics["train_loss"], "-", color=color, label=f"{label} train" if label else None)
+            ax.plot(np.concatenate([[0], epochs]), [metrics["init_val_loss"], *metrics["val_loss"]], "--",
+                    color=color, label=f"{label} validation" if label else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (per target token)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def surfaces_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], label: str = "training loss",
+                    levels: int = 30) -> Figure:
+    """2D surfaces side by side on one colour scale; `panels` holds (title, alphas, betas, loss)."""
+    low = min(float(np.nanmin(loss)) for _, _, _, loss in panels)
+    high = max(float(np.nanmax(loss)) for _, _, _, loss in panels)
+    boundaries = np.linspace(low, high, levels + 1)
+    fig = Figure(figsize=(4.6 * len(panels) + 1.2, 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, alphas, betas, loss) in zip(axes, panels):
+        a, b = np.meshgrid(alphas, betas, indexing="ij")
+        filled = ax.contourf(a, b, np.ma.masked_invalid(loss), levels=boundaries, cmap="viridis")
+        ax.contour(a, b, np.ma.masked_invalid(loss), levels=boundaries, colors="k", linewidths=0.4, alpha=0.6)
+        ax.plot(0, 0, "*", color="tab:red", markersize=10, markeredgecolor="white")
+        ax.set_xlabel("α (direction 1)")
+        ax.set_ylabel("β (direction 2)")
+        ax.set_aspect("equal")
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(filled, ax=list(axes), label=label)
+    return fig
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    return [colormaps["tab10"](i % 10) for i in range(n)]
