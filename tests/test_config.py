@@ -97,3 +97,11 @@ def test_shipped_configs_load_with_the_studys_settings():
 def test_config_error_is_a_config_error(write_config):
     with pytest.raises(ConfigError):
         load_experiment(write_config("device: tpu\n"))
+
+
+def test_readme_documents_every_config_key():
+    from utils.config import _all_keys
+
+    readme = (REPO / "README.md").read_text()
+    missing = [key for key in _all_keys() if f"`{key}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ import run
 from models.checkpoint import load_trained
 from optimization.experiments import run_dir, train_stage
 from utils.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_training_lowers_the_loss_and_writes_every_output(tiny_experiment, tmp_path):
@@ -132,3 +135,15 @@ def test_bf16_on_cpu_is_refused(tiny_experiment, tmp_path):
     exp = tiny_experiment("train: {precision: bf16}\n")
     with pytest.raises(UserError, match="bf16 needs a CUDA device"):
         train_stage(exp, tmp_path, force=False)
+
+
+def test_quickstart_config_leaves_every_training_file_for_both_runs(tmp_path):
+    code = run.main(["--config", str(REPO / "config" / "quickstart.yaml"), "--stages", "train", "--output", str(tmp_path),
+                     "--set", "train.epochs=1", "--set", "data.n_train=32"])
+    assert code == 0
+    manifest = json.loads((tmp_path / "quickstart" / "experiment.json").read_text())
+    assert manifest["runs"] == ["small-batch", "large-batch"]
+    for name in manifest["runs"]:
+        folder = tmp_path / "quickstart" / name / "seed-42"
+        for file in ("checkpoint.pt", "init.pt", "metrics.json", "tokenizer/tokenizer.json"):
+            assert (folder / file).is_file(), file
