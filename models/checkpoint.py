@@ -49,7 +49,7 @@ def read_checkpoint(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as err:
-        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({str(err).splitlines()[0]}); "
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}); "
                         "retrain it with --force") from None
     missing = [k for k in ("model", "model_config", "config", "epoch") if k not in ckpt]
     if missing:

@@ -36,12 +36,13 @@ def parse_stages(text: str) -> list[str]:
 
 
 def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, Path]]:
-    """(run, run folder) of every job, once all of them have a final checkpoint."""
+    """(run, run folder) of every job, once all of them have finished training."""
     jobs = [(run, run_dir(output, experiment, run)) for run in experiment.jobs()]
     for run, folder in jobs:
-        if not (folder / "checkpoint.pt").is_file():
-            raise UserError(f"{folder / 'checkpoint.pt'} not found: run the train stage first "
-                            f"(--stages train) for {experiment.name}/{run.name}/seed-{run.seed}")
+        for name in ("checkpoint.pt", "metrics.json"):
+            if not (folder / name).is_file():
+                raise UserError(f"{folder / name} not found: run the train stage first "
+                                f"(--stages train) for {experiment.name}/{run.name}/seed-{run.seed}")
     return jobs
 
 
@@ -59,6 +60,12 @@ def write_manifest(experiment: Experiment, output: Path) -> None:
         "runs": list(configs),
         "configs": configs,
     })
+
+
+def trained_with(folder: Path) -> str:
+    """The fingerprint of the training behind a run folder's checkpoint: later stages redo their
+    work when it changes (read from metrics.json, so the checkpoint need not be loaded)."""
+    return read_json(Path(folder) / "metrics.json")["fingerprint"]
 
 
 def train_stage(experiment: Experiment, output: Path, force: bool) -> None:

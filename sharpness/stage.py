@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import load_trained
-from optimization.experiments import trained_runs
+from optimization.experiments import trained_runs, trained_with
 from optimization.objective import Objective
 from sharpness.eigen import lanczos, power_iteration
 from sharpness.sharpness import (eps_sharpness, hutchinson_trace, random_unit_directions, relative_increase_pct,
@@ -98,7 +98,7 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
     first_set: FixedSet | None = None
     for run, folder in trained_runs(experiment, output):
         label = f"{experiment.name}/{run.name}/seed-{run.seed}"
-        settings = {"sharpness": asdict(run.sharpness), "checkpoint": read_json(folder / "metrics.json")["fingerprint"]}
+        settings = {"sharpness": asdict(run.sharpness), "checkpoint": trained_with(folder)}
         stamp = fingerprint(settings)
         result_path = folder / "sharpness.json"
         if not force and result_path.is_file() and read_json(result_path).get("fingerprint") == stamp:

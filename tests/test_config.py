@@ -100,8 +100,8 @@ def test_config_error_is_a_config_error(write_config):
 
 
 def test_readme_documents_every_config_key():
-    from utils.config import _all_keys
+    from utils.config import all_keys
 
     readme = (REPO / "README.md").read_text()
-    missing = [key for key in _all_keys() if f"`{key}`" not in readme]
+    missing = [key for key in all_keys() if f"`{key}`" not in readme]
     assert not missing, f"README.md does not document {missing}"

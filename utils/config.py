@@ -168,12 +168,12 @@ def _resolve_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _all_keys(cls=None, prefix: str = "") -> list[str]:
+def all_keys(cls=None, prefix: str = "") -> list[str]:
     """Every settable dotted key of the schema."""
     keys = []
     for name, kind in _resolve_types(cls or RunConfig).items():
         if dataclasses.is_dataclass(kind):
-            keys += _all_keys(kind, f"{prefix}{name}.")
+            keys += all_keys(kind, f"{prefix}{name}.")
         elif (prefix or name not in ("name", "seed")):
             keys.append(prefix + name)
     return keys
@@ -196,7 +196,7 @@ def _flatten(tree: dict, source: str, root: str = "", cls=None, prefix: str = ""
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if not isinstance(key, str) or key not in types or (cls is RunConfig and key in ("name", "seed")):
-            candidates = _all_keys() + ([] if root else sorted(_EXPERIMENT_KEYS))
+            candidates = all_keys() + ([] if root else sorted(_EXPERIMENT_KEYS))
             raise _unknown_key(source, root + dotted, [root + k for k in candidates])
         if dataclasses.is_dataclass(types[key]):
             if not isinstance(value, dict):
@@ -349,7 +349,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
-    keys = _all_keys()
+    keys = all_keys()
     for text in overrides:
         key, value = parse_override(text)
         origin = f"--set {key}"

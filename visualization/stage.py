@@ -24,8 +24,8 @@ import numpy as np
 
 from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
-from models.checkpoint import TrainedModel, load_trained, read_checkpoint
-from optimization.experiments import experiment_dir, trained_runs
+from models.checkpoint import TrainedModel, load_trained
+from optimization.experiments import experiment_dir, trained_runs, trained_with
 from optimization.objective import Objective
 from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
@@ -79,8 +79,7 @@ class EvaluationSets:
 
 
 def landscape_stage(experiment: Experiment, output: Path, force: bool) -> None:
-    jobs = [Job(run, folder, f"{experiment.name}/{run.name}/seed-{run.seed}",
-                read_checkpoint(folder / "checkpoint.pt").get("fingerprint", ""))
+    jobs = [Job(run, folder, f"{experiment.name}/{run.name}/seed-{run.seed}", trained_with(folder))
             for run, folder in trained_runs(experiment, output)]
     check_shared_settings(jobs)
     sets = EvaluationSets()
