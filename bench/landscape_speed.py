@@ -24,10 +24,8 @@ import argparse
 import copy
 import datetime
 import os
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,24 +35,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn.utils import parameters_to_vector, vector_to_parameters  # noqa: E402
 
+from bench.common import bench_texts, machine, timed  # noqa: E402
 from data.batches import to_device  # noqa: E402
-from data.corpus import load_texts  # noqa: E402
 from data.measurement import fixed_set  # noqa: E402
-from models.models import build_model, byte_tokenizer, load_tokenizer  # noqa: E402
+from models.models import build_model  # noqa: E402
 from optimization.evaluation import evaluate  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
-from utils.config import DataConfig, ModelConfig  # noqa: E402
+from utils.config import ModelConfig  # noqa: E402
 from visualization.directions import conv1d_weight_names, random_directions  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
 SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 128}
-
-
-def texts_and_tokenizer():
-    if (SHARED / "wikitext-2").is_dir() and (SHARED / "gpt2-tokenizer").is_dir():
-        texts = load_texts(DataConfig(source="local", path=str(SHARED / "wikitext-2"))).train
-        return texts, load_tokenizer(str(SHARED / "gpt2-tokenizer")), "WikiText-2 (local), GPT-2 tokenizer"
-    return load_texts(DataConfig(source="builtin")).train, byte_tokenizer(), "builtin corpus, byte tokenizer"
 
 
 class NaivePoint:
@@ -79,15 +69,6 @@ class NaivePoint:
         return sum(losses) / len(losses)
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.is_file() else []
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def bench_device(device: torch.device, args, texts, tokenizer) -> dict:
     """Median seconds of each method on one device, and what they were measured on."""
     model_cfg = ModelConfig(init="scratch", arch="distilgpt2") if args.arch == "distilgpt2" else \
@@ -99,15 +80,6 @@ def bench_device(device: torch.device, args, texts, tokenizer) -> dict:
     d1, d2 = random_directions(objective, conv1d_weight_names(model), "layer", "", seed=0)
     naive = NaivePoint(model, [texts[i] for i in evaluation.indices], tokenizer, args.batch_size, args.max_length)
     points = np.random.default_rng(0).uniform(-1, 1, size=(args.points + 1, 2)).tolist()
-
-    def timed(work) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        work()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
 
     def grid_point(a, b):
         objective.move_to([a, b], [d1, d2])
@@ -124,7 +96,7 @@ def bench_device(device: torch.device, args, texts, tokenizer) -> dict:
         order = list(methods) if k % 2 else list(methods)[::-1]
         for name in order:
             objective.restore()
-            took = timed(lambda: methods[name](a, b))
+            took = timed(lambda: methods[name](a, b), device)
             if k > 0:  # the first point warms up
                 seconds[name].append(took)
     objective.restore()
@@ -154,7 +126,7 @@ def main() -> None:
     if not devices:
         parser.error("no CUDA device is available")
 
-    texts, tokenizer, data_name = texts_and_tokenizer()
+    texts, tokenizer, data_name = bench_texts()
     tokenizer.pad_token = tokenizer.eos_token  # the naive way pads with EOS; ours never reads pad_token
     print(f"data:    {data_name}; {args.batches} batches of {args.batch_size} texts, max_length {args.max_length}")
     print(f"date:    {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, torch {torch.__version__}, "

@@ -24,24 +24,16 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.common import bench_texts, machine, timed  # noqa: E402
 from data.batches import collate, to_device, tokenize  # noqa: E402
-from data.corpus import load_texts  # noqa: E402
-from models.models import build_model, byte_tokenizer, load_tokenizer  # noqa: E402
+from models.models import build_model, byte_tokenizer  # noqa: E402
 from optimization.evaluation import summed_token_loss  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
 from sharpness.eigen import lanczos, power_iteration  # noqa: E402
-from utils.config import DataConfig, ModelConfig  # noqa: E402
+from utils.config import ModelConfig  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "data"
 SHAPES = {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "distilgpt2": {}}
-
-
-def text_and_tokenizer():
-    if (SHARED / "wikitext-2").is_dir() and (SHARED / "gpt2-tokenizer").is_dir():
-        texts = load_texts(DataConfig(source="local", path=str(SHARED / "wikitext-2"), n_train=1000)).train
-        return texts, load_tokenizer(str(SHARED / "gpt2-tokenizer")), "WikiText-2 (local), GPT-2 tokenizer"
-    return load_texts(DataConfig(source="builtin", n_train=1000)).train, byte_tokenizer(), "builtin corpus, byte tokenizer"
 
 
 def full_batch(texts, tokenizer, batch: int, length: int):
@@ -50,16 +42,6 @@ def full_batch(texts, tokenizer, batch: int, length: int):
     if len(sequences) < batch:
         raise SystemExit(f"only {len(sequences)} texts have {length} tokens")
     return collate(sequences, tokenizer.eos_token_id)
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def hvp_ratios(model, batch, device, repeats: int) -> dict:
@@ -154,10 +136,10 @@ def main():
                         help="model for the power-vs-Lanczos comparison (distilgpt2 needs a GPU to finish soon)")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    texts, tokenizer, source = text_and_tokenizer()
+    texts, tokenizer, source = bench_texts()
     batch = full_batch(texts, tokenizer, args.batch, args.length)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"{time.strftime('%Y-%m-%d')}, {name}, torch {torch.__version__}; {source}; batch {args.batch}x{args.length}")
+    name = f"{machine(device)}, {torch.get_num_threads()} torch threads"
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {name}, torch {torch.__version__}; {source}; batch {args.batch}x{args.length}")
 
     arches = {"both": ["tiny", "distilgpt2"], "none": []}.get(args.arch, [args.arch])
     print("\nmodel        params     gradient s   HVP reverse s (ratio)   HVP forward s (ratio)")

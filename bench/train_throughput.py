@@ -22,7 +22,6 @@ import copy
 import datetime
 import itertools
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,15 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
+from bench.common import bench_texts, machine  # noqa: E402
 from data.batches import batches_in_order, epoch_order, to_device, tokenize  # noqa: E402
-from data.corpus import load_texts  # noqa: E402
-from models.models import build_model, byte_tokenizer, check_scratch_config, load_tokenizer  # noqa: E402
+from models.models import build_model, check_scratch_config  # noqa: E402
 from optimization.evaluation import summed_token_loss  # noqa: E402
-from utils.config import DataConfig, ModelConfig  # noqa: E402
+from utils.config import ModelConfig  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
-WIKITEXT = Path("/work/shared/data/wikitext-2")
-GPT2_TOKENIZER = Path("/work/shared/data/gpt2-tokenizer")
 SMALL_SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 4}
 
 
@@ -88,15 +85,6 @@ def naive_step(model, optimizer, batch) -> None:
     optimizer.step()
 
 
-def machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.is_file() else []
-    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=60, help="timed optimizer steps per loop (after 1 warm-up step)")
@@ -111,13 +99,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    if WIKITEXT.is_dir() and GPT2_TOKENIZER.is_dir():
-        data = DataConfig(source="local", path=str(WIKITEXT), max_length=args.max_length)
-        tokenizer, data_name = load_tokenizer(str(GPT2_TOKENIZER)), f"WikiText-2 ({WIKITEXT}), GPT-2 tokenizer"
-    else:
-        data = DataConfig(source="builtin", max_length=args.max_length)
-        tokenizer, data_name = byte_tokenizer(), "builtin corpus, byte tokenizer"
-    texts = load_texts(data).train  # the study's filter: > 50 characters, no headings, first 1000
+    texts, tokenizer, data_name = bench_texts()  # the study's filter: > 50 characters, no headings, first 1000
     tokenizer.pad_token = tokenizer.eos_token  # the study's padding for the naive loop; ours pads with EOS itself
 
     model_cfg = ModelConfig(init="scratch", arch="distilgpt2") if args.arch == "distilgpt2" else \

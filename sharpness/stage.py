@@ -19,8 +19,7 @@ from models.checkpoint import load_trained
 from optimization.experiments import trained_runs, trained_with
 from optimization.objective import Objective
 from sharpness.eigen import lanczos, power_iteration
-from sharpness.sharpness import (eps_sharpness, hutchinson_trace, random_unit_directions, relative_increase_pct,
-                                 taylor_check, worst_case)
+from sharpness.sharpness import eps_sharpness, hutchinson_trace, random_unit_directions, taylor_check, worst_case
 from utils.config import Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_json, save_torch, write_json
