@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,42 @@ def test_quickstart_config_leaves_every_training_file_for_both_runs(tmp_path):
         folder = tmp_path / "quickstart" / name / "seed-42"
         for file in ("checkpoint.pt", "init.pt", "metrics.json", "tokenizer/tokenizer.json"):
             assert (folder / file).is_file(), file
+
+
+def test_optimizers_and_schedules_follow_the_config():
+    from utils.config import TrainConfig
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = training.make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 1e-4
+    adamw = training.make_optimizer(params, TrainConfig(optimizer="adamw", lr=1e-4, weight_decay=5e-4))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 5e-4
+
+    def lrs(cfg, total):
+        optimizer = torch.optim.SGD(params, lr=1.0)
+        scheduler = training.make_scheduler(optimizer, cfg, total)
+        values = []
+        for _ in range(total):
+            values.append(scheduler.get_last_lr()[0])
+            optimizer.step()
+            scheduler.step()
+        return values
+
+    assert lrs(TrainConfig(), 5) == [1.0] * 5  # the study's constant rate
+    warm_cosine = lrs(TrainConfig(schedule="cosine", warmup_steps=2), 6)
+    assert warm_cosine[:2] == [0.5, 1.0]
+    assert warm_cosine[2:] == pytest.approx([0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)], abs=1e-12)
+
+
+def test_gradient_clipping_bounds_the_update(tiny_experiment, tmp_path, monkeypatch):
+    norms = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        real_clip(parameters, max_norm, *args, **kwargs)
+        norms.append(float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in parameters]))))
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    train_stage(tiny_experiment("train: {epochs: 1, grad_clip: 0.01}\n"), tmp_path, force=False)
+    assert len(norms) == 6 and max(norms) <= 0.01 * (1 + 1e-5)
