@@ -17,8 +17,8 @@ from models.checkpoint import load_trained
 from optimization.evaluation import summed_token_loss
 from optimization.objective import Objective
 from sharpness.eigen import lanczos, power_iteration
-from sharpness.sharpness import (eps_sharpness, hutchinson_trace, relative_increase_pct, taylor_check,
-                                 worst_case)
+from sharpness.sharpness import (eps_sharpness, hutchinson_trace, random_unit_directions, relative_increase_pct,
+                                 taylor_check, worst_case)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +217,32 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
     capsys.readouterr()
     run_experiment(exp, ["sharpness"], tmp_path)
     assert capsys.readouterr().out.count("already measured with these settings; skipping") == 2
+
+
+def test_random_directions_are_unit_and_summarized_by_max_and_mean(tiny):
+    objective, _ = tiny
+    directions = random_unit_directions(objective.base, 3, seed=7)
+    assert all(abs(float(d.norm()) - 1.0) < 1e-6 and d.dtype == objective.base.dtype for d in directions)
+    assert not torch.equal(directions[0], directions[1])
+    base_loss = objective.loss()
+    v = directions[2]
+    result = eps_sharpness(objective, base_loss, v, 0.05, directions[:2])
+    each = [relative_increase_pct(objective, base_loss, d, 0.05) for d in directions[:2]]
+    assert result["random_max"] == max(each) and result["random_mean"] == pytest.approx(sum(each) / 2, rel=1e-12)
+
+
+def test_worst_case_starts_on_the_boundary_of_its_ball(tiny):
+    """With no ascent step the value is the start point's: ε·v in the ℓ2 ball, and in the adaptive ball
+    δ = |θ|⊙u with u = ε·(|θ|⊙v)/‖|θ|⊙v‖, so that ‖δ/|θ|‖ = ε."""
+    objective, _ = tiny
+    v = random_unit_directions(objective.base, 1, seed=8)[0]
+    base_loss = objective.loss()
+    eps = 0.05
+    l2 = worst_case(objective, base_loss, v, eps, steps=0, ball="l2")
+    assert l2["value_pct"] == pytest.approx(relative_increase_pct(objective, base_loss, v, eps), rel=1e-6)
+    scale = objective.base.abs()
+    u = eps * (scale * v) / (scale * v).norm()
+    delta = scale * u
+    assert float((delta[scale > 0] / scale[scale > 0]).norm()) == pytest.approx(eps, rel=1e-5)
+    adaptive = worst_case(objective, base_loss, v, eps, steps=0, ball="adaptive")
+    assert adaptive["value_pct"] == pytest.approx(relative_increase_pct(objective, base_loss, delta, 1.0), rel=1e-6)
