@@ -98,7 +98,7 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
     singles = sorted((results.folder / "figures").glob("surface_*_seed-*.png")) if (results.folder / "figures").is_dir() else []
     if singles:
         sections.append("Each run: " + ", ".join(f"[{p.stem}](figures/{p.name})" for p in singles))
-    sections += ["## Cost", "Training time covers the epochs (with validation); tokens/s counts non-padding input "
+    sections += ["## Cost", "Training time covers the optimizer steps (not validation); tokens/s counts non-padding input "
                  "tokens; peak memory is GPU memory on CUDA, the process's resident memory on CPU.",
                  markdown_table(summary, cost_columns())]
     if results.missing:
