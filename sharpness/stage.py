@@ -79,6 +79,7 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
         "eigenvalues": eigen.eigenvalues,
         "method": cfg.method,
         "hvp_count": eigen.matvecs,
+        "hvp_total": objective.hvp_count,
         "converged": eigen.converged,
         "eigen_history": eigen.history,
         "eigvec_curvature": curvature,

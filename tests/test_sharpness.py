@@ -204,6 +204,8 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
         assert set(result["taylor_check"]["0.01"]) == {"measured_pct", "predicted_pct", "abs_diff_pct"}
         assert result["worst_case"]["0.01"]["value_pct"] >= result["eps_sharpness"]["0.01"]["eigvec"]
         assert len(result["eigenvalues"]) == 3 and result["lambda_max"] == result["eigenvalues"][0]
+        assert result["hvp_count"] == len(result["eigen_history"]) <= 8
+        assert result["hvp_total"] == result["hvp_count"] + 1 + 3  # the solver, vᵀHv, the trace samples
         measurement = torch.load(folder / "measurement.pt", weights_only=True)
         assert len(measurement["batches"]) == 3 and len(measurement["indices"]) == 12
         batch = measurement["batches"][0]

@@ -11,6 +11,8 @@ import torch
 
 import optimization.training as training
 import run
+from data.batches import tokenize
+from data.corpus import load_texts
 from models.checkpoint import load_trained
 from optimization.experiments import run_dir, train_stage
 from utils.errors import UserError
@@ -30,6 +32,10 @@ def test_training_lowers_the_loss_and_writes_every_output(tiny_experiment, tmp_p
         torch.tensor(metrics["test_loss"]).exp().item(), rel=1e-6)
     for key in ("train_time_s", "tokens_per_s", "peak_memory_mb", "seed", "versions"):
         assert key in metrics
+    texts = load_texts(exp.runs[0].data).train
+    tokenizer = load_trained(folder / "checkpoint.pt").tokenizer
+    assert metrics["train_tokens"] == 3 * sum(len(s) for s in tokenize(texts, tokenizer, exp.runs[0].data.max_length))
+    assert metrics["tokens_per_s"] == pytest.approx(metrics["train_tokens"] / metrics["train_time_s"], rel=1e-9)
     assert set(metrics["versions"]) == {"torch", "transformers", "git_commit"}
     assert (folder / "tokenizer" / "tokenizer.json").is_file()
     assert not (folder / "last.pt").exists()
