@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from optimization.experiments import STAGES, parse_stages, run_experiment
+from pipeline import STAGES, parse_stages, run_experiment
 from utils.config import load_experiment
 from utils.errors import UserError
 

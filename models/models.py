@@ -15,35 +15,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
 
-from utils.config import ModelConfig
+from utils.config import ARCH_PRESETS, ModelConfig
 from utils.errors import UserError
 from utils.hub import load_from_hub
 
 EOS = "<|endoftext|>"
-
-# Shapes of the published GPT-2 family, for random-weight models of the same size.
-ARCH_PRESETS = {
-    "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12, "n_positions": 1024},
-    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
-}
-
-
-def check_scratch_config(cfg: ModelConfig, max_length: int) -> None:
-    """Raise ValueError (one sentence) if cfg.config cannot build a GPT-2 for texts of max_length tokens."""
-    allowed = GPT2Config().to_dict()
-    for key in cfg.config:
-        if key not in allowed or key in ("vocab_size", "bos_token_id", "eos_token_id"):
-            why = "is set from the tokenizer" if key in allowed else "is not a GPT2Config field"
-            raise ValueError(f"{key!r} {why}")
-    shape = {**allowed, **ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}
-    for key in ("n_layer", "n_embd", "n_head", "n_positions"):
-        if not isinstance(shape[key], int) or isinstance(shape[key], bool) or shape[key] < 1:
-            raise ValueError(f"{key} must be a positive integer, got {shape[key]!r}")
-    if shape["n_embd"] % shape["n_head"]:
-        raise ValueError(f"n_embd ({shape['n_embd']}) must be divisible by n_head ({shape['n_head']})")
-    if shape["n_positions"] < max_length:
-        raise ValueError(f"n_positions ({shape['n_positions']}) is shorter than data.max_length ({max_length})")
-
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizers.

@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import load_trained
-from optimization.experiments import trained_runs, trained_with
 from optimization.objective import Objective
 from sharpness.eigen import lanczos, power_iteration
 from sharpness.sharpness import eps_sharpness, hutchinson_trace, random_unit_directions, taylor_check, worst_case
 from utils.config import Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_json, save_torch, write_json
+from utils.layout import trained_runs, trained_with
 
 
 def _bar(total: int, desc: str):

@@ -17,7 +17,8 @@ from data.corpus import load_texts
 from data.measurement import fixed_set
 from models.checkpoint import load_trained
 from models.models import build_model
-from optimization.experiments import experiment_dir, run_dir, train_stage
+from optimization.experiments import train_stage
+from utils.layout import experiment_dir, run_dir
 from optimization.objective import Objective
 from tests.conftest import TINY
 from utils.config import ModelConfig, load_experiment

@@ -11,7 +11,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from optimization.experiments import run_dir, run_experiment
+from pipeline import run_experiment
+from utils.layout import run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 

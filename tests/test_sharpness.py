@@ -182,7 +182,8 @@ def test_hutchinson_trace_is_within_three_standard_errors(tiny):
 
 
 def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(tiny_experiment, tmp_path, capsys):
-    from optimization.experiments import run_dir, run_experiment
+    from pipeline import run_experiment
+    from utils.layout import run_dir
 
     exp = tiny_experiment("""
         train: {epochs: 1}

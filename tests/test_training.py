@@ -14,7 +14,8 @@ import run
 from data.batches import tokenize
 from data.corpus import load_texts
 from models.checkpoint import load_trained
-from optimization.experiments import run_dir, train_stage
+from optimization.experiments import train_stage
+from utils.layout import run_dir
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -333,6 +333,35 @@ def _build(cls, flat: dict, prefix: str = ""):
 
 
 # ----------------------------------------------------------------------------------------------
+# GPT-2 shapes for models trained from scratch.
+
+# Shapes of the published GPT-2 family, for random-weight models of the same size.
+ARCH_PRESETS = {
+    "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12, "n_positions": 1024},
+    "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
+}
+
+
+def check_scratch_config(cfg: ModelConfig, max_length: int) -> None:
+    """Raise ValueError (one sentence) if cfg.config cannot build a GPT-2 for texts of max_length tokens."""
+    from transformers import GPT2Config  # what a GPT-2 config may hold
+
+    allowed = GPT2Config().to_dict()
+    for key in cfg.config:
+        if key not in allowed or key in ("vocab_size", "bos_token_id", "eos_token_id"):
+            why = "is set from the tokenizer" if key in allowed else "is not a GPT2Config field"
+            raise ValueError(f"{key!r} {why}")
+    shape = {**allowed, **ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}
+    for key in ("n_layer", "n_embd", "n_head", "n_positions"):
+        if not isinstance(shape[key], int) or isinstance(shape[key], bool) or shape[key] < 1:
+            raise ValueError(f"{key} must be a positive integer, got {shape[key]!r}")
+    if shape["n_embd"] % shape["n_head"]:
+        raise ValueError(f"n_embd ({shape['n_embd']}) must be divisible by n_head ({shape['n_head']})")
+    if shape["n_positions"] < max_length:
+        raise ValueError(f"n_positions ({shape['n_positions']}) is shorter than data.max_length ({max_length})")
+
+
+# ----------------------------------------------------------------------------------------------
 # Command-line overrides and cross-field checks.
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -397,8 +426,6 @@ def _check_run(run: RunConfig, flat: dict) -> None:
     if run.model.arch and run.model.init != "scratch":
         raise ConfigError(f"{where('model.arch')}: a shape preset needs model.init: scratch")
     if run.model.init == "scratch":
-        from models.models import check_scratch_config  # the model module owns what a GPT-2 config may hold
-
         try:
             check_scratch_config(run.model, run.data.max_length)
         except ValueError as err:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from optimization.experiments import experiment_dir
 from utils.config import Experiment
 from utils.errors import UserError
 from utils.io import save_figure, write_json, write_text
+from utils.layout import experiment_dir
 from utils.results import (ExperimentResults, cost_columns, curvature_columns, eps_columns, epsilons,
                            generalization_columns, load_results, markdown_table, summarize)
 from visualization.plots import learning_curves_figure, surfaces_figure

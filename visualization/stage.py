@@ -25,12 +25,12 @@ import numpy as np
 from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import TrainedModel, load_trained
-from optimization.experiments import experiment_dir, trained_runs, trained_with
 from optimization.objective import Objective
 from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.io import fingerprint, read_json, save_figure, save_npz, write_json
+from utils.layout import experiment_dir, trained_runs, trained_with
 from visualization.directions import (conv1d_weight_names, directions_for, random_directions, read_directions,
                                       save_directions)
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in

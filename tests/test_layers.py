@@ -1,0 +1,59 @@
+"""Data flows one way: config -> data -> models -> optimization -> sharpness / visualization -> pipeline.
+
+Read from the source (no imports run): every project import, at module level or inside a function,
+must point to the same layer or a lower one, and no two modules may import each other in a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {"utils": 0, "data": 1, "models": 2, "optimization": 3, "sharpness": 4, "visualization": 4,
+          "pipeline": 5, "run": 6}
+
+
+def project_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {n for n in names if n.split(".")[0] in LAYERS}
+
+
+def modules() -> dict[str, Path]:
+    found = {p.stem: p for p in ROOT.glob("*.py") if p.stem in LAYERS}
+    for package in LAYERS:
+        for p in (ROOT / package).glob("*.py") if (ROOT / package).is_dir() else []:
+            if p.stem != "__init__":
+                found[f"{package}.{p.stem}"] = p
+    return found
+
+
+def test_every_import_points_down_or_sideways():
+    wrong = []
+    for name, path in modules().items():
+        for target in project_imports(path):
+            if LAYERS[target.split(".")[0]] > LAYERS[name.split(".")[0]]:
+                wrong.append(f"{name} imports {target}")
+    assert not wrong, wrong
+
+
+def test_no_import_cycles():
+    graph = {name: {t for t in project_imports(path) if t in modules()} for name, path in modules().items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])

@@ -1,0 +1,49 @@
+"""Where every stage's files live, and which training produced a run folder.
+
+    <output>/<experiment>/experiment.json             the manifest the train stage writes
+    <output>/<experiment>/<run>/seed-<seed>/          one run folder per (run, seed)
+
+Every stage (train, sharpness, landscape, report) finds its inputs through this module and reads
+only files, so no stage imports another.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from utils.config import Experiment, RunConfig
+from utils.errors import UserError
+from utils.io import read_json
+
+MANIFEST = "experiment.json"
+
+
+def experiment_dir(output: Path, experiment: Experiment | str) -> Path:
+    name = experiment if isinstance(experiment, str) else experiment.name
+    return Path(output) / name
+
+
+def run_dir(output: Path, experiment: Experiment | str, run: RunConfig) -> Path:
+    return experiment_dir(output, experiment) / run.name / f"seed-{run.seed}"
+
+
+def run_label(experiment: Experiment | str, run: RunConfig) -> str:
+    name = experiment if isinstance(experiment, str) else experiment.name
+    return f"{name}/{run.name}/seed-{run.seed}"
+
+
+def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, Path]]:
+    """(run, run folder) of every job, once all of them have finished training."""
+    jobs = [(run, run_dir(output, experiment, run)) for run in experiment.jobs()]
+    for run, folder in jobs:
+        for name in ("checkpoint.pt", "metrics.json"):
+            if not (folder / name).is_file():
+                raise UserError(f"{folder / name} not found: run the train stage first "
+                                f"(--stages train) for {run_label(experiment, run)}")
+    return jobs
+
+
+def trained_with(folder: Path) -> str:
+    """The fingerprint of the training behind a run folder's checkpoint: later stages redo their
+    work when it changes (read from metrics.json, so the checkpoint need not be loaded)."""
+    return read_json(Path(folder) / "metrics.json")["fingerprint"]
