@@ -7,7 +7,8 @@
 
 Each handler takes (experiment, output folder, force), reads only files that earlier stages wrote
 (utils.layout says where) and writes files under the output folder. This module sits at the top:
-it imports the stages, and none of them imports it.
+it imports the stages, and none of them imports it. One process at a time works in an experiment
+folder (utils.lock).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from optimization.experiments import train_stage
 from sharpness.stage import sharpness_stage
 from utils.config import Experiment
 from utils.errors import ConfigError
+from utils.io import remove_interrupted_writes
+from utils.layout import experiment_dir
+from utils.lock import experiment_lock
 from visualization.report import report_stage
 from visualization.stage import landscape_stage
 
@@ -33,5 +37,10 @@ def parse_stages(text: str) -> list[str]:
 
 
 def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
-    for stage in stages:
-        STAGES[stage](experiment, Path(output), force)
+    """Run `stages` in order, holding the experiment folder's lock; first clear what killed writes left."""
+    folder = experiment_dir(output, experiment)
+    with experiment_lock(folder):
+        for leftover in remove_interrupted_writes(folder):
+            print(f"{experiment.name}: removed {leftover}, left by an interrupted write")
+        for stage in stages:
+            STAGES[stage](experiment, Path(output), force)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from pipeline import STAGES, parse_stages, run_experiment
 from utils.config import load_experiment
 from utils.errors import UserError
+from utils.io import output_error
 
 
 def parse_args(argv):
@@ -38,6 +40,12 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a write outside utils.io (a library's own save) on a full or read-only disk
+        problem = output_error(err, Path(err.filename or args.output))
+        if problem is None:
+            raise
+        print(f"error: {problem}", file=sys.stderr)
+        return problem.exit_code
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130

@@ -11,8 +11,6 @@ A checkpoint is a plain dict loadable with `torch.load(path, weights_only=True)`
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +18,8 @@ import torch
 
 from models.models import load_tokenizer, model_config_dict, model_from_config_dict
 from utils.config import RunConfig, run_config_from_dict
-from utils.errors import UserError
-from utils.io import save_torch
+from utils.errors import CorruptFileError, UserError
+from utils.io import load_torch, save_torch
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -43,17 +41,14 @@ def save_checkpoint(path: Path, model, run: RunConfig, epoch: int, tokenizer_ref
 
 
 def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's dict, after its checksum; CorruptFileError (exit 2) for a damaged file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path} (run the train stage first)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as err:
-        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(err).__name__}); "
-                        "retrain it with --force") from None
+    ckpt = load_torch(path)
     missing = [k for k in ("model", "model_config", "config", "epoch") if k not in ckpt]
     if missing:
-        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}; retrain it with --force")
+        raise CorruptFileError(path, f"it lacks {', '.join(missing)}")
     return ckpt
 
 
@@ -74,7 +69,7 @@ def load_trained(path: Path, device: torch.device | str = "cpu") -> TrainedModel
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as err:
-        raise UserError(f"checkpoint {path} does not match its own model_config ({str(err).splitlines()[0]})") from None
+        raise CorruptFileError(path, f"its weights do not fit its own model_config: {str(err).splitlines()[0]}") from None
     ref = ckpt.get("tokenizer") or ckpt["config"]["model"]["name"]
     tokenizer = load_tokenizer(str(path.parent / TOKENIZER_DIR) if ref == TOKENIZER_DIR else ref)
     run = run_config_from_dict(ckpt["config"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from optimization.training import train_run
 from utils.config import Experiment
-from utils.io import read_json, write_json
+from utils.io import read_own_output, write_json
 from utils.layout import MANIFEST, experiment_dir, run_dir, run_label
 
 
@@ -15,7 +15,8 @@ def write_manifest(experiment: Experiment, output: Path) -> None:
     so readers of the results (report, notebook) need not re-read the YAML files. Runs trained by
     earlier invocations (`--runs`) stay listed."""
     path = experiment_dir(output, experiment) / MANIFEST
-    configs = read_json(path)["configs"] if path.is_file() else {}
+    earlier = read_own_output(path, label=experiment.name) or {}
+    configs = earlier.get("configs", {})
     configs.update({run.name: run.to_dict() for run in experiment.runs})
     write_json(path, {
         "experiment": experiment.name,

@@ -19,7 +19,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from data.batches import batches_in_order, epoch_order, fixed_batches, to_device, tokenize
 from data.corpus import load_texts
@@ -28,8 +27,9 @@ from models.models import build_model, build_tokenizer, load_tokenizer, tokenize
 from optimization.evaluation import evaluate, perplexity, summed_token_loss
 from utils.config import RunConfig
 from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
-from utils.errors import UserError
-from utils.io import atomic_dir, fingerprint, read_json, versions, write_json
+from utils.errors import CorruptFileError, UserError
+from utils.io import atomic_dir, fingerprint, read_json, verify, versions, write_json
+from utils.progress import progress
 
 
 def training_fingerprint(run: RunConfig) -> str:
@@ -38,10 +38,21 @@ def training_fingerprint(run: RunConfig) -> str:
     return fingerprint(settings)
 
 
-def is_trained(run: RunConfig, run_dir: Path) -> bool:
-    metrics = run_dir / "metrics.json"
-    return (run_dir / "checkpoint.pt").is_file() and metrics.is_file() and \
-        read_json(metrics).get("fingerprint") == training_fingerprint(run)
+def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:
+    """Whether run_dir holds the finished training of this config, intact. A corrupt metrics.json,
+    init.pt or checkpoint.pt is reported and counts as not trained, so the run is trained again."""
+    metrics, weights = run_dir / "metrics.json", [run_dir / "init.pt", run_dir / "checkpoint.pt"]
+    if not (metrics.is_file() and all(w.is_file() for w in weights)):
+        return False
+    try:
+        if read_json(metrics).get("fingerprint") != training_fingerprint(run):
+            return False
+        for path in weights:
+            verify(path)
+    except CorruptFileError as err:
+        print(f"{label}: warning: {err}; training again")
+        return False
+    return True
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
@@ -90,7 +101,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     run_dir = Path(run_dir)
     label = label or f"{run.name}/seed-{run.seed}"
     fingerprint = training_fingerprint(run)
-    if not force and is_trained(run, run_dir):
+    if not force and is_trained(run, run_dir, label):
         print(f"{label}: already trained with this config; skipping (--force retrains)")
         return read_json(run_dir / "metrics.json")
 
@@ -101,8 +112,11 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     last = run_dir / "last.pt"
     resume = None
     if last.is_file() and not force:
-        resume = read_checkpoint(last)
-        if resume.get("fingerprint") != fingerprint:
+        try:
+            resume = read_checkpoint(last)
+        except CorruptFileError as err:
+            print(f"{label}: warning: {err}; starting over")
+        if resume is not None and resume.get("fingerprint") != fingerprint:
             print(f"{label}: the config changed since the unfinished run; starting over")
             resume = None
 
@@ -148,8 +162,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         loss_total, target_total, epoch_tokens = 0.0, 0, 0
         order = epoch_order(lengths, run.data.order, run.seed, epoch)
         batches = batches_in_order(train_seqs, order, run.train.batch_size, pad_id)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{run.train.epochs}",
-                   leave=False, dynamic_ncols=True)
+        bar = progress(batches, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{run.train.epochs}")
         for step, batch in enumerate(bar):
             epoch_tokens += int(batch["attention_mask"].sum())
             batch = to_device(batch, device)

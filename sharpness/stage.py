@@ -21,7 +21,7 @@ from sharpness.eigen import lanczos, power_iteration
 from sharpness.sharpness import eps_sharpness, hutchinson_trace, random_unit_directions, taylor_check, worst_case
 from utils.config import Experiment, SharpnessConfig
 from utils.device import resolve_device
-from utils.io import fingerprint, read_json, save_torch, write_json
+from utils.io import fingerprint, read_own_output, save_torch, write_json
 from utils.layout import trained_runs, trained_with
 
 
@@ -101,7 +101,8 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         settings = {"sharpness": asdict(run.sharpness), "checkpoint": trained_with(folder)}
         stamp = fingerprint(settings)
         result_path = folder / "sharpness.json"
-        if not force and result_path.is_file() and read_json(result_path).get("fingerprint") == stamp:
+        done = None if force else read_own_output(result_path, label=label)
+        if done is not None and done.get("fingerprint") == stamp:
             print(f"{label}: sharpness already measured with these settings; skipping (--force redoes it)")
             continue
 

@@ -1,35 +1,96 @@
-"""Atomic file writes and provenance. A killed process never leaves a truncated file behind:
-everything is written to a temporary file in the target folder and moved into place with os.replace."""
+"""Atomic, verified file writes and reads. A killed process never leaves a truncated file behind:
+everything is written to a temporary file in the target folder and moved into place with os.replace.
+Every .pt and .npz file gets a `<name>.sha256` beside it, checked before the file is used, so a file
+damaged later (a full disk, a copy cut short, a bit flip) is caught instead of loaded.
+
+Temporary names start with '.' and end in '.tmp' (files) or '.tmpdir' (folders); a process killed
+mid-write leaves them behind, and `remove_interrupted_writes` clears them when a stage starts again.
+Files and folders get the permissions the user's umask allows, like any file the user creates.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import pickle
+import secrets
 import shutil
 import subprocess
-import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from utils.errors import CorruptFileError, OutputError
+
+CHECKSUM_SUFFIX = ".sha256"
+_DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file, not a folder",
+                errno.EEXIST: "a file is in the way of a folder"}
+
+
+def output_error(err: OSError, path: Path) -> OutputError | None:
+    """The one-sentence error for an OSError a user can fix (full disk, read-only folder, ...), or None."""
+    why = _DISK_ERRORS.get(err.errno)
+    return None if why is None else OutputError(f"cannot write {path}: {why} ({os.strerror(err.errno)})")
+
+
+def make_dir(path: str | Path) -> Path:
+    """mkdir -p, with one sentence when it cannot be done (a file in the way, no permission, ...)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise output_error(err, path) or err from None
+    if not path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a file, not a folder")
+    return path
+
+
+def _temporary_name(path: Path, suffix: str) -> Path:
+    return path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
 
 @contextmanager
-def _temporary_beside(path: Path, suffix: str = ""):
+def _temporary_beside(path: Path):
+    """A new temporary file beside `path` (mode 0666 less the umask) that replaces `path` on success."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
-    os.close(fd)
+    make_dir(path.parent)
+    tmp = _temporary_name(path, ".tmp")
     try:
-        yield Path(tmp)
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        yield tmp
         os.replace(tmp, path)
+    except OSError as err:
+        raise output_error(err, path) or err from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
+
+
+def remove_interrupted_writes(folder: str | Path) -> list[Path]:
+    """Delete the temporary files and folders that killed writes left under `folder`; return them.
+    Only safe while no other process writes there (the experiment lock guarantees it)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for leftover in sorted(folder.rglob(".*.tmp*"), key=lambda p: len(p.parts), reverse=True):
+        if leftover.name.endswith(".tmp") and leftover.is_file():
+            leftover.unlink()
+        elif leftover.name.endswith(".tmpdir") and leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            continue
+        removed.append(leftover)
+    return removed
 
 
 def _finite_or_none(value):
@@ -67,18 +128,89 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON object written by write_json; CorruptFileError when the file does not parse as one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CorruptFileError(path, f"not valid JSON: {type(err).__name__}") from None
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, "not a JSON object")
+    return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _verified_beside(path: Path):
+    """Like _temporary_beside, and records the new file's sha256 in `path`.sha256 before moving it into
+    place: a kill between the two leaves a mismatch, which readers catch, never an unverified file."""
+    with _temporary_beside(path) as tmp:
+        yield tmp
+        write_text(path.with_name(path.name + CHECKSUM_SUFFIX), f"{_sha256(tmp)}  {path.name}\n")
+
+
+def verify(path: str | Path) -> None:
+    """Raise CorruptFileError unless `path` matches the sha256 recorded when it was written.
+    A file written before checksums existed has none; its parse is then the only check."""
+    path = Path(path)
+    record = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if not record.is_file():
+        return
+    expected = record.read_text(errors="replace").split(" ", 1)[0].strip()
+    if _sha256(path) != expected:
+        raise CorruptFileError(path, "its sha256 differs from the one recorded when it was written")
 
 
 def save_torch(path: str | Path, obj) -> None:
-    with _temporary_beside(Path(path)) as tmp:
+    with _verified_beside(Path(path)) as tmp:
         torch.save(obj, tmp)
 
 
+def load_torch(path: str | Path) -> dict:
+    """A file written by save_torch (tensors on the CPU, weights_only), after its checksum."""
+    path = Path(path)
+    verify(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise CorruptFileError(path, f"it does not load ({type(err).__name__})") from None
+
+
 def save_npz(path: str | Path, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    write_bytes(path, buffer.getvalue())
+    with _verified_beside(Path(path)) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a file written by save_npz, after its checksum."""
+    path = Path(path)
+    verify(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
+        raise CorruptFileError(path, f"it does not load ({type(err).__name__})") from None
+
+
+def read_own_output(path: str | Path, reader=None, label: str = ""):
+    """A stage's own earlier output, or None when it is missing or corrupt. A corrupt one is deleted
+    with a warning, so the stage simply computes it again."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return (reader or read_json)(path)
+    except CorruptFileError as err:
+        print(f"{label + ': ' if label else ''}warning: {err}; making it again")
+        path.unlink()
+        return None
 
 
 def save_figure(path: str | Path, figure, dpi: int = 150) -> None:
@@ -92,13 +224,16 @@ def save_figure(path: str | Path, figure, dpi: int = 150) -> None:
 def atomic_dir(path: str | Path):
     """Yield a temporary folder that replaces `path` (if any) once the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    make_dir(path.parent)
+    tmp = _temporary_name(path, ".tmpdir")
     try:
+        tmp.mkdir(0o777)
         yield tmp
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+    except OSError as err:
+        raise output_error(err, path) or err from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.config import Experiment, RunConfig
-from utils.errors import UserError
-from utils.io import read_json
+from utils.errors import CorruptFileError, UserError
+from utils.io import read_json, verify
 
 MANIFEST = "experiment.json"
 
@@ -32,14 +32,29 @@ def run_label(experiment: Experiment | str, run: RunConfig) -> str:
     return f"{name}/{run.name}/seed-{run.seed}"
 
 
+def train_command(experiment: Experiment, output: Path, run: RunConfig) -> str:
+    """The command that (re)trains one run of an experiment."""
+    where = "" if Path(output) == Path("results") else f" --output {output}"
+    return (f"python run.py --config {experiment.source} --stages train --runs {run.name}{where} "
+            "(with the same --set options as before)")
+
+
 def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, Path]]:
-    """(run, run folder) of every job, once all of them have finished training."""
+    """(run, run folder) of every job, once all of them have finished training and their files are
+    intact (metrics.json parses, init.pt and checkpoint.pt match their checksums)."""
     jobs = [(run, run_dir(output, experiment, run)) for run in experiment.jobs()]
     for run, folder in jobs:
         for name in ("checkpoint.pt", "metrics.json"):
             if not (folder / name).is_file():
                 raise UserError(f"{folder / name} not found: run the train stage first "
                                 f"(--stages train) for {run_label(experiment, run)}")
+        try:
+            read_json(folder / "metrics.json")
+            for name in ("init.pt", "checkpoint.pt"):
+                if (folder / name).is_file():
+                    verify(folder / name)
+        except CorruptFileError as err:
+            raise err.needing(f"train the run again with: {train_command(experiment, output, run)}") from None
     return jobs
 
 
