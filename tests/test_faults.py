@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import typing
 
 import pytest
 
 import run
+from data.corpus import BUILTIN_LONGEST_TEXT, filter_texts, load_texts
 from utils.config import (DataConfig, LandscapeConfig, ModelConfig, SharpnessConfig, TrainConfig, all_keys,
                           load_experiment)
 from utils.errors import ConfigError
@@ -137,3 +139,57 @@ def test_an_empty_extended_file_is_an_error_naming_it(write_config, tmp_path):
     (tmp_path / "empty.yaml").write_text("# to be written\n")
     with pytest.raises(ConfigError, match="empty.yaml: the file holds no settings"):
         load_experiment(write_config("extends: empty.yaml\ntrain: {lr: 0.1}\n", tiny=False))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+
+def test_builtin_min_text_length_at_or_above_the_longest_line_is_refused_at_once():
+    with deadline(5), pytest.raises(ConfigError, match=rf"data.min_text_length: the builtin corpus has no line "
+                                                        rf"longer than {BUILTIN_LONGEST_TEXT} characters, got "
+                                                        rf"{BUILTIN_LONGEST_TEXT}$"):
+        load_texts(DataConfig(source="builtin", min_text_length=BUILTIN_LONGEST_TEXT))
+
+
+def test_a_builtin_filter_that_keeps_nothing_ends_in_seconds_with_exit_2(write_config, tmp_path, capsys):
+    path = write_config(f"data: {{min_text_length: {BUILTIN_LONGEST_TEXT - 1}}}\n")  # possible, but never drawn
+    with deadline(60):
+        code, err, _ = cli(["--config", str(path), "--stages", "train"], tmp_path, capsys)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err == (f"error: data.min_text_length: train texts longer than {BUILTIN_LONGEST_TEXT - 1} characters are "
+                   "too rare in the builtin corpus (0 of the 48 that data.n_train asks for, then none in 100,000 lines "
+                   "in a row); lower data.min_text_length or data.n_train")
+
+
+def test_filter_patience_stops_an_endless_stream():
+    lines = iter(lambda: " too short ", None)  # endless
+    with deadline(5):
+        assert filter_texts(lines, 50, 10, patience=1000) == []
+    assert filter_texts(["a" * 60, "b", "c", "d" * 60], 50, 10, patience=2) == ["a" * 60]
+    assert filter_texts(["a" * 60, "b", "c", "d" * 60], 50, 10, patience=3) == ["a" * 60, "d" * 60]
+
+
+def test_a_local_split_with_fewer_texts_than_asked_warns_and_metrics_record_both(write_config, tmp_path, capsys):
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    for split, n in (("train", 20), ("valid", 16), ("test", 5)):
+        (folder / f"{split}.txt").write_text("".join(f" {split} text {i} " + "z" * 60 + " \n" for i in range(n)))
+    path = write_config(f"""
+        data: {{source: local, path: {folder}}}
+        model: {{tokenizer: bytes}}
+        train: {{epochs: 1}}
+    """)
+    code, err, out = cli(["--config", str(path), "--stages", "train"], tmp_path, capsys)
+    assert code == 0
+    assert "warning: data.n_train asks for 48 texts; the train split has 20 after filtering" in err.splitlines()
+    assert "warning: data.n_test asks for 16 texts; the test split has 5 after filtering" in err.splitlines()
+    assert not any("n_val" in line for line in err.splitlines())
+    metrics = json.loads(next(out.glob("*/*/seed-*/metrics.json")).read_text())
+    assert metrics["texts"] == {"train": {"asked": 48, "got": 20}, "validation": {"asked": 16, "got": 16},
+                                "test": {"asked": 16, "got": 5}}
+
+
+def test_texts_counts_what_was_asked_and_got():
+    texts = load_texts(DataConfig(source="builtin", n_train=7, n_val=2, n_test=3))
+    assert texts.counts() == {"train": {"asked": 7, "got": 7}, "validation": {"asked": 2, "got": 2},
+                              "test": {"asked": 3, "got": 3}}
