@@ -7,21 +7,32 @@ Sources:
   builtin  a synthetic encyclopedia generated here from a fixed seed: no network, no files, the same
            texts on every machine and Python version. It has headings, blank and short lines (so the
            filter has work to do) and paragraphs of 1-6 sentences (so length sorting matters).
+
+A finite source (hub, local) with fewer filtered texts than asked for gives what it has, with a
+warning; the builtin corpus is endless, so a filter it cannot satisfy is a ConfigError instead of a
+search that never ends.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import string
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from utils.config import DataConfig
-from utils.errors import UserError
+from utils.errors import ConfigError, UserError
 from utils.hub import require_hub
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": ("train",), "validation": ("valid", "validation", "val"), "test": ("test",)}
+_COUNT_KEYS = {"train": "n_train", "validation": "n_val", "test": "n_test"}  # DataConfig fields
+
+# The builtin corpus scans this many lines in a row without a kept text before it gives up: at the
+# default data.min_text_length about three lines in four are kept, and 100,000 lines take a second or two.
+_BUILTIN_PATIENCE = 100_000
 
 
 @dataclass
@@ -29,6 +40,11 @@ class Texts:
     train: list[str]
     validation: list[str]
     test: list[str]
+    asked: dict[str, int]  # texts the config asked for, by split (data.n_train, n_val, n_test)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """{split: {"asked": ..., "got": ...}}: what the config asked for and what the source had."""
+        return {split: {"asked": self.asked[split], "got": len(getattr(self, split))} for split in SPLITS}
 
 
 def keep_text(line: str, min_length: int) -> bool:
@@ -36,31 +52,58 @@ def keep_text(line: str, min_length: int) -> bool:
     return len(line) > min_length and not line.startswith("=")
 
 
-def filter_texts(lines, min_length: int, limit: int) -> list[str]:
-    """Strip lines, keep those that pass `keep_text`, and return the first `limit` of them."""
-    kept = []
+def filter_texts(lines, min_length: int, limit: int, patience: int | None = None) -> list[str]:
+    """Strip lines, keep those that pass `keep_text`, and return the first `limit` of them.
+
+    With `patience`, stop early (returning fewer) after that many lines in a row fail the filter."""
+    kept, failed_in_a_row = [], 0
     for line in lines:
         line = line.strip()
         if keep_text(line, min_length):
             kept.append(line)
+            failed_in_a_row = 0
             if len(kept) == limit:
+                break
+        else:
+            failed_in_a_row += 1
+            if failed_in_a_row == patience:
                 break
     return kept
 
 
 def load_texts(cfg: DataConfig) -> Texts:
-    limits = {"train": cfg.n_train, "validation": cfg.n_val, "test": cfg.n_test}
+    """The first data.n_train / n_val / n_test filtered texts of each split."""
+    asked = {split: getattr(cfg, key) for split, key in _COUNT_KEYS.items()}
     if cfg.source == "builtin":
-        lines = {split: builtin_lines(split) for split in SPLITS}
-    elif cfg.source == "local":
+        return Texts(**_builtin_texts(cfg, asked), asked=asked)
+    if cfg.source == "local":
         lines = _local_lines(Path(cfg.path).expanduser())
     else:
         lines = _hub_lines(cfg.dataset, cfg.subset)
-    texts = {split: filter_texts(lines[split], cfg.min_text_length, limits[split]) for split in SPLITS}
+    texts = {split: filter_texts(lines[split], cfg.min_text_length, asked[split]) for split in SPLITS}
     for split, kept in texts.items():
         if not kept:
             raise UserError(f"no {split} text is longer than {cfg.min_text_length} characters in data source {cfg.source!r}")
-    return Texts(**texts)
+        if len(kept) < asked[split]:
+            print(f"warning: data.{_COUNT_KEYS[split]} asks for {asked[split]} texts; "
+                  f"the {split} split has {len(kept)} after filtering", file=sys.stderr)
+    return Texts(**texts, asked=asked)
+
+
+def _builtin_texts(cfg: DataConfig, asked: dict[str, int]) -> dict[str, list[str]]:
+    """The builtin corpus never runs out, so a filter that it cannot (or will hardly ever) satisfy is refused."""
+    if cfg.min_text_length >= BUILTIN_LONGEST_TEXT:
+        raise ConfigError(f"data.min_text_length: the builtin corpus has no line longer than {BUILTIN_LONGEST_TEXT} "
+                          f"characters, got {cfg.min_text_length}")
+    texts = {}
+    for split in SPLITS:
+        texts[split] = filter_texts(builtin_lines(split), cfg.min_text_length, asked[split], _BUILTIN_PATIENCE)
+        if len(texts[split]) < asked[split]:
+            key = f"data.{_COUNT_KEYS[split]}"
+            raise ConfigError(f"data.min_text_length: {split} texts longer than {cfg.min_text_length} characters are too "
+                              f"rare in the builtin corpus ({len(texts[split])} of the {asked[split]} that {key} asks "
+                              f"for, then none in {_BUILTIN_PATIENCE:,} lines in a row); lower data.min_text_length or {key}")
+    return texts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,21 +180,46 @@ _OBJECTS = ("a new bridge", "the first symphony", "several villages", "the main 
             "the cathedral", "three singles", "the eastern wall", "a local school", "the surrounding forest")
 _CONNECTIVES = ("In", "By", "Around", "Before", "After")
 _TITLES = ("History", "Geography", "Reception", "Early life", "Design", "Legacy", "Background", "Route")
+_YEARS = range(1200, 2020)
+_SLOTS = {"adjective": _ADJECTIVES, "place": _PLACES, "object": _OBJECTS, "connective": _CONNECTIVES,
+          "other_subject": sorted(_SUBJECTS)}
+# A sentence draws its subject, verb and year, then one of these forms, then the form's other slots
+# in the order they appear.
+_FORMS = (
+    "The {adjective} {subject} {verb} {object} near {place} .",
+    "{connective} {year} , the {subject} {verb} {object} .",
+    "The {subject} of {place} {verb} {object} , and the {adjective} {other_subject} followed in {year} .",
+    "According to records from {year} , the {adjective} {subject} {verb} in {place} .",
+)
+_MAX_SENTENCES = 6  # per paragraph
+_FRAGMENT_LENGTH = 40  # a short line is the start of a sentence
+
+
+def _placeholders(form: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(form) if name]
 
 
 def _sentence(rng: random.Random) -> str:
     subject = rng.choice(sorted(_SUBJECTS))
     verb = rng.choice(_SUBJECTS[subject])
-    year = rng.randrange(1200, 2020)
-    form = rng.randrange(4)
-    if form == 0:
-        return f"The {rng.choice(_ADJECTIVES)} {subject} {verb} {rng.choice(_OBJECTS)} near {rng.choice(_PLACES)} ."
-    if form == 1:
-        return f"{rng.choice(_CONNECTIVES)} {year} , the {subject} {verb} {rng.choice(_OBJECTS)} ."
-    if form == 2:
-        return (f"The {subject} of {rng.choice(_PLACES)} {verb} {rng.choice(_OBJECTS)} , and the "
-                f"{rng.choice(_ADJECTIVES)} {rng.choice(sorted(_SUBJECTS))} followed in {year} .")
-    return f"According to records from {year} , the {rng.choice(_ADJECTIVES)} {subject} {verb} in {rng.choice(_PLACES)} ."
+    year = rng.choice(_YEARS)
+    form = rng.choice(_FORMS)
+    slots = {slot: rng.choice(_SLOTS[slot]) for slot in _placeholders(form) if slot in _SLOTS}
+    return form.format(subject=subject, verb=verb, year=year, **slots)
+
+
+def _longest_sentence() -> int:
+    """Characters in the longest sentence `_sentence` can write: the longest choice for every slot."""
+    longest = {slot: max(len(str(choice)) for choice in choices)
+               for slot, choices in {**_SLOTS, "year": _YEARS}.items()}
+    subject_and_verb = max(len(subject) + len(verb) for subject, verbs in _SUBJECTS.items() for verb in verbs)
+    return max(len(form.format_map(dict.fromkeys(_placeholders(form), ""))) + subject_and_verb
+               + sum(longest[slot] for slot in _placeholders(form) if slot not in ("subject", "verb"))
+               for form in _FORMS)
+
+
+# The longest line `builtin_lines` can write once stripped (headings never pass the filter).
+BUILTIN_LONGEST_TEXT = max(_FRAGMENT_LENGTH, _MAX_SENTENCES * (_longest_sentence() + 1) - 1)
 
 
 def builtin_lines(split: str):
@@ -164,6 +232,6 @@ def builtin_lines(split: str):
         elif kind < 0.2:
             yield " "
         elif kind < 0.25:
-            yield f" {_sentence(rng)[:40]} "
+            yield f" {_sentence(rng)[:_FRAGMENT_LENGTH]} "
         else:
-            yield " " + " ".join(_sentence(rng) for _ in range(rng.randint(1, 6))) + " "
+            yield " " + " ".join(_sentence(rng) for _ in range(rng.randint(1, _MAX_SENTENCES))) + " "

@@ -217,6 +217,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         "test_perplexity": perplexity(test_loss),
         "epochs": run.train.epochs,
         "n_train_texts": len(train_seqs),
+        "texts": texts.counts(),
         "train_time_s": train_time,
         "train_tokens": train_tokens,
         "tokens_per_s": train_tokens / max(train_time, 1e-9),

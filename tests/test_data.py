@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from data.batches import collate, count_targets, epoch_order, fixed_batches, tokenize
-from data.corpus import builtin_lines, filter_texts, load_texts
+from data.corpus import BUILTIN_LONGEST_TEXT, builtin_lines, filter_texts, load_texts
 from models.models import byte_tokenizer, train_bpe_tokenizer
 from optimization.evaluation import evaluate, summed_token_loss
 from utils.config import DataConfig
@@ -29,6 +29,13 @@ def test_builtin_corpus_is_deterministic_and_sized():
     assert (len(texts.train), len(texts.validation), len(texts.test)) == (30, 7, 5)
     assert all(len(t) > 50 and not t.startswith("=") and t == t.strip() for t in texts.train)
     assert len({len(t) for t in texts.train}) > 10  # lengths vary, so sorting means something
+
+
+def test_builtin_longest_text_is_a_paragraph_of_six_longest_sentences():
+    longest = ("The composer of the northern province premiered the surrounding forest , and the tropical composer "
+               "followed in 2019 .")  # the longest choice for every slot of the longest form
+    assert BUILTIN_LONGEST_TEXT == 6 * len(longest) + 5
+    assert max(len(line.strip()) for line in itertools.islice(builtin_lines("train"), 20_000)) < BUILTIN_LONGEST_TEXT
 
 
 def test_local_folder_of_raw_files_and_of_parquet(tmp_path):

@@ -11,13 +11,16 @@ field of the schema below, lists `seeds`, and names `runs`, each of which overri
       bs24: {train: {batch_size: 24, weight_decay: 5.0e-4}}
 
 Layers apply in order: dataclass defaults < extended files < experiment file < run < `--set`.
-Every error names the file (or `--set`) and the dotted key, and is raised before any work starts.
+Every layer is typed and checked where it is written (a bad value that a later layer overrides is
+still an error), and every error names the file (or `--set`) and the dotted key, and is raised
+before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -143,18 +146,39 @@ _EXPERIMENT_KEYS = {"extends", "experiment", "seeds", "runs"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key written twice in a mapping is an error (PyYAML keeps
+    the last one silently, so one of two settings would be ignored)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(problem=f"duplicate key {key!r}",
+                                                            problem_mark=key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not a UTF-8 text file (the first invalid byte is on line {line})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(err, "problem", None) or "invalid syntax"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path}: the file holds no settings (it is empty or only comments)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level")
     return data
@@ -203,7 +227,8 @@ def _flatten(tree: dict, source: str, root: str = "", cls=None, prefix: str = ""
                 raise ConfigError(f"{source}: {root}{dotted}: expected a mapping of {key} settings, got {value!r}")
             flat.update(_flatten(value, source, root, types[key], f"{dotted}."))
         else:
-            flat[dotted] = (value, f"{source}: {root}{dotted}")
+            origin = f"{source}: {root}{dotted}"
+            flat[dotted] = (_typed(dotted, value, origin), origin)
     return flat
 
 
@@ -222,7 +247,8 @@ def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict, 
         flat, meta, runs = _load_layers(path.parent / parent, chain + (path,))
     for key in ("experiment", "seeds"):
         if key in raw:
-            meta[key] = (raw[key], f"{source}: {key}")
+            origin = f"{source}: {key}"
+            meta[key] = (_experiment_value(key, raw[key], origin), origin)
     settings = {k: v for k, v in raw.items() if k not in _EXPERIMENT_KEYS}
     flat = _merge(flat, _flatten(settings, source))
     if "runs" in raw:
@@ -271,14 +297,17 @@ def _coerce(value, expected, origin: str):
             raise fail("an integer")
         return value
     if expected is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                raise fail("a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise fail("a number")
-        return float(value)
+        try:
+            number = float(value)  # also strings: YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            raise fail("a number") from None
+        except OverflowError:  # an integer with hundreds of digits
+            raise fail("a finite number") from None
+        if not math.isfinite(number):  # .inf, .nan, or strings such as "inf" that float() reads
+            raise fail("a finite number")
+        return number
     if expected is str:
         if value is None:
             return ""
@@ -317,18 +346,40 @@ def _check_bounds(value, f: dataclasses.Field, origin: str):
                 raise ConfigError(f"{origin}: must be {words} {b}, got {v!r}")
 
 
+def _typed(dotted: str, value, origin: str):
+    """The value written for schema key `dotted` in one layer, typed and within the key's bounds."""
+    cls = RunConfig
+    *parents, name = dotted.split(".")
+    for parent in parents:
+        cls = _resolve_types(cls)[parent]
+    value = _coerce(value, _resolve_types(cls)[name], origin)
+    _check_bounds(value, _schema_fields(cls)[name], origin)
+    return value
+
+
+def _experiment_value(key: str, value, origin: str):
+    """`seeds` or `experiment` as written in one layer, typed and checked."""
+    if key == "seeds":
+        seeds = _coerce(value, list[int], origin)
+        if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{origin}: seeds must be distinct non-negative integers, got {seeds}")
+        return seeds
+    name = _coerce(value, str, origin)
+    if not _RUN_NAME.match(name):
+        raise ConfigError(f"{origin}: experiment names use letters, digits, '_', '-' and '.'")
+    return name
+
+
 def _build(cls, flat: dict, prefix: str = ""):
+    """A schema object from typed flat values (defaults where no layer set a key)."""
     types = _resolve_types(cls)
     kwargs = {}
-    for name, f in _schema_fields(cls).items():
+    for name in _schema_fields(cls):
         dotted = prefix + name
         if dataclasses.is_dataclass(types[name]):
             kwargs[name] = _build(types[name], flat, dotted + ".")
         elif dotted in flat:
-            value, origin = flat[dotted]
-            value = _coerce(value, types[name], origin)
-            _check_bounds(value, f, origin)
-            kwargs[name] = value
+            kwargs[name] = flat[dotted][0]
     return cls(**kwargs)
 
 
@@ -347,10 +398,12 @@ def check_scratch_config(cfg: ModelConfig, max_length: int) -> None:
     from transformers import GPT2Config  # what a GPT-2 config may hold
 
     allowed = GPT2Config().to_dict()
-    for key in cfg.config:
+    for key, value in cfg.config.items():
         if key not in allowed or key in ("vocab_size", "bos_token_id", "eos_token_id"):
             why = "is set from the tokenizer" if key in allowed else "is not a GPT2Config field"
             raise ValueError(f"{key!r} {why}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
     shape = {**allowed, **ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}
     for key in ("n_layer", "n_embd", "n_head", "n_positions"):
         if not isinstance(shape[key], int) or isinstance(shape[key], bool) or shape[key] < 1:
@@ -383,7 +436,7 @@ def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
         key, value = parse_override(text)
         origin = f"--set {key}"
         if key in ("seeds", "experiment"):
-            meta[key] = (value, origin)
+            meta[key] = (_experiment_value(key, value, origin), origin)
         elif key.startswith("model.config."):
             flat.setdefault("model.config", ({}, origin))
             merged = dict(flat["model.config"][0] or {})
@@ -392,7 +445,7 @@ def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
         elif key not in keys:
             raise _unknown_key("--set", key, keys + ["seeds", "experiment"])
         else:
-            flat[key] = (value, origin)
+            flat[key] = (_typed(key, value, origin), origin)
 
 
 def _merge(base: dict, top: dict) -> dict:
@@ -441,14 +494,11 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
     path = Path(path)
     flat, meta, run_layers = _load_layers(path)
     _apply_overrides(cli := {}, meta, list(overrides))
-    seeds_value, seeds_origin = meta.get("seeds", ([42], "(default) seeds"))
-    seeds = _coerce(seeds_value, list[int], seeds_origin)
-    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{seeds_origin}: seeds must be distinct non-negative integers, got {seeds}")
-    name_value, name_origin = meta.get("experiment", (path.stem, "experiment"))
-    name = _coerce(name_value, str, name_origin)
-    if not _RUN_NAME.match(name):
-        raise ConfigError(f"{name_origin}: experiment names use letters, digits, '_', '-' and '.'")
+    seeds = meta["seeds"][0] if "seeds" in meta else [42]
+    if "experiment" in meta:
+        name = meta["experiment"][0]
+    else:
+        name = _experiment_value("experiment", path.stem, f"{_display(path)}: experiment (the file name)")
     run_layers = run_layers or {"default": {}}
     if runs:
         missing = [r for r in runs if r not in run_layers]
