@@ -9,11 +9,12 @@ only files, so no stage imports another.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from utils.config import Experiment, RunConfig
 from utils.errors import UserError
-from utils.io import read_json
+from utils.io import fingerprint, read_json
 
 MANIFEST = "experiment.json"
 
@@ -41,6 +42,12 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
                 raise UserError(f"{folder / name} not found: run the train stage first "
                                 f"(--stages train) for {run_label(experiment, run)}")
     return jobs
+
+
+def training_fingerprint(run: RunConfig) -> str:
+    """Hash of everything that determines the trained weights (not the device or later stages)."""
+    settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": asdict(run.train)}
+    return fingerprint(settings)
 
 
 def trained_with(folder: Path) -> str:
