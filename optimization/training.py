@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,14 +27,9 @@ from optimization.evaluation import evaluate, perplexity, summed_token_loss
 from utils.config import RunConfig
 from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from utils.errors import CorruptFileError, UserError
-from utils.io import atomic_dir, fingerprint, read_json, verify, versions, write_json
+from utils.io import atomic_dir, read_json, verify, versions, write_json
+from utils.layout import training_fingerprint
 from utils.progress import progress
-
-
-def training_fingerprint(run: RunConfig) -> str:
-    """Hash of everything that determines the trained weights (not the device or later stages)."""
-    settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": asdict(run.train)}
-    return fingerprint(settings)
 
 
 def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import os
 import shutil
 import textwrap
 
@@ -23,8 +25,10 @@ from optimization.objective import Objective
 from tests.conftest import TINY
 from utils.config import ModelConfig, load_experiment
 from utils.errors import UserError
+from utils.layout import trained_with
 from visualization.directions import conv1d_weight_names, directions_for, random_directions, read_directions
 from visualization.interpolation import barrier, interpolate, interpolation_alphas, weights_in
+from visualization.plots import surface_3d_figure, surface_contour_figure, surfaces_figure
 from visualization.surface import grid_axis
 
 LANDSCAPE = """
@@ -36,9 +40,9 @@ runs:
 """
 
 
-def make_experiment(folder, overrides=()):
+def make_experiment(folder, overrides=(), text=LANDSCAPE):
     (folder / "tiny.yaml").write_text(textwrap.dedent(TINY))
-    (folder / "exp.yaml").write_text("extends: tiny.yaml\n" + textwrap.dedent(LANDSCAPE))
+    (folder / "exp.yaml").write_text("extends: tiny.yaml\n" + textwrap.dedent(text))
     return load_experiment(folder / "exp.yaml", list(overrides))
 
 
@@ -235,6 +239,7 @@ def test_an_interrupted_grid_resumes_to_the_same_result(trained, landscaped, tmp
     partial = run_dir(tmp_path / "out", experiment, experiment.runs[0]) / "landscape_2d.npz"
     with np.load(partial) as data:
         assert np.isnan(data["train_loss"]).sum() == 20 and not np.isnan(data["train_loss"][0]).any()
+        assert data["done"].sum() == 5 and data["done"][0].all()
     monkeypatch.setattr(stage, "fill_surface", real_fill)
     capsys.readouterr()
     stage.landscape_stage(experiment, tmp_path / "out", force=False)
@@ -287,3 +292,118 @@ def test_a_missing_checkpoint_is_one_clear_error(tmp_path):
     experiment = make_experiment(tmp_path)
     with pytest.raises(UserError, match="run the train stage first"):
         stage.landscape_stage(experiment, tmp_path / "empty", force=False)
+
+
+def patch_surface_loss(monkeypatch, diverge_at=None, stop_at=None) -> list:
+    """Make the 2D surfaces of the next landscape stage count their training-loss evaluations (the
+    list returned), return NaN at evaluation `diverge_at` and stop at `stop_at` (1-based, over the stage)."""
+    real_fill, calls = stage.fill_surface, []
+
+    def fill(objectives, *args, **kwargs):
+        real_loss = objectives["train_loss"].loss
+
+        def loss():
+            calls.append(None)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+            return math.nan if len(calls) == diverge_at else real_loss()
+
+        monkeypatch.setattr(objectives["train_loss"], "loss", loss)
+        return real_fill(objectives, *args, **kwargs)
+
+    monkeypatch.setattr(stage, "fill_surface", fill)
+    return calls
+
+
+def test_a_diverged_point_is_done_never_evaluated_again_and_drawn(trained, tmp_path, monkeypatch, capsys):
+    experiment, output = trained
+    out = tmp_path / "out"
+    shutil.copytree(output, out)
+    patch_surface_loss(monkeypatch, diverge_at=3, stop_at=8)  # point [0, 2] diverges; stop in the second row
+    with pytest.raises(KeyboardInterrupt):
+        stage.landscape_stage(experiment, out, force=False)
+    resumed = patch_surface_loss(monkeypatch)
+    stage.landscape_stage(experiment, out, force=False)
+    assert len(resumed) == 20 + 25  # the rest of the first run's grid, all of the second's: not the NaN point
+    with np.load(run_dir(out, experiment, experiment.runs[0]) / "landscape_2d.npz") as data:
+        loss, done = data["train_loss"], data["done"]
+        assert done.all() and np.isnan(loss[0, 2]) and np.isfinite(np.delete(loss.ravel(), 2)).all()
+        assert np.isfinite(data["val_loss"]).all()
+    figures = experiment_dir(out, experiment) / "figures"
+    assert (figures / "surface_2d_small_seed-42.png").stat().st_size > 1000
+    assert (figures / "surface_3d_small_seed-42.png").stat().st_size > 1000
+    again = patch_surface_loss(monkeypatch)
+    capsys.readouterr()
+    stage.landscape_stage(experiment, out, force=False)
+    assert again == [] and capsys.readouterr().out.count("2D landscape already done") == 2  # finished, NaN and all
+
+
+def legend_texts(axes) -> list[str]:
+    return [t.get_text() for ax in axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+
+
+def test_surface_figures_leave_out_and_count_diverged_points():
+    alphas = np.linspace(-1, 1, 3)
+    loss = np.add.outer(alphas**2, alphas**2) + 1.0
+    loss[0, 0], loss[2, 1] = np.nan, np.inf
+    contour = surface_contour_figure(alphas, alphas, loss, "one run")
+    assert legend_texts(contour.axes) == ["2 of 9 diverged (loss NaN or inf)"]
+    assert legend_texts(surface_3d_figure(alphas, alphas, loss, "one run").axes) == ["2 of 9 diverged (loss NaN or inf)"]
+    finite = 2 * np.where(np.isfinite(loss), loss, 2.0)
+    both = surfaces_figure([("diverged", alphas, alphas, loss), ("finite", alphas, alphas, finite)])
+    assert legend_texts(both.axes) == ["2 of 9 diverged (loss NaN or inf)"]  # only the panel that has them
+    colour_bar = both.axes[-1]
+    assert colour_bar.get_ylim() == pytest.approx((1.0, 6.0))  # the finite values set the shared scale
+    for figure in (contour, both):
+        figure.savefig(os.devnull, format="png")
+
+
+def test_interpolations_and_surfaces_record_the_checkpoints_they_were_computed_from(landscaped):
+    experiment, output = landscaped
+    small, large = (run_dir(output, experiment, run) for run in experiment.runs)
+    between = json.loads((experiment_dir(output, experiment) / "interpolation.json").read_text())
+    assert between["pairs"][0]["checkpoints"] == [trained_with(small), trained_with(large)]
+    for folder in (small, large):
+        assert json.loads((folder / "interpolation.json").read_text())["checkpoint"] == trained_with(folder)
+        with np.load(folder / "landscape_2d.npz") as data:
+            assert str(data["checkpoint"]) == trained_with(folder)
+            assert (float(data["range"]), int(data["resolution"]), int(data["eval_batches"])) == (0.5, 5, 2)
+
+
+def test_a_retrained_run_gets_new_interpolations_and_figures(landscaped, tmp_path, capsys):
+    experiment, output = landscaped
+    out = tmp_path / "out"
+    shutil.copytree(output, out)
+    figures = experiment_dir(out, experiment) / "figures"
+    index = json.loads((figures / "index.json").read_text())
+    retrained = make_experiment(tmp_path, text=LANDSCAPE.replace("batch_size: 16}", "batch_size: 16, lr: 0.1}"))
+    train_stage(retrained, out, force=False)
+    capsys.readouterr()
+    stage.landscape_stage(retrained, out, force=False)
+    printed = capsys.readouterr().out
+    assert "small/seed-42: 2D landscape already done" in printed
+    assert "large/seed-42: 2D landscape already done" not in printed and "small -> large, seed 42: barrier" in printed
+    small, large = (run_dir(out, retrained, run) for run in retrained.runs)
+    pair = json.loads((experiment_dir(out, retrained) / "interpolation.json").read_text())["pairs"][0]
+    assert pair["checkpoints"] == [trained_with(small), trained_with(large)]
+    assert pair["train_loss"][3] == evaluation_loss(large / "checkpoint.pt", retrained.runs[1])
+    now = json.loads((figures / "index.json").read_text())
+    assert now["surface_2d_small_seed-42"] == index["surface_2d_small_seed-42"]
+    for stem in ("interpolation", "init_to_final_large_seed-42", "surface_2d_large_seed-42", "surface_3d_large_seed-42"):
+        assert now[stem] != index[stem], stem
+
+
+def test_a_figure_is_redrawn_when_its_data_changes_whatever_the_file_dates(tmp_path):
+    source, stem, drawn = tmp_path / "data.json", tmp_path / "figures" / "curve", []
+
+    def make_figure():
+        drawn.append(json.loads(source.read_text()))
+        return surface_contour_figure(np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), np.eye(3), "t")
+
+    source.write_text("[1]")
+    stage.draw(stem, source, False, make_figure)
+    stage.draw(stem, source, False, make_figure)
+    source.write_text("[2]")  # other data, dated before the figure (as a copy or a restore may leave it)
+    os.utime(source, ns=(0, 0))
+    stage.draw(stem, source, False, make_figure)
+    assert drawn == [[1], [2]]

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
 from pipeline import run_experiment
+from tests.conftest import TINY
+from utils.config import load_experiment
+from utils.io import save_npz
 from utils.layout import run_dir
+from utils.results import format_value, mean_and_stderr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,20 +29,22 @@ sharpness: {max_iter: 6, epsilons: [1e-3, 1e-1], random_directions: 2, worst_cas
 landscape: {resolution: 3, points: 5, eval_batches: 1, eval_batch_size: 4}
 runs:
   small: {train: {batch_size: 4}}
-  large: {train: {batch_size: 16}}
+  large: {train: {batch_size: 16}, sharpness: {random_directions: 3, ball: adaptive}, landscape: {resolution: 5}}
 """
+
+
+def small_experiment(folder: Path, text: str = SMALL):
+    """The experiment `small` (2 runs x 2 seeds), its files written to `folder`."""
+    (folder / "tiny.yaml").write_text(TINY)
+    (folder / "small.yaml").write_text("extends: tiny.yaml\n" + text)
+    return load_experiment(folder / "small.yaml")
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     """A results folder made by the project's own stages: 2 runs x 2 seeds, every stage."""
-    from utils.config import load_experiment
-    from tests.conftest import TINY
-
     folder = tmp_path_factory.mktemp("report")
-    (folder / "tiny.yaml").write_text(TINY)
-    (folder / "small.yaml").write_text("extends: tiny.yaml\n" + SMALL)
-    experiment = load_experiment(folder / "small.yaml")
+    experiment = small_experiment(folder)
     run_experiment(experiment, ["train", "sharpness", "landscape", "report"], folder / "out")
     return experiment, folder / "out"
 
@@ -68,9 +76,9 @@ def test_summary_holds_per_seed_values_means_and_standard_errors(results):
             mean, stderr = _mean_stderr(values)
             assert got["per_seed"] == {"1": values[0], "2": values[1]}, name
             assert got["mean"] == pytest.approx(mean, rel=1e-12) and got["stderr"] == pytest.approx(stderr, rel=1e-12)
-            assert got["n"] == 2
+            assert (got["n"], got["non_finite"], got["missing"]) == (2, 0, 0)
     assert [(p["runs"], p["seed"]) for p in summary["pairs"]] == [(["small", "large"], 1), (["small", "large"], 2)]
-    assert summary["missing"] == []
+    assert summary["missing"] == [] and summary["ignored"] == []
 
 
 def test_report_shows_the_tables_with_standard_errors_and_links_existing_figures(results):
@@ -78,7 +86,7 @@ def test_report_shows_the_tables_with_standard_errors_and_links_existing_figures
     report = (out / "small" / "report.md").read_text()
     summary = json.loads((out / "small" / "summary.json").read_text())
     ppl = summary["runs"]["large"]["quantities"]["test_perplexity"]
-    assert f"{ppl['mean']:.4g} ± {ppl['stderr']:.2g}" in report
+    assert f"{ppl['mean']:.4g} ± {ppl['stderr']:.2g} (n=2)" in report
     for heading in ("Generalization", "Sharpness", "ε = 0.001", "ε = 0.1", "Curvature", "between runs", "Cost"):
         assert heading in report
     for link in ("figures/learning_curves.png", "figures/interpolation.png", "figures/surfaces_2d.png"):
@@ -110,7 +118,8 @@ def test_notebook_runs_clean_and_shows_every_figure_and_table(results):
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3  # learning curves, interpolation, 2D surfaces
     tables = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
-    for text in ("val perplexity", "ε-sharpness, eigenvector %", "λ_max", "barrier (train)", "tokens/s", " ± "):
+    for text in ("val perplexity", "ε-sharpness, eigenvector %", "λ_max", "barrier (train)", "tokens/s", " ± ",
+                 "(n=2)", "random directions", "5 × 5 over"):
         assert text in tables
 
 
@@ -125,3 +134,129 @@ def test_notebook_is_stored_without_outputs():
     notebook = nbformat.read(REPO / "results.ipynb", as_version=4)
     assert all(not cell.get("outputs") and cell.get("execution_count") is None
                for cell in notebook.cells if cell.cell_type == "code")
+
+
+# ----------------------------------------------------------------------------------------------
+# What a number stands for: n, diverged and missing values, each run's settings, current results only.
+
+def test_means_count_and_name_every_value_left_out():
+    stats = mean_and_stderr([1.0, math.nan, None, 3.0, -math.inf])
+    assert stats == {"mean": 2.0, "stderr": 1.0, "n": 2, "non_finite": 2, "missing": 1}
+    assert format_value(stats) == "2 ± 1 (n=2, 2 diverged, 1 missing)"
+    assert format_value(mean_and_stderr([3.21])) == "3.21"  # one value, nothing left out: just the value
+    assert format_value(mean_and_stderr([3.2, 3.3, 3.1])) == "3.2 ± 0.058 (n=3)"
+    assert format_value(mean_and_stderr([math.nan])) == "– (n=0, 1 diverged)"
+    assert format_value(mean_and_stderr([None, None])) == "–"
+
+
+def copy_of(results, tmp_path) -> tuple:
+    experiment, out = results
+    shutil.copytree(out, tmp_path / "out")
+    return experiment, tmp_path / "out"
+
+
+def rewrite_json(path: Path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))  # json writes NaN as NaN, which json reads back
+
+
+def test_a_diverged_seed_is_counted_in_the_summary_and_the_report(results, tmp_path):
+    experiment, out = copy_of(results, tmp_path)
+    large = [run_dir(out, experiment, replace(experiment.runs[1], seed=s)) for s in (1, 2)]
+    rewrite_json(large[1] / "sharpness.json", lambda d: d.update(lambda_max=math.nan, trace=None))
+    run_experiment(experiment, ["report"], out)
+    summary = json.loads((out / "small" / "summary.json").read_text())
+    quantities = summary["runs"]["large"]["quantities"]
+    first = json.loads((large[0] / "sharpness.json").read_text())
+    assert quantities["lambda_max"] == {"per_seed": {"1": first["lambda_max"], "2": "nan"}, "mean": first["lambda_max"],
+                                        "stderr": None, "n": 1, "non_finite": 1, "missing": 0}
+    assert (quantities["trace"]["n"], quantities["trace"]["non_finite"], quantities["trace"]["missing"]) == (1, 0, 1)
+    report = (out / "small" / "report.md").read_text()
+    assert f"| {first['lambda_max']:.4g} (n=1, 1 diverged) |" in report
+    assert f"| {first['trace']['mean']:.4g} (n=1, 1 missing) |" in report
+
+
+def test_diverged_surface_points_are_counted_per_seed_in_the_report(results, tmp_path):
+    experiment, out = copy_of(results, tmp_path)
+    surface = run_dir(out, experiment, replace(experiment.runs[1], seed=2)) / "landscape_2d.npz"
+    with np.load(surface) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["train_loss"][0, :2] = [math.nan, math.inf]  # diverged, and done
+    save_npz(surface, **arrays)
+    run_experiment(experiment, ["report"], out)
+    surfaces = (out / "small" / "report.md").read_text().split("## 2D loss surfaces")[1].split("##")[0]
+    assert "![2D loss surfaces](figures/surfaces_2d.png)" in surfaces
+    rows = {line.split(" | ")[0]: line for line in surfaces.splitlines() if line.startswith("| small |")
+            or line.startswith("| large |")}
+    assert rows["| small"].endswith("| 0 |") and rows["| large"].endswith("| 0 (seed 1) / 2 (seed 2) |")
+
+
+def test_each_run_shows_its_own_measurement_settings(results):
+    _, out = results
+    report = (out / "small" / "report.md").read_text()
+    sharpness = report.split("## Sharpness")[1].split("ε = ")[0]
+    small = next(line for line in sharpness.splitlines() if line.startswith("| small |"))
+    large = next(line for line in sharpness.splitlines() if line.startswith("| large |"))
+    assert small.endswith("| l2 ball, 2 steps | 2 | 2 |") and large.endswith("| adaptive ball, 2 steps | 3 | 2 |")
+    assert "3 × 4 texts" in small and "lanczos, top 3, ≤ 6 HVPs" in large
+    surfaces = report.split("## 2D loss surfaces")[1].split("##")[0]
+    assert "| small | layer-normalised, landscape.seed 0 | 3 × 3 over [−1, 1]² | 1 × 4 texts" in surfaces
+    assert "| large | layer-normalised, landscape.seed 0 | 5 × 5 over [−1, 1]² | 1 × 4 texts" in surfaces
+
+
+def test_only_the_manifests_runs_and_seeds_with_their_current_training_are_used(results, tmp_path, capsys):
+    experiment, out = copy_of(results, tmp_path)
+    folder = out / "small"
+    shutil.copytree(folder / "small" / "seed-1", folder / "small" / "seed-7")  # a seed of another invocation
+    shutil.copytree(folder / "large", folder / "older")                        # a run no longer in the config
+    rewrite_json(folder / "large" / "seed-2" / "metrics.json", lambda d: d.update(fingerprint="other settings"))
+    capsys.readouterr()
+    run_experiment(experiment, ["report"], out)
+    printed = capsys.readouterr().out
+    ignored = ["older/ (run not in experiment.json)", "small/seed-7 (seed not in experiment.json)",
+               "large/seed-2 (trained with other settings than experiment.json lists)"]
+    for item in ignored:
+        assert printed.count(f"small: warning: ignoring {item}") == 1
+    summary = json.loads((folder / "summary.json").read_text())
+    assert list(summary["runs"]) == ["small", "large"] and summary["ignored"] == ignored
+    assert summary["runs"]["small"]["seeds"] == [1, 2] and summary["runs"]["large"]["seeds"] == [1]
+    ppl = summary["runs"]["large"]["quantities"]["test_perplexity"]
+    assert (ppl["per_seed"]["2"], ppl["n"], ppl["missing"]) == (None, 1, 1)
+    assert [p["seed"] for p in summary["pairs"]] == [1]
+    report = (folder / "report.md").read_text()
+    assert "- training of large/seed-2 with the settings of experiment.json (run the train stage)" in report
+    assert "- interpolation small → large, seed 2 (computed from other weights than the current checkpoints)" in report
+    assert f"{ppl['mean']:.4g} (n=1, 1 missing)" in report and "## Ignored" in report
+    notebook = execute_notebook(out)
+    printed = "".join(o.get("text", "") for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs)
+    for item in ignored:
+        assert f"small: ignoring {item}" in printed
+    tables = "\n".join(o["data"]["text/markdown"] for cell in notebook.cells if cell.cell_type == "code"
+                       for o in cell.outputs if "text/markdown" in o.get("data", {}))
+    assert f"{ppl['mean']:.4g} (n=1, 1 missing)" in tables
+    (folder / "interpolation.json").unlink()
+    run_experiment(experiment, ["report"], out)
+    assert "- interpolation small → large, seed 1 (not computed; run the landscape stage)" in \
+        (folder / "report.md").read_text()
+
+
+def test_the_report_shows_no_interpolation_or_figure_of_other_weights(results, tmp_path):
+    experiment, out = copy_of(results, tmp_path)
+    folder = out / "small"
+    retrained = small_experiment(tmp_path, SMALL.replace("batch_size: 16}", "batch_size: 16, lr: 0.1}"))
+    run_experiment(retrained, ["train", "report"], out)  # large is retrained; nothing measured on it yet
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["pairs"] == [] and summary["runs"]["large"]["seeds"] == [1, 2]
+    report = (folder / "report.md").read_text()
+    assert "(interpolation: no figure of the current results; see Missing)" in report
+    assert "barrier (train) |" not in report and "surface_2d_large" not in report
+    for item in ("- interpolation small → large, seed 1 (computed from other weights than the current checkpoints)",
+                 "- 2D surface of large/seed-1 (no landscape_2d.npz)"):
+        assert item in report
+    assert "figures/surface_2d_small_seed-1.png" in report
+    rewrite_json(folder / "figures" / "index.json", lambda d: d.update({"surface_2d_small_seed-1": "other data"}))
+    run_experiment(retrained, ["report"], out)
+    report = (folder / "report.md").read_text()
+    assert "figures/surface_2d_small_seed-1.png" not in report and "figures/surface_2d_small_seed-2.png" in report
+    assert "- figure surface_2d_small_seed-1 (not drawn from the current landscape_2d.npz" in report

@@ -9,11 +9,12 @@ only files, so no stage imports another.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from utils.config import Experiment, RunConfig
 from utils.errors import CorruptFileError, UserError
-from utils.io import read_json, verify
+from utils.io import fingerprint, read_json, verify
 
 MANIFEST = "experiment.json"
 
@@ -49,13 +50,22 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
                 raise UserError(f"{folder / name} not found: run the train stage first "
                                 f"(--stages train) for {run_label(experiment, run)}")
         try:
-            read_json(folder / "metrics.json")
+            trained = read_json(folder / "metrics.json").get("fingerprint")
             for name in ("init.pt", "checkpoint.pt"):
                 if (folder / name).is_file():
                     verify(folder / name)
         except CorruptFileError as err:
             raise err.needing(f"train the run again with: {train_command(experiment, output, run)}") from None
+        if trained != training_fingerprint(run):
+            raise UserError(f"{folder} was trained with other settings than {run_label(experiment, run)} has now; "
+                            f"train it again with: {train_command(experiment, output, run)}")
     return jobs
+
+
+def training_fingerprint(run: RunConfig) -> str:
+    """Hash of everything that determines the trained weights (not the device or later stages)."""
+    settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": asdict(run.train)}
+    return fingerprint(settings)
 
 
 def trained_with(folder: Path) -> str:

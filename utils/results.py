@@ -1,18 +1,26 @@
 """Reading saved results back: what the report stage and results.ipynb both show.
 
-Nothing here trains or measures; it reads the files the stages wrote under <output>/<experiment>/,
-says which are missing, and aggregates numbers over seeds (mean and standard error).
+Nothing here trains or measures. It reads the files the stages wrote under <output>/<experiment>/ for
+exactly the (run, seed) pairs that experiment.json lists, each only while its folder holds the
+training of that run's config in the manifest (same training fingerprint), and only results and
+figures computed from those checkpoints. It says what is missing and which folders on disk it
+ignores, aggregates numbers over seeds (mean, standard error, and how many values went in and which
+were left out) and formats them, in one place, for report.md and the notebook.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from utils.io import read_json
+from utils.config import run_config_from_dict
+from utils.io import read_json, write_json
+from utils.layout import MANIFEST, training_fingerprint
 
 
 @dataclass
@@ -20,18 +28,18 @@ class ExperimentResults:
     name: str
     folder: Path
     runs: list[str]                      # in config order
-    seeds: dict[str, list[int]]          # run -> seeds with a finished training
+    seeds: dict[str, list[int]]          # run -> seeds whose folder holds the training of the manifest's config
     configs: dict[str, dict]
+    listed_seeds: list[int] = field(default_factory=list)  # the manifest's seeds: a run's values over them
+    trained_with: dict[str, dict[int, str]] = field(default_factory=dict)  # run -> seed -> training fingerprint
     metrics: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> metrics.json
     sharpness: dict[str, dict[int, dict]] = field(default_factory=dict)    # run -> seed -> sharpness.json
-    surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz
+    surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
     init_to_final: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> interpolation.json
-    interpolation: dict | None = None    # <experiment>/interpolation.json
+    interpolation: dict | None = None    # <experiment>/interpolation.json: alphas and the pairs of current checkpoints
+    figures: dict[str, Path] = field(default_factory=dict)  # stem -> PNG drawn from the current data
     missing: list[str] = field(default_factory=list)
-
-    def figure(self, name: str) -> Path | None:
-        path = self.folder / "figures" / f"{name}.png"
-        return path if path.is_file() else None
+    ignored: list[str] = field(default_factory=list)        # what is on disk but not used, and why
 
 
 def find_experiments(output: str | Path) -> list[str]:
@@ -39,70 +47,180 @@ def find_experiments(output: str | Path) -> list[str]:
     output = Path(output)
     if not output.is_dir():
         return []
-    return sorted(p.parent.name for p in output.glob("*/experiment.json"))
-
-
-def _seed_dirs(run_folder: Path) -> dict[int, Path]:
-    seeds = {}
-    for folder in run_folder.glob("seed-*"):
-        try:
-            seeds[int(folder.name.split("-", 1)[1])] = folder
-        except ValueError:
-            continue
-    return dict(sorted(seeds.items()))
-
-
-def load_results(output: str | Path, experiment: str) -> ExperimentResults:
-    folder = Path(output) / experiment
-    manifest = read_json(folder / "experiment.json")
-    results = ExperimentResults(name=experiment, folder=folder, runs=list(manifest["runs"]), seeds={},
-                                configs=manifest["configs"])
-    for run in results.runs:
-        results.seeds[run] = []
-        for seed, seed_dir in _seed_dirs(folder / run).items():
-            label = f"{run}/seed-{seed}"
-            if not (seed_dir / "metrics.json").is_file():
-                results.missing.append(f"training of {label} (no metrics.json)")
-                continue
-            results.seeds[run].append(seed)
-            results.metrics.setdefault(run, {})[seed] = read_json(seed_dir / "metrics.json")
-            for attribute, name, what in (("sharpness", "sharpness.json", "sharpness"),
-                                          ("init_to_final", "interpolation.json", "init-to-final interpolation")):
-                if (seed_dir / name).is_file():
-                    getattr(results, attribute).setdefault(run, {})[seed] = read_json(seed_dir / name)
-                else:
-                    results.missing.append(f"{what} of {label} (no {name})")
-            surface = seed_dir / "landscape_2d.npz"
-            if surface.is_file():
-                with np.load(surface) as data:
-                    results.surfaces.setdefault(run, {})[seed] = {k: data[k] for k in data.files}
-            else:
-                results.missing.append(f"2D surface of {label} (no landscape_2d.npz)")
-        if not results.seeds[run]:
-            results.missing.append(f"training of run {run} (no finished seed)")
-    if (folder / "interpolation.json").is_file():
-        results.interpolation = read_json(folder / "interpolation.json")
-    elif len(results.runs) > 1:
-        results.missing.append("interpolation between runs (no interpolation.json)")
-    return results
+    return sorted(p.parent.name for p in output.glob(f"*/{MANIFEST}"))
 
 
 # ----------------------------------------------------------------------------------------------
-# Aggregation over seeds.
+# Figures: figures/index.json maps each figure the landscape stage drew to the fingerprint of the
+# file it was drawn from, so a figure counts as current only while that file is unchanged.
 
-def mean_and_stderr(values: list[float]) -> dict:
-    """Mean and standard error of the mean (sample std / sqrt(n)); stderr is None for one value."""
-    values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not values:
-        return {"mean": None, "stderr": None, "n": 0}
-    n = len(values)
-    mean = sum(values) / n
-    stderr = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else None
-    return {"mean": mean, "stderr": stderr, "n": n}
+FIGURE_INDEX = "index.json"
+
+
+def file_fingerprint(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _figure_index(figures: Path) -> dict:
+    path = figures / FIGURE_INDEX
+    return read_json(path) if path.is_file() else {}
+
+
+def record_figure(figures: Path, stem: str, source: Path) -> None:
+    write_json(figures / FIGURE_INDEX, {**_figure_index(figures), stem: file_fingerprint(source)})
+
+
+def drawn_from(figures: Path, stem: str, source: Path) -> bool:
+    """Whether figures/<stem>.png and .pdf exist and were drawn from what `source` holds now."""
+    return all((figures / f"{stem}.{ext}").is_file() for ext in ("png", "pdf")) and \
+        _figure_index(figures).get(stem) == file_fingerprint(source)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading: the manifest's (run, seed) pairs, their files, and whatever else lies in the folder.
+
+def load_results(output: str | Path, experiment: str) -> ExperimentResults:
+    folder = Path(output) / experiment
+    manifest = read_json(folder / MANIFEST)
+    results = ExperimentResults(name=experiment, folder=folder, runs=list(manifest["runs"]), seeds={},
+                                configs=manifest["configs"], listed_seeds=list(manifest["seeds"]))
+    expected = {run: {seed: training_fingerprint(replace(run_config_from_dict(results.configs[run]), seed=seed))
+                      for seed in manifest["seeds"]} for run in results.runs}
+    results.ignored += _unlisted_folders(folder, expected)
+    sources = {}  # figure stem -> the current file it should be drawn from
+    for run in results.runs:
+        results.seeds[run] = []
+        for seed, fingerprint in expected[run].items():
+            seed_dir, label = folder / run / f"seed-{seed}", f"{run}/seed-{seed}"
+            if not (seed_dir / "metrics.json").is_file():
+                results.missing.append(f"training of {label} (no metrics.json)")
+                continue
+            metrics = read_json(seed_dir / "metrics.json")
+            if metrics.get("fingerprint") != fingerprint:
+                results.ignored.append(f"{label} (trained with other settings than experiment.json lists)")
+                results.missing.append(f"training of {label} with the settings of experiment.json "
+                                       "(run the train stage)")
+                continue
+            results.seeds[run].append(seed)
+            results.trained_with.setdefault(run, {})[seed] = fingerprint
+            results.metrics.setdefault(run, {})[seed] = metrics
+            sources.update(_load_run_files(results, run, seed, seed_dir))
+        if not results.seeds[run]:
+            results.missing.append(f"training of run {run} (no finished seed)")
+    sources.update(_load_pairs(results))
+    for stem, source in sources.items():
+        if drawn_from(folder / "figures", stem, source):
+            results.figures[stem] = folder / "figures" / f"{stem}.png"
+        else:
+            results.missing.append(f"figure {stem} (not drawn from the current {source.name}; "
+                                   "run the landscape stage)")
+    return results
+
+
+def _unlisted_folders(folder: Path, expected: dict[str, dict[int, str]]) -> list[str]:
+    """Run and seed folders that the manifest does not list (other runs, other seeds)."""
+    unlisted = []
+    for run_folder in sorted(p for p in folder.iterdir() if p.is_dir() and any(p.glob("seed-*"))):
+        if run_folder.name not in expected:
+            unlisted.append(f"{run_folder.name}/ (run not in experiment.json)")
+            continue
+        listed = {f"seed-{seed}" for seed in expected[run_folder.name]}
+        unlisted += [f"{run_folder.name}/{p.name} (seed not in experiment.json)"
+                     for p in sorted(run_folder.glob("seed-*")) if p.name not in listed]
+    return unlisted
+
+
+def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: Path) -> dict[str, Path]:
+    """Read one trained (run, seed)'s measurements; return the figures they should be drawn in."""
+    label, name, fingerprint = f"{run}/seed-{seed}", f"{run}_seed-{seed}", results.trained_with[run][seed]
+    sources = {}
+    if (seed_dir / "sharpness.json").is_file():
+        results.sharpness.setdefault(run, {})[seed] = read_json(seed_dir / "sharpness.json")
+    else:
+        results.missing.append(f"sharpness of {label} (no sharpness.json)")
+
+    line = seed_dir / "interpolation.json"
+    data = read_json(line) if line.is_file() else None
+    if data is None:
+        results.missing.append(f"init-to-final interpolation of {label} (no interpolation.json)")
+    elif data.get("checkpoint") != fingerprint:
+        results.missing.append(f"init-to-final interpolation of {label} (computed from other weights; "
+                               "run the landscape stage)")
+    else:
+        results.init_to_final.setdefault(run, {})[seed] = data
+        sources[f"init_to_final_{name}"] = line
+
+    surface = seed_dir / "landscape_2d.npz"
+    if not surface.is_file():
+        results.missing.append(f"2D surface of {label} (no landscape_2d.npz)")
+        return sources
+    with np.load(surface) as npz:
+        data = {key: npz[key] for key in npz.files}
+    if "done" not in data or str(data.get("checkpoint")) != fingerprint:
+        results.missing.append(f"2D surface of {label} (computed from other weights or by an older version; "
+                               "run the landscape stage)")
+    elif not data["done"].all():
+        results.missing.append(f"2D surface of {label} (unfinished: {int(data['done'].sum())} of "
+                               f"{data['done'].size} points; run the landscape stage)")
+    else:
+        results.surfaces.setdefault(run, {})[seed] = data
+        sources.update({f"surface_2d_{name}": surface, f"surface_3d_{name}": surface})
+    return sources
+
+
+def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
+    """Keep the interpolations between runs whose two checkpoints are the current ones; name the others
+    and the pairs of trained runs that have none. Return the figure drawn from the file if all of it is current."""
+    path = results.folder / "interpolation.json"
+    data = read_json(path) if path.is_file() else {"pairs": []}
+    current = []
+    for pair in data["pairs"]:
+        (a, b), seed = pair["runs"], pair["seed"]
+        if [results.trained_with.get(run, {}).get(seed) for run in (a, b)] == pair.get("checkpoints"):
+            current.append(pair)
+        else:
+            results.missing.append(f"interpolation {a} → {b}, seed {seed} (computed from other weights than "
+                                   "the current checkpoints)")
+    found = {(tuple(pair["runs"]), pair["seed"]) for pair in data["pairs"]}
+    for seed in results.listed_seeds:
+        trained = [run for run in results.runs if seed in results.seeds[run]]
+        for i, a in enumerate(trained):
+            for b in trained[i + 1:]:
+                if ((a, b), seed) not in found:
+                    results.missing.append(f"interpolation {a} → {b}, seed {seed} (not computed; "
+                                           "run the landscape stage)")
+    if current:
+        results.interpolation = {"alphas": data["alphas"], "pairs": current}
+    return {"interpolation": path} if current and len(current) == len(data["pairs"]) else {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Aggregation over seeds. A value is missing (None: not measured) or not finite (NaN or inf: it
+# diverged); neither goes into the mean, and both are counted so that no table hides them.
+
+def mean_and_stderr(values: list[float | None]) -> dict:
+    """Mean and standard error of the mean (sample std / sqrt(n)) of the finite values, n of them
+    (stderr is None for fewer than two), and how many values were not finite or missing."""
+    measured = [float(v) for v in values if v is not None]
+    finite = [v for v in measured if math.isfinite(v)]
+    n = len(finite)
+    mean = sum(finite) / n if n else None
+    stderr = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1) / n) if n > 1 else None
+    return {"mean": mean, "stderr": stderr, "n": n, "non_finite": len(measured) - n,
+            "missing": len(values) - len(measured)}
+
+
+def json_number(value: float | None) -> float | str | None:
+    """A value as summary.json records it: JSON has no NaN or inf, so those are the strings
+    "nan", "inf" and "-inf" (null stays for a value that was not measured)."""
+    if value is None or math.isfinite(float(value)):
+        return value
+    return str(float(value))
 
 
 def _aggregate(per_seed: dict[int, float | None]) -> dict:
-    return {"per_seed": {str(s): v for s, v in per_seed.items()}, **mean_and_stderr(list(per_seed.values()))}
+    return {"per_seed": {str(s): json_number(v) for s, v in per_seed.items()},
+            **mean_and_stderr(list(per_seed.values()))}
 
 
 def _eps_keys(results: ExperimentResults) -> list[str]:
@@ -161,28 +279,49 @@ def _value(results: ExperimentResults, run: str, seed: int, source: str, *path):
 
 
 def summarize(results: ExperimentResults) -> dict:
-    """The numbers behind every table: per run, each quantity per seed with its mean and stderr."""
+    """The numbers behind every table: per run, each quantity per listed seed (None where the seed has
+    no current training or measurement) with its mean, stderr and counts."""
     quantities = run_quantities(results)
     runs = {}
     for run in results.runs:
-        seeds = results.seeds.get(run, [])
-        runs[run] = {"seeds": seeds, "quantities": {
-            name: _aggregate({s: _value(results, run, s, *where) for s in seeds}) for name, where in quantities.items()}}
+        runs[run] = {"seeds": results.seeds.get(run, []), "quantities": {
+            name: _aggregate({s: _value(results, run, s, *where) for s in results.listed_seeds})
+            for name, where in quantities.items()}}
     pairs = []
     for pair in (results.interpolation or {}).get("pairs", []):
         pairs.append({"runs": pair["runs"], "seed": pair["seed"], "barrier": pair["barrier"],
                       "barrier_alpha": pair["barrier_alpha"]})
-    return {"experiment": results.name, "runs": runs, "pairs": pairs, "missing": results.missing}
+    return {"experiment": results.name, "runs": runs, "pairs": pairs, "missing": results.missing,
+            "ignored": results.ignored}
 
 
 # ----------------------------------------------------------------------------------------------
-# Tables (Markdown), shared by report.md and the notebook.
+# Tables (Markdown), shared by report.md and the notebook: every number is formatted here.
+
+NOTATION = ("Numbers are the mean ± standard error over seeds; (n=…) counts the seeds in the mean, shown "
+            "whenever it is not a single value with nothing left out. Values left out of a mean are named: "
+            "“diverged” counts NaN or infinite values, “missing” values that were not measured; – marks a "
+            "quantity with no value at all.")
+
+
+def format_number(value: float | str | None, digits: int = 4) -> str:
+    """One number: – when not measured, nan/inf/-inf when not finite."""
+    if value is None:
+        return "–"
+    value = float(value)
+    return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+
 
 def format_value(stats: dict, digits: int = 4) -> str:
-    if stats["mean"] is None:
-        return "–"
-    text = f"{stats['mean']:.{digits}g}"
-    return text if stats["stderr"] is None else f"{text} ± {stats['stderr']:.2g}"
+    """Mean ± stderr of a quantity over seeds, e.g. "3.21 ± 0.05 (n=3)", "3.2 (n=1, 1 diverged)", "3.2"."""
+    n, diverged, missing = stats["n"], stats["non_finite"], stats["missing"]
+    text = format_number(stats["mean"], digits)
+    if stats["stderr"] is not None:
+        text += f" ± {stats['stderr']:.2g}"
+    notes = ([f"{diverged} diverged"] if diverged else []) + ([f"{missing} missing"] if missing and n + diverged else [])
+    if n > 1 or notes:
+        notes.insert(0, f"n={n}")
+    return f"{text} ({', '.join(notes)})" if notes else text
 
 
 def markdown_table(summary: dict, columns: list[tuple[str, str]]) -> str:
@@ -192,6 +331,52 @@ def markdown_table(summary: dict, columns: list[tuple[str, str]]) -> str:
         cells = [format_value(data["quantities"][name]) if name in data["quantities"] else "–" for name, _ in columns]
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def pairs_table(summary: dict) -> str:
+    lines = ["| runs | seed | barrier (train) | at α |", "|---|---|---|---|"]
+    for pair in summary["pairs"]:
+        lines.append(f"| {pair['runs'][0]} → {pair['runs'][1]} | {pair['seed']} | {format_number(pair['barrier'])} | "
+                     f"{format_number(pair['barrier_alpha'], 2)} |")
+    return "\n".join(lines)
+
+
+def _settings_table(by_run: dict[str, dict[int, dict]], columns: list[tuple[str, Callable[[dict], str]]]) -> str:
+    """One row per run, each column `describe(file of one seed)`; where the seeds differ, each seed's value."""
+    lines = ["| run | " + " | ".join(title for title, _ in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for run, by_seed in by_run.items():
+        cells = []
+        for _, describe in columns:
+            values = {seed: describe(data) for seed, data in by_seed.items()}
+            cells.append(next(iter(values.values())) if len(set(values.values())) == 1
+                         else " / ".join(f"{value} (seed {seed})" for seed, value in values.items()))
+        lines.append(f"| {run} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sharpness_settings_table(results: ExperimentResults) -> str:
+    """The settings each run's sharpness.json was measured with (runs may override them)."""
+    measured = {run: {seed: {**data["settings"], "n_tokens": data["n_tokens"]} for seed, data in by_seed.items()}
+                for run, by_seed in results.sharpness.items()}
+    return _settings_table(measured, [
+        ("measurement set", lambda d: f"{d['batches']} × {d['batch_size']} texts, {d['n_tokens']} tokens"),
+        ("eigenvalues", lambda d: f"{d['method']}, top {d['top_k']}, ≤ {d['max_iter']} HVPs, tol {d['tol']:g}"),
+        ("ε", lambda d: ", ".join(f"{eps:g}" for eps in d["epsilons"])),
+        ("worst case", lambda d: f"{d['ball']} ball, {d['worst_case_steps']} steps"),
+        ("random directions", lambda d: str(d["random_directions"])),
+        ("trace samples", lambda d: str(d["trace_samples"])),
+    ])
+
+
+def landscape_settings_table(results: ExperimentResults) -> str:
+    """The settings each run's 2D surface was computed with (runs may override them)."""
+    return _settings_table(results.surfaces, [
+        ("directions", lambda d: f"{d['norm']}-normalised, landscape.seed {d['seed']}" + (", biasbn zeroed" if str(d["ignore"]) else "")),
+        ("grid", lambda d: f"{len(d['alphas'])} × {len(d['betas'])} over [−{float(d['range']):g}, {float(d['range']):g}]²"),
+        ("evaluation set", lambda d: f"{d['eval_batches']} × {d['eval_batch_size']} texts, {d['eval_tokens']} tokens "
+                                     f"(eval_seed {d['eval_seed']})"),
+        ("diverged points", lambda d: str(int((~np.isfinite(d["train_loss"])).sum()))),
+    ])
 
 
 def generalization_columns() -> list[tuple[str, str]]:

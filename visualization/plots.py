@@ -1,7 +1,8 @@
 """Figures of loss landscapes: data in, matplotlib Figure out (nothing is written or shown here).
 
 Figures are built without pyplot, so they hold no global state, need no backend (savefig renders
-with Agg) and display as they are in a notebook.
+with Agg) and display as they are in a notebook. A 2D surface may hold points where the loss diverged
+(NaN or inf): they are left out of the colours and marked grey with ×, and the legend counts them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
+DIVERGED_COLOR = "0.35"
 
 
 def draw_interpolation(ax, alphas, curve: dict, endpoints: tuple[str, str], title: str) -> None:
@@ -55,27 +57,25 @@ def interpolation_figure(alphas, curves: list[dict], endpoints: list[tuple[str, 
 
 def surface_contour_figure(alphas, betas, loss, title: str, label: str = "training loss", levels: int = 30) -> Figure:
     """Filled contours with contour lines and a colour bar; the star is the model itself (0, 0)."""
-    a, b = np.meshgrid(alphas, betas, indexing="ij")
-    values = np.ma.masked_invalid(loss)
     fig = Figure(figsize=(6.2, 5.2), layout="constrained")
     ax = fig.subplots()
-    filled = ax.contourf(a, b, values, levels=levels, cmap="viridis")
-    ax.contour(a, b, values, levels=filled.levels, colors="k", linewidths=0.4, alpha=0.6)
+    filled = _draw_surface(ax, alphas, betas, loss, levels, title)
     fig.colorbar(filled, ax=ax, label=label)
-    ax.plot(0, 0, "*", color="tab:red", markersize=12, markeredgecolor="white")
-    ax.set_xlabel("α (direction 1)")
-    ax.set_ylabel("β (direction 2)")
-    ax.set_aspect("equal")
-    ax.set_title(title, fontsize=10)
     return fig
 
 
 def surface_3d_figure(alphas, betas, loss, title: str, label: str = "training loss") -> Figure:
     a, b = np.meshgrid(alphas, betas, indexing="ij")
+    loss = np.asarray(loss, dtype=float)
+    finite = np.isfinite(loss)
     fig = Figure(figsize=(6.5, 5.2), layout="constrained")
     ax = fig.add_subplot(projection="3d")
-    surface = ax.plot_surface(a, b, np.asarray(loss, dtype=float), cmap="viridis", linewidth=0, antialiased=True)
+    surface = ax.plot_surface(a, b, np.where(finite, loss, np.nan), cmap="viridis", linewidth=0, antialiased=True)
     fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.08)
+    if not finite.all():  # drawn on the top of the finite surface, where they cannot be hidden
+        top = np.full(int((~finite).sum()), loss[finite].max() if finite.any() else 0.0)
+        ax.scatter(a[~finite], b[~finite], top, marker="x", color=DIVERGED_COLOR, label=_diverged_label(finite))
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel("α (direction 1)")
     ax.set_ylabel("β (direction 2)")
     ax.set_zlabel(label)
@@ -107,22 +107,42 @@ def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
 def surfaces_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], label: str = "training loss",
                     levels: int = 30) -> Figure:
     """2D surfaces side by side on one colour scale; `panels` holds (title, alphas, betas, loss)."""
-    low = min(float(np.nanmin(loss)) for _, _, _, loss in panels)
-    high = max(float(np.nanmax(loss)) for _, _, _, loss in panels)
+    finite = np.concatenate([np.asarray(loss, dtype=float).ravel() for *_, loss in panels])
+    finite = finite[np.isfinite(finite)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
     boundaries = np.linspace(low, high, levels + 1)
     fig = Figure(figsize=(4.6 * len(panels) + 1.2, 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (title, alphas, betas, loss) in zip(axes, panels):
-        a, b = np.meshgrid(alphas, betas, indexing="ij")
-        filled = ax.contourf(a, b, np.ma.masked_invalid(loss), levels=boundaries, cmap="viridis")
-        ax.contour(a, b, np.ma.masked_invalid(loss), levels=boundaries, colors="k", linewidths=0.4, alpha=0.6)
-        ax.plot(0, 0, "*", color="tab:red", markersize=10, markeredgecolor="white")
-        ax.set_xlabel("α (direction 1)")
-        ax.set_ylabel("β (direction 2)")
-        ax.set_aspect("equal")
-        ax.set_title(title, fontsize=10)
+        filled = _draw_surface(ax, alphas, betas, loss, boundaries, title)
     fig.colorbar(filled, ax=list(axes), label=label)
     return fig
+
+
+def _draw_surface(ax, alphas, betas, loss, levels, title: str):
+    """Contours of the finite losses, diverged points grey and hatched with ×, the model as a star."""
+    a, b = np.meshgrid(alphas, betas, indexing="ij")
+    loss = np.asarray(loss, dtype=float)
+    finite = np.isfinite(loss)
+    values = np.ma.masked_invalid(loss)
+    filled = ax.contourf(a, b, values, levels=levels, cmap="viridis")
+    ax.contour(a, b, values, levels=filled.levels, colors="k", linewidths=0.4, alpha=0.6)
+    if not finite.all():  # the contours leave holes around them: the grey hatched background shows there
+        ax.patch.set_facecolor("0.85")
+        ax.patch.set_hatch("//")
+        ax.patch.set_edgecolor("0.6")
+        ax.plot(a[~finite], b[~finite], "x", color=DIVERGED_COLOR, clip_on=False, label=_diverged_label(finite))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
+    ax.plot(0, 0, "*", color="tab:red", markersize=12, markeredgecolor="white")
+    ax.set_xlabel("α (direction 1)")
+    ax.set_ylabel("β (direction 2)")
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=10)
+    return filled
+
+
+def _diverged_label(finite: np.ndarray) -> str:
+    return f"{int((~finite).sum())} of {finite.size} diverged (loss NaN or inf)"
 
 
 def _colors(n: int) -> list:

@@ -3,12 +3,15 @@
 For every (run, seed), in its run folder:
   interpolation.json          loss along init.pt -> checkpoint.pt
   landscape_directions.pt     the two directions of the plane (reused while the settings hold)
-  landscape_2d.npz            the loss on the plane around checkpoint.pt, written after every row
+  landscape_2d.npz            the loss on the plane around checkpoint.pt and which points are done,
+                              written after every row
 For the experiment, in <output>/<experiment>/:
   interpolation.json          loss along the line between every pair of runs, per seed
-  figures/                    interpolation, init_to_final_*, surface_2d_*, surface_3d_* (PNG and PDF)
+  figures/                    interpolation, init_to_final_*, surface_2d_*, surface_3d_* (PNG and PDF),
+                              and index.json: the data each figure was drawn from
 
-Every output records a fingerprint of the settings and checkpoints it depends on; an output with the
+Every output records a fingerprint of the settings and checkpoints it depends on, and the training
+fingerprint of each checkpoint it was computed from (which the report checks); an output with the
 current fingerprint is skipped (a partial 2D grid is continued) unless `force`. All losses are taken
 on fixed evaluation sets: the same texts for every run, tokenized once per run.
 """
@@ -31,6 +34,7 @@ from utils.device import resolve_device
 from utils.errors import UserError
 from utils.io import fingerprint, read_json, save_figure, save_npz, write_json
 from utils.layout import experiment_dir, trained_runs, trained_with
+from utils.results import drawn_from, record_figure
 from visualization.directions import (conv1d_weight_names, directions_for, random_directions, read_directions,
                                       save_directions)
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
@@ -112,7 +116,7 @@ def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
     surface_path = job.folder / "landscape_2d.npz"
     surface_print = job_fingerprint(job, SURFACE_KEYS)
     saved = None if force else saved_surface(surface_path, surface_print)
-    surface_todo = saved is None or any(np.isnan(saved[k]).any() for k in ("train_loss", "val_loss") if k in saved)
+    surface_todo = saved is None or not saved["done"].all()
     if not surface_todo:
         print(f"{job.label}: 2D landscape already done with these settings; skipping (--force redoes it)")
 
@@ -137,17 +141,18 @@ def init_to_final(job: Job, final: TrainedModel, train_set: FixedSet, val_set: F
     record = curve_record(alphas, losses["train"], losses["val"])
     write_json(path, {"alphas": alphas.tolist(), "endpoints": ["init", "final"], "seed": job.run.seed, **record,
                       "eval_tokens": {"train": train_set.n_tokens, "validation": val_set.n_tokens},
-                      "fingerprint": line_print})
+                      "checkpoint": job.trained_with, "fingerprint": line_print})
     print(f"{job.label}: init -> final barrier {record['barrier']:.4f} at α = {record['barrier_alpha']:.2f}")
 
 
 def saved_surface(path: Path, surface_print: str) -> dict | None:
-    """The arrays of a 2D surface written with the same settings and weights, or None."""
+    """The arrays of a 2D surface written with the same settings and weights, or None (also for a
+    file of an older version without the `done` mask: it is computed again)."""
     if not path.is_file():
         return None
     with np.load(path) as data:
         saved = {key: data[key] for key in data.files}
-    return saved if str(saved.get("fingerprint")) == surface_print else None
+    return saved if "done" in saved and str(saved.get("fingerprint")) == surface_print else None
 
 
 def plane(job: Job, final: TrainedModel, objective: Objective, force: bool):
@@ -174,23 +179,27 @@ def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: Fixe
     alphas = betas = grid_axis(cfg.resolution, cfg.range)
     if saved is None:
         grids = {name: empty_grid(alphas, betas) for name in objectives}
+        done = np.zeros((len(alphas), len(betas)), dtype=bool)
     else:
         grids = {name: saved[name].copy() for name in objectives}
-        done = int((~np.isnan(grids["train_loss"])).sum())
-        print(f"{job.label}: resuming the 2D landscape ({done} of {grids['train_loss'].size} points done)")
+        done = saved["done"].copy()
+        print(f"{job.label}: resuming the 2D landscape ({int(done.sum())} of {done.size} points done)")
     base_loss = objectives["train_loss"].loss()
     earlier_s = 0.0 if saved is None else float(saved.get("time_s", 0.0))
     start = time.perf_counter()
+    settings = {key: np.array(value) for key, value in landscape_settings(job.run, SURFACE_KEYS).items()}
 
     def save():
-        save_npz(path, alphas=alphas, betas=betas, **grids, norm=np.array(cfg.norm), ignore=np.array(cfg.ignore),
-                 seed=np.array(cfg.seed), base_loss=np.array(base_loss), eval_tokens=np.array(train_set.n_tokens),
-                 time_s=np.array(earlier_s + time.perf_counter() - start), fingerprint=np.array(surface_print))
+        save_npz(path, alphas=alphas, betas=betas, **grids, done=done, **settings, base_loss=np.array(base_loss),
+                 eval_tokens=np.array(train_set.n_tokens), time_s=np.array(earlier_s + time.perf_counter() - start),
+                 checkpoint=np.array(job.trained_with), fingerprint=np.array(surface_print))
 
-    fill_surface(objectives, directions, alphas, betas, grids, save, desc=f"{job.label} 2D landscape")
+    fill_surface(objectives, directions, alphas, betas, grids, done, save, desc=f"{job.label} 2D landscape")
     loss = grids["train_loss"]
-    print(f"{job.label}: 2D landscape done; loss {base_loss:.4f} at the model, "
-          f"{np.min(loss):.4f} to {np.max(loss):.4f} on the grid")
+    finite = loss[np.isfinite(loss)]
+    span = f"{finite.min():.4f} to {finite.max():.4f}" if finite.size else "no finite loss"
+    diverged = f", {loss.size - finite.size} points diverged (loss not finite)" if finite.size < loss.size else ""
+    print(f"{job.label}: 2D landscape done; loss {base_loss:.4f} at the model, {span} on the grid{diverged}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,12 +214,15 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
         return
     path = folder / "interpolation.json"
     alphas = interpolation_alphas(jobs[0].run.landscape)
-    line_print = fingerprint({"checkpoints": {job.label: job.trained_with for job in jobs},
-                              "landscape": landscape_settings(jobs[0].run, LINE_KEYS)})
-    done = read_json(path) if path.is_file() and not force else {}
-    entries = {(tuple(p["runs"]), p["seed"]): p for p in done.get("pairs", [])} \
-        if done.get("fingerprint") == line_print else {}
+    line_print = fingerprint({"landscape": landscape_settings(jobs[0].run, LINE_KEYS)})
     keys = [((a.run.name, b.run.name), a.run.seed) for a, b in pairs]
+    checkpoints = {key: [a.trained_with, b.trained_with] for (a, b), key in zip(pairs, keys)}
+    done = read_json(path) if path.is_file() and not force else {}
+    entries = {}
+    for pair in done.get("pairs", []) if done.get("fingerprint") == line_print else []:
+        key = (tuple(pair["runs"]), pair["seed"])
+        if pair.get("checkpoints") == checkpoints.get(key):  # both weights unchanged: after a retrain it is redone
+            entries[key] = pair
     if all(key in entries for key in keys):
         print(f"{experiment.name}: interpolation between runs already done with these settings; skipping "
               "(--force redoes it)")
@@ -230,7 +242,8 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
                       "val": Objective(model_a.model, val_a.batches)}
         theta1 = weights_in(objectives["train"], model_b.model, what)
         losses = interpolate(objectives, theta1, alphas, desc=what)
-        entries[key] = {"runs": list(key[0]), "seed": key[1], **curve_record(alphas, losses["train"], losses["val"])}
+        entries[key] = {"runs": list(key[0]), "seed": key[1], "checkpoints": checkpoints[key],
+                        **curve_record(alphas, losses["train"], losses["val"])}
         write_json(path, {"alphas": alphas.tolist(), "pairs": [entries[k] for k in keys if k in entries],
                           "eval_tokens": {"train": train_a.n_tokens, "validation": val_a.n_tokens},
                           "fingerprint": line_print})
@@ -238,7 +251,7 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures: redrawn when missing, older than their data, or forced.
+# Figures: redrawn when missing, drawn from other data than the file holds now, or forced.
 
 def draw_figures(jobs: list[Job], folder: Path, force: bool) -> None:
     figures = folder / "figures"
@@ -254,9 +267,9 @@ def draw_figures(jobs: list[Job], folder: Path, force: bool) -> None:
         if not surface.is_file():
             continue
         with np.load(surface) as data:
+            if "done" not in data.files or not data["done"].all():
+                continue  # unfinished: drawn once every point is evaluated
             alphas, betas, loss, norm = data["alphas"], data["betas"], data["train_loss"], str(data["norm"])
-        if np.isnan(loss).any():
-            continue
         title = f"{job.run.name}, seed {job.run.seed}: {norm}-normalised directions"
         draw(figures / f"surface_2d_{name}", surface, force, lambda: surface_contour_figure(alphas, betas, loss, title))
         draw(figures / f"surface_3d_{name}", surface, force, lambda: surface_3d_figure(alphas, betas, loss, title))
@@ -273,10 +286,11 @@ def init_to_final_figure(data: dict, title: str):
 
 
 def draw(stem: Path, source: Path, force: bool, make_figure) -> None:
-    """Write stem.png and stem.pdf from `make_figure()`, unless both are newer than `source`."""
-    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
-    if not force and all(p.is_file() and p.stat().st_mtime_ns >= source.stat().st_mtime_ns for p in paths):
+    """Write stem.png and stem.pdf from `make_figure()`, unless they were drawn from what `source`
+    holds now (figures/index.json records it: a date says nothing when files are copied or restored)."""
+    if not force and drawn_from(stem.parent, stem.name, source):
         return
     figure = make_figure()
-    for path in paths:
-        save_figure(path, figure)
+    for ext in ("png", "pdf"):
+        save_figure(stem.parent / f"{stem.name}.{ext}", figure)
+    record_figure(stem.parent, stem.name, source)

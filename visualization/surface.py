@@ -1,10 +1,11 @@
 """The 2D loss surface around a model: L(θ + a·d₁ + b·d₂) on a grid of (a, b).
 
 Each point sets the weights in place (Objective.move_to: no copy of the model, no flattening) and
-runs forward passes on batches tokenized once, so a point costs about one plain evaluation. Grids
-hold NaN where a point is not evaluated yet; `fill_surface` evaluates only those and calls `save`
-after every row, so an interrupted surface resumes where it stopped and ends identical.
-Index [i, j] of a grid is the point (alphas[i], betas[j]).
+runs forward passes on batches tokenized once, so a point costs about one plain evaluation. A boolean
+`done` grid says which points are evaluated; `fill_surface` evaluates only the others and calls `save`
+after every row, so an interrupted surface resumes where it stopped and ends identical. The loss
+grids cannot say it themselves: a point where the loss diverged holds NaN or inf and is done, never
+evaluated again. Index [i, j] of a grid is the point (alphas[i], betas[j]).
 """
 
 from __future__ import annotations
@@ -25,27 +26,26 @@ def grid_axis(resolution: int, extent: float) -> np.ndarray:
 
 
 def empty_grid(alphas: np.ndarray, betas: np.ndarray) -> np.ndarray:
+    """A loss grid before any evaluation (NaN until a point is done)."""
     return np.full((len(alphas), len(betas)), np.nan)
 
 
 def fill_surface(objectives: dict[str, Objective], directions: tuple[torch.Tensor, torch.Tensor],
-                 alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray],
+                 alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray], done: np.ndarray,
                  save: Callable[[], None], desc: str = "") -> None:
-    """Fill the NaN points of `grids[name]` with the loss of `objectives[name]` (which share one model)."""
+    """Evaluate every point not `done` into `grids[name]` with `objectives[name]` (which share one
+    model) and mark it done, whatever the loss (a diverged point is recorded, not retried)."""
     mover = next(iter(objectives.values()))
-    missing = np.zeros((len(alphas), len(betas)), dtype=bool)
-    for grid in grids.values():
-        missing |= np.isnan(grid)
-    bar = tqdm(total=missing.size, initial=missing.size - int(missing.sum()), desc=desc, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(total=done.size, initial=int(done.sum()), desc=desc, leave=False, dynamic_ncols=True)
     try:
         for i, a in enumerate(alphas):
-            if not missing[i].any():
+            if done[i].all():
                 continue
-            for j in np.flatnonzero(missing[i]):
+            for j in np.flatnonzero(~done[i]):
                 mover.move_to([a, betas[j]], directions)
                 for name, objective in objectives.items():
                     grids[name][i, j] = objective.loss()
+                done[i, j] = True
                 bar.update()
             save()
     finally:
