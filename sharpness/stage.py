@@ -102,7 +102,7 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         stamp = fingerprint(settings)
         result_path = folder / "sharpness.json"
         done = None if force else read_own_output(result_path, label=label)
-        if done is not None and done.get("fingerprint") == stamp:
+        if done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, settings["checkpoint"]):
             print(f"{label}: sharpness already measured with these settings; skipping (--force redoes it)")
             continue
 
@@ -120,7 +120,8 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
 
         objective = Objective(trained.model, measurement.batches, hvp_mode=cfg.hvp)
         result = measure_sharpness(objective, cfg, label)
-        write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "settings": asdict(cfg),
+        write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp,
+                                 "checkpoint": settings["checkpoint"], "settings": asdict(cfg),
                                  "device": str(device), **result})
         top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
         print(f"{label}: lambda_max {result['lambda_max']:.4g} ({result['hvp_count']} HVPs, "

@@ -284,6 +284,8 @@ def test_a_corrupt_output_is_made_again_by_the_stage_that_writes_it(damaged, cap
     path = out / RUN / name
     before = path.read_bytes()
     damage(path)
+    if name == "landscape_directions.pt":  # read only to compute a surface
+        (out / RUN / "landscape_2d.npz").unlink()
     assert main(config, out, "--stages", stage) == 0
     assert f"{path} is corrupt" in capsys.readouterr().out
     if name.endswith(".json"):
@@ -291,6 +293,12 @@ def test_a_corrupt_output_is_made_again_by_the_stage_that_writes_it(damaged, cap
     else:
         from utils.io import verify
         verify(path)
+    if name == "landscape_directions.pt":  # drawn again from the same seed: the same plane
+        import io
+        import torch
+        from utils.io import load_torch
+        old, new = torch.load(io.BytesIO(before), weights_only=True), load_torch(path)
+        assert torch.equal(old["d1"], new["d1"]) and torch.equal(old["d2"], new["d2"])
 
 
 def test_a_corrupt_experiment_interpolation_is_computed_again(damaged, capsys):
@@ -339,6 +347,39 @@ def test_a_corrupt_manifest_is_written_again(damaged, capsys):
     garble(out / "exp" / "experiment.json")
     assert main(config, out, "--stages", "train") == 0
     assert json.loads((out / "exp" / "experiment.json").read_text())["runs"] == ["a", "b"]
+
+
+def test_the_report_names_a_corrupt_result_and_the_command_that_regenerates_it(damaged, capsys):
+    from utils.results import load_results
+
+    config, out = damaged
+    garble(out / RUN / "sharpness.json")
+    assert main(config, out, "--stages", "report") == 2
+    line = error_line(capsys)
+    assert f"{out / RUN / 'sharpness.json'} is corrupt" in line
+    assert f"--config {config} --stages sharpness --output {out}" in line
+    results = load_results(out, "exp")  # what the notebook shows instead of failing
+    assert any("sharpness.json is corrupt" in item for item in results.missing)
+    assert "a" not in results.sharpness
+    assert main(config, out, "--stages", "sharpness,report") == 0
+
+
+def test_a_corrupt_manifest_stops_the_report_with_the_train_command(damaged, capsys):
+    config, out = damaged
+    garble(out / "exp" / "experiment.json")
+    assert main(config, out, "--stages", "report") == 2
+    assert "experiment.json is corrupt" in (line := error_line(capsys)) and "--stages train" in line
+
+
+def test_json_files_keep_a_diverged_number_apart_from_a_missing_one(tmp_path):
+    import numpy as np
+    from utils.io import read_json, write_json
+
+    write_json(tmp_path / "x.json", {"loss": float("nan"), "curve": [1.0, float("inf")], "f32": np.float32("-inf"),
+                                     "missing": None})
+    data = read_json(tmp_path / "x.json")
+    assert data == {"loss": "nan", "curve": [1.0, "inf"], "f32": "-inf", "missing": None}
+    assert float(data["curve"][1]) == float("inf")
 
 
 def test_every_pt_and_npz_has_a_checksum_that_matches(finished):

@@ -20,13 +20,14 @@ from data.measurement import fixed_set
 from models.checkpoint import load_trained
 from models.models import build_model
 from optimization.experiments import train_stage
+from utils.io import load_torch
 from utils.layout import experiment_dir, run_dir
 from optimization.objective import Objective
 from tests.conftest import TINY
 from utils.config import ModelConfig, load_experiment
 from utils.errors import UserError
 from utils.layout import trained_with
-from visualization.directions import conv1d_weight_names, directions_for, random_directions, read_directions
+from visualization.directions import conv1d_weight_names, directions_for, random_directions
 from visualization.interpolation import barrier, interpolate, interpolation_alphas, weights_in
 from visualization.plots import surface_3d_figure, surface_contour_figure, surfaces_figure
 from visualization.surface import grid_axis
@@ -206,7 +207,7 @@ def test_grid_centre_equals_the_base_loss(landscaped):
 def test_saved_directions_redraw_the_same_plane(landscaped):
     experiment, output = landscaped
     folder = run_dir(output, experiment, experiment.runs[0])
-    saved = read_directions(folder / "landscape_directions.pt")
+    saved = load_torch(folder / "landscape_directions.pt")
     assert (saved["norm"], saved["ignore"], saved["seed"]) == ("layer", "", 0)
     model = load_trained(folder / "checkpoint.pt").model
     objective = Objective(model, [])

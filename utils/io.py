@@ -93,25 +93,26 @@ def remove_interrupted_writes(folder: str | Path) -> list[Path]:
     return removed
 
 
-def _finite_or_none(value):
-    """JSON has no NaN/Infinity: write them as null so every reader can parse the file."""
+def _json_safe(value):
+    """JSON has no NaN or Infinity: write them as the strings "nan", "inf", "-inf", which every reader
+    can parse and float() reads back, so a diverged value stays distinct from a missing one (null)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return str(value)
     if isinstance(value, dict):
-        return {k: _finite_or_none(v) for k, v in value.items()}
+        return {k: _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite_or_none(v) for v in value]
+        return [_json_safe(v) for v in value]
     return value
 
 
 def write_json(path: str | Path, data: dict) -> None:
-    text = json.dumps(_finite_or_none(data), indent=2, default=_json_default) + "\n"
+    text = json.dumps(_json_safe(data), indent=2, default=_json_default, allow_nan=False) + "\n"
     write_text(path, text)
 
 
 def _json_default(value):
     if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+        return _json_safe(value.item())
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")

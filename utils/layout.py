@@ -33,10 +33,11 @@ def run_label(experiment: Experiment | str, run: RunConfig) -> str:
     return f"{name}/{run.name}/seed-{run.seed}"
 
 
-def train_command(experiment: Experiment, output: Path, run: RunConfig) -> str:
-    """The command that (re)trains one run of an experiment."""
+def stage_command(experiment: Experiment, output: Path, stage: str, run: RunConfig | None = None) -> str:
+    """The command that runs one stage of an experiment again (for one run, if given)."""
+    runs = f" --runs {run.name}" if run else ""
     where = "" if Path(output) == Path("results") else f" --output {output}"
-    return (f"python run.py --config {experiment.source} --stages train --runs {run.name}{where} "
+    return (f"python run.py --config {experiment.source} --stages {stage}{runs}{where} "
             "(with the same --set options as before)")
 
 
@@ -55,10 +56,10 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
                 if (folder / name).is_file():
                     verify(folder / name)
         except CorruptFileError as err:
-            raise err.needing(f"train the run again with: {train_command(experiment, output, run)}") from None
+            raise err.needing(f"train the run again with: {stage_command(experiment, output, 'train', run)}") from None
         if trained != training_fingerprint(run):
             raise UserError(f"{folder} was trained with other settings than {run_label(experiment, run)} has now; "
-                            f"train it again with: {train_command(experiment, output, run)}")
+                            f"train it again with: {stage_command(experiment, output, 'train', run)}")
     return jobs
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from utils.config import run_config_from_dict
-from utils.io import read_json, write_json
+from utils.errors import CorruptFileError
+from utils.io import load_npz, read_json, write_json
 from utils.layout import MANIFEST, training_fingerprint
 
 
@@ -40,6 +41,16 @@ class ExperimentResults:
     figures: dict[str, Path] = field(default_factory=dict)  # stem -> PNG drawn from the current data
     missing: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)        # what is on disk but not used, and why
+    corrupt: list[tuple[CorruptFileError, str]] = field(default_factory=list)  # damaged files, the stage to redo
+
+    def read(self, path: Path, stage: str, reader=read_json):
+        """`reader(path)`, or None for a corrupt file, which is recorded with the stage that writes it."""
+        try:
+            return reader(path)
+        except CorruptFileError as err:
+            self.corrupt.append((err, stage))
+            self.missing.append(f"{path.relative_to(self.folder)} is corrupt (run the {stage} stage again)")
+            return None
 
 
 def find_experiments(output: str | Path) -> list[str]:
@@ -62,8 +73,11 @@ def file_fingerprint(path: Path) -> str:
 
 
 def _figure_index(figures: Path) -> dict:
-    path = figures / FIGURE_INDEX
-    return read_json(path) if path.is_file() else {}
+    """{stem: fingerprint of its data}; empty when missing or corrupt (every figure is then redrawn)."""
+    try:
+        return read_json(figures / FIGURE_INDEX)
+    except (FileNotFoundError, CorruptFileError):
+        return {}
 
 
 def record_figure(figures: Path, stem: str, source: Path) -> None:
@@ -80,8 +94,13 @@ def drawn_from(figures: Path, stem: str, source: Path) -> bool:
 # Loading: the manifest's (run, seed) pairs, their files, and whatever else lies in the folder.
 
 def load_results(output: str | Path, experiment: str) -> ExperimentResults:
+    """Everything the report shows. A corrupt experiment.json raises CorruptFileError; any other corrupt
+    file is listed in `missing` and `corrupt` (the report stage stops on it, the notebook shows it)."""
     folder = Path(output) / experiment
-    manifest = read_json(folder / MANIFEST)
+    try:
+        manifest = read_json(folder / MANIFEST)
+    except CorruptFileError as err:
+        raise err.needing("run the train stage again (--stages train): it writes the file anew") from None
     results = ExperimentResults(name=experiment, folder=folder, runs=list(manifest["runs"]), seeds={},
                                 configs=manifest["configs"], listed_seeds=list(manifest["seeds"]))
     expected = {run: {seed: training_fingerprint(replace(run_config_from_dict(results.configs[run]), seed=seed))
@@ -95,7 +114,9 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
             if not (seed_dir / "metrics.json").is_file():
                 results.missing.append(f"training of {label} (no metrics.json)")
                 continue
-            metrics = read_json(seed_dir / "metrics.json")
+            metrics = results.read(seed_dir / "metrics.json", "train")
+            if metrics is None:
+                continue
             if metrics.get("fingerprint") != fingerprint:
                 results.ignored.append(f"{label} (trained with other settings than experiment.json lists)")
                 results.missing.append(f"training of {label} with the settings of experiment.json "
@@ -134,13 +155,17 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     """Read one trained (run, seed)'s measurements; return the figures they should be drawn in."""
     label, name, fingerprint = f"{run}/seed-{seed}", f"{run}_seed-{seed}", results.trained_with[run][seed]
     sources = {}
-    if (seed_dir / "sharpness.json").is_file():
-        results.sharpness.setdefault(run, {})[seed] = read_json(seed_dir / "sharpness.json")
-    else:
+    sharpness = seed_dir / "sharpness.json"
+    data = results.read(sharpness, "sharpness") if sharpness.is_file() else None
+    if data is None:
         results.missing.append(f"sharpness of {label} (no sharpness.json)")
+    elif data.get("checkpoint") != fingerprint:
+        results.missing.append(f"sharpness of {label} (measured on other weights; run the sharpness stage)")
+    else:
+        results.sharpness.setdefault(run, {})[seed] = data
 
     line = seed_dir / "interpolation.json"
-    data = read_json(line) if line.is_file() else None
+    data = results.read(line, "landscape") if line.is_file() else None
     if data is None:
         results.missing.append(f"init-to-final interpolation of {label} (no interpolation.json)")
     elif data.get("checkpoint") != fingerprint:
@@ -154,8 +179,9 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     if not surface.is_file():
         results.missing.append(f"2D surface of {label} (no landscape_2d.npz)")
         return sources
-    with np.load(surface) as npz:
-        data = {key: npz[key] for key in npz.files}
+    data = results.read(surface, "landscape", load_npz)
+    if data is None:
+        return sources
     if "done" not in data or str(data.get("checkpoint")) != fingerprint:
         results.missing.append(f"2D surface of {label} (computed from other weights or by an older version; "
                                "run the landscape stage)")
@@ -172,7 +198,7 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
     """Keep the interpolations between runs whose two checkpoints are the current ones; name the others
     and the pairs of trained runs that have none. Return the figure drawn from the file if all of it is current."""
     path = results.folder / "interpolation.json"
-    data = read_json(path) if path.is_file() else {"pairs": []}
+    data = (results.read(path, "landscape") if path.is_file() else None) or {"pairs": []}
     current = []
     for pair in data["pairs"]:
         (a, b), seed = pair["runs"], pair["seed"]
@@ -210,16 +236,8 @@ def mean_and_stderr(values: list[float | None]) -> dict:
             "missing": len(values) - len(measured)}
 
 
-def json_number(value: float | None) -> float | str | None:
-    """A value as summary.json records it: JSON has no NaN or inf, so those are the strings
-    "nan", "inf" and "-inf" (null stays for a value that was not measured)."""
-    if value is None or math.isfinite(float(value)):
-        return value
-    return str(float(value))
-
-
 def _aggregate(per_seed: dict[int, float | None]) -> dict:
-    return {"per_seed": {str(s): json_number(v) for s, v in per_seed.items()},
+    return {"per_seed": {str(s): v for s, v in per_seed.items()},
             **mean_and_stderr(list(per_seed.values()))}
 
 

@@ -87,13 +87,10 @@ def random_directions(objective: Objective, conv1d_names: set[str], norm: str, i
 
 
 def save_directions(path: Path, objective: Objective, d1: torch.Tensor, d2: torch.Tensor, settings: dict) -> None:
-    """A file loadable with torch.load(weights_only=True): d1, d2, the parameters they span, `settings`."""
+    """A file loadable with utils.io.load_torch (or torch.load(weights_only=True)): d1, d2, the
+    parameters they span, `settings`."""
     save_torch(path, {"d1": d1.cpu(), "d2": d2.cpu(), "names": list(objective.names),
                       "shapes": [list(p.shape) for p in objective.params], **settings})
-
-
-def read_directions(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def directions_for(saved: dict, objective: Objective) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from optimization.objective import Objective
+from utils.progress import progress
 from utils.config import LandscapeConfig
 from utils.errors import UserError
 
@@ -38,7 +38,7 @@ def interpolate(objectives: dict[str, Objective], theta1: torch.Tensor, alphas, 
     mover = next(iter(objectives.values()))
     losses = {name: [] for name in objectives}
     try:
-        for alpha in tqdm(alphas, desc=desc, leave=False, dynamic_ncols=True):
+        for alpha in progress(alphas, desc=desc):
             mover.move_to([alpha], [theta1], base_scale=1.0 - alpha)
             for name, objective in objectives.items():
                 losses[name].append(objective.loss())

@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.config import Experiment
-from utils.errors import UserError
+from utils.errors import CorruptFileError, UserError
 from utils.io import save_figure, write_json, write_text
-from utils.layout import experiment_dir
+from utils.layout import experiment_dir, stage_command
 from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, eps_columns, epsilons,
                            generalization_columns, landscape_settings_table, load_results, markdown_table,
                            pairs_table, sharpness_settings_table, summarize)
@@ -111,7 +111,13 @@ def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
     folder = experiment_dir(output, experiment)
     if not (folder / "experiment.json").is_file():
         raise UserError(f"{folder / 'experiment.json'} not found: run the train stage first (--stages train)")
-    results = load_results(output, experiment.name)
+    try:
+        results = load_results(output, experiment.name)
+    except CorruptFileError as err:
+        raise err.needing(f"regenerate it with: {stage_command(experiment, output, 'train')}") from None
+    if results.corrupt:
+        err, stage = results.corrupt[0]
+        raise err.needing(f"regenerate it with: {stage_command(experiment, output, stage)}")
     for item in results.ignored:
         print(f"{experiment.name}: warning: ignoring {item}")
     summary = summarize(results)

@@ -32,11 +32,10 @@ from optimization.objective import Objective
 from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.errors import UserError
-from utils.io import fingerprint, read_json, save_figure, save_npz, write_json
+from utils.io import fingerprint, load_npz, load_torch, read_json, read_own_output, save_figure, save_npz, write_json
 from utils.layout import experiment_dir, trained_runs, trained_with
 from utils.results import drawn_from, record_figure
-from visualization.directions import (conv1d_weight_names, directions_for, random_directions, read_directions,
-                                      save_directions)
+from visualization.directions import conv1d_weight_names, directions_for, random_directions, save_directions
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
 from visualization.plots import interpolation_figure, surface_3d_figure, surface_contour_figure
 from visualization.surface import empty_grid, fill_surface, grid_axis
@@ -108,14 +107,15 @@ def check_shared_settings(jobs: list[Job]) -> None:
 def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
     line_path = job.folder / "interpolation.json"
     line_print = job_fingerprint(job, LINE_KEYS)
-    line_todo = force or not line_path.is_file() or read_json(line_path).get("fingerprint") != line_print
+    line_done = None if force else read_own_output(line_path, label=job.label)
+    line_todo = line_done is None or line_done.get("fingerprint") != line_print
     if not line_todo:
         print(f"{job.label}: init -> final interpolation already done with these settings; "
               "skipping (--force redoes it)")
 
     surface_path = job.folder / "landscape_2d.npz"
     surface_print = job_fingerprint(job, SURFACE_KEYS)
-    saved = None if force else saved_surface(surface_path, surface_print)
+    saved = None if force else saved_surface(surface_path, surface_print, job.label)
     surface_todo = saved is None or not saved["done"].all()
     if not surface_todo:
         print(f"{job.label}: 2D landscape already done with these settings; skipping (--force redoes it)")
@@ -145,24 +145,20 @@ def init_to_final(job: Job, final: TrainedModel, train_set: FixedSet, val_set: F
     print(f"{job.label}: init -> final barrier {record['barrier']:.4f} at α = {record['barrier_alpha']:.2f}")
 
 
-def saved_surface(path: Path, surface_print: str) -> dict | None:
+def saved_surface(path: Path, surface_print: str, label: str) -> dict | None:
     """The arrays of a 2D surface written with the same settings and weights, or None (also for a
-    file of an older version without the `done` mask: it is computed again)."""
-    if not path.is_file():
-        return None
-    with np.load(path) as data:
-        saved = {key: data[key] for key in data.files}
-    return saved if "done" in saved and str(saved.get("fingerprint")) == surface_print else None
+    corrupt file, or one of an older version without the `done` mask: it is computed again)."""
+    saved = read_own_output(path, load_npz, label)
+    return saved if saved and "done" in saved and str(saved.get("fingerprint")) == surface_print else None
 
 
 def plane(job: Job, final: TrainedModel, objective: Objective, force: bool):
     """The run's two directions: the saved ones if drawn with the same settings, else new ones (saved)."""
     path, cfg = job.folder / "landscape_directions.pt", job.run.landscape
     plane_print = job_fingerprint(job, DIRECTION_KEYS)
-    if path.is_file() and not force:
-        saved = read_directions(path)
-        if saved.get("fingerprint") == plane_print:
-            return directions_for(saved, objective)
+    saved = None if force else read_own_output(path, load_torch, job.label)
+    if saved is not None and saved.get("fingerprint") == plane_print:
+        return directions_for(saved, objective)
     d1, d2 = random_directions(objective, conv1d_weight_names(final.model), cfg.norm, cfg.ignore, cfg.seed)
     save_directions(path, objective, d1, d2, {"norm": cfg.norm, "ignore": cfg.ignore, "seed": cfg.seed,
                                               "fingerprint": plane_print})
@@ -217,7 +213,7 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
     line_print = fingerprint({"landscape": landscape_settings(jobs[0].run, LINE_KEYS)})
     keys = [((a.run.name, b.run.name), a.run.seed) for a, b in pairs]
     checkpoints = {key: [a.trained_with, b.trained_with] for (a, b), key in zip(pairs, keys)}
-    done = read_json(path) if path.is_file() and not force else {}
+    done = (None if force else read_own_output(path, label=experiment.name)) or {}
     entries = {}
     for pair in done.get("pairs", []) if done.get("fingerprint") == line_print else []:
         key = (tuple(pair["runs"]), pair["seed"])
@@ -266,10 +262,10 @@ def draw_figures(jobs: list[Job], folder: Path, force: bool) -> None:
         surface = job.folder / "landscape_2d.npz"
         if not surface.is_file():
             continue
-        with np.load(surface) as data:
-            if "done" not in data.files or not data["done"].all():
-                continue  # unfinished: drawn once every point is evaluated
-            alphas, betas, loss, norm = data["alphas"], data["betas"], data["train_loss"], str(data["norm"])
+        data = load_npz(surface)
+        if "done" not in data or not data["done"].all():
+            continue  # unfinished: drawn once every point is evaluated
+        alphas, betas, loss, norm = data["alphas"], data["betas"], data["train_loss"], str(data["norm"])
         title = f"{job.run.name}, seed {job.run.seed}: {norm}-normalised directions"
         draw(figures / f"surface_2d_{name}", surface, force, lambda: surface_contour_figure(alphas, betas, loss, title))
         draw(figures / f"surface_3d_{name}", surface, force, lambda: surface_3d_figure(alphas, betas, loss, title))

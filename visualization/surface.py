@@ -14,9 +14,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from optimization.objective import Objective
+from utils.progress import progress
 
 
 def grid_axis(resolution: int, extent: float) -> np.ndarray:
@@ -36,7 +36,7 @@ def fill_surface(objectives: dict[str, Objective], directions: tuple[torch.Tenso
     """Evaluate every point not `done` into `grids[name]` with `objectives[name]` (which share one
     model) and mark it done, whatever the loss (a diverged point is recorded, not retried)."""
     mover = next(iter(objectives.values()))
-    bar = tqdm(total=done.size, initial=int(done.sum()), desc=desc, leave=False, dynamic_ncols=True)
+    bar = progress(total=done.size, initial=int(done.sum()), desc=desc)
     try:
         for i, a in enumerate(alphas):
             if done[i].all():
