@@ -75,12 +75,18 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
 
     return {
         "lambda_max": eigen.lambda_max,
+        "lambda_max_converged": eigen.top[0].converged,
+        "lambda_max_residual": eigen.top[0].residual,
         "lambda_min": eigen.lambda_min,
+        "lambda_min_converged": None if eigen.bottom is None else eigen.bottom.converged,
+        "lambda_min_residual": None if eigen.bottom is None else eigen.bottom.residual,
         "eigenvalues": eigen.eigenvalues,
+        "eigenvalue_residuals": [e.residual for e in eigen.top],
+        "eigenvalues_converged": [e.converged for e in eigen.top],
+        "converged": eigen.converged,
         "method": cfg.method,
         "hvp_count": eigen.matvecs,
         "hvp_total": objective.hvp_count,
-        "converged": eigen.converged,
         "eigen_history": eigen.history,
         "eigvec_curvature": curvature,
         "base_loss": base_loss,
@@ -121,10 +127,12 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         result = measure_sharpness(objective, cfg, label)
         write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "settings": asdict(cfg),
                                  "device": str(device), **result})
+        status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
+        lambda_min = "" if result["lambda_min"] is None else f"{result['lambda_min']:.4g} "
         top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
-        print(f"{label}: lambda_max {result['lambda_max']:.4g} ({result['hvp_count']} HVPs, "
-              f"{'converged' if result['converged'] else 'NOT converged'}), eps-sharpness@{cfg.epsilons[0]:g} "
-              f"{top:.4g}%, {result['timings']['total_s']:.1f} s")
+        print(f"{label}: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), lambda_min "
+              f"{lambda_min}({status[result['lambda_min_converged']]}), {result['hvp_count']} HVPs, eps-sharpness@"
+              f"{cfg.epsilons[0]:g} {top:.4g}%, {result['timings']['total_s']:.1f} s")
         del objective, trained
         if device.type == "cuda":
             torch.cuda.empty_cache()

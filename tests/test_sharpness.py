@@ -19,6 +19,8 @@ from optimization.objective import Objective
 from sharpness.eigen import lanczos, power_iteration
 from sharpness.sharpness import (eps_sharpness, hutchinson_trace, random_unit_directions, relative_increase_pct,
                                  taylor_check, worst_case)
+from sharpness.stage import measure_sharpness
+from utils.config import SharpnessConfig
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,60 @@ def test_lanczos_finds_a_dominant_negative_eigenvalue_and_stops_in_an_invariant_
     assert result.eigenvalues == pytest.approx([2.0, 1.0], rel=1e-9) and result.lambda_min == pytest.approx(-6.0)
 
 
+# λ_max 10, a bulk around zero and a cluster of negative eigenvalues whose members lie 0.017 to 0.05 apart,
+# more than tol·λ_max = 0.01: Lanczos meets an inner member of the cluster first and settles on it.
+CLUSTERED_NEGATIVE = {
+    "four within 0.05": [10.0, 7.0, 5.5] + torch.linspace(-0.9, 3.0, 120).tolist() + torch.linspace(-1.85, -1.8, 4).tolist(),
+    "six within 0.25": [10.0, 7.0, 5.5] + torch.linspace(-0.3, 1.0, 150).tolist() + torch.linspace(-1.85, -1.6, 6).tolist(),
+}
+
+
+@pytest.mark.parametrize("name", CLUSTERED_NEGATIVE)
+def test_lanczos_reports_lambda_min_accurate_or_not_converged(name):
+    spectrum = CLUSTERED_NEGATIVE[name]
+    matrix, _ = _quadratic(spectrum)
+    tol = 1e-3
+    tolerance = tol * max(abs(x) for x in spectrum)
+    fooled_residual = 0
+    for seed in range(20):
+        for max_iter in range(8, 41):  # every stopping point up to 40 steps
+            result = lanczos(lambda v: matrix @ v, len(spectrum), k=3, max_iter=max_iter, tol=tol, seed=seed,
+                             dtype=torch.float64)
+            error = abs(result.lambda_min - min(spectrum))
+            if result.bottom.converged:
+                assert error <= tolerance, (seed, max_iter, result.lambda_min)
+            fooled_residual += result.bottom.residual <= tolerance and error > tolerance
+    assert fooled_residual > 0  # a small residual alone would have certified a wrong λ_min
+
+
+def test_lanczos_flags_lambda_max_and_lambda_min_separately_with_their_residuals():
+    """λ_max isolated (found fast), the negative end a spread of 40 eigenvalues (found slowly)."""
+    spectrum = [10.0] + torch.linspace(-0.3, 1.0, 150).tolist() + torch.linspace(-1.85, -0.5, 40).tolist()
+    matrix, _ = _quadratic(spectrum)
+    result = lanczos(lambda v: matrix @ v, len(spectrum), k=1, max_iter=20, tol=1e-3, dtype=torch.float64)
+    assert result.top[0].converged and result.lambda_max == pytest.approx(10.0, abs=1e-3 * 10)
+    assert not result.bottom.converged and not result.converged
+    assert result.lambda_min - (-1.85) > 1e-3 * 10 and result.bottom.residual > 1e-3 * 10
+    x = result.eigenvector
+    assert result.top[0].residual == pytest.approx(float((matrix @ x - result.lambda_max * x).norm()), rel=1e-3, abs=1e-12)
+    assert result.bottom.residual > 0
+
+
+def test_power_iteration_converged_means_a_small_relative_residual():
+    """Eigenvalues 1 and 0.99: the estimate creeps up by less than tol per step long before it is within tol."""
+    spectrum = [1.0, 0.99] + torch.linspace(0.0, 0.9, 58).tolist()
+    matrix, _ = _quadratic(spectrum)
+    tol = 1e-3
+    for seed in range(5):
+        result = power_iteration(lambda v: matrix @ v, len(spectrum), max_iter=2000, tol=tol, seed=seed,
+                                 dtype=torch.float64)
+        assert result.converged and abs(result.lambda_max - 1.0) <= tol
+        x = result.eigenvector
+        residual = float((matrix @ x - result.lambda_max * x).norm())
+        assert result.top[0].residual == pytest.approx(residual, rel=1e-9) and residual <= tol * result.lambda_max
+        assert result.bottom is None and result.lambda_min is None
+
+
 def _first_within(history, target, rel):
     return next(i + 1 for i, value in enumerate(history) if abs(value - target) <= rel * abs(target))
 
@@ -184,6 +240,7 @@ def test_hutchinson_trace_is_within_three_standard_errors(tiny):
 def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(tiny_experiment, tmp_path, capsys):
     from pipeline import run_experiment
     from utils.layout import run_dir
+    from utils.results import curvature_columns, load_results, markdown_table, summarize
 
     exp = tiny_experiment("""
         train: {epochs: 1}
@@ -192,21 +249,29 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
           a: {train: {batch_size: 4}}
           b: {train: {batch_size: 16}}
     """)
+    capsys.readouterr()
     run_experiment(exp, ["train", "sharpness"], tmp_path)
+    printed = capsys.readouterr().out
     sets = []
     for run in exp.runs:
         folder = run_dir(tmp_path, exp, run)
         result = json.loads((folder / "sharpness.json").read_text())
-        for key in ("lambda_max", "lambda_min", "eigenvalues", "method", "hvp_count", "converged", "base_loss",
-                    "eps_sharpness", "taylor_check", "worst_case", "trace", "timings"):
+        for key in ("lambda_max", "lambda_max_converged", "lambda_max_residual", "lambda_min", "lambda_min_converged",
+                    "lambda_min_residual", "eigenvalues", "eigenvalue_residuals", "eigenvalues_converged", "method",
+                    "hvp_count", "converged", "base_loss", "eps_sharpness", "taylor_check", "worst_case", "trace", "timings"):
             assert key in result
         assert set(result["eps_sharpness"]) == set(result["taylor_check"]) == set(result["worst_case"]) == {"0.001", "0.01"}
         assert set(result["eps_sharpness"]["0.01"]) >= {"eigvec", "random_max", "random_mean"}
         assert set(result["taylor_check"]["0.01"]) == {"measured_pct", "predicted_pct", "abs_diff_pct"}
         assert result["worst_case"]["0.01"]["value_pct"] >= result["eps_sharpness"]["0.01"]["eigvec"]
-        assert len(result["eigenvalues"]) == 3 and result["lambda_max"] == result["eigenvalues"][0]
+        assert len(result["eigenvalues"]) == len(result["eigenvalue_residuals"]) == len(result["eigenvalues_converged"]) == 3
+        assert result["lambda_max"] == result["eigenvalues"][0] and result["lambda_max_residual"] == result["eigenvalue_residuals"][0]
+        assert result["converged"] == (all(result["eigenvalues_converged"]) and result["lambda_min_converged"])
         assert result["hvp_count"] == len(result["eigen_history"]) <= 8
         assert result["hvp_total"] == result["hvp_count"] + 1 + 3  # the solver, vᵀHv, the trace samples
+        status = {True: "converged", False: "NOT converged"}
+        assert (f"{run.name}/seed-42: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), "
+                f"lambda_min {result['lambda_min']:.4g} ({status[result['lambda_min_converged']]})") in printed
         measurement = torch.load(folder / "measurement.pt", weights_only=True)
         assert len(measurement["batches"]) == 3 and len(measurement["indices"]) == 12
         batch = measurement["batches"][0]
@@ -217,6 +282,8 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
         assert base == pytest.approx(result["base_loss"], rel=1e-6)  # the same set, the same loss
         sets.append(measurement["indices"])
     assert sets[0] == sets[1]
+    table = markdown_table(summarize(load_results(tmp_path, exp.name)), curvature_columns())
+    assert "λ_max residual" in table and "λ_min converged" in table
     capsys.readouterr()
     run_experiment(exp, ["sharpness"], tmp_path)
     assert capsys.readouterr().out.count("already measured with these settings; skipping") == 2
@@ -249,3 +316,15 @@ def test_worst_case_starts_on_the_boundary_of_its_ball(tiny):
     assert float((delta[scale > 0] / scale[scale > 0]).norm()) == pytest.approx(eps, rel=1e-5)
     adaptive = worst_case(objective, base_loss, v, eps, steps=0, ball="adaptive")
     assert adaptive["value_pct"] == pytest.approx(relative_increase_pct(objective, base_loss, delta, 1.0), rel=1e-6)
+
+
+def test_power_iteration_writes_no_lambda_min(tiny):
+    objective, _ = tiny
+    objective = Objective(objective.model, objective.batches)
+    cfg = SharpnessConfig(method="power", max_iter=4, epsilons=[1e-2], random_directions=1, worst_case_steps=0,
+                          trace_samples=0)
+    result = measure_sharpness(objective, cfg)
+    assert result["lambda_min"] is None and result["lambda_min_converged"] is None and result["lambda_min_residual"] is None
+    assert result["converged"] == result["lambda_max_converged"] and result["eigenvalues_converged"] == [result["converged"]]
+    assert result["eigenvalue_residuals"] == [result["lambda_max_residual"]] and result["lambda_max_residual"] > 0
+    assert result["hvp_total"] == result["hvp_count"] + 1  # the solver, vᵀHv

@@ -129,7 +129,11 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
         "test_loss": ("metrics", "test_loss"),
         "test_perplexity": ("metrics", "test_perplexity"),
         "lambda_max": ("sharpness", "lambda_max"),
+        "lambda_max_converged": ("sharpness", "lambda_max_converged"),  # the mean over seeds: the share converged
+        "lambda_max_residual": ("sharpness", "lambda_max_residual"),
         "lambda_min": ("sharpness", "lambda_min"),
+        "lambda_min_converged": ("sharpness", "lambda_min_converged"),
+        "lambda_min_residual": ("sharpness", "lambda_min_residual"),
         "trace": ("sharpness", "trace", "mean"),
         "base_loss": ("sharpness", "base_loss"),
     }
@@ -211,7 +215,10 @@ def eps_columns(eps: str) -> list[tuple[str, str]]:
 
 
 def curvature_columns() -> list[tuple[str, str]]:
-    return [("lambda_max", "λ_max"), ("lambda_min", "λ_min"), ("trace", "trace of H"), ("base_loss", "loss on the set")]
+    """λ_max and λ_min with their Ritz residuals and the share of seeds whose estimate converged."""
+    return [("lambda_max", "λ_max"), ("lambda_max_residual", "λ_max residual"), ("lambda_max_converged", "λ_max converged"),
+            ("lambda_min", "λ_min"), ("lambda_min_residual", "λ_min residual"), ("lambda_min_converged", "λ_min converged"),
+            ("trace", "trace of H"), ("base_loss", "loss on the set")]
 
 
 def cost_columns() -> list[tuple[str, str]]:
