@@ -4,10 +4,10 @@ eps_sharpness   the study's eq. (1): 100·(L(θ+εv) − L(θ))/L(θ) for v = ±
                 (the larger of the two) and for random unit directions (max and mean).
 taylor_check    eq. (2): the measured relative increase along the eigenvector against its
                 second-order prediction (ε·gᵀv + ½ε²·vᵀHv)/L, with g and H·v computed exactly.
-worst_case      max over the ball ||δ|| ≤ ε of L(θ+δ) − L(θ), by projected normalized-gradient ascent
-                started at the eigenvector's best sign. The 'adaptive' ball ||δ/|θ| ||₂ ≤ ε scales
-                the ball elementwise by the weights (Kwon et al. 2021; Andriushchenko et al. 2023),
-                which no reparametrization of the kind Dinh et al. (2017) use can make arbitrarily sharp.
+worst_case      max over the ball of L(θ+δ) − L(θ), δ = s⊙u with ||u||₂ ≤ ε: s = 1 (ℓ2 ball) or s = |θ|
+                ('adaptive', Kwon et al. 2021; Andriushchenko et al. 2023), which no reparametrization of the
+                kind Dinh et al. (2017) use can make arbitrarily sharp. Projected normalized-gradient ascent on u
+                from u = ε·v (δ ∝ |θ|⊙v in the adaptive ball), v the eigenvector's best sign.
 hutchinson_trace  tr(H) ≈ mean of zᵀHz over Rademacher vectors z, with its standard error.
 """
 
@@ -58,11 +58,12 @@ def taylor_check(base_loss: float, gradient: torch.Tensor, direction: torch.Tens
 
 def worst_case(objective: Objective, base_loss: float, start: torch.Tensor, eps: float, steps: int, ball: str,
                progress=None) -> dict:
-    """Projected gradient ascent on u, with δ = s ⊙ u and ||u|| ≤ ε (s = 1, or |θ| for 'adaptive').
+    """Projected gradient ascent on u, with δ = s ⊙ u and ||u||₂ ≤ ε (s = 1, or |θ| for 'adaptive').
 
-    The value is the largest loss seen, the start included, so it is never below the start's."""
+    It starts at u = ε·start on the weights that can move (a zero weight stays zero in the adaptive ball,
+    so u spends none of its norm there). The value is the largest loss seen, the start included."""
     scale = objective.base.abs() if ball == "adaptive" else torch.ones_like(objective.base)
-    u = scale * start  # adaptive: the eigenvector carried into the ball's coordinates
+    u = start * (scale > 0)
     u = eps * u / u.norm()
     step = 2.0 * eps / max(steps, 1)
     best = -math.inf

@@ -301,21 +301,40 @@ def test_random_directions_are_unit_and_summarized_by_max_and_mean(tiny):
     assert result["random_max"] == max(each) and result["random_mean"] == pytest.approx(sum(each) / 2, rel=1e-12)
 
 
-def test_worst_case_starts_on_the_boundary_of_its_ball(tiny):
-    """With no ascent step the value is the start point's: ε·v in the ℓ2 ball, and in the adaptive ball
-    δ = |θ|⊙u with u = ε·(|θ|⊙v)/‖|θ|⊙v‖, so that ‖δ/|θ|‖ = ε."""
-    objective, _ = tiny
-    v = random_unit_directions(objective.base, 1, seed=8)[0]
+def test_worst_case_starts_on_the_boundary_of_its_ball_along_the_eigenvector(tiny, monkeypatch):
+    """The start is u = ε·v: δ = ε·v in the ℓ2 ball; δ = |θ|⊙u in the adaptive ball, with u = ε·v on the
+    weights that can move (zero weights stay zero), so ‖δ/|θ|‖ = ε and δ/|θ| points along v. Every
+    point of the ascent stays in the ball."""
+    objective, hessian = tiny
+    v = torch.linalg.eigh(hessian)[1][:, -1].float()
     base_loss = objective.loss()
     eps = 0.05
     l2 = worst_case(objective, base_loss, v, eps, steps=0, ball="l2")
     assert l2["value_pct"] == pytest.approx(relative_increase_pct(objective, base_loss, v, eps), rel=1e-6)
+
     scale = objective.base.abs()
-    u = eps * (scale * v) / (scale * v).norm()
-    delta = scale * u
-    assert float((delta[scale > 0] / scale[scale > 0]).norm()) == pytest.approx(eps, rel=1e-5)
-    adaptive = worst_case(objective, base_loss, v, eps, steps=0, ball="adaptive")
-    assert adaptive["value_pct"] == pytest.approx(relative_increase_pct(objective, base_loss, delta, 1.0), rel=1e-6)
+    movable = scale > 0
+    assert not movable.all()  # GPT-2 starts its biases at zero
+    perturbations = []
+    move_to = objective.move_to
+
+    def recording_move_to(coefficients=(), directions=(), base_scale=1.0):
+        perturbations.extend(c * d.clone() for c, d in zip(coefficients, directions))
+        move_to(coefficients, directions, base_scale)
+
+    monkeypatch.setattr(objective, "move_to", recording_move_to)
+    adaptive = worst_case(objective, base_loss, v, eps, steps=3, ball="adaptive")
+    monkeypatch.undo()
+    first = perturbations[0]
+    u = first[movable] / scale[movable]
+    assert float(u.norm()) == pytest.approx(eps, rel=1e-5)
+    assert float(u @ v[movable]) / float(u.norm() * v[movable].norm()) == pytest.approx(1.0, abs=1e-6)
+    assert len(perturbations) == 4  # three ascent steps and the last point
+    for delta in perturbations:
+        assert torch.all(delta[~movable] == 0) and float((delta[movable] / scale[movable]).norm()) <= eps * (1 + 1e-5)
+    start = worst_case(objective, base_loss, v, eps, steps=0, ball="adaptive")
+    assert start["value_pct"] == pytest.approx(relative_increase_pct(objective, base_loss, first, 1.0), rel=1e-6)
+    assert adaptive["value_pct"] >= start["value_pct"]  # the best point visited, the start included
 
 
 def test_power_iteration_writes_no_lambda_min(tiny):
