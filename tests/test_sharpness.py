@@ -17,8 +17,8 @@ from models.checkpoint import load_trained
 from optimization.evaluation import summed_token_loss
 from optimization.objective import Objective
 from sharpness.eigen import lanczos, power_iteration
-from sharpness.sharpness import (eps_sharpness, hutchinson_trace, random_unit_directions, relative_increase_pct,
-                                 taylor_check, worst_case)
+from sharpness.sharpness import (MEASURED, curvatures, eps_sharpness, hutchinson_trace, loss_resolution_pct,
+                                 random_unit_directions, relative_increase_pct, taylor_check, worst_case)
 from sharpness.stage import measure_sharpness
 from utils.config import SharpnessConfig
 
@@ -204,7 +204,7 @@ def test_eps_sharpness_matches_its_taylor_expansion(tiny):
     assert curvature == pytest.approx(top.lambda_max, rel=1e-8)
     diffs = []
     for eps in (2.5e-3, 1.25e-3, 6.25e-4, 3.125e-4):
-        sharp = eps_sharpness(objective, base_loss, v, eps, [])
+        sharp = eps_sharpness(objective, base_loss, eps, v, curvature)
         assert sharp["eigvec"] == max(relative_increase_pct(objective, base_loss, v, eps),
                                       relative_increase_pct(objective, base_loss, -v, eps))
         check = taylor_check(base_loss, grad, sharp["eigvec_sign"] * v, curvature, eps, sharp["eigvec"])
@@ -221,7 +221,7 @@ def test_worst_case_is_at_least_the_eigenvector_value_and_respects_the_ball(tiny
     v = torch.linalg.eigh(hessian)[1][:, -1].float()
     base_loss = objective.loss()
     eps = 5e-2
-    sharp = eps_sharpness(objective, base_loss, v, eps, [])
+    sharp = eps_sharpness(objective, base_loss, eps, v, float(v.double() @ hessian @ v.double()))
     start = sharp["eigvec_sign"] * v
     result = worst_case(objective, base_loss, start, eps, steps=8, ball="l2")
     assert result["value_pct"] >= sharp["eigvec"]
@@ -240,7 +240,7 @@ def test_hutchinson_trace_is_within_three_standard_errors(tiny):
 def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(tiny_experiment, tmp_path, capsys):
     from pipeline import run_experiment
     from utils.layout import run_dir
-    from utils.results import curvature_columns, load_results, markdown_table, summarize
+    from utils.results import curvature_columns, eps_columns, load_results, markdown_table, summarize
 
     exp = tiny_experiment("""
         train: {epochs: 1}
@@ -258,17 +258,21 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
         result = json.loads((folder / "sharpness.json").read_text())
         for key in ("lambda_max", "lambda_max_converged", "lambda_max_residual", "lambda_min", "lambda_min_converged",
                     "lambda_min_residual", "eigenvalues", "eigenvalue_residuals", "eigenvalues_converged", "method",
-                    "hvp_count", "converged", "base_loss", "eps_sharpness", "taylor_check", "worst_case", "trace", "timings"):
+                    "hvp_count", "converged", "base_loss", "loss_resolution_pct", "eps_sharpness", "taylor_check",
+                    "worst_case", "trace", "timings"):
             assert key in result
         assert set(result["eps_sharpness"]) == set(result["taylor_check"]) == set(result["worst_case"]) == {"0.001", "0.01"}
-        assert set(result["eps_sharpness"]["0.01"]) >= {"eigvec", "random_max", "random_mean"}
-        assert set(result["taylor_check"]["0.01"]) == {"measured_pct", "predicted_pct", "abs_diff_pct"}
+        assert set(result["eps_sharpness"]["0.01"]) == {
+            "eigvec", "eigvec_sign", "random_max", "random_mean", "eigvec_symmetric_pct", "eigvec_symmetric_predicted_pct",
+            "random_symmetric_mean_pct", "random_symmetric_mean_predicted_pct", "random_symmetric_max_pct",
+            "random_symmetric_max_predicted_pct", "below_resolution"}
+        assert set(result["taylor_check"]["0.01"]) == {"measured_pct", "predicted_pct", "abs_diff_pct", "below_resolution"}
         assert result["worst_case"]["0.01"]["value_pct"] >= result["eps_sharpness"]["0.01"]["eigvec"]
         assert len(result["eigenvalues"]) == len(result["eigenvalue_residuals"]) == len(result["eigenvalues_converged"]) == 3
         assert result["lambda_max"] == result["eigenvalues"][0] and result["lambda_max_residual"] == result["eigenvalue_residuals"][0]
         assert result["converged"] == (all(result["eigenvalues_converged"]) and result["lambda_min_converged"])
         assert result["hvp_count"] == len(result["eigen_history"]) <= 8
-        assert result["hvp_total"] == result["hvp_count"] + 1 + 3  # the solver, vᵀHv, the trace samples
+        assert result["hvp_total"] == result["hvp_count"] + 1 + 2 + 3  # the solver, vᵀHv, 2 random dᵀHd, the trace
         status = {True: "converged", False: "NOT converged"}
         assert (f"{run.name}/seed-42: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), "
                 f"lambda_min {result['lambda_min']:.4g} ({status[result['lambda_min_converged']]})") in printed
@@ -282,8 +286,13 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
         assert base == pytest.approx(result["base_loss"], rel=1e-6)  # the same set, the same loss
         sets.append(measurement["indices"])
     assert sets[0] == sets[1]
-    table = markdown_table(summarize(load_results(tmp_path, exp.name)), curvature_columns())
-    assert "λ_max residual" in table and "λ_min converged" in table
+    summary = summarize(load_results(tmp_path, exp.name))
+    table = markdown_table(summary, eps_columns("0.01") + curvature_columns())
+    assert "symmetric, eigenvector %" in table and "½ε²vᵀHv %" in table and "λ_min converged" in table
+    quantities = summary["runs"]["a"]["quantities"]
+    assert quantities["eps_sharpness_eigvec_symmetric_predicted@0.01"]["mean"] == pytest.approx(
+        json.loads((run_dir(tmp_path, exp, exp.runs[0]) / "sharpness.json").read_text())
+        ["eps_sharpness"]["0.01"]["eigvec_symmetric_predicted_pct"])
     capsys.readouterr()
     run_experiment(exp, ["sharpness"], tmp_path)
     assert capsys.readouterr().out.count("already measured with these settings; skipping") == 2
@@ -296,7 +305,7 @@ def test_random_directions_are_unit_and_summarized_by_max_and_mean(tiny):
     assert not torch.equal(directions[0], directions[1])
     base_loss = objective.loss()
     v = directions[2]
-    result = eps_sharpness(objective, base_loss, v, 0.05, directions[:2])
+    result = eps_sharpness(objective, base_loss, 0.05, v, 0.0, directions[:2], curvatures(objective, directions[:2]))
     each = [relative_increase_pct(objective, base_loss, d, 0.05) for d in directions[:2]]
     assert result["random_max"] == max(each) and result["random_mean"] == pytest.approx(sum(each) / 2, rel=1e-12)
 
@@ -337,6 +346,75 @@ def test_worst_case_starts_on_the_boundary_of_its_ball_along_the_eigenvector(tin
     assert adaptive["value_pct"] >= start["value_pct"]  # the best point visited, the start included
 
 
+def test_symmetric_difference_measures_curvature_while_the_one_sided_carries_the_gradient(tiny):
+    """In float64: (L(θ+εd) + L(θ−εd))/2 − L(θ) = ½ε²dᵀHd + O(ε⁴), while the one-sided difference adds ε·gᵀd."""
+    objective, hessian = tiny
+    objective = Objective(copy.deepcopy(objective.model).double(), objective.batches)
+    base_loss, grad = objective.loss_and_grad()
+    v = torch.linalg.eigh(hessian)[1][:, -1]
+    randoms = random_unit_directions(objective.base, 3, seed=5)
+    random_curvatures = curvatures(objective, randoms)
+    assert random_curvatures == pytest.approx([float(d @ hessian @ d) for d in randoms], rel=1e-4, abs=1e-6)
+    curvature = curvatures(objective, [v])[0]
+    remainders = []
+    for eps in (2.5e-3, 1.25e-3, 6.25e-4, 3.125e-4):
+        result = eps_sharpness(objective, base_loss, eps, v, curvature, randoms, random_curvatures)
+        assert result["below_resolution"] == []
+        predicted = [100 * 0.5 * eps**2 * c / base_loss for c in random_curvatures]
+        assert result["eigvec_symmetric_predicted_pct"] == pytest.approx(100 * 0.5 * eps**2 * curvature / base_loss)
+        assert result["random_symmetric_mean_predicted_pct"] == pytest.approx(sum(predicted) / 3)
+        symmetric = [(relative_increase_pct(objective, base_loss, d, eps) + relative_increase_pct(objective, base_loss, d, -eps)) / 2
+                     for d in randoms]
+        at_max = symmetric.index(max(symmetric))
+        assert result["random_symmetric_max_pct"] == pytest.approx(symmetric[at_max], rel=1e-12)
+        assert result["random_symmetric_max_predicted_pct"] == pytest.approx(predicted[at_max])
+        assert abs(result["random_symmetric_mean_pct"] - sum(predicted) / 3) < 0.2 * abs(sum(predicted) / 3)
+        remainder = abs(result["eigvec_symmetric_pct"] - result["eigvec_symmetric_predicted_pct"])
+        assert remainder < 0.03 * result["eigvec_symmetric_predicted_pct"]
+        one_sided_gap = result["eigvec"] - result["eigvec_symmetric_predicted_pct"]
+        gradient_term = 100 * eps * abs(float(grad @ v)) / base_loss
+        assert one_sided_gap == pytest.approx(gradient_term, rel=0.05) and one_sided_gap > 100 * remainder
+        remainders.append(remainder)
+    ratios = [a / b for a, b in zip(remainders, remainders[1:])]
+    assert min(ratios) > 12  # halving ε divides the remainder by ~16: fourth order
+
+
+def test_differences_below_the_loss_resolution_are_flagged_not_reported(tiny):
+    """In fp32, against the same differences in float64: below the resolution they are null and named;
+    above it the fp32 value is within the resolution of the float64 one."""
+    objective, hessian = tiny
+    exact = Objective(copy.deepcopy(objective.model).double(), objective.batches)
+    resolution = loss_resolution_pct(torch.float32)
+    assert resolution == 100 * 8 * torch.finfo(torch.float32).eps
+    v = torch.linalg.eigh(hessian)[1][:, -1]
+    randoms = random_unit_directions(exact.base, 3, seed=5)
+    random_curvatures = curvatures(exact, randoms)
+    curvature = curvatures(exact, [v])[0]
+    base32, base64 = objective.loss(), exact.loss()
+
+    def both(eps):
+        fp32 = eps_sharpness(objective, base32, eps, v.float(), curvature, [d.float() for d in randoms], random_curvatures)
+        return fp32, eps_sharpness(exact, base64, eps, v, curvature, randoms, random_curvatures)
+
+    small, small_exact = both(1e-4)
+    for key in ("eigvec_symmetric_pct", "random_symmetric_mean_pct", "random_symmetric_max_pct"):
+        assert small[key] is None and key in small["below_resolution"]
+        assert abs(small_exact[key]) < resolution  # what fp32 would have printed is rounding
+    assert small["eigvec_symmetric_predicted_pct"] == pytest.approx(small_exact["eigvec_symmetric_predicted_pct"])
+    large, large_exact = both(1e-1)
+    assert large["below_resolution"] == [] and large_exact["below_resolution"] == []
+    for key in MEASURED:
+        assert abs(large[key] - large_exact[key]) <= resolution, key
+    tiny_step = worst_case(objective, base32, v.float(), 1e-7, steps=0, ball="l2")
+    assert tiny_step["value_pct"] is None and tiny_step["below_resolution"] == ["value_pct"]
+    gradient = objective.loss_and_grad()[1]
+    check = taylor_check(base32, gradient, v.float(), curvature, 1e-7, tiny_step["value_pct"])
+    assert check["abs_diff_pct"] is None and check["predicted_pct"] is not None
+    predicted = taylor_check(base32, gradient, v.float(), curvature, 1e-3, 0.0)["predicted_pct"]
+    agreeing = taylor_check(base32, gradient, v.float(), curvature, 1e-3, predicted + 0.5 * resolution)
+    assert agreeing["abs_diff_pct"] is None and agreeing["below_resolution"] == ["abs_diff_pct"]
+
+
 def test_power_iteration_writes_no_lambda_min(tiny):
     objective, _ = tiny
     objective = Objective(objective.model, objective.batches)
@@ -346,4 +424,4 @@ def test_power_iteration_writes_no_lambda_min(tiny):
     assert result["lambda_min"] is None and result["lambda_min_converged"] is None and result["lambda_min_residual"] is None
     assert result["converged"] == result["lambda_max_converged"] and result["eigenvalues_converged"] == [result["converged"]]
     assert result["eigenvalue_residuals"] == [result["lambda_max_residual"]] and result["lambda_max_residual"] > 0
-    assert result["hvp_total"] == result["hvp_count"] + 1  # the solver, vᵀHv
+    assert result["hvp_total"] == result["hvp_count"] + 1 + 1  # the solver, vᵀHv, the random direction's dᵀHd

@@ -140,6 +140,9 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
     for eps in _eps_keys(results):
         quantities[f"eps_sharpness_eigvec@{eps}"] = ("sharpness", "eps_sharpness", eps, "eigvec")
         quantities[f"eps_sharpness_random_max@{eps}"] = ("sharpness", "eps_sharpness", eps, "random_max")
+        for key in ("eigvec_symmetric_pct", "eigvec_symmetric_predicted_pct", "random_symmetric_mean_pct",
+                    "random_symmetric_mean_predicted_pct", "random_symmetric_max_pct", "random_symmetric_max_predicted_pct"):
+            quantities[f"eps_sharpness_{key.removesuffix('_pct')}@{eps}"] = ("sharpness", "eps_sharpness", eps, key)
         quantities[f"worst_case@{eps}"] = ("sharpness", "worst_case", eps, "value_pct")
         quantities[f"taylor_abs_diff@{eps}"] = ("sharpness", "taylor_check", eps, "abs_diff_pct")
     quantities.update({
@@ -209,9 +212,16 @@ def epsilons(summary: dict) -> list[str]:
 
 
 def eps_columns(eps: str) -> list[tuple[str, str]]:
-    """The study's Table I at one ε (values in %, the Taylor difference in percentage points)."""
+    """The study's Table I at one ε (values in %, the Taylor difference in percentage points), then the
+    symmetric differences, which measure curvature, each followed by its prediction ½ε²dᵀHd."""
     return [(f"eps_sharpness_eigvec@{eps}", "ε-sharpness, eigenvector %"), (f"taylor_abs_diff@{eps}", "Taylor check Δ pp"),
-            (f"worst_case@{eps}", "worst case %"), (f"eps_sharpness_random_max@{eps}", "random directions, max %")]
+            (f"worst_case@{eps}", "worst case %"), (f"eps_sharpness_random_max@{eps}", "random directions, max %"),
+            (f"eps_sharpness_eigvec_symmetric@{eps}", "symmetric, eigenvector %"),
+            (f"eps_sharpness_eigvec_symmetric_predicted@{eps}", "½ε²vᵀHv %"),
+            (f"eps_sharpness_random_symmetric_mean@{eps}", "symmetric, random mean %"),
+            (f"eps_sharpness_random_symmetric_mean_predicted@{eps}", "½ε²dᵀHd mean %"),
+            (f"eps_sharpness_random_symmetric_max@{eps}", "symmetric, random max %"),
+            (f"eps_sharpness_random_symmetric_max_predicted@{eps}", "½ε²dᵀHd at max %")]
 
 
 def curvature_columns() -> list[tuple[str, str]]:
