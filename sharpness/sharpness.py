@@ -18,10 +18,11 @@ hutchinson_trace  tr(H) ≈ mean of zᵀHz over Rademacher vectors z, with its s
 Resolution. L is a sum of per-batch sums that cross_entropy computes in the model's dtype (fp32 in the
 pipeline) and Python adds in float64. Their rounding gives each L a relative error of the order of the
 dtype's machine epsilon: measured against float64, a difference of fp32 losses was off by up to 1.0 eps·L
-on DistilGPT2's shape and 2.3 eps·L on a tiny model that had memorized its texts (L = 0.02). The error is
-relative to each batch sum, so it does not grow with the number of batches. A measured value of at most
-RESOLUTION_EPS machine epsilons (`loss_resolution_pct`) may be rounding: it is reported as None and its
-key listed under `below_resolution`, rather than printed as a number. So is a Taylor difference that small.
+on DistilGPT2's shape at random weights and 2.3 eps·L on a tiny model that had memorized its texts
+(L = 0.02). The error is relative to each batch sum, so it does not grow with the number of batches. A
+measured value of at most RESOLUTION_EPS machine epsilons (`loss_resolution_pct`) may be rounding: it is
+reported as None and its key listed under `below_resolution`, rather than printed as a number. So is a
+Taylor difference that small.
 """
 
 from __future__ import annotations
