@@ -18,7 +18,8 @@ from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import load_trained
 from optimization.objective import Objective
 from sharpness.eigen import lanczos, power_iteration
-from sharpness.sharpness import eps_sharpness, hutchinson_trace, random_unit_directions, taylor_check, worst_case
+from sharpness.sharpness import (curvatures, eps_sharpness, hutchinson_trace, loss_resolution_pct, random_unit_directions,
+                                 taylor_check, worst_case)
 from utils.config import Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, save_torch, write_json
@@ -45,12 +46,13 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
     timings["eigen_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    curvature = float(eigen.eigenvector @ objective.hvp(eigen.eigenvector))  # vᵀHv, exact for the Taylor check
+    curvature = curvatures(objective, [eigen.eigenvector])[0]  # vᵀHv, exact for the Taylor check
     randoms = random_unit_directions(objective.base, cfg.random_directions, cfg.seed + 1)
+    random_curvatures = curvatures(objective, randoms)  # dᵀHd: the symmetric differences' predictions
     sharp, taylor = {}, {}
     for eps in tqdm(cfg.epsilons, desc=f"{label} eps-sharpness", leave=False, dynamic_ncols=True):
         key = f"{eps:g}"
-        sharp[key] = eps_sharpness(objective, base_loss, eigen.eigenvector, eps, randoms)
+        sharp[key] = eps_sharpness(objective, base_loss, eps, eigen.eigenvector, curvature, randoms, random_curvatures)
         direction = sharp[key]["eigvec_sign"] * eigen.eigenvector
         taylor[key] = taylor_check(base_loss, gradient, direction, curvature, eps, sharp[key]["eigvec"])
     timings["eps_sharpness_s"] = time.perf_counter() - start
@@ -75,17 +77,24 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
 
     return {
         "lambda_max": eigen.lambda_max,
+        "lambda_max_converged": eigen.top[0].converged,
+        "lambda_max_residual": eigen.top[0].residual,
         "lambda_min": eigen.lambda_min,
+        "lambda_min_converged": None if eigen.bottom is None else eigen.bottom.converged,
+        "lambda_min_residual": None if eigen.bottom is None else eigen.bottom.residual,
         "eigenvalues": eigen.eigenvalues,
+        "eigenvalue_residuals": [e.residual for e in eigen.top],
+        "eigenvalues_converged": [e.converged for e in eigen.top],
+        "converged": eigen.converged,
         "method": cfg.method,
         "hvp_count": eigen.matvecs,
         "hvp_total": objective.hvp_count,
-        "converged": eigen.converged,
         "eigen_history": eigen.history,
         "eigvec_curvature": curvature,
         "base_loss": base_loss,
         "grad_norm": float(gradient.norm()),
         "n_tokens": objective.n_tokens,
+        "loss_resolution_pct": loss_resolution_pct(objective.base.dtype),
         "eps_sharpness": sharp,
         "taylor_check": taylor,
         "worst_case": worst,
@@ -123,10 +132,12 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp,
                                  "checkpoint": settings["checkpoint"], "settings": asdict(cfg),
                                  "device": str(device), **result})
+        status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
+        lambda_min = "" if result["lambda_min"] is None else f"{result['lambda_min']:.4g} "
         top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
-        print(f"{label}: lambda_max {result['lambda_max']:.4g} ({result['hvp_count']} HVPs, "
-              f"{'converged' if result['converged'] else 'NOT converged'}), eps-sharpness@{cfg.epsilons[0]:g} "
-              f"{top:.4g}%, {result['timings']['total_s']:.1f} s")
+        print(f"{label}: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), lambda_min "
+              f"{lambda_min}({status[result['lambda_min_converged']]}), {result['hvp_count']} HVPs, eps-sharpness@"
+              f"{cfg.epsilons[0]:g} {'below resolution' if top is None else f'{top:.4g}%'}, {result['timings']['total_s']:.1f} s")
         del objective, trained
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -265,13 +265,20 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
         "test_loss": ("metrics", "test_loss"),
         "test_perplexity": ("metrics", "test_perplexity"),
         "lambda_max": ("sharpness", "lambda_max"),
+        "lambda_max_converged": ("sharpness", "lambda_max_converged"),  # the mean over seeds: the share converged
+        "lambda_max_residual": ("sharpness", "lambda_max_residual"),
         "lambda_min": ("sharpness", "lambda_min"),
+        "lambda_min_converged": ("sharpness", "lambda_min_converged"),
+        "lambda_min_residual": ("sharpness", "lambda_min_residual"),
         "trace": ("sharpness", "trace", "mean"),
         "base_loss": ("sharpness", "base_loss"),
     }
     for eps in _eps_keys(results):
         quantities[f"eps_sharpness_eigvec@{eps}"] = ("sharpness", "eps_sharpness", eps, "eigvec")
         quantities[f"eps_sharpness_random_max@{eps}"] = ("sharpness", "eps_sharpness", eps, "random_max")
+        for key in ("eigvec_symmetric_pct", "eigvec_symmetric_predicted_pct", "random_symmetric_mean_pct",
+                    "random_symmetric_mean_predicted_pct", "random_symmetric_max_pct", "random_symmetric_max_predicted_pct"):
+            quantities[f"eps_sharpness_{key.removesuffix('_pct')}@{eps}"] = ("sharpness", "eps_sharpness", eps, key)
         quantities[f"worst_case@{eps}"] = ("sharpness", "worst_case", eps, "value_pct")
         quantities[f"taylor_abs_diff@{eps}"] = ("sharpness", "taylor_check", eps, "abs_diff_pct")
     quantities.update({
@@ -408,13 +415,23 @@ def epsilons(summary: dict) -> list[str]:
 
 
 def eps_columns(eps: str) -> list[tuple[str, str]]:
-    """The study's Table I at one ε (values in %, the Taylor difference in percentage points)."""
+    """The study's Table I at one ε (values in %, the Taylor difference in percentage points), then the
+    symmetric differences, which measure curvature, each followed by its prediction ½ε²dᵀHd."""
     return [(f"eps_sharpness_eigvec@{eps}", "ε-sharpness, eigenvector %"), (f"taylor_abs_diff@{eps}", "Taylor check Δ pp"),
-            (f"worst_case@{eps}", "worst case %"), (f"eps_sharpness_random_max@{eps}", "random directions, max %")]
+            (f"worst_case@{eps}", "worst case %"), (f"eps_sharpness_random_max@{eps}", "random directions, max %"),
+            (f"eps_sharpness_eigvec_symmetric@{eps}", "symmetric, eigenvector %"),
+            (f"eps_sharpness_eigvec_symmetric_predicted@{eps}", "½ε²vᵀHv %"),
+            (f"eps_sharpness_random_symmetric_mean@{eps}", "symmetric, random mean %"),
+            (f"eps_sharpness_random_symmetric_mean_predicted@{eps}", "½ε²dᵀHd mean %"),
+            (f"eps_sharpness_random_symmetric_max@{eps}", "symmetric, random max %"),
+            (f"eps_sharpness_random_symmetric_max_predicted@{eps}", "½ε²dᵀHd at max %")]
 
 
 def curvature_columns() -> list[tuple[str, str]]:
-    return [("lambda_max", "λ_max"), ("lambda_min", "λ_min"), ("trace", "trace of H"), ("base_loss", "loss on the set")]
+    """λ_max and λ_min with their Ritz residuals and the share of seeds whose estimate converged."""
+    return [("lambda_max", "λ_max"), ("lambda_max_residual", "λ_max residual"), ("lambda_max_converged", "λ_max converged"),
+            ("lambda_min", "λ_min"), ("lambda_min_residual", "λ_min residual"), ("lambda_min_converged", "λ_min converged"),
+            ("trace", "trace of H"), ("base_loss", "loss on the set")]
 
 
 def cost_columns() -> list[tuple[str, str]]:
