@@ -178,7 +178,8 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             loss_total += value
             target_total += n_targets
             elapsed = time.perf_counter() - epoch_start
-            bar.set_postfix(loss=f"{loss_total / target_total:.4f}", tok_s=f"{epoch_tokens / max(elapsed, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{loss_total / target_total:.4f}", tok_s=f"{epoch_tokens / max(elapsed, 1e-9):.0f}",
+                            refresh=False)  # redrawn with the next step, as often as the bar allows
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)

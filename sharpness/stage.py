@@ -11,7 +11,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
@@ -24,10 +23,7 @@ from utils.config import Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, save_torch, write_json
 from utils.layout import trained_runs, trained_with
-
-
-def _bar(total: int, desc: str):
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+from utils.progress import progress
 
 
 def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "") -> dict:
@@ -40,7 +36,7 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
     start = time.perf_counter()
     solver = lanczos if cfg.method == "lanczos" else power_iteration
     extra = {"k": cfg.top_k} if cfg.method == "lanczos" else {}
-    with _bar(cfg.max_iter, f"{label} {cfg.method}") as bar:
+    with progress(total=cfg.max_iter, desc=f"{label} {cfg.method}") as bar:
         eigen = solver(objective.hvp, objective.dim, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed,
                        device=objective.device, dtype=objective.base.dtype, progress=bar, **extra)
     timings["eigen_s"] = time.perf_counter() - start
@@ -50,7 +46,7 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
     randoms = random_unit_directions(objective.base, cfg.random_directions, cfg.seed + 1)
     random_curvatures = curvatures(objective, randoms)  # dᵀHd: the symmetric differences' predictions
     sharp, taylor = {}, {}
-    for eps in tqdm(cfg.epsilons, desc=f"{label} eps-sharpness", leave=False, dynamic_ncols=True):
+    for eps in progress(cfg.epsilons, desc=f"{label} eps-sharpness"):
         key = f"{eps:g}"
         sharp[key] = eps_sharpness(objective, base_loss, eps, eigen.eigenvector, curvature, randoms, random_curvatures)
         direction = sharp[key]["eigvec_sign"] * eigen.eigenvector
@@ -60,7 +56,7 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
     start = time.perf_counter()
     worst = {}
     if cfg.worst_case_steps:
-        with _bar(cfg.worst_case_steps * len(cfg.epsilons), f"{label} worst-case") as bar:
+        with progress(total=cfg.worst_case_steps * len(cfg.epsilons), desc=f"{label} worst-case") as bar:
             for eps in cfg.epsilons:
                 key = f"{eps:g}"
                 start_direction = sharp[key]["eigvec_sign"] * eigen.eigenvector
@@ -70,7 +66,7 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
     start = time.perf_counter()
     trace = None
     if cfg.trace_samples:
-        with _bar(cfg.trace_samples, f"{label} trace") as bar:
+        with progress(total=cfg.trace_samples, desc=f"{label} trace") as bar:
             trace = hutchinson_trace(objective, cfg.trace_samples, cfg.seed + 2, bar)
     timings["trace_s"] = time.perf_counter() - start
     timings["total_s"] = sum(timings.values())
@@ -117,9 +113,9 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
 
         device = resolve_device(run.device)
         trained = load_trained(folder / "checkpoint.pt", device)
-        texts = load_texts(run.data).train
+        texts = load_texts(run.data)
         cfg = run.sharpness
-        measurement = fixed_set(texts, cfg.batches, cfg.batch_size, cfg.seed, trained.tokenizer, run.data.max_length)
+        measurement = fixed_set(texts.train, cfg.batches, cfg.batch_size, cfg.seed, trained.tokenizer, run.data.max_length)
         if first_set is None:
             first_set = measurement
         elif not same_texts(first_set, measurement):
@@ -131,7 +127,7 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         result = measure_sharpness(objective, cfg, label)
         write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp,
                                  "checkpoint": settings["checkpoint"], "settings": asdict(cfg),
-                                 "device": str(device), **result})
+                                 "texts": texts.counts(), "device": str(device), **result})
         status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
         lambda_min = "" if result["lambda_min"] is None else f"{result['lambda_min']:.4g} "
         top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
