@@ -18,7 +18,7 @@ from tests.conftest import TINY
 from utils.config import load_experiment
 from utils.io import save_npz
 from utils.layout import run_dir
-from utils.results import format_value, mean_and_stderr
+from utils.results import BELOW_RESOLUTION, format_value, mean_and_stderr
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -141,8 +141,10 @@ def test_notebook_is_stored_without_outputs():
 
 def test_means_count_and_name_every_value_left_out():
     stats = mean_and_stderr([1.0, math.nan, None, 3.0, -math.inf])
-    assert stats == {"mean": 2.0, "stderr": 1.0, "n": 2, "non_finite": 2, "missing": 1}
+    assert stats == {"mean": 2.0, "stderr": 1.0, "n": 2, "non_finite": 2, "below_resolution": 0, "missing": 1}
     assert format_value(stats) == "2 ± 1 (n=2, 2 diverged, 1 missing)"
+    assert format_value(mean_and_stderr([2.0, BELOW_RESOLUTION, None])) == "2 (n=1, 1 below resolution, 1 missing)"
+    assert format_value(mean_and_stderr([BELOW_RESOLUTION, BELOW_RESOLUTION])) == "< res."
     assert format_value(mean_and_stderr([3.21])) == "3.21"  # one value, nothing left out: just the value
     assert format_value(mean_and_stderr([3.2, 3.3, 3.1])) == "3.2 ± 0.058 (n=3)"
     assert format_value(mean_and_stderr([math.nan])) == "– (n=0, 1 diverged)"
@@ -170,11 +172,31 @@ def test_a_diverged_seed_is_counted_in_the_summary_and_the_report(results, tmp_p
     quantities = summary["runs"]["large"]["quantities"]
     first = json.loads((large[0] / "sharpness.json").read_text())
     assert quantities["lambda_max"] == {"per_seed": {"1": first["lambda_max"], "2": "nan"}, "mean": first["lambda_max"],
-                                        "stderr": None, "n": 1, "non_finite": 1, "missing": 0}
+                                        "stderr": None, "n": 1, "non_finite": 1, "below_resolution": 0, "missing": 0}
     assert (quantities["trace"]["n"], quantities["trace"]["non_finite"], quantities["trace"]["missing"]) == (1, 0, 1)
     report = (out / "small" / "report.md").read_text()
     assert f"| {first['lambda_max']:.4g} (n=1, 1 diverged) |" in report
     assert f"| {first['trace']['mean']:.4g} (n=1, 1 missing) |" in report
+
+
+def test_a_value_below_resolution_is_named_not_missing(results, tmp_path):
+    experiment, out = copy_of(results, tmp_path)
+    large = [run_dir(out, experiment, replace(experiment.runs[1], seed=s)) for s in (1, 2)]
+    eps = "0.1"
+
+    def below(data):
+        entry = data["eps_sharpness"][eps]
+        entry["random_symmetric_mean_pct"] = None
+        entry["below_resolution"] = sorted({*entry["below_resolution"], "random_symmetric_mean_pct"})
+
+    for folder in large:
+        rewrite_json(folder / "sharpness.json", below)
+    run_experiment(experiment, ["report"], out)
+    summary = json.loads((out / "small" / "summary.json").read_text())
+    stats = summary["runs"]["large"]["quantities"][f"eps_sharpness_random_symmetric_mean@{eps}"]
+    assert stats["per_seed"] == {"1": BELOW_RESOLUTION, "2": BELOW_RESOLUTION}
+    assert (stats["n"], stats["below_resolution"], stats["missing"]) == (0, 2, 0)
+    assert "| < res. |" in (out / "small" / "report.md").read_text()
 
 
 def test_diverged_surface_points_are_counted_per_seed_in_the_report(results, tmp_path):

@@ -87,7 +87,7 @@ class SharpnessConfig:
     method: Literal["lanczos", "power"] = option("lanczos", "top-eigenvalue solver")
     top_k: int = option(3, "eigenvalues reported by Lanczos", ge=1)
     max_iter: int = option(40, "Lanczos steps / power iterations (each one HVP)", ge=2)
-    tol: float = option(1e-3, "relative accuracy of the eigenvalues", gt=0)
+    tol: float = option(1e-3, "eigenvalue residual tolerance, relative to the largest |eigenvalue|", gt=0)
     epsilons: list[float] = option([1e-3], "perturbation radii", gt=0)
     random_directions: int = option(10, "random unit directions per epsilon", ge=0)
     ball: Literal["l2", "adaptive"] = option("l2", "worst-case ball: l2 (‖δ‖₂ ≤ ε) or adaptive (‖δ/|θ|‖₂ ≤ ε)")

@@ -224,16 +224,21 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
 # Aggregation over seeds. A value is missing (None: not measured) or not finite (NaN or inf: it
 # diverged); neither goes into the mean, and both are counted so that no table hides them.
 
-def mean_and_stderr(values: list[float | None]) -> dict:
+BELOW_RESOLUTION = "below resolution"  # a measured difference too small for the loss to resolve (per_seed)
+
+
+def mean_and_stderr(values: list[float | str | None]) -> dict:
     """Mean and standard error of the mean (sample std / sqrt(n)) of the finite values, n of them
-    (stderr is None for fewer than two), and how many values were not finite or missing."""
-    measured = [float(v) for v in values if v is not None]
+    (stderr is None for fewer than two), and how many values were not finite, below the loss's
+    resolution (BELOW_RESOLUTION) or missing (None)."""
+    below = sum(1 for v in values if v == BELOW_RESOLUTION)
+    measured = [float(v) for v in values if v is not None and v != BELOW_RESOLUTION]
     finite = [v for v in measured if math.isfinite(v)]
     n = len(finite)
     mean = sum(finite) / n if n else None
     stderr = math.sqrt(sum((v - mean) ** 2 for v in finite) / (n - 1) / n) if n > 1 else None
-    return {"mean": mean, "stderr": stderr, "n": n, "non_finite": len(measured) - n,
-            "missing": len(values) - len(measured)}
+    return {"mean": mean, "stderr": stderr, "n": n, "non_finite": len(measured) - n, "below_resolution": below,
+            "missing": len(values) - len(measured) - below}
 
 
 def _aggregate(per_seed: dict[int, float | None]) -> dict:
@@ -300,7 +305,10 @@ def _value(results: ExperimentResults, run: str, seed: int, source: str, *path):
     if source == "surfaces":
         value = None if data is None else data.get(path[0])
         return None if value is None else float(np.asarray(value))
-    return _nested(data, *path)
+    value = _nested(data, *path)
+    if value is None and path[-1] in (_nested(data, *path[:-1], "below_resolution") or ()):
+        return BELOW_RESOLUTION  # measured, and too small for the loss to tell from 0: not missing
+    return value
 
 
 def summarize(results: ExperimentResults) -> dict:
@@ -325,8 +333,10 @@ def summarize(results: ExperimentResults) -> dict:
 
 NOTATION = ("Numbers are the mean ± standard error over seeds; (n=…) counts the seeds in the mean, shown "
             "whenever it is not a single value with nothing left out. Values left out of a mean are named: "
-            "“diverged” counts NaN or infinite values, “missing” values that were not measured; – marks a "
-            "quantity with no value at all.")
+            "“diverged” counts NaN or infinite values, “below resolution” differences of losses too small "
+            "for the loss's numerical resolution to tell from 0 (sharpness.json's loss_resolution_pct), "
+            "“missing” values that were not measured; < res. marks a quantity whose every value is below "
+            "resolution, – one with no value at all.")
 
 
 def format_number(value: float | str | None, digits: int = 4) -> str:
@@ -338,12 +348,16 @@ def format_number(value: float | str | None, digits: int = 4) -> str:
 
 
 def format_value(stats: dict, digits: int = 4) -> str:
-    """Mean ± stderr of a quantity over seeds, e.g. "3.21 ± 0.05 (n=3)", "3.2 (n=1, 1 diverged)", "3.2"."""
-    n, diverged, missing = stats["n"], stats["non_finite"], stats["missing"]
+    """Mean ± stderr of a quantity over seeds, e.g. "3.21 ± 0.05 (n=3)", "3.2 (n=1, 1 diverged)", "3.2",
+    "< res." (every value below the loss's resolution)."""
+    n, diverged, below, missing = stats["n"], stats["non_finite"], stats.get("below_resolution", 0), stats["missing"]
+    if n == diverged == 0 and below:
+        return "< res." + (f" (n={below}, {missing} missing)" if missing else "")
     text = format_number(stats["mean"], digits)
     if stats["stderr"] is not None:
         text += f" ± {stats['stderr']:.2g}"
-    notes = ([f"{diverged} diverged"] if diverged else []) + ([f"{missing} missing"] if missing and n + diverged else [])
+    notes = ([f"{diverged} diverged"] if diverged else []) + ([f"{below} below resolution"] if below else []) + \
+        ([f"{missing} missing"] if missing and n + diverged + below else [])
     if n > 1 or notes:
         notes.insert(0, f"n={n}")
     return f"{text} ({', '.join(notes)})" if notes else text
