@@ -22,7 +22,11 @@ def summed_token_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
     targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
     logits = logits.flatten(0, 1)
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 autocast: the loss in fp32
-    loss_sum = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="sum")
+    token_losses = F.cross_entropy(logits, targets.flatten(), ignore_index=-100, reduction="none")
+    # Summed in float64: an fp32 sum of hundreds of token losses rounds far more than each token's loss
+    # does, and sharpness compares losses that differ by a few parts in 10⁷. The gradient is unchanged
+    # (d sum / d token loss = 1 in any dtype).
+    loss_sum = token_losses.to(torch.promote_types(token_losses.dtype, torch.float64)).sum()
     return loss_sum, int((targets != -100).sum())
 
 

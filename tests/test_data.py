@@ -93,6 +93,24 @@ def test_padded_batch_loss_equals_the_unpadded_sequences(tiny_model_and_tokenize
     assert by_one == pytest.approx(padded_sum.item() / padded_n, rel=1e-5)
 
 
+def test_token_losses_are_summed_in_float64_with_an_unchanged_gradient(tiny_model_and_tokenizer):
+    """Sharpness compares losses a few parts in 10⁷ apart: an fp32 sum of the token losses would round more."""
+    import torch.nn.functional as F
+
+    model, tokenizer = tiny_model_and_tokenizer
+    model.eval()  # no dropout: both forward passes below see the same function
+    batch = collate(tokenize(["The river flows into the harbour near the old city ." * 3, "A ship sank ."], tokenizer, 64),
+                    tokenizer.eos_token_id)
+    loss_sum, n = summed_token_loss(model, batch)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = F.pad(batch["labels"][:, 1:], (0, 1), value=-100).flatten()
+    tokens = F.cross_entropy(logits.flatten(0, 1), targets, ignore_index=-100, reduction="none")
+    assert loss_sum.dtype == torch.float64 and loss_sum.item() == tokens.double().sum().item()
+    grad = torch.autograd.grad(loss_sum / n, model.transformer.wte.weight)[0]
+    fp32_grad = torch.autograd.grad(tokens.sum() / n, model.transformer.wte.weight)[0]
+    assert grad.dtype == torch.float32 and torch.allclose(grad, fp32_grad, rtol=1e-6, atol=1e-9)
+
+
 def test_sorted_order_is_ascending_and_random_order_is_per_epoch_and_repeatable():
     lengths = [5, 3, 9, 3, 7, 1, 8, 2]
     order = epoch_order(lengths, "sorted", seed=0, epoch=0)
