@@ -18,9 +18,9 @@ from pathlib import Path
 from optimization.experiments import train_stage
 from sharpness.stage import sharpness_stage
 from utils.config import Experiment
-from utils.errors import ConfigError
+from utils.errors import ConfigError, UserError
 from utils.io import remove_interrupted_writes
-from utils.layout import experiment_dir
+from utils.layout import MANIFEST, experiment_dir
 from utils.lock import experiment_lock
 from visualization.report import report_stage
 from visualization.stage import landscape_stage
@@ -39,6 +39,8 @@ def parse_stages(text: str) -> list[str]:
 def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
     """Run `stages` in order, holding the experiment folder's lock; first clear what killed writes left."""
     folder = experiment_dir(output, experiment)
+    if "train" not in stages and not (folder / MANIFEST).is_file():  # and no empty folder left behind
+        raise UserError(f"{folder / MANIFEST} not found: run the train stage first (--stages train)")
     with experiment_lock(folder):
         for leftover in remove_interrupted_writes(folder):
             print(f"{experiment.name}: removed {leftover}, left by an interrupted write")

@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
-    except OSError as err:  # a write outside utils.io (a library's own save) on a full or read-only disk
-        problem = output_error(err, Path(err.filename or args.output))
+    except (OSError, RuntimeError) as err:  # outside utils.io: a library's own save or read, say
+        problem = output_error(err, Path(getattr(err, "filename", None) or args.output), action="access")
         if problem is None:
             raise
         print(f"error: {problem}", file=sys.stderr)

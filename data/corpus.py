@@ -30,9 +30,10 @@ SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {"train": ("train",), "validation": ("valid", "validation", "val"), "test": ("test",)}
 _COUNT_KEYS = {"train": "n_train", "validation": "n_val", "test": "n_test"}  # DataConfig fields
 
-# The builtin corpus scans this many lines in a row without a kept text before it gives up: at the
-# default data.min_text_length about three lines in four are kept, and 100,000 lines take a second or two.
-_BUILTIN_PATIENCE = 100_000
+# The builtin corpus gives up after scanning this many lines in all, plus this many per text asked for:
+# at the default data.min_text_length about three lines in four are kept, so a filter that keeps fewer
+# than 1 line in 100 is refused, and 100,000 lines take a second or two.
+_BUILTIN_SCAN_FLOOR, _BUILTIN_LINES_PER_TEXT = 100_000, 100
 
 
 @dataclass
@@ -52,22 +53,19 @@ def keep_text(line: str, min_length: int) -> bool:
     return len(line) > min_length and not line.startswith("=")
 
 
-def filter_texts(lines, min_length: int, limit: int, patience: int | None = None) -> list[str]:
+def filter_texts(lines, min_length: int, limit: int, max_lines: int | None = None) -> list[str]:
     """Strip lines, keep those that pass `keep_text`, and return the first `limit` of them.
 
-    With `patience`, stop early (returning fewer) after that many lines in a row fail the filter."""
-    kept, failed_in_a_row = [], 0
-    for line in lines:
+    With `max_lines`, stop early (returning fewer) once that many lines have been read."""
+    kept = []
+    for read, line in enumerate(lines, start=1):
         line = line.strip()
         if keep_text(line, min_length):
             kept.append(line)
-            failed_in_a_row = 0
             if len(kept) == limit:
                 break
-        else:
-            failed_in_a_row += 1
-            if failed_in_a_row == patience:
-                break
+        if read == max_lines:
+            break
     return kept
 
 
@@ -97,12 +95,13 @@ def _builtin_texts(cfg: DataConfig, asked: dict[str, int]) -> dict[str, list[str
                           f"characters, got {cfg.min_text_length}")
     texts = {}
     for split in SPLITS:
-        texts[split] = filter_texts(builtin_lines(split), cfg.min_text_length, asked[split], _BUILTIN_PATIENCE)
+        budget = _BUILTIN_SCAN_FLOOR + _BUILTIN_LINES_PER_TEXT * asked[split]
+        texts[split] = filter_texts(builtin_lines(split), cfg.min_text_length, asked[split], budget)
         if len(texts[split]) < asked[split]:
             key = f"data.{_COUNT_KEYS[split]}"
             raise ConfigError(f"data.min_text_length: {split} texts longer than {cfg.min_text_length} characters are too "
                               f"rare in the builtin corpus ({len(texts[split])} of the {asked[split]} that {key} asks "
-                              f"for, then none in {_BUILTIN_PATIENCE:,} lines in a row); lower data.min_text_length or {key}")
+                              f"for in {budget:,} lines); lower data.min_text_length or {key}")
     return texts
 
 

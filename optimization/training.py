@@ -27,22 +27,23 @@ from optimization.evaluation import evaluate, perplexity, summed_token_loss
 from utils.config import RunConfig
 from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from utils.errors import CorruptFileError, UserError
-from utils.io import atomic_dir, read_json, verify, versions, write_json
+from utils.io import atomic_dir, read_json, remove, verify, versions, write_json
 from utils.layout import training_fingerprint
 from utils.progress import progress
 
 
 def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:
     """Whether run_dir holds the finished training of this config, intact. A corrupt metrics.json,
-    init.pt or checkpoint.pt is reported and counts as not trained, so the run is trained again."""
+    init.pt, checkpoint.pt or tokenizer/ is reported and counts as not trained, so the run is trained again."""
     metrics, weights = run_dir / "metrics.json", [run_dir / "init.pt", run_dir / "checkpoint.pt"]
     if not (metrics.is_file() and all(w.is_file() for w in weights)):
         return False
     try:
         if read_json(metrics).get("fingerprint") != training_fingerprint(run):
             return False
-        for path in weights:
-            verify(path)
+        for path in weights + [run_dir / TOKENIZER_DIR]:
+            if path.exists():
+                verify(path)
     except CorruptFileError as err:
         print(f"{label}: warning: {err}; training again")
         return False
@@ -223,7 +224,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         "config": run.to_dict(),
     }
     write_json(run_dir / "metrics.json", metrics)
-    last.unlink(missing_ok=True)
+    remove(last)
     print(f"{label}: done; test loss {test_loss:.4f}, test ppl {perplexity(test_loss):.2f}, "
           f"{metrics['tokens_per_s']:.0f} tokens/s")
     return metrics

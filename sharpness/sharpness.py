@@ -110,8 +110,10 @@ def taylor_check(base_loss: float, gradient: torch.Tensor, direction: torch.Tens
     """`curvature` is vᵀHv for the unit `direction`. A measured value below resolution (None) is not compared,
     and a difference within the resolution (they agree as far as the loss can tell) is not printed either."""
     predicted = 100.0 * (eps * float(gradient @ direction) + 0.5 * eps**2 * curvature) / base_loss
-    abs_diff = None if measured_pct is None else abs(measured_pct - predicted)
-    values = {"measured_pct": measured_pct, "predicted_pct": predicted, "abs_diff_pct": abs_diff}
+    if measured_pct is None:  # the measurement itself is below resolution, and so is any difference to it
+        return {"measured_pct": None, "predicted_pct": predicted, "abs_diff_pct": None,
+                "below_resolution": ["measured_pct", "abs_diff_pct"]}
+    values = {"measured_pct": measured_pct, "predicted_pct": predicted, "abs_diff_pct": abs(measured_pct - predicted)}
     return _resolved(values, ("abs_diff_pct",), loss_resolution_pct(gradient.dtype))
 
 

@@ -16,13 +16,13 @@ from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import load_trained
 from optimization.objective import Objective
-from sharpness.eigen import lanczos, power_iteration
+from sharpness.eigen import MIN_STABLE_STEPS, lanczos, power_iteration
 from sharpness.sharpness import (curvatures, eps_sharpness, hutchinson_trace, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
 from utils.config import Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, save_torch, write_json
-from utils.layout import trained_runs, trained_with
+from utils.layout import run_label, trained_runs, trained_with
 from utils.progress import progress
 
 
@@ -102,11 +102,16 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
 def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
     first_set: FixedSet | None = None
     for run, folder in trained_runs(experiment, output):
-        label = f"{experiment.name}/{run.name}/seed-{run.seed}"
+        label = run_label(experiment, run)
+        if run.sharpness.method == "lanczos" and run.sharpness.max_iter <= MIN_STABLE_STEPS:
+            print(f"{label}: warning: with sharpness.max_iter {run.sharpness.max_iter} Lanczos cannot flag an "
+                  f"eigenvalue converged (each must stay put for {MIN_STABLE_STEPS} steps); set at least "
+                  f"{MIN_STABLE_STEPS + 1}")
         settings = {"sharpness": asdict(run.sharpness), "checkpoint": trained_with(folder)}
         stamp = fingerprint(settings)
         result_path = folder / "sharpness.json"
         done = None if force else read_own_output(result_path, label=label)
+        # A file of an older version records no checkpoint (and fewer quantities): measured again.
         if done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, settings["checkpoint"]):
             print(f"{label}: sharpness already measured with these settings; skipping (--force redoes it)")
             continue

@@ -169,16 +169,24 @@ def test_a_builtin_filter_that_keeps_nothing_ends_in_seconds_with_exit_2(write_c
         code, err, _ = cli(["--config", str(path), "--stages", "train"], tmp_path, capsys)
     assert code == 2 and len(err.splitlines()) == 1
     assert err == (f"error: data.min_text_length: train texts longer than {BUILTIN_LONGEST_TEXT - 1} characters are "
-                   "too rare in the builtin corpus (0 of the 48 that data.n_train asks for, then none in 100,000 lines "
-                   "in a row); lower data.min_text_length or data.n_train")
+                   "too rare in the builtin corpus (0 of the 48 that data.n_train asks for in 104,800 lines); "
+                   "lower data.min_text_length or data.n_train")
 
 
-def test_filter_patience_stops_an_endless_stream():
+def test_a_rare_builtin_text_is_refused_in_seconds_however_many_are_asked_for(write_config, tmp_path, capsys):
+    """About 1 line in 20,000 is longer than 575 characters: the scan is bounded by the texts asked for."""
+    path = write_config("data: {min_text_length: 575, n_train: 1000}\n")
+    with deadline(30):
+        code, err, _ = cli(["--config", str(path), "--stages", "train"], tmp_path, capsys)
+    assert code == 2 and "train texts longer than 575 characters are too rare" in err and "in 200,000 lines" in err
+
+
+def test_a_line_budget_stops_an_endless_stream():
     lines = iter(lambda: " too short ", None)  # endless
     with deadline(5):
-        assert filter_texts(lines, 50, 10, patience=1000) == []
-    assert filter_texts(["a" * 60, "b", "c", "d" * 60], 50, 10, patience=2) == ["a" * 60]
-    assert filter_texts(["a" * 60, "b", "c", "d" * 60], 50, 10, patience=3) == ["a" * 60, "d" * 60]
+        assert filter_texts(lines, 50, 10, max_lines=1000) == []
+    assert filter_texts(["a" * 60, "b", "c", "d" * 60], 50, 10, max_lines=3) == ["a" * 60]
+    assert filter_texts(["a" * 60, "b", "c", "d" * 60], 50, 10, max_lines=4) == ["a" * 60, "d" * 60]
 
 
 def test_a_local_split_with_fewer_texts_than_asked_warns_and_metrics_record_both(write_config, tmp_path, capsys):
@@ -314,14 +322,14 @@ def test_a_corrupt_experiment_interpolation_is_computed_again(damaged, capsys):
 
 
 @pytest.mark.parametrize("name, damage", [("checkpoint.pt", flip_byte), ("init.pt", truncate),
-                                          ("metrics.json", garble)])
+                                          ("metrics.json", garble), ("tokenizer/tokenizer.json", truncate)])
 def test_a_corrupt_training_output_stops_later_stages_with_the_command_and_is_retrained(damaged, capsys, name, damage):
     config, out = damaged
     damage(out / RUN / name)
     for stage in ("sharpness", "landscape"):
         assert main(config, out, "--stages", stage) == 2
         line = error_line(capsys)
-        assert str(out / RUN / name) in line and "is corrupt" in line
+        assert f"{out / RUN / name.split('/')[0]} is corrupt" in line  # a file of tokenizer/ names the folder
         assert f"--config {config} --stages train --runs a" in line
     assert main(config, out, "--stages", "train") == 0
     assert "training again" in capsys.readouterr().out
@@ -395,6 +403,66 @@ def test_every_pt_and_npz_has_a_checksum_that_matches(finished):
         assert record == [_sha256(path), path.name]
 
 
+# ---- results of other weights or versions are never reused
+
+def test_other_weights_under_the_same_settings_redo_every_later_result(damaged, capsys):
+    """A retrain may give other weights under the same settings (a GPU, another library version)."""
+    import torch
+    from models.checkpoint import read_checkpoint
+    from utils.io import save_torch
+
+    config, out = damaged
+    folder = out / RUN
+    checkpoint = read_checkpoint(folder / "checkpoint.pt")
+    checkpoint["model"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in checkpoint["model"].items()}
+    save_torch(folder / "checkpoint.pt", checkpoint)
+    capsys.readouterr()
+    assert main(config, out, "--stages", "sharpness,landscape,report") == 0
+    printed = capsys.readouterr().out
+    assert "exp/a/seed-42: sharpness already measured" not in printed
+    assert "exp/a/seed-42: init -> final interpolation already done" not in printed
+    assert "exp/a/seed-42: 2D landscape already done" not in printed
+    assert "exp: a -> b, seed 42: barrier" in printed
+    assert "exp/b/seed-42: sharpness already measured" in printed  # the other run is untouched
+    assert "## Missing" not in (out / "exp" / "report.md").read_text()
+
+
+def test_an_interpolation_of_an_older_version_is_made_again(damaged, capsys):
+    config, out = damaged
+    path = out / RUN / "interpolation.json"
+    data = json.loads(path.read_text())
+    del data["checkpoint"]
+    path.write_text(json.dumps(data))
+    assert main(config, out, "--stages", "landscape,report") == 0
+    assert "checkpoint" in json.loads(path.read_text())
+    assert "## Missing" not in (out / "exp" / "report.md").read_text()
+
+
+def test_landscape_for_some_runs_keeps_the_pairs_of_the_others(tmp_path):
+    config = write_experiment(tmp_path)
+    text = (tmp_path / "exp.yaml").read_text() + "  c: {train: {batch_size: 4}}\n"
+    (tmp_path / "exp.yaml").write_text(text)
+    out = tmp_path / "out"
+    assert main(config, out, "--stages", "train,landscape") == 0
+    assert main(config, out, "--stages", "landscape", "--runs", "a", "b", "--force") == 0
+    pairs = json.loads((out / "exp" / "interpolation.json").read_text())["pairs"]
+    assert sorted(tuple(p["runs"]) for p in pairs) == [("a", "b"), ("a", "c"), ("b", "c")]
+
+
+def test_the_report_warns_when_the_config_changed_since_the_results(damaged, capsys):
+    config, out = damaged
+    config.write_text(config.read_text().replace("a: {train: {batch_size: 8}}", "a: {train: {batch_size: 2}}"))
+    assert main(config, out, "--stages", "report") == 0
+    assert "run a's settings differ from those in experiment.json" in capsys.readouterr().out
+
+
+def test_a_later_stage_of_an_experiment_never_trained_writes_nothing(tmp_path, capsys):
+    config = write_experiment(tmp_path)
+    assert main(config, tmp_path / "out", "--stages", "report") == 1
+    assert "run the train stage first" in error_line(capsys)
+    assert not (tmp_path / "out").exists()
+
+
 # ---- one process per experiment folder
 
 def test_a_second_process_exits_at_once_naming_the_holder(tmp_path, capsys):
@@ -436,19 +504,41 @@ def test_a_read_only_output_exits_2(tmp_path, capsys):
     assert "permission denied" in error_line(capsys)
 
 
-@pytest.mark.parametrize("code, words", [(errno.ENOSPC, "the disk is full"), (errno.EROFS, "read-only")])
-def test_a_full_or_read_only_disk_exits_2_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch, code, words):
-    import torch
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KB file system: a tiny run's tokenizer and init.pt fit (157 KB), its checkpoint.pt does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root in a mount namespace that allows it")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_exits_2_and_leaves_no_temporary_file(tmp_path, small_disk, capsys):
+    config = write_experiment(tmp_path)
+    assert main(config, small_disk / "out", "--stages", "train", "--runs", "a") == 2
+    line = error_line(capsys)
+    assert "the disk is full" in line and ".pt" in line, line
+    assert not [p for p in small_disk.rglob("*") if ".tmp" in p.name]
+
+
+def test_a_read_only_file_system_exits_2_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    """What a read-only mount answers when a file is created in it (root cannot be refused otherwise)."""
+    import utils.io
 
     config = write_experiment(tmp_path)
+    real_open = os.open
 
-    def no_space(*args, **kwargs):
-        raise OSError(code, os.strerror(code))
+    def read_only(path, flags, *args):
+        if flags & os.O_CREAT and str(path).endswith(".tmp"):  # every file the project writes starts so
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *args)
 
-    monkeypatch.setattr(torch, "save", no_space)
+    monkeypatch.setattr(utils.io.os, "open", read_only)
     assert main(config, tmp_path / "out", "--stages", "train", "--runs", "a") == 2
-    line = error_line(capsys)
-    assert words in line and "init.pt" in line
+    assert "the file system is read-only" in error_line(capsys)
     assert not [p for p in (tmp_path / "out").rglob("*") if ".tmp" in p.name]
 
 
@@ -480,16 +570,27 @@ def test_files_and_folders_follow_the_umask(tmp_path):
 
 # ---- logs
 
-def test_progress_in_a_log_file_is_whole_lines_not_carriage_returns(tmp_path):
-    """stderr redirected to a file (CI, nohup): no '\\r' updates, a line per epoch or every few seconds."""
+def test_a_log_file_gets_whole_lines_not_carriage_returns(tmp_path):
+    """`run.py ... > log 2>&1` (CI, nohup): no '\\r' updates, a line per epoch and per result."""
     config = write_experiment(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
     with open(tmp_path / "log", "w") as log:  # 48 steps and 4 sharpness loops: a redraw per step would show
         done = subprocess.run([sys.executable, "run.py", "--config", str(config), "--output", str(tmp_path / "out"),
                                "--stages", "train,sharpness", "--runs", "a", "--set", "train.batch_size=1"],
-                              cwd=REPO, env=env, stderr=log, stdout=subprocess.DEVNULL, timeout=300)
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=300)
     assert done.returncode == 0
     text = (tmp_path / "log").read_text()
     assert "\r" not in text
-    assert "epoch 1/1" in text and "lanczos" in text  # the bars still report, as lines
-    assert len(text.splitlines()) <= 12, text
+    assert "epoch 1/1: train loss" in text and "lambda_max" in text
+    assert len(text.splitlines()) <= 8, text
+
+
+def test_a_long_loop_in_a_log_file_reports_a_line_every_interval(monkeypatch, capsys):
+    import time
+    import utils.progress
+
+    monkeypatch.setattr(utils.progress, "LOG_INTERVAL_S", 0.05)
+    for _ in utils.progress.progress(range(20), desc="long loop", disable=False):  # the suite sets TQDM_DISABLE
+        time.sleep(0.02)
+    lines = capsys.readouterr().err.splitlines()
+    assert 2 <= len(lines) <= 10 and all(line.startswith("long loop:") for line in lines), lines

@@ -36,19 +36,33 @@ _DISK_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
                 errno.EEXIST: "a file is in the way of a folder"}
 
 
-def output_error(err: OSError, path: Path) -> OutputError | None:
-    """The one-sentence error for an OSError a user can fix (full disk, read-only folder, ...), or None."""
-    why = _DISK_ERRORS.get(err.errno)
-    return None if why is None else OutputError(f"cannot write {path}: {why} ({os.strerror(err.errno)})")
+def output_error(err: BaseException, path: Path, action: str = "write") -> OutputError | None:
+    """The one-sentence error for a problem a user can fix (full disk, read-only folder, ...), or None.
+    The OSError may sit in the exception's chain: torch.save, for one, turns it into a RuntimeError."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _DISK_ERRORS:
+            return OutputError(f"cannot {action} {path}: {_DISK_ERRORS[err.errno]} ({os.strerror(err.errno)})")
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@contextmanager
+def _disk_errors_named(path: Path):
+    """Turn a full disk, a read-only folder, ... met while writing `path` into one OutputError."""
+    try:
+        yield
+    except Exception as err:
+        problem = output_error(err, path)
+        if problem is None:
+            raise
+        raise problem from None
 
 
 def make_dir(path: str | Path) -> Path:
     """mkdir -p, with one sentence when it cannot be done (a file in the way, no permission, ...)."""
     path = Path(path)
-    try:
+    with _disk_errors_named(path):
         path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise output_error(err, path) or err from None
     if not path.is_dir():
         raise OutputError(f"cannot write {path}: it is a file, not a folder")
     return path
@@ -65,11 +79,10 @@ def _temporary_beside(path: Path):
     make_dir(path.parent)
     tmp = _temporary_name(path, ".tmp")
     try:
-        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as err:
-        raise output_error(err, path) or err from None
+        with _disk_errors_named(path):
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -141,6 +154,11 @@ def read_json(path: str | Path) -> dict:
 
 
 def _sha256(path: Path) -> str:
+    """The sha256 of a file; of a folder, the sha256 of its files' relative paths and sha256s."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = "".join(f"{_sha256(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
+        return hashlib.sha256(listing.encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -150,11 +168,29 @@ def _sha256(path: Path) -> str:
 
 @contextmanager
 def _verified_beside(path: Path):
-    """Like _temporary_beside, and records the new file's sha256 in `path`.sha256 before moving it into
-    place: a kill between the two leaves a mismatch, which readers catch, never an unverified file."""
+    """Like _temporary_beside, and records the new file's sha256 in `path`.sha256. The old record goes
+    first and the new one comes last, so a kill in between leaves a file without a record (checked by
+    parsing alone), never an intact file with a record that does not match it."""
+    record = path.with_name(path.name + CHECKSUM_SUFFIX)
     with _temporary_beside(path) as tmp:
         yield tmp
-        write_text(path.with_name(path.name + CHECKSUM_SUFFIX), f"{_sha256(tmp)}  {path.name}\n")
+        digest = _sha256(tmp)
+        record.unlink(missing_ok=True)
+    write_text(record, f"{digest}  {path.name}\n")
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file written here and its sha256 record, if they exist."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    path.with_name(path.name + CHECKSUM_SUFFIX).unlink(missing_ok=True)
+
+
+def recorded_sha256(path: str | Path) -> str:
+    """The sha256 recorded when `path` was written (computed for a file written before checksums existed)."""
+    path = Path(path)
+    record = path.with_name(path.name + CHECKSUM_SUFFIX)
+    return record.read_text(errors="replace").split(" ", 1)[0].strip() if record.is_file() else _sha256(path)
 
 
 def verify(path: str | Path) -> None:
@@ -170,8 +206,10 @@ def verify(path: str | Path) -> None:
 
 
 def save_torch(path: str | Path, obj) -> None:
-    with _verified_beside(Path(path)) as tmp:
-        torch.save(obj, tmp)
+    # Through a Python file: torch.save given a path writes from C++ and a full disk then raises a bare
+    # RuntimeError instead of OSError(ENOSPC).
+    with _verified_beside(Path(path)) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def load_torch(path: str | Path) -> dict:
@@ -210,7 +248,7 @@ def read_own_output(path: str | Path, reader=None, label: str = ""):
         return (reader or read_json)(path)
     except CorruptFileError as err:
         print(f"{label + ': ' if label else ''}warning: {err}; making it again")
-        path.unlink()
+        remove(path)
         return None
 
 
@@ -223,18 +261,22 @@ def save_figure(path: str | Path, figure, dpi: int = 150) -> None:
 
 @contextmanager
 def atomic_dir(path: str | Path):
-    """Yield a temporary folder that replaces `path` (if any) once the block succeeds."""
+    """Yield a temporary folder that replaces `path` (if any) once the block succeeds; its files'
+    checksums go to `path`.sha256, as for a single file (`verify` checks a folder too)."""
     path = Path(path)
     make_dir(path.parent)
     tmp = _temporary_name(path, ".tmpdir")
+    record = path.with_name(path.name + CHECKSUM_SUFFIX)
     try:
-        tmp.mkdir(0o777)
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except OSError as err:
-        raise output_error(err, path) or err from None
+        with _disk_errors_named(path):
+            tmp.mkdir(0o777)
+            yield tmp
+            digest = _sha256(tmp)
+            record.unlink(missing_ok=True)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        write_text(record, f"{digest}  {path.name}\n")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from utils.config import Experiment, RunConfig
 from utils.errors import CorruptFileError, UserError
-from utils.io import fingerprint, read_json, verify
+from utils.io import fingerprint, read_json, recorded_sha256, verify
 
 MANIFEST = "experiment.json"
 
@@ -43,7 +43,7 @@ def stage_command(experiment: Experiment, output: Path, stage: str, run: RunConf
 
 def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, Path]]:
     """(run, run folder) of every job, once all of them have finished training and their files are
-    intact (metrics.json parses, init.pt and checkpoint.pt match their checksums)."""
+    intact (metrics.json parses; init.pt, checkpoint.pt and tokenizer/ match their checksums)."""
     jobs = [(run, run_dir(output, experiment, run)) for run in experiment.jobs()]
     for run, folder in jobs:
         for name in ("checkpoint.pt", "metrics.json"):
@@ -52,8 +52,8 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
                                 f"(--stages train) for {run_label(experiment, run)}")
         try:
             trained = read_json(folder / "metrics.json").get("fingerprint")
-            for name in ("init.pt", "checkpoint.pt"):
-                if (folder / name).is_file():
+            for name in ("init.pt", "checkpoint.pt", "tokenizer"):
+                if (folder / name).exists():
                     verify(folder / name)
         except CorruptFileError as err:
             raise err.needing(f"train the run again with: {stage_command(experiment, output, 'train', run)}") from None
@@ -70,6 +70,8 @@ def training_fingerprint(run: RunConfig) -> str:
 
 
 def trained_with(folder: Path) -> str:
-    """The fingerprint of the training behind a run folder's checkpoint: later stages redo their
-    work when it changes (read from metrics.json, so the checkpoint need not be loaded)."""
-    return read_json(Path(folder) / "metrics.json")["fingerprint"]
+    """Which weights a run folder holds: the fingerprint of the training settings and the checkpoint's
+    sha256, so that a retrain (--force, or after a corrupt file) that gives other weights, as a GPU may,
+    makes every later result stale. Later stages record it and redo their work when it changes."""
+    folder = Path(folder)
+    return f"{read_json(folder / 'metrics.json')['fingerprint']}-{recorded_sha256(folder / 'checkpoint.pt')[:16]}"

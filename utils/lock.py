@@ -9,7 +9,6 @@ writer died without cleaning up: the lock is taken over with a warning.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys

@@ -2,7 +2,8 @@
 
 When stderr is not a terminal (CI, nohup, a cluster's log file), tqdm's carriage-return updates
 would pile up as hundreds of pieces of one line; there the bar prints a whole line at most every
-`LOG_INTERVAL_S` seconds, and nothing when it is closed. TQDM_DISABLE=1 silences both.
+`LOG_INTERVAL_S` seconds, nothing for a loop done sooner (the stages print a line per epoch and
+per result) and nothing when it is closed. TQDM_DISABLE=1 silences both.
 """
 
 from __future__ import annotations
@@ -31,4 +32,4 @@ def progress(iterable=None, *, total: int | None = None, desc: str = "", initial
     if sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True, **kwargs)
     return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, file=_LogLines(),
-                mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S * 6, ncols=100, **kwargs)
+                delay=LOG_INTERVAL_S, mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S * 6, ncols=100, **kwargs)

@@ -21,7 +21,7 @@ import numpy as np
 from utils.config import run_config_from_dict
 from utils.errors import CorruptFileError
 from utils.io import load_npz, read_json, write_json
-from utils.layout import MANIFEST, training_fingerprint
+from utils.layout import MANIFEST, trained_with, training_fingerprint
 
 
 @dataclass
@@ -32,7 +32,7 @@ class ExperimentResults:
     seeds: dict[str, list[int]]          # run -> seeds whose folder holds the training of the manifest's config
     configs: dict[str, dict]
     listed_seeds: list[int] = field(default_factory=list)  # the manifest's seeds: a run's values over them
-    trained_with: dict[str, dict[int, str]] = field(default_factory=dict)  # run -> seed -> training fingerprint
+    trained_with: dict[str, dict[int, str]] = field(default_factory=dict)  # run -> seed -> layout.trained_with
     metrics: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> metrics.json
     sharpness: dict[str, dict[int, dict]] = field(default_factory=dict)    # run -> seed -> sharpness.json
     surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
@@ -111,8 +111,8 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
         results.seeds[run] = []
         for seed, fingerprint in expected[run].items():
             seed_dir, label = folder / run / f"seed-{seed}", f"{run}/seed-{seed}"
-            if not (seed_dir / "metrics.json").is_file():
-                results.missing.append(f"training of {label} (no metrics.json)")
+            if not (seed_dir / "metrics.json").is_file() or not (seed_dir / "checkpoint.pt").is_file():
+                results.missing.append(f"training of {label} (no metrics.json or checkpoint.pt)")
                 continue
             metrics = results.read(seed_dir / "metrics.json", "train")
             if metrics is None:
@@ -123,7 +123,7 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
                                        "(run the train stage)")
                 continue
             results.seeds[run].append(seed)
-            results.trained_with.setdefault(run, {})[seed] = fingerprint
+            results.trained_with.setdefault(run, {})[seed] = trained_with(seed_dir)
             results.metrics.setdefault(run, {})[seed] = metrics
             sources.update(_load_run_files(results, run, seed, seed_dir))
         if not results.seeds[run]:

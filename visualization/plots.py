@@ -31,11 +31,15 @@ def draw_interpolation(ax, alphas, curve: dict, endpoints: tuple[str, str], titl
     names.set_xticks([0.0, 1.0], labels=list(endpoints), fontsize=8)
     train = np.asarray(curve["train_loss"], dtype=float)
     ax.plot(alphas[ends], train[ends], ":", color="0.3", linewidth=1)
-    at = curve["barrier_alpha"]
-    top = train[alphas == at][0]
-    ax.plot([at, at], [top - curve["barrier"], top], color="tab:red", linewidth=2,
-            label=f"barrier: train {curve['barrier']:.3f} at α = {at:.2f}, "
-                  f"val {curve['val_barrier']:.3f} at α = {curve['val_barrier_alpha']:.2f}")
+    # Read back from JSON, a diverged barrier is the string "nan" or "inf": float() takes both.
+    at, height = float(curve["barrier_alpha"]), float(curve["barrier"])
+    val_at, val_height = float(curve["val_barrier_alpha"]), float(curve["val_barrier"])
+    text = f"barrier: train {height:.3f} at α = {at:.2f}, val {val_height:.3f} at α = {val_at:.2f}"
+    top = train[alphas == at][0] if at in alphas else np.nan
+    if np.isfinite(height) and np.isfinite(top):
+        ax.plot([at, at], [top - height, top], color="tab:red", linewidth=2, label=text)
+    else:
+        ax.plot([], [], color="tab:red", linewidth=2, label=text + " (diverged)")
     ax.set_xlabel(f"α   (θ = (1−α)·{endpoints[0]} + α·{endpoints[1]})")
     ax.set_ylabel("loss")
     ax.set_title(title, fontsize=10)
@@ -110,6 +114,8 @@ def surfaces_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]
     finite = np.concatenate([np.asarray(loss, dtype=float).ravel() for *_, loss in panels])
     finite = finite[np.isfinite(finite)]
     low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
+    if high <= low:  # one finite value (or all equal): contour levels must increase
+        low, high = low - 0.5, high + 0.5
     boundaries = np.linspace(low, high, levels + 1)
     fig = Figure(figsize=(4.6 * len(panels) + 1.2, 4.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]

@@ -118,6 +118,11 @@ def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
     if results.corrupt:
         err, stage = results.corrupt[0]
         raise err.needing(f"regenerate it with: {stage_command(experiment, output, stage)}")
+    for run in experiment.runs:
+        listed = results.configs.get(run.name)
+        if listed is not None and {**listed, "device": None} != {**run.to_dict(), "device": None}:
+            print(f"{experiment.name}: warning: run {run.name}'s settings differ from those in experiment.json, with "
+                  "which its results were made; the report shows those (run the stages again for the new ones)")
     for item in results.ignored:
         print(f"{experiment.name}: warning: ignoring {item}")
     summary = summarize(results)

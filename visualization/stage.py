@@ -33,7 +33,7 @@ from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.errors import UserError
 from utils.io import fingerprint, load_npz, load_torch, read_json, read_own_output, save_figure, save_npz, write_json
-from utils.layout import experiment_dir, trained_runs, trained_with
+from utils.layout import experiment_dir, run_label, trained_runs, trained_with
 from utils.results import drawn_from, record_figure
 from visualization.directions import conv1d_weight_names, directions_for, random_directions, save_directions
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
@@ -50,7 +50,7 @@ class Job:
     run: RunConfig
     folder: Path
     label: str
-    trained_with: str  # the checkpoint's fingerprint: which training produced these weights
+    trained_with: str  # which weights: utils.layout.trained_with
 
 
 def landscape_settings(run: RunConfig, keys) -> dict:
@@ -82,7 +82,7 @@ class EvaluationSets:
 
 
 def landscape_stage(experiment: Experiment, output: Path, force: bool) -> None:
-    jobs = [Job(run, folder, f"{experiment.name}/{run.name}/seed-{run.seed}", trained_with(folder))
+    jobs = [Job(run, folder, run_label(experiment, run), trained_with(folder))
             for run, folder in trained_runs(experiment, output)]
     check_shared_settings(jobs)
     sets = EvaluationSets()
@@ -108,7 +108,8 @@ def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
     line_path = job.folder / "interpolation.json"
     line_print = job_fingerprint(job, LINE_KEYS)
     line_done = None if force else read_own_output(line_path, label=job.label)
-    line_todo = line_done is None or line_done.get("fingerprint") != line_print
+    line_todo = line_done is None or (line_done.get("fingerprint"), line_done.get("checkpoint")) != \
+        (line_print, job.trained_with)  # a file of an older version records no checkpoint: made again
     if not line_todo:
         print(f"{job.label}: init -> final interpolation already done with these settings; "
               "skipping (--force redoes it)")
@@ -213,12 +214,12 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
     line_print = fingerprint({"landscape": landscape_settings(jobs[0].run, LINE_KEYS)})
     keys = [((a.run.name, b.run.name), a.run.seed) for a, b in pairs]
     checkpoints = {key: [a.trained_with, b.trained_with] for (a, b), key in zip(pairs, keys)}
-    done = (None if force else read_own_output(path, label=experiment.name)) or {}
-    entries = {}
-    for pair in done.get("pairs", []) if done.get("fingerprint") == line_print else []:
-        key = (tuple(pair["runs"]), pair["seed"])
-        if pair.get("checkpoints") == checkpoints.get(key):  # both weights unchanged: after a retrain it is redone
-            entries[key] = pair
+    saved = read_own_output(path, label=experiment.name) or {}
+    saved_pairs = {(tuple(pair["runs"]), pair["seed"]): pair for pair in saved.get("pairs", [])} \
+        if saved.get("fingerprint") == line_print else {}
+    others = [pair for key, pair in saved_pairs.items() if key not in checkpoints]  # runs left out by --runs: kept
+    entries = {} if force else {key: pair for key, pair in saved_pairs.items()  # both weights unchanged
+                                if key in checkpoints and pair.get("checkpoints") == checkpoints[key]}
     if all(key in entries for key in keys):
         print(f"{experiment.name}: interpolation between runs already done with these settings; skipping "
               "(--force redoes it)")
@@ -240,7 +241,7 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
         losses = interpolate(objectives, theta1, alphas, desc=what)
         entries[key] = {"runs": list(key[0]), "seed": key[1], "checkpoints": checkpoints[key],
                         **curve_record(alphas, losses["train"], losses["val"])}
-        write_json(path, {"alphas": alphas.tolist(), "pairs": [entries[k] for k in keys if k in entries],
+        write_json(path, {"alphas": alphas.tolist(), "pairs": [entries[k] for k in keys if k in entries] + others,
                           "eval_tokens": {"train": train_a.n_tokens, "validation": val_a.n_tokens},
                           "fingerprint": line_print})
         print(f"{what}: barrier {entries[key]['barrier']:.4f} at α = {entries[key]['barrier_alpha']:.2f}")
