@@ -1,7 +1,8 @@
 """Atomic, verified file writes and reads. A killed process never leaves a truncated file behind:
 everything is written to a temporary file in the target folder and moved into place with os.replace.
-Every .pt and .npz file gets a `<name>.sha256` beside it, checked before the file is used, so a file
-damaged later (a full disk, a copy cut short, a bit flip) is caught instead of loaded.
+Every .pt and .npz file, and every folder written with atomic_dir, gets a `<name>.sha256` beside it,
+checked before it is used, so a file damaged later (a full disk, a copy cut short, a bit flip) is
+caught instead of loaded.
 
 Temporary names start with '.' and end in '.tmp' (files) or '.tmpdir' (folders); a process killed
 mid-write leaves them behind, and `remove_interrupted_writes` clears them when a stage starts again.
@@ -133,7 +134,7 @@ def _json_default(value):
 
 def write_text(path: str | Path, text: str) -> None:
     with _temporary_beside(Path(path)) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")  # report.md holds ε, λ, ±: not the locale's choice
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
