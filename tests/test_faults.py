@@ -393,14 +393,14 @@ def test_json_files_keep_a_diverged_number_apart_from_a_missing_one(tmp_path):
 
 
 def test_every_pt_and_npz_has_a_checksum_that_matches(finished):
-    from utils.io import CHECKSUM_SUFFIX, _sha256
+    from utils.io import CHECKSUM_SUFFIX, sha256_of
 
     _, out = finished
     files = [p for p in out.rglob("*") if p.suffix in (".pt", ".npz")]
     assert len(files) >= 8
     for path in files:
         record = path.with_name(path.name + CHECKSUM_SUFFIX).read_text().split()
-        assert record == [_sha256(path), path.name]
+        assert record == [sha256_of(path), path.name]
 
 
 # ---- results of other weights or versions are never reused

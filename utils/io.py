@@ -154,11 +154,12 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
     """The sha256 of a file; of a folder, the sha256 of its files' relative paths and sha256s."""
+    path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        listing = "".join(f"{_sha256(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
+        listing = "".join(f"{sha256_of(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
         return hashlib.sha256(listing.encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -175,7 +176,7 @@ def _verified_beside(path: Path):
     record = path.with_name(path.name + CHECKSUM_SUFFIX)
     with _temporary_beside(path) as tmp:
         yield tmp
-        digest = _sha256(tmp)
+        digest = sha256_of(tmp)
         record.unlink(missing_ok=True)
     write_text(record, f"{digest}  {path.name}\n")
 
@@ -191,7 +192,7 @@ def recorded_sha256(path: str | Path) -> str:
     """The sha256 recorded when `path` was written (computed for a file written before checksums existed)."""
     path = Path(path)
     record = path.with_name(path.name + CHECKSUM_SUFFIX)
-    return record.read_text(errors="replace").split(" ", 1)[0].strip() if record.is_file() else _sha256(path)
+    return record.read_text(errors="replace").split(" ", 1)[0].strip() if record.is_file() else sha256_of(path)
 
 
 def verify(path: str | Path) -> None:
@@ -202,7 +203,7 @@ def verify(path: str | Path) -> None:
     if not record.is_file():
         return
     expected = record.read_text(errors="replace").split(" ", 1)[0].strip()
-    if _sha256(path) != expected:
+    if sha256_of(path) != expected:
         raise CorruptFileError(path, "its sha256 differs from the one recorded when it was written")
 
 
@@ -272,7 +273,7 @@ def atomic_dir(path: str | Path):
         with _disk_errors_named(path):
             tmp.mkdir(0o777)
             yield tmp
-            digest = _sha256(tmp)
+            digest = sha256_of(tmp)
             record.unlink(missing_ok=True)
             if path.exists():
                 shutil.rmtree(path)

@@ -10,7 +10,6 @@ were left out) and formats them, in one place, for report.md and the notebook.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,7 +19,7 @@ import numpy as np
 
 from utils.config import run_config_from_dict
 from utils.errors import CorruptFileError
-from utils.io import load_npz, read_json, write_json
+from utils.io import load_npz, read_json, sha256_of, write_json
 from utils.layout import MANIFEST, trained_with, training_fingerprint
 
 
@@ -68,10 +67,6 @@ def find_experiments(output: str | Path) -> list[str]:
 FIGURE_INDEX = "index.json"
 
 
-def file_fingerprint(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-
-
 def _figure_index(figures: Path) -> dict:
     """{stem: fingerprint of its data}; empty when missing or corrupt (every figure is then redrawn)."""
     try:
@@ -81,13 +76,13 @@ def _figure_index(figures: Path) -> dict:
 
 
 def record_figure(figures: Path, stem: str, source: Path) -> None:
-    write_json(figures / FIGURE_INDEX, {**_figure_index(figures), stem: file_fingerprint(source)})
+    write_json(figures / FIGURE_INDEX, {**_figure_index(figures), stem: sha256_of(source)})
 
 
 def drawn_from(figures: Path, stem: str, source: Path) -> bool:
     """Whether figures/<stem>.png and .pdf exist and were drawn from what `source` holds now."""
     return all((figures / f"{stem}.{ext}").is_file() for ext in ("png", "pdf")) and \
-        _figure_index(figures).get(stem) == file_fingerprint(source)
+        _figure_index(figures).get(stem) == sha256_of(source)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,8 +216,9 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Aggregation over seeds. A value is missing (None: not measured) or not finite (NaN or inf: it
-# diverged); neither goes into the mean, and both are counted so that no table hides them.
+# Aggregation over seeds. A value may be not finite (NaN or inf: it diverged), below the loss's
+# resolution, or missing (None: not measured); none goes into the mean, and each is counted so that
+# no table hides it.
 
 BELOW_RESOLUTION = "below resolution"  # a measured difference too small for the loss to resolve (per_seed)
 
@@ -350,7 +346,7 @@ def format_number(value: float | str | None, digits: int = 4) -> str:
 def format_value(stats: dict, digits: int = 4) -> str:
     """Mean ± stderr of a quantity over seeds, e.g. "3.21 ± 0.05 (n=3)", "3.2 (n=1, 1 diverged)", "3.2",
     "< res." (every value below the loss's resolution)."""
-    n, diverged, below, missing = stats["n"], stats["non_finite"], stats.get("below_resolution", 0), stats["missing"]
+    n, diverged, below, missing = stats["n"], stats["non_finite"], stats["below_resolution"], stats["missing"]
     if n == diverged == 0 and below:
         return "< res." + (f" (n={below}, {missing} missing)" if missing else "")
     text = format_number(stats["mean"], digits)

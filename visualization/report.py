@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from utils.config import Experiment
-from utils.errors import CorruptFileError, UserError
+from utils.errors import CorruptFileError
 from utils.io import save_figure, write_json, write_text
 from utils.layout import experiment_dir, stage_command
 from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, eps_columns, epsilons,
@@ -108,9 +108,7 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
 
 def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
     """Regenerated on every call: it only reads files, in seconds."""
-    folder = experiment_dir(output, experiment)
-    if not (folder / "experiment.json").is_file():
-        raise UserError(f"{folder / 'experiment.json'} not found: run the train stage first (--stages train)")
+    folder = experiment_dir(output, experiment)  # pipeline.run_experiment made sure its manifest exists
     try:
         results = load_results(output, experiment.name)
     except CorruptFileError as err:
