@@ -66,10 +66,16 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    optimizer: Literal["sgd", "adamw"] = option("sgd", "optimizer")
+    optimizer: Literal["sgd", "adam", "adamw", "signsgd", "adasgd", "blockadam"] = option(
+        "sgd", "sgd | adam | adamw | signsgd (signum) | adasgd (one second moment per group) | blockadam (one per tensor)")
     lr: float = option(1e-3, "learning rate", gt=0)
-    momentum: float = option(0.0, "SGD momentum", ge=0, lt=1)
-    weight_decay: float = option(0.0, "weight decay (decoupled for AdamW)", ge=0)
+    momentum: float = option(0.0, "momentum of sgd and signsgd", ge=0, lt=1)
+    betas: list[float] = option([0.9, 0.999], "first- and second-moment decay of the Adam family", ge=0, lt=1)
+    eps: float = option(1e-8, "added to the Adam family's root second moment", gt=0)
+    weight_decay: float = option(0.0, "weight decay (L2 in the gradient for sgd and adam; decoupled for the others)", ge=0)
+    rotation: Literal["none", "global", "per-layer"] = option(
+        "none", "train θ̃ with θ = Rθ̃ for a random rotation R of all weights (global) or of each layer's")
+    rotation_seed: int = option(0, "draws the training rotation", ge=0)
     batch_size: int = option(8, "texts per step", ge=1)
     epochs: int = option(60, "passes over the training texts", ge=1)
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)", ge=0)
@@ -97,6 +103,18 @@ class SharpnessConfig:
 
 
 @dataclass
+class GeometryConfig:
+    cauchy_vectors: int = option(50, "Cauchy sketches of the Hessian's row ℓ1 norms (k)", ge=1)
+    bootstrap: int = option(100, "bootstrap resamples of the k sketches for the confidence intervals (0: off)", ge=0)
+    confidence: float = option(0.95, "confidence level of the intervals", gt=0, lt=1)
+    frobenius_probes: int = option(30, "Hutch++ Rademacher probes for ‖H‖_F (0: off)", ge=0)
+    rotation: Literal["none", "global", "per-layer"] = option(
+        "global", "also measure the rotated loss θ̃ ↦ L(Rθ̃) (none: the original coordinates only)")
+    rotation_seed: int = option(0, "draws the rotation (the same R as train.rotation_seed when the kinds match)", ge=0)
+    seed: int = option(0, "draws the Cauchy and Rademacher vectors", ge=0)
+
+
+@dataclass
 class LandscapeConfig:
     norm: Literal["layer", "filter", "none"] = option("layer", "direction normalisation (Li et al. 2018)")
     ignore: Literal["", "biasbn"] = option("", "'biasbn' zeroes biases and LayerNorm in the directions")
@@ -121,6 +139,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
 
     def to_dict(self) -> dict:
@@ -133,6 +152,7 @@ class Experiment:
     source: Path
     seeds: list[int]
     runs: list[RunConfig]  # one per run name, with seed = seeds[0]
+    stages: list[str] = field(default_factory=list)  # what run.py does without --stages ([]: pipeline's default)
 
     def jobs(self) -> list[RunConfig]:
         """Every (run, seed) pair, runs outermost."""
@@ -142,7 +162,7 @@ class Experiment:
 # ----------------------------------------------------------------------------------------------
 # Reading files: the tree of raw values, each leaf remembering where it was written.
 
-_EXPERIMENT_KEYS = {"extends", "experiment", "seeds", "runs"}
+_EXPERIMENT_KEYS = {"extends", "experiment", "seeds", "stages", "runs"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -245,7 +265,7 @@ def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict, 
         if not isinstance(parent, str):
             raise ConfigError(f"{source}: extends: expected a file name, got {parent!r}")
         flat, meta, runs = _load_layers(path.parent / parent, chain + (path,))
-    for key in ("experiment", "seeds"):
+    for key in ("experiment", "seeds", "stages"):
         if key in raw:
             origin = f"{source}: {key}"
             meta[key] = (_experiment_value(key, raw[key], origin), origin)
@@ -358,7 +378,13 @@ def _typed(dotted: str, value, origin: str):
 
 
 def _experiment_value(key: str, value, origin: str):
-    """`seeds` or `experiment` as written in one layer, typed and checked."""
+    """`seeds`, `stages` or `experiment` as written in one layer, typed and checked (stage names are
+    checked against the registry by the pipeline, which utils may not import)."""
+    if key == "stages":
+        stages = _coerce(value, list[str], origin)
+        if len(set(stages)) != len(stages):
+            raise ConfigError(f"{origin}: each stage may be listed once, got {stages}")
+        return stages
     if key == "seeds":
         seeds = _coerce(value, list[int], origin)
         if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
@@ -435,7 +461,7 @@ def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
     for text in overrides:
         key, value = parse_override(text)
         origin = f"--set {key}"
-        if key in ("seeds", "experiment"):
+        if key in ("seeds", "experiment", "stages"):
             meta[key] = (_experiment_value(key, value, origin), origin)
         elif key.startswith("model.config."):
             flat.setdefault("model.config", ({}, origin))
@@ -443,7 +469,7 @@ def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
             merged[key[len("model.config."):]] = value
             flat["model.config"] = (merged, origin)
         elif key not in keys:
-            raise _unknown_key("--set", key, keys + ["seeds", "experiment"])
+            raise _unknown_key("--set", key, keys + ["seeds", "experiment", "stages"])
         else:
             flat[key] = (_typed(key, value, origin), origin)
 
@@ -483,6 +509,8 @@ def _check_run(run: RunConfig, flat: dict) -> None:
             check_scratch_config(run.model, run.data.max_length)
         except ValueError as err:
             raise ConfigError(f"{where('model.config')}: {err}") from None
+    if len(run.train.betas) != 2:
+        raise ConfigError(f"{where('train.betas')}: expected two numbers [beta1, beta2], got {run.train.betas}")
     if run.landscape.alpha_min >= run.landscape.alpha_max:
         raise ConfigError(f"{where('landscape.alpha_max')}: must be greater than landscape.alpha_min")
     if run.model.tokenizer in ("bytes", "bpe") and run.model.init == "pretrained":
@@ -512,7 +540,8 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
         run = dataclasses.replace(run, name=run_name, seed=seeds[0])
         _check_run(run, merged)
         configs.append(run)
-    return Experiment(name=name, source=path, seeds=seeds, runs=configs)
+    stages = meta["stages"][0] if "stages" in meta else []
+    return Experiment(name=name, source=path, seeds=seeds, runs=configs, stages=stages)
 
 
 def run_config_from_dict(data: dict) -> RunConfig:
