@@ -2,13 +2,14 @@
 
     train      -> <output>/<experiment>/<run>/seed-<seed>/{checkpoint.pt, metrics.json, ...}
     sharpness  -> .../seed-<seed>/{sharpness.json, measurement.pt}
+    geometry   -> .../seed-<seed>/geometry.json (ℓ∞ vs ℓ2 geometry of the Hessian; not run by default)
     landscape  -> .../seed-<seed>/landscape_2d.npz, <output>/<experiment>/interpolation.json, figures/
     report     -> <output>/<experiment>/{report.md, summary.json}
 
 Each handler takes (experiment, output folder, force), reads only files that earlier stages wrote
 (utils.layout says where) and writes files under the output folder. This module sits at the top:
 it imports the stages, and none of them imports it. One process at a time works in an experiment
-folder (utils.lock).
+folder (utils.lock). Without --stages, run.py runs the experiment file's `stages:` list, or DEFAULT_STAGES.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from optimization.experiments import train_stage
+from sharpness.geometry_stage import geometry_stage
 from sharpness.stage import sharpness_stage
 from utils.config import Experiment
 from utils.errors import ConfigError, UserError
@@ -25,15 +27,29 @@ from utils.lock import experiment_lock
 from visualization.report import report_stage
 from visualization.stage import landscape_stage
 
-STAGES = {"train": train_stage, "sharpness": sharpness_stage, "landscape": landscape_stage, "report": report_stage}
+STAGES = {"train": train_stage, "sharpness": sharpness_stage, "geometry": geometry_stage, "landscape": landscape_stage,
+          "report": report_stage}
+DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # geometry costs ~k more HVPs per run: asked for
 
 
-def parse_stages(text: str) -> list[str]:
-    stages = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in stages if s not in STAGES]
-    if unknown or not stages:
-        raise ConfigError(f"--stages: unknown stage {unknown[0] if unknown else text!r} (stages: {', '.join(STAGES)})")
-    return stages
+def parse_stages(stages: str | list[str], origin: str = "--stages") -> list[str]:
+    """Stage names from `--stages a,b` or an experiment file's list, checked against the registry and
+    put in the registry's order (a later stage reads what an earlier one writes)."""
+    names = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else list(stages)
+    names = [s for s in names if s]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown or not names:
+        raise ConfigError(f"{origin}: unknown stage {unknown[0] if unknown else stages!r} (stages: {', '.join(STAGES)})")
+    return [s for s in STAGES if s in names]
+
+
+def experiment_stages(experiment: Experiment, requested: str | None) -> list[str]:
+    """--stages if given, else the experiment file's `stages:`, else DEFAULT_STAGES."""
+    if requested is not None:
+        return parse_stages(requested)
+    if experiment.stages:
+        return parse_stages(experiment.stages, f"{experiment.source}: stages")
+    return list(DEFAULT_STAGES)
 
 
 def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:

@@ -1,6 +1,6 @@
 """Run the stages of an experiment.
 
-    python run.py --config config/exp1.yaml [--stages train,sharpness,landscape,report]
+    python run.py --config config/exp1.yaml [--stages train,sharpness,geometry,landscape,report]
                   [--runs NAME ...] [--set key=value ...] [--output results] [--device auto] [--force]
 """
 
@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import STAGES, parse_stages, run_experiment
+from pipeline import DEFAULT_STAGES, STAGES, experiment_stages, run_experiment
 from utils.config import load_experiment
 from utils.errors import UserError
 from utils.io import output_error
@@ -20,7 +20,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="experiment YAML file, e.g. config/exp1.yaml")
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated, from {','.join(STAGES)}")
+    parser.add_argument("--stages", help=f"comma-separated, from {','.join(STAGES)} (default: the config's `stages:`, "
+                                          f"else {','.join(DEFAULT_STAGES)})")
     parser.add_argument("--runs", nargs="+", metavar="NAME", help="only these runs of the experiment")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field for every run, e.g. --set train.lr=0.01 (repeatable)")
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     try:
         overrides = args.overrides + ([f"device={args.device}"] if args.device else [])
         experiment = load_experiment(args.config, overrides, args.runs)
-        stages = parse_stages(args.stages)
+        stages = experiment_stages(experiment, args.stages)
         run_experiment(experiment, stages, args.output, force=args.force)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

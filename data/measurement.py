@@ -43,6 +43,12 @@ def fixed_set(texts: list[str], n_batches: int, batch_size: int, seed: int, toke
     return FixedSet(fixed_batches(sequences, batch_size, tokenizer.eos_token_id), indices)
 
 
+def measurement_set(train_texts: list[str], cfg, tokenizer, max_length: int) -> FixedSet:
+    """The measurement set of every Hessian metric (the sharpness and geometry stages): `cfg` is the run's
+    SharpnessConfig (batches, batch_size, seed), so both stages see the same texts, batched the same way."""
+    return fixed_set(train_texts, cfg.batches, cfg.batch_size, cfg.seed, tokenizer, max_length)
+
+
 def same_texts(a: FixedSet, b: FixedSet) -> bool:
     return a.indices == b.indices and len(a.batches) == len(b.batches) and all(
         torch.equal(x[k], y[k]) for x, y in zip(a.batches, b.batches) for k in x)

@@ -11,7 +11,8 @@ from utils.layout import MANIFEST, experiment_dir, run_dir, run_label
 
 
 def write_manifest(experiment: Experiment, output: Path) -> None:
-    """<output>/<experiment>/experiment.json: the runs (in config order), seeds and resolved configs,
+    """<output>/<experiment>/experiment.json: the runs (in config order), seeds, the config's `stages:`
+    and resolved configs,
     so readers of the results (report, notebook) need not re-read the YAML files. Runs trained by
     earlier invocations (`--runs`) stay listed."""
     path = experiment_dir(output, experiment) / MANIFEST
@@ -22,6 +23,7 @@ def write_manifest(experiment: Experiment, output: Path) -> None:
         "experiment": experiment.name,
         "config_file": str(experiment.source),
         "seeds": experiment.seeds,
+        "stages": experiment.stages,
         "runs": list(configs),
         "configs": configs,
     })

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from data.corpus import load_texts
-from data.measurement import FixedSet, fixed_set, same_texts
+from data.measurement import FixedSet, measurement_set, same_texts
 from models.checkpoint import load_trained
 from optimization.objective import Objective
 from sharpness.eigen import MIN_STABLE_STEPS, lanczos, power_iteration
@@ -120,7 +120,7 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         trained = load_trained(folder / "checkpoint.pt", device)
         texts = load_texts(run.data)
         cfg = run.sharpness
-        measurement = fixed_set(texts.train, cfg.batches, cfg.batch_size, cfg.seed, trained.tokenizer, run.data.max_length)
+        measurement = measurement_set(texts.train, cfg, trained.tokenizer, run.data.max_length)
         if first_set is None:
             first_set = measurement
         elif not same_texts(first_set, measurement):

@@ -33,6 +33,11 @@ def run_cli(args, tmp_path, capsys):
     ("model:\n  config: {n_embd: 30, n_head: 4}\n", "must be divisible by n_head"),
     ("model:\n  config: {n_layers: 2}\n", "'n_layers' is not a GPT2Config field"),
     ("seeds: [1, 1]\n", "seeds must be distinct"),
+    ("stages: [train, sharpnes]\n", "stages: unknown stage 'sharpnes'"),
+    ("stages: [train, train]\n", "stages: each stage may be listed once"),
+    ("train:\n  betas: [0.9]\n", "train.betas: expected two numbers"),
+    ("train:\n  betas: [0.9, 1.0]\n", "train.betas: must be < 1"),
+    ("train:\n  rotation: random\n", "train.rotation: must be one of 'none', 'global', 'per-layer'"),
 ])
 def test_bad_config_exits_2_naming_file_and_key(write_config, tmp_path, capsys, body, expected):
     path = write_config(body)
@@ -105,3 +110,14 @@ def test_readme_documents_every_config_key():
     readme = (REPO / "README.md").read_text()
     missing = [key for key in all_keys() if f"`{key}`" not in readme]
     assert not missing, f"README.md does not document {missing}"
+
+
+def test_stages_come_from_the_command_line_else_the_config_else_the_default(write_config):
+    from pipeline import DEFAULT_STAGES, experiment_stages
+
+    plain = load_experiment(write_config())
+    assert experiment_stages(plain, None) == DEFAULT_STAGES and "geometry" not in DEFAULT_STAGES
+    listed = load_experiment(write_config("stages: [report, geometry, train]\n"))
+    assert experiment_stages(listed, None) == ["train", "geometry", "report"]  # the registry's order
+    assert experiment_stages(listed, "train") == ["train"]
+    assert load_experiment(write_config(), ["stages=[train,geometry]"]).stages == ["train", "geometry"]

@@ -34,6 +34,8 @@ class ExperimentResults:
     trained_with: dict[str, dict[int, str]] = field(default_factory=dict)  # run -> seed -> layout.trained_with
     metrics: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> metrics.json
     sharpness: dict[str, dict[int, dict]] = field(default_factory=dict)    # run -> seed -> sharpness.json
+    geometry: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> geometry.json
+    geometry_listed: bool = False        # the experiment's stages include geometry (absent files are missing)
     surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
     init_to_final: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> interpolation.json
     interpolation: dict | None = None    # <experiment>/interpolation.json: alphas and the pairs of current checkpoints
@@ -97,7 +99,8 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
     except CorruptFileError as err:
         raise err.needing("run the train stage again (--stages train): it writes the file anew") from None
     results = ExperimentResults(name=experiment, folder=folder, runs=list(manifest["runs"]), seeds={},
-                                configs=manifest["configs"], listed_seeds=list(manifest["seeds"]))
+                                configs=manifest["configs"], listed_seeds=list(manifest["seeds"]),
+                                geometry_listed="geometry" in manifest.get("stages", []))
     expected = {run: {seed: training_fingerprint(replace(run_config_from_dict(results.configs[run]), seed=seed))
                       for seed in manifest["seeds"]} for run in results.runs}
     results.ignored += _unlisted_folders(folder, expected)
@@ -158,6 +161,16 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
         results.missing.append(f"sharpness of {label} (measured on other weights; run the sharpness stage)")
     else:
         results.sharpness.setdefault(run, {})[seed] = data
+
+    geometry = seed_dir / "geometry.json"
+    data = results.read(geometry, "geometry") if geometry.is_file() else None
+    if data is None:
+        if results.geometry_listed:
+            results.missing.append(f"geometry of {label} (no geometry.json)")
+    elif data.get("checkpoint") != fingerprint:
+        results.missing.append(f"geometry of {label} (measured on other weights; run the geometry stage)")
+    else:
+        results.geometry.setdefault(run, {})[seed] = data
 
     line = seed_dir / "interpolation.json"
     data = results.read(line, "landscape") if line.is_file() else None
@@ -220,6 +233,7 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
 # resolution, or missing (None: not measured); none goes into the mean, and each is counted so that
 # no table hides it.
 
+GEOMETRY_FRAMES = ("original", "rotated")  # geometry.json: the loss's own coordinates, and after a rotation R
 BELOW_RESOLUTION = "below resolution"  # a measured difference too small for the loss to resolve (per_seed)
 
 
@@ -261,6 +275,7 @@ def _nested(data: dict | None, *path):
 def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
     """Every reported quantity as a path into one of a run's files: {name: (source, *path)}."""
     quantities = {
+        "train_loss": ("metrics", "train_loss", -1),
         "val_loss": ("metrics", "val_loss", -1),
         "val_perplexity": ("metrics", "val_perplexity", -1),
         "test_loss": ("metrics", "test_loss"),
@@ -282,12 +297,24 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
             quantities[f"eps_sharpness_{key.removesuffix('_pct')}@{eps}"] = ("sharpness", "eps_sharpness", eps, key)
         quantities[f"worst_case@{eps}"] = ("sharpness", "worst_case", eps, "value_pct")
         quantities[f"taylor_abs_diff@{eps}"] = ("sharpness", "taylor_check", eps, "abs_diff_pct")
+    if results.geometry or results.geometry_listed:
+        for frame in GEOMETRY_FRAMES:
+            where = ("geometry", "frames", frame)
+            quantities.update({
+                f"{frame}_l11_per_coordinate": (*where, "l11", "median", "per_coordinate"),
+                f"{frame}_l11_half_iqr_per_coordinate": (*where, "l11", "half_iqr", "per_coordinate"),
+                f"{frame}_linf": (*where, "linf", "median"),
+                f"{frame}_spectral_norm": (*where, "spectral", "value"),
+                f"{frame}_frobenius": (*where, "frobenius", "value"),
+                f"{frame}_l11_ratio": (*where, "ratio", "median"),
+            })
     quantities.update({
         "init_to_final_barrier": ("init_to_final", "barrier"),
         "train_time_s": ("metrics", "train_time_s"),
         "tokens_per_s": ("metrics", "tokens_per_s"),
         "peak_memory_mb": ("metrics", "peak_memory_mb"),
         "sharpness_time_s": ("sharpness", "timings", "total_s"),
+        "geometry_time_s": ("geometry", "timings", "total_s"),
         "landscape_time_s": ("surfaces", "time_s"),
     })
     return quantities
@@ -444,6 +471,99 @@ def curvature_columns() -> list[tuple[str, str]]:
             ("trace", "trace of H"), ("base_loss", "loss on the set")]
 
 
-def cost_columns() -> list[tuple[str, str]]:
-    return [("train_time_s", "train s"), ("tokens_per_s", "tokens/s"), ("peak_memory_mb", "peak MB"),
-            ("sharpness_time_s", "sharpness s"), ("landscape_time_s", "2D surface s")]
+def cost_columns(summary: dict) -> list[tuple[str, str]]:
+    columns = [("train_time_s", "train s"), ("tokens_per_s", "tokens/s"), ("peak_memory_mb", "peak MB"),
+               ("sharpness_time_s", "sharpness s"), ("landscape_time_s", "2D surface s")]
+    if has_geometry(summary):
+        columns.insert(4, ("geometry_time_s", "geometry s"))
+    return columns
+
+
+# ----------------------------------------------------------------------------------------------
+# ℓ∞ geometry (geometry.json): the Hessian's (1,1)-norm against d·‖H‖₂, in the loss's own coordinates
+# and after a random rotation R (Xie, Mohamadi & Li, ICLR 2025).
+
+def has_geometry(summary: dict) -> bool:
+    return any("original_l11_per_coordinate" in data["quantities"] for data in summary["runs"].values())
+
+
+def geometry_columns() -> list[tuple[str, str]]:
+    """The final losses next to the (1,1)-norm per coordinate, the spectral norm and the paper's ratio, in both frames."""
+    return [("train_loss", "final train loss"), ("val_loss", "final val loss"),
+            ("original_l11_per_coordinate", "‖H‖₁,₁/d"), ("rotated_l11_per_coordinate", "‖RᵀHR‖₁,₁/d"),
+            ("original_spectral_norm", "‖H‖₂"), ("rotated_spectral_norm", "‖RᵀHR‖₂"),
+            ("original_l11_ratio", "‖H‖₁,₁/(d‖H‖₂)"), ("rotated_l11_ratio", "‖RᵀHR‖₁,₁/(d‖H‖₂)"),
+            ("original_frobenius", "‖H‖_F"), ("rotated_frobenius", "‖RᵀHR‖_F")]
+
+
+def _interval(estimate: dict) -> str:
+    """'total [low, high]' of one (1,1)-norm estimator; the interval is the bootstrap's over the k sketches."""
+    ci = estimate.get("ci")
+    text = format_number(estimate["total"])
+    return f"{text} [{format_number(ci[0])}, {format_number(ci[1])}]" if ci else text
+
+
+def geometry_detail_table(results: ExperimentResults) -> str:
+    """One row per run, seed and frame: both (1,1) estimators with their intervals, ‖·‖∞, ‖·‖₂ and ‖·‖_F."""
+    lines = ["| run | seed | frame | ‖·‖₁,₁ by median [CI] | ‖·‖₁,₁ by half-IQR [CI] | ‖·‖∞ (median) | ‖·‖₂ | ‖·‖_F | d |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for run, by_seed in results.geometry.items():
+        for seed, data in sorted(by_seed.items()):
+            for frame in GEOMETRY_FRAMES:
+                values = data["frames"].get(frame)
+                if values is None:
+                    continue
+                name = frame if frame == "original" else f"{frame} ({values['rotation']}, seed {values['rotation_seed']})"
+                spectral = values["spectral"]
+                norm_2 = format_number(spectral["value"]) + ("" if spectral["converged"] else " (not converged)")
+                frobenius = values["frobenius"]
+                norm_f = "–" if frobenius is None else f"{format_number(frobenius['value'])} ± {frobenius['stderr']:.2g}"
+                lines.append(f"| {run} | {seed} | {name} | {_interval(values['l11']['median'])} | "
+                             f"{_interval(values['l11']['half_iqr'])} | {format_number(values['linf']['median'])} | "
+                             f"{norm_2} | {norm_f} | {data['dim']} |")
+    return "\n".join(lines)
+
+
+def geometry_section_applies(results: ExperimentResults) -> bool:
+    """Whether the experiment asks for, or has, ℓ∞-geometry results or rotated training."""
+    return bool(results.geometry) or results.geometry_listed or any(
+        cfg.get("train", {}).get("rotation", "none") != "none" for cfg in results.configs.values())
+
+
+def step_loss_curves(results: ExperimentResults) -> dict[str, dict]:
+    """{run: {"losses": per-seed step_loss, "optimizer", "rotation"}} for visualization.plots.step_losses_figure."""
+    curves = {}
+    for run in results.runs:
+        losses = [results.metrics[run][seed].get("step_loss") for seed in results.seeds.get(run, [])]
+        losses = [series for series in losses if series]
+        if losses:
+            train = results.configs[run]["train"]
+            curves[run] = {"losses": losses, "optimizer": train["optimizer"], "rotation": train.get("rotation", "none")}
+    return curves
+
+
+def geometry_norms(summary: dict) -> dict[str, dict[str, dict]]:
+    """{run: {frame: {"l11", "spectral", "ratio"}}}: means over seeds, for visualization.plots.geometry_norms_figure."""
+    norms = {}
+    for run, data in summary["runs"].items():
+        quantities = data["quantities"]
+        if quantities.get("original_l11_per_coordinate", {}).get("n"):
+            norms[run] = {frame: {key: quantities[f"{frame}_{name}"]["mean"] for key, name in
+                                  (("l11", "l11_per_coordinate"), ("spectral", "spectral_norm"), ("ratio", "l11_ratio"))}
+                          for frame in GEOMETRY_FRAMES}
+    return norms
+
+
+def geometry_settings_table(results: ExperimentResults) -> str:
+    """The settings each run's geometry.json was measured with."""
+    measured = {run: {seed: {**data["settings"]["geometry"], **data["settings"]["sharpness"], "n_tokens": data["n_tokens"]}
+                      for seed, data in by_seed.items()}
+                for run, by_seed in results.geometry.items()}
+    return _settings_table(measured, [
+        ("measurement set", lambda d: f"{d['batches']} × {d['batch_size']} texts, {d['n_tokens']} tokens"),
+        ("(1,1) sketches", lambda d: f"{d['cauchy_vectors']} Cauchy vectors, {d['bootstrap']} bootstrap resamples, "
+                                     f"{d['confidence']:.0%} intervals"),
+        ("‖·‖_F", lambda d: f"Hutch++, {d['frobenius_probes']} probes" if d["frobenius_probes"] else "off"),
+        ("‖·‖₂", lambda d: f"Lanczos, ≤ {d['max_iter']} HVPs, tol {d['tol']:g}"),
+        ("rotation R", lambda d: "none" if d["rotation"] == "none" else f"{d['rotation']}, seed {d['rotation_seed']}"),
+    ])

@@ -155,3 +155,53 @@ def _colors(n: int) -> list:
     from matplotlib import colormaps
 
     return [colormaps["tab10"](i % 10) for i in range(n)]
+
+
+ROTATION_STYLES = {"none": "-", "global": "--", "per-layer": ":"}
+
+
+def step_losses_figure(runs: dict[str, dict], title: str) -> Figure:
+    """Training loss against optimizer step: one colour per optimizer, solid for the loss's own coordinates,
+    dashed (global) or dotted (per-layer) for a rotated loss.
+
+    `runs[name]` = {"losses": [step_loss of each seed], "optimizer": ..., "rotation": ...}. Each curve is the
+    mean over seeds of the per-step batch losses, smoothed by a running mean over a 50th of the steps."""
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.subplots()
+    optimizers = list(dict.fromkeys(run["optimizer"] for run in runs.values()))
+    colors = dict(zip(optimizers, _colors(len(optimizers))))
+    window = 1
+    for name, run in runs.items():
+        steps = min(len(losses) for losses in run["losses"])
+        mean = np.mean([losses[:steps] for losses in run["losses"]], axis=0)
+        window = max(1, steps // 50)
+        smooth = np.convolve(mean, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(window, steps + 1), smooth, ROTATION_STYLES.get(run["rotation"], "-."),
+                color=colors[run["optimizer"]], label=f"{name} ({run['optimizer']}, rotation {run['rotation']})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"training loss (running mean over {window} steps)" if window > 1 else "training loss")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def geometry_norms_figure(runs: dict[str, dict[str, dict]], title: str) -> Figure:
+    """Bars per run of ‖H‖₁,₁/d, ‖H‖₂ and the ratio ‖H‖₁,₁/(d‖H‖₂), in the original and the rotated frame.
+
+    `runs[name][frame]` = {"l11": ..., "spectral": ..., "ratio": ...} (None where not measured)."""
+    panels = (("l11", "‖H‖₁,₁ / d"), ("spectral", "‖H‖₂"), ("ratio", "‖H‖₁,₁ / (d·‖H‖₂)"))
+    frames = (("original", "original", "tab:blue"), ("rotated", "rotated (RᵀHR)", "tab:orange"))
+    fig = Figure(figsize=(4.2 * len(panels), 4.2), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    positions = np.arange(len(runs))
+    for ax, (key, label) in zip(axes, panels):
+        for offset, (frame, frame_label, color) in zip((-0.2, 0.2), frames):
+            values = [np.nan if (runs[run].get(frame) or {}).get(key) is None else runs[run][frame][key] for run in runs]
+            ax.bar(positions + offset, values, width=0.4, color=color, label=frame_label)
+        ax.set_xticks(positions, labels=list(runs), rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -18,17 +18,25 @@ from utils.errors import CorruptFileError
 from utils.io import save_figure, write_json, write_text
 from utils.layout import experiment_dir, stage_command
 from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, eps_columns, epsilons,
-                           generalization_columns, landscape_settings_table, load_results, markdown_table,
-                           pairs_table, sharpness_settings_table, summarize)
-from visualization.plots import learning_curves_figure, surfaces_figure
+                           generalization_columns, geometry_columns, geometry_detail_table, geometry_norms,
+                           geometry_section_applies, geometry_settings_table, landscape_settings_table, load_results,
+                           markdown_table, pairs_table, sharpness_settings_table, step_loss_curves, summarize)
+from visualization.plots import geometry_norms_figure, learning_curves_figure, step_losses_figure, surfaces_figure
 
 
-def report_figures(results: ExperimentResults) -> dict[str, Path]:
+def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]:
     """Draw the experiment-wide figures that the data allow; {name: png path}."""
     figures = {}
     curves = {run: [results.metrics[run][s] for s in results.seeds[run]] for run in results.runs if results.seeds[run]}
     if curves:
         figures["learning_curves"] = learning_curves_figure(curves, f"{results.name}: learning curves")
+    if geometry_section_applies(results):
+        steps = step_loss_curves(results)
+        if steps:
+            figures["loss_per_step"] = step_losses_figure(steps, f"{results.name}: training loss per step")
+        norms = geometry_norms(summary)
+        if norms:
+            figures["geometry_norms"] = geometry_norms_figure(norms, f"{results.name}: Hessian norms")
     panels = [(f"{run}, seed {seed}", data["alphas"], data["betas"], data["train_loss"])
               for run in results.runs for seed, data in sorted(results.surfaces.get(run, {}).items())]
     if panels:
@@ -80,7 +88,10 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
     for eps in epsilons(summary):
         sections += [f"ε = {eps}:", markdown_table(summary, eps_columns(eps))]
     sections += ["Curvature (λ by the eigenvalue method above, trace by Hutchinson):",
-                 markdown_table(summary, curvature_columns()),
+                 markdown_table(summary, curvature_columns())]
+    if geometry_section_applies(results):
+        sections += _geometry_sections(results, summary, figures)
+    sections += [
                  "## Loss along the line between runs",
                  _image(results.figures.get("interpolation"), "interpolation")]
     if summary["pairs"]:
@@ -97,13 +108,33 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
         sections.append("Each run: " + ", ".join(singles))
     sections += ["## Cost", "Training time covers the optimizer steps (not validation); tokens/s counts non-padding input "
                  "tokens; peak memory is GPU memory on CUDA, the process's resident memory on CPU.",
-                 markdown_table(summary, cost_columns())]
+                 markdown_table(summary, cost_columns(summary))]
     if results.missing:
         sections += ["## Missing", "\n".join(f"- {item}" for item in results.missing)]
     if results.ignored:
         sections += ["## Ignored", "Folders on disk that experiment.json does not list with their current settings:",
                      "\n".join(f"- {item}" for item in results.ignored)]
     return "\n\n".join(sections) + "\n"
+
+
+def _geometry_sections(results: ExperimentResults, summary: dict, figures: dict) -> list[str]:
+    """The ℓ∞-geometry section: loss per step by optimizer and rotation, the norms in both frames, the details."""
+    sections = [
+        "## ℓ∞ geometry (Xie, Mohamadi & Li, ICLR 2025)",
+        "Training loss per optimizer step (solid: the loss's own coordinates; dashed: the rotated loss L(Rθ̃)):",
+        _image(figures.get("loss_per_step"), "training loss per step"),
+        "On each run's sharpness measurement set: the Hessian's (1,1)-norm per coordinate ‖H‖₁,₁/d (Cauchy sketches, "
+        "median estimator), its spectral norm and the paper's ratio ‖H‖₁,₁/(d‖H‖₂). For ‖x‖∞ ≤ 1, xᵀHx is at most "
+        "‖H‖₁,₁ and at most d‖H‖₂ (what ℓ2 smoothness gives), so a ratio well below 1 means a loss much smoother in "
+        "ℓ∞ than ℓ2 predicts, which coordinate-wise methods (Adam, SignSGD) can exploit and SGD cannot. Both frames: "
+        "the loss's own coordinates, and after a random rotation R, which leaves ‖H‖₂ and ‖H‖_F unchanged:",
+        markdown_table(summary, geometry_columns()),
+        _image(figures.get("geometry_norms"), "Hessian norms"),
+    ]
+    if results.geometry:
+        sections += ["Each seed and frame, with the bootstrap intervals over the Cauchy sketches:",
+                     geometry_detail_table(results), "Settings:", geometry_settings_table(results)]
+    return sections
 
 
 def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
@@ -124,7 +155,7 @@ def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
     for item in results.ignored:
         print(f"{experiment.name}: warning: ignoring {item}")
     summary = summarize(results)
-    figures = report_figures(results)
+    figures = report_figures(results, summary)
     write_json(folder / "summary.json", summary)
     write_text(folder / "report.md", render_report(results, summary, figures))
     missing = f"; missing: {len(results.missing)} item(s), listed at the end" if results.missing else ""

@@ -1,0 +1,241 @@
+"""ℓ∞ against ℓ2 geometry of the Hessian, from Hessian-vector products only (Xie, Mohamadi & Li, ICLR 2025).
+
+Every estimator takes a `matvec` (v ↦ Hv), so the rotated Hessian RᵀHR is just another matvec.
+
+(1,1)-norm   ‖H‖₁,₁ = Σᵢ‖Hᵢ‖₁. For c with independent standard Cauchy entries, (Hc)ᵢ = Σⱼ Hᵢⱼcⱼ is ‖Hᵢ‖₁ times a
+             standard Cauchy variable (Cauchy variables are 1-stable), so over k vectors both the median of
+             |(Hc)ᵢ| and half the inter-quartile range of (Hc)ᵢ estimate ‖Hᵢ‖₁. The k × d matrix of the Hc is kept
+             in a float32 memory-mapped file (one row per HVP), never in memory; statistics are taken over
+             chunks of CHUNK columns (memory O(k·CHUNK)). The interval is a percentile bootstrap over the k
+             vectors (the rows share them, so their errors are correlated and no per-row formula applies):
+             B resamples cost O(B·k·d) work in the same chunked pass.
+‖H‖∞         the largest row ℓ1 norm: the largest of d noisy estimates, so biased upward.
+Blocks       row sums over the rows of one layer or one kind of weight: where the rows' ℓ1 mass sits (all
+             columns count; the diagonal block's own (1,1)-norm would need one sketch per block).
+‖H‖_F        Hutch++ (Meyer, Musco, Musco & Woodruff 2021) on tr(H²) = ‖H‖_F²: with m Rademacher probes, m/3
+             sketch H's range (Q = orth(H·S)), m/3 give ‖HQ‖_F² exactly, the rest estimate ‖H(I − QQᵀ)‖_F² by
+             Hutchinson (E‖Az‖² = ‖A‖_F²). Exact once m/3 reaches H's rank; memory m/3 vectors of d floats.
+‖H‖₂         max(|λ_max|, |λ_min|) by Lanczos (sharpness.eigen).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from models.parameters import parameter_kind, parameter_layer
+from sharpness.eigen import lanczos
+from utils.errors import CorruptFileError
+from utils.io import read_json, remove, write_json
+
+MatVec = Callable[[torch.Tensor], torch.Tensor]
+CHUNK = 1 << 16  # columns of the sketch per statistics pass: k·CHUNK float64 values in memory at a time
+
+
+# ----------------------------------------------------------------------------------------------
+# Random vectors, each a pure function of (seed, index) so an interrupted sketch can continue.
+
+def _generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + index)
+
+
+def cauchy_vector(dim: int, seed: int, index: int, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(dim, dtype=torch.float64).cauchy_(generator=_generator(seed, index)).to(like)
+
+
+def rademacher_vector(dim: int, seed: int, index: int, like: torch.Tensor) -> torch.Tensor:
+    return (torch.randint(0, 2, (dim,), generator=_generator(seed, index)) * 2 - 1).to(like)
+
+
+# ----------------------------------------------------------------------------------------------
+# The (1,1)-norm.
+
+def cauchy_sketch(matvec: MatVec, like: torch.Tensor, k: int, seed: int, path: Path, stamp: str,
+                  progress=None) -> np.ndarray:
+    """The k × d matrix whose row j is H·cⱼ, in a float32 memory-mapped .npy at `path`.
+
+    `path`.json records how many rows are done and for which settings (`stamp`); a file of other settings,
+    or one that cannot be read, is started over. A row is flushed before it is counted, so a killed
+    process loses at most the row it was computing."""
+    dim = like.numel()
+    state_path = path.with_name(path.name + ".json")
+    done = 0
+    sketch = None
+    try:
+        state = read_json(state_path) if state_path.is_file() and path.is_file() else None
+        if state is not None and state.get("stamp") == stamp:
+            sketch = np.lib.format.open_memmap(path, mode="r+")
+            if sketch.shape != (k, dim) or sketch.dtype != np.float32:
+                sketch = None
+            else:
+                done = int(state["done"])
+    except (CorruptFileError, ValueError, OSError) as err:
+        print(f"warning: the unfinished sketch {path} cannot be read ({err}); starting it over")
+        sketch = None
+    if sketch is None:
+        done = 0
+        sketch = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(k, dim))
+        write_json(state_path, {"stamp": stamp, "done": 0})
+    if progress is not None:
+        progress.update(done)
+    for index in range(done, k):
+        sketch[index] = matvec(cauchy_vector(dim, seed, index, like)).float().cpu().numpy()
+        sketch.flush()
+        write_json(state_path, {"stamp": stamp, "done": index + 1})
+        if progress is not None:
+            progress.update(1)
+    return sketch
+
+
+def remove_sketch(path: Path) -> None:
+    remove(path)
+    remove(path.with_name(path.name + ".json"))
+
+
+def row_norm_statistics(sketch: np.ndarray, segments: list[int], bootstrap: int, confidence: float, seed: int,
+                        progress=None) -> dict:
+    """Per-row ℓ1-norm estimates from a k × d sketch, summed: the totals, the largest row, the sum over each of
+    the parameter segments (their lengths, in order), and bootstrap intervals of the totals."""
+    k, dim = sketch.shape
+    resamples = np.random.default_rng(seed).integers(0, k, size=(bootstrap, k))
+    offsets = np.concatenate([[0], np.cumsum(segments)])
+    totals = {"median": 0.0, "half_iqr": 0.0}
+    largest = {"median": 0.0, "half_iqr": 0.0}
+    per_segment = {name: np.zeros(len(segments)) for name in totals}
+    replicates = {name: np.zeros(bootstrap) for name in totals}
+    for start in range(0, dim, CHUNK):
+        stop = min(start + CHUNK, dim)
+        values = np.asarray(sketch[:, start:stop], dtype=np.float64)
+        for name, rows in _row_estimates(values).items():
+            totals[name] += rows.sum()
+            largest[name] = max(largest[name], float(rows.max()))
+            for s in np.flatnonzero((offsets[:-1] < stop) & (offsets[1:] > start)):
+                per_segment[name][s] += rows[max(offsets[s], start) - start: min(offsets[s + 1], stop) - start].sum()
+        for b, chosen in enumerate(resamples):
+            for name, rows in _row_estimates(values[chosen]).items():
+                replicates[name][b] += rows.sum()
+        if progress is not None:
+            progress.update(1)
+    tail = 100 * (1 - confidence) / 2
+    return {name: {"total": float(totals[name]), "largest_row": largest[name], "segments": per_segment[name],
+                   "ci": [float(v) for v in np.percentile(replicates[name], [tail, 100 - tail])] if bootstrap else None}
+            for name in totals}
+
+
+def _row_estimates(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Row ℓ1-norm estimates from k sketch values per row (axis 0): median of |x| and half the IQR of x."""
+    low, high = np.percentile(values, [25, 75], axis=0)
+    return {"median": np.median(np.abs(values), axis=0), "half_iqr": (high - low) / 2}
+
+
+# ----------------------------------------------------------------------------------------------
+# Frobenius and spectral norms.
+
+def frobenius_norm(matvec: MatVec, like: torch.Tensor, probes: int, seed: int, progress=None) -> dict:
+    """‖H‖_F by Hutch++ with `probes` Rademacher vectors, and its standard error (from the Hutchinson part)."""
+    dim = like.numel()
+    sketched = probes // 3
+    hutchinson = probes - 2 * sketched
+    basis = None
+    exact = 0.0
+    if sketched:
+        columns = []
+        for j in range(sketched):
+            columns.append(matvec(rademacher_vector(dim, seed, j, like)).double())
+            if progress is not None:
+                progress.update(1)
+        basis, _ = torch.linalg.qr(torch.stack(columns, dim=1))  # d × s, orthonormal columns spanning H·S
+        del columns
+        for j in range(sketched):
+            exact += float(matvec(basis[:, j].to(like)).double().pow(2).sum())
+            if progress is not None:
+                progress.update(1)
+    samples = []
+    for j in range(hutchinson):
+        z = rademacher_vector(dim, seed, sketched + j, like).double()
+        if basis is not None:
+            z = z - basis @ (basis.T @ z)
+        samples.append(float(matvec(z.to(like)).double().pow(2).sum()))
+        if progress is not None:
+            progress.update(1)
+    rest = float(np.mean(samples)) if samples else 0.0
+    rest_stderr = float(np.std(samples, ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
+    square = max(exact + rest, 0.0)
+    value = math.sqrt(square)
+    return {"value": value, "stderr": rest_stderr / (2 * value) if value > 0 else rest_stderr, "probes": probes,
+            "square": square}
+
+
+def spectral_norm(matvec: MatVec, like: torch.Tensor, max_iter: int, tol: float, seed: int, progress=None) -> dict:
+    eigen = lanczos(matvec, like.numel(), k=1, max_iter=max_iter, tol=tol, seed=seed, device=like.device,
+                    dtype=like.dtype, progress=progress)
+    top, bottom = eigen.top[0], eigen.bottom
+    extreme = top if abs(top.value) >= abs(bottom.value) else bottom
+    return {"value": abs(extreme.value), "lambda_max": top.value, "lambda_min": bottom.value,
+            "converged": extreme.converged, "residual": extreme.residual, "hvps": eigen.matvecs}
+
+
+# ----------------------------------------------------------------------------------------------
+# One frame: every norm of one operator.
+
+def _blocks(names: list[str], numels: list[int], segments: dict) -> dict:
+    """Segment (parameter) sums grouped by layer and by kind, with per-coordinate values."""
+    grouped = {}
+    for grouping, key in (("layer", parameter_layer), ("kind", parameter_kind)):
+        groups: dict[str, dict] = {}
+        for position, name in enumerate(names):
+            group = groups.setdefault(key(name), {"dim": 0, "median": 0.0, "half_iqr": 0.0})
+            group["dim"] += numels[position]
+            for estimator in ("median", "half_iqr"):
+                group[estimator] += float(segments[estimator][position])
+        grouped[grouping] = {name: {"dim": g["dim"], **{estimator: {"total": g[estimator],
+                                                                     "per_coordinate": g[estimator] / g["dim"]}
+                                                        for estimator in ("median", "half_iqr")}}
+                             for name, g in groups.items()}
+    return grouped
+
+
+def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: list[int], cfg, eigen_cfg,
+                  sketch_path: Path, stamp: str, bar: Callable, label: str = "") -> dict:
+    """Every geometry figure of the operator `matvec` (see the module docstring); `cfg` is a GeometryConfig,
+    `eigen_cfg` the SharpnessConfig whose max_iter, tol and seed the Lanczos run uses, and `bar(total, desc)`
+    makes a progress bar. The sketch file is removed once its statistics are taken."""
+    start, hvps = time.perf_counter(), 0
+    dim = like.numel()
+
+    def counted(v):
+        nonlocal hvps
+        hvps += 1
+        return matvec(v)
+
+    with bar(cfg.cauchy_vectors, f"{label} Cauchy sketches") as progress:
+        sketch = cauchy_sketch(counted, like, cfg.cauchy_vectors, cfg.seed, sketch_path, stamp, progress)
+    with bar(math.ceil(dim / CHUNK), f"{label} row norms") as progress:
+        stats = row_norm_statistics(sketch, numels, cfg.bootstrap, cfg.confidence, cfg.seed, progress)
+    del sketch
+    remove_sketch(sketch_path)
+    with bar(eigen_cfg.max_iter, f"{label} ‖H‖₂") as progress:
+        spectral = spectral_norm(counted, like, eigen_cfg.max_iter, eigen_cfg.tol, eigen_cfg.seed, progress)
+    frobenius = None
+    if cfg.frobenius_probes:
+        with bar(cfg.frobenius_probes, f"{label} ‖H‖_F") as progress:
+            frobenius = frobenius_norm(counted, like, cfg.frobenius_probes, cfg.seed + 1, progress)
+    l11 = {name: {"total": s["total"], "per_coordinate": s["total"] / dim, "ci": s["ci"], "confidence": cfg.confidence}
+           for name, s in stats.items()}
+    scale = dim * spectral["value"]
+    return {
+        "l11": l11,
+        "linf": {name: s["largest_row"] for name, s in stats.items()},
+        "frobenius": frobenius,
+        "spectral": spectral,
+        "ratio": {name: (l11[name]["total"] / scale if scale > 0 else math.nan) for name in l11},
+        "blocks": _blocks(names, numels, {name: s["segments"] for name, s in stats.items()}),
+        "cauchy_vectors": cfg.cauchy_vectors,
+        "hvps": hvps,
+        "time_s": time.perf_counter() - start,
+    }

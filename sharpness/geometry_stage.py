@@ -1,0 +1,91 @@
+"""The `geometry` stage: the Hessian's ℓ∞ against ℓ2 geometry of every trained run (sharpness.geometry).
+
+Writes <run dir>/geometry.json with one frame per coordinate system: `original` (H) and, unless
+geometry.rotation is none, `rotated` (RᵀH R, the Hessian of θ̃ ↦ L(Rθ̃)). It measures on the sharpness
+measurement set (data.measurement.measurement_set: the same texts as sharpness.json) with the sharpness
+eigen-solver settings. While a frame's Cauchy sketch is being computed, geometry_sketch_<frame>.npy (and its
+.json state) in the run folder hold the finished rows; an interrupted stage continues from them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from data.corpus import load_texts
+from data.measurement import measurement_set
+from models.checkpoint import load_trained
+from optimization.objective import Objective
+from optimization.rotation import build_rotation
+from sharpness.geometry import measure_frame, remove_sketch
+from utils.config import Experiment, RunConfig
+from utils.device import resolve_device
+from utils.io import fingerprint, read_own_output, write_json
+from utils.layout import run_label, trained_runs, trained_with
+from utils.progress import progress
+
+EIGEN_KEYS = ("batches", "batch_size", "seed", "max_iter", "tol", "hvp")  # the sharpness settings it uses
+
+
+def geometry_settings(run: RunConfig) -> dict:
+    return {"geometry": asdict(run.geometry), "sharpness": {key: getattr(run.sharpness, key) for key in EIGEN_KEYS}}
+
+
+def _bar(total: int, desc: str):
+    return progress(total=total, desc=desc)
+
+
+def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    for run, folder in trained_runs(experiment, output):
+        label = run_label(experiment, run)
+        settings = geometry_settings(run)
+        checkpoint = trained_with(folder)
+        stamp = fingerprint({"settings": settings, "checkpoint": checkpoint})
+        result_path = folder / "geometry.json"
+        done = None if force else read_own_output(result_path, label=label)
+        if done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, checkpoint):
+            print(f"{label}: geometry already measured with these settings; skipping (--force redoes it)")
+            continue
+        frames = ["original"] + ([] if run.geometry.rotation == "none" else ["rotated"])
+        if force:
+            for frame in frames:
+                remove_sketch(folder / f"geometry_sketch_{frame}.npy")
+
+        device = resolve_device(run.device)
+        trained = load_trained(folder / "checkpoint.pt", device)
+        texts = load_texts(run.data)
+        measurement = measurement_set(texts.train, run.sharpness, trained.tokenizer, run.data.max_length)
+        objective = Objective(trained.model, measurement.batches, hvp_mode=run.sharpness.hvp)
+        names, numels = list(objective.names), [p.numel() for p in objective.params]
+        start = time.perf_counter()
+        result = {}
+        for frame in frames:
+            matvec = objective.hvp
+            if frame == "rotated":
+                rotation = build_rotation(run.geometry.rotation, names, numels, run.geometry.rotation_seed,
+                                          objective.device, objective.base.dtype)
+
+                def matvec(v, rotation=rotation):  # the Hessian of θ̃ ↦ L(Rθ̃) is RᵀHR
+                    return rotation.transpose(objective.hvp(rotation.apply(v)))
+            result[frame] = measure_frame(matvec, objective.base, names, numels, run.geometry, run.sharpness,
+                                          folder / f"geometry_sketch_{frame}.npy", f"{stamp}-{frame}", _bar,
+                                          f"{label} {frame}")
+            if frame == "rotated":
+                result[frame].update(rotation=run.geometry.rotation, rotation_seed=run.geometry.rotation_seed)
+        timings = {f"{frame}_s": result[frame]["time_s"] for frame in frames}
+        timings["total_s"] = time.perf_counter() - start
+        write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
+                                 "settings": settings, "device": str(device), "dim": objective.dim,
+                                 "n_tokens": objective.n_tokens, "texts": texts.counts(),
+                                 "measurement_indices": measurement.indices, "frames": result,
+                                 "hvp_total": objective.hvp_count, "timings": timings})
+        line = ", ".join(f"{frame}: ‖H‖₁,₁/d {result[frame]['l11']['median']['per_coordinate']:.3g}, "
+                         f"‖H‖₂ {result[frame]['spectral']['value']:.3g}, ratio {result[frame]['ratio']['median']:.3g}"
+                         for frame in frames)
+        print(f"{label}: {line}; {objective.hvp_count} HVPs, {timings['total_s']:.1f} s")
+        del objective, trained
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
