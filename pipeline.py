@@ -22,14 +22,13 @@ from sharpness.stage import sharpness_stage
 from utils.config import Experiment
 from utils.errors import ConfigError, UserError
 from utils.io import remove_interrupted_writes
-from utils.layout import MANIFEST, experiment_dir
+from utils.layout import DEFAULT_STAGES, MANIFEST, experiment_dir
 from utils.lock import experiment_lock
 from visualization.report import report_stage
 from visualization.stage import landscape_stage
 
 STAGES = {"train": train_stage, "sharpness": sharpness_stage, "geometry": geometry_stage, "landscape": landscape_stage,
           "report": report_stage}
-DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # geometry costs ~k more HVPs per run: asked for
 
 
 def parse_stages(stages: str | list[str], origin: str = "--stages") -> list[str]:

@@ -108,3 +108,39 @@ def build_rotation(kind: str, names: list[str], numels: list[int], seed: int, de
         return None
     groups = [list(range(len(names)))] if kind == "global" else list(layer_groups(list(names)).values())
     return Rotation(numels, groups, seed, device, dtype)
+
+
+class RotatedWeights:
+    """Training on the rotated loss θ̃ ↦ L(Rθ̃): the optimizer updates `latent` (θ̃, tensors shaped like the
+    model's trainable parameters) and the model holds θ = Rθ̃, so its state_dict, and every checkpoint, is θ."""
+
+    def __init__(self, model, kind: str, seed: int, latent: list[torch.Tensor] | None = None):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.params = [p for _, p in named]
+        first = self.params[0]
+        self.rotation = build_rotation(kind, [n for n, _ in named], [p.numel() for p in self.params], seed,
+                                       first.device, first.dtype)
+        if latent is None:  # θ̃₀ = Rᵀθ₀: the model starts where it would without the rotation, up to rounding
+            latent = self._split(self.rotation.transpose(self._flat([p.detach() for p in self.params])))
+        self.latent = [torch.nn.Parameter(t.detach().clone().to(first.device)) for t in latent]
+        self.push()
+
+    def _flat(self, tensors) -> torch.Tensor:
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
+
+    @torch.no_grad()
+    def push(self) -> None:
+        """Set the model's weights to θ = Rθ̃ (after every optimizer step)."""
+        torch._foreach_copy_(self.params, self._split(self.rotation.apply(self._flat(self.latent))))
+
+    @torch.no_grad()
+    def pull_gradients(self) -> None:
+        """θ̃.grad = Rᵀ ∇θ L, from the gradients backward left on the model."""
+        grads = self._split(self.rotation.transpose(self._flat([p.grad for p in self.params])))
+        for latent, grad in zip(self.latent, grads):
+            latent.grad = grad.clone()
+        for p in self.params:
+            p.grad = None

@@ -3,7 +3,7 @@
 Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
   init.pt         the weights before the first step
   last.pt         written after every epoch while the run is unfinished: model, optimizer, scheduler,
-                  RNG state and history; an interrupted run continues from it with bit-identical
+                  RNG state, history and, for a rotated run (train.rotation), the optimizer's weights θ̃; an interrupted run continues from it with bit-identical
                   results on CPU (the data order is a pure function of seed and epoch)
   checkpoint.pt   the final weights (last.pt is then removed)
   metrics.json    learning curves, test loss, cost and provenance
@@ -24,6 +24,8 @@ from data.corpus import load_texts
 from models.checkpoint import TOKENIZER_DIR, read_checkpoint, save_checkpoint
 from models.models import build_model, build_tokenizer, load_tokenizer, tokenizer_is_hub_id
 from optimization.evaluation import evaluate, perplexity, summed_token_loss
+from optimization.optimizers import make_optimizer
+from optimization.rotation import RotatedWeights
 from utils.config import RunConfig
 from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from utils.errors import CorruptFileError, UserError
@@ -48,12 +50,6 @@ def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:
         print(f"{label}: warning: {err}; training again")
         return False
     return True
-
-
-def make_optimizer(params, cfg) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(optimizer, cfg, total_steps: int):
@@ -132,12 +128,18 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     test_batches = fixed_batches(tokenize(texts.test, tokenizer, run.data.max_length), run.train.eval_batch_size, pad_id)
 
     steps_per_epoch = math.ceil(len(train_seqs) / run.train.batch_size)
-    optimizer = make_optimizer(model.parameters(), run.train)
-    scheduler = make_scheduler(optimizer, run.train, steps_per_epoch * run.train.epochs)
-    history = {"train_loss": [], "val_loss": [], "val_perplexity": [], "lr": []}
-    train_time, train_tokens, start_epoch = 0.0, 0, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
+    rotated = None  # train.rotation: the optimizer sees θ̃, the model θ = Rθ̃
+    if run.train.rotation != "none":
+        rotated = RotatedWeights(model, run.train.rotation, run.train.rotation_seed,
+                                 latent=None if resume is None else resume["latent"])
+    trainable = list(model.parameters()) if rotated is None else rotated.latent
+    optimizer = make_optimizer(trainable, run.train)
+    scheduler = make_scheduler(optimizer, run.train, steps_per_epoch * run.train.epochs)
+    history = {"train_loss": [], "val_loss": [], "val_perplexity": [], "lr": [], "step_loss": []}
+    train_time, train_tokens, start_epoch = 0.0, 0, 0
+    if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         history = resume["history"]
@@ -166,8 +168,10 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             loss = loss_sum / n_targets
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if rotated is not None:
+                rotated.pull_gradients()
             if run.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), run.train.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, run.train.grad_clip)
             value = loss_sum.item()
             if not math.isfinite(value):
                 kept = "last.pt" if last.is_file() else "init.pt"
@@ -175,7 +179,10 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                                 f"stopped, {run_dir / kept} keeps the last good weights "
                                 "(lower train.lr or set train.grad_clip)")
             optimizer.step()
+            if rotated is not None:
+                rotated.push()
             scheduler.step()
+            history["step_loss"].append(value / n_targets)
             loss_total += value
             target_total += n_targets
             elapsed = time.perf_counter() - epoch_start
@@ -200,7 +207,8 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint,
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             rng=_rng_state(device), history=history, train_time_s=train_time,
-                            train_tokens=train_tokens)
+                            train_tokens=train_tokens,
+                            **({} if rotated is None else {"latent": [t.detach().cpu() for t in rotated.latent]}))
 
     test_loss = evaluate(model, test_batches, device)
     save_checkpoint(run_dir / "checkpoint.pt", model, run, run.train.epochs, tokenizer_ref, fingerprint)

@@ -17,6 +17,7 @@ from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 
 MANIFEST = "experiment.json"
+DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stages without --stages or `stages:`
 
 
 def experiment_dir(output: Path, experiment: Experiment | str) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 from utils.config import run_config_from_dict
 from utils.errors import CorruptFileError
 from utils.io import load_npz, read_json, sha256_of, write_json
-from utils.layout import MANIFEST, trained_with, training_fingerprint
+from utils.layout import DEFAULT_STAGES, MANIFEST, trained_with, training_fingerprint
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ExperimentResults:
     metrics: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> metrics.json
     sharpness: dict[str, dict[int, dict]] = field(default_factory=dict)    # run -> seed -> sharpness.json
     geometry: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> geometry.json
-    geometry_listed: bool = False        # the experiment's stages include geometry (absent files are missing)
+    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # the experiment's: only their files are missing
     surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
     init_to_final: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> interpolation.json
     interpolation: dict | None = None    # <experiment>/interpolation.json: alphas and the pairs of current checkpoints
@@ -43,6 +43,11 @@ class ExperimentResults:
     missing: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)        # what is on disk but not used, and why
     corrupt: list[tuple[CorruptFileError, str]] = field(default_factory=list)  # damaged files, the stage to redo
+
+    def absent(self, stage: str, what: str) -> None:
+        """A result that was never made: missing if the experiment runs `stage`, else not expected."""
+        if stage in self.stages:
+            self.missing.append(what)
 
     def read(self, path: Path, stage: str, reader=read_json):
         """`reader(path)`, or None for a corrupt file, which is recorded with the stage that writes it."""
@@ -100,7 +105,7 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
         raise err.needing("run the train stage again (--stages train): it writes the file anew") from None
     results = ExperimentResults(name=experiment, folder=folder, runs=list(manifest["runs"]), seeds={},
                                 configs=manifest["configs"], listed_seeds=list(manifest["seeds"]),
-                                geometry_listed="geometry" in manifest.get("stages", []))
+                                stages=manifest.get("stages") or list(DEFAULT_STAGES))
     expected = {run: {seed: training_fingerprint(replace(run_config_from_dict(results.configs[run]), seed=seed))
                       for seed in manifest["seeds"]} for run in results.runs}
     results.ignored += _unlisted_folders(folder, expected)
@@ -156,7 +161,7 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     sharpness = seed_dir / "sharpness.json"
     data = results.read(sharpness, "sharpness") if sharpness.is_file() else None
     if data is None:
-        results.missing.append(f"sharpness of {label} (no sharpness.json)")
+        results.absent("sharpness", f"sharpness of {label} (no sharpness.json)")
     elif data.get("checkpoint") != fingerprint:
         results.missing.append(f"sharpness of {label} (measured on other weights; run the sharpness stage)")
     else:
@@ -165,8 +170,7 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     geometry = seed_dir / "geometry.json"
     data = results.read(geometry, "geometry") if geometry.is_file() else None
     if data is None:
-        if results.geometry_listed:
-            results.missing.append(f"geometry of {label} (no geometry.json)")
+        results.absent("geometry", f"geometry of {label} (no geometry.json)")
     elif data.get("checkpoint") != fingerprint:
         results.missing.append(f"geometry of {label} (measured on other weights; run the geometry stage)")
     else:
@@ -175,7 +179,7 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     line = seed_dir / "interpolation.json"
     data = results.read(line, "landscape") if line.is_file() else None
     if data is None:
-        results.missing.append(f"init-to-final interpolation of {label} (no interpolation.json)")
+        results.absent("landscape", f"init-to-final interpolation of {label} (no interpolation.json)")
     elif data.get("checkpoint") != fingerprint:
         results.missing.append(f"init-to-final interpolation of {label} (computed from other weights; "
                                "run the landscape stage)")
@@ -185,7 +189,7 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
 
     surface = seed_dir / "landscape_2d.npz"
     if not surface.is_file():
-        results.missing.append(f"2D surface of {label} (no landscape_2d.npz)")
+        results.absent("landscape", f"2D surface of {label} (no landscape_2d.npz)")
         return sources
     data = results.read(surface, "landscape", load_npz)
     if data is None:
@@ -221,8 +225,8 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
         for i, a in enumerate(trained):
             for b in trained[i + 1:]:
                 if ((a, b), seed) not in found:
-                    results.missing.append(f"interpolation {a} → {b}, seed {seed} (not computed; "
-                                           "run the landscape stage)")
+                    results.absent("landscape", f"interpolation {a} → {b}, seed {seed} (not computed; "
+                                                "run the landscape stage)")
     if current:
         results.interpolation = {"alphas": data["alphas"], "pairs": current}
     return {"interpolation": path} if current and len(current) == len(data["pairs"]) else {}
@@ -297,7 +301,7 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
             quantities[f"eps_sharpness_{key.removesuffix('_pct')}@{eps}"] = ("sharpness", "eps_sharpness", eps, key)
         quantities[f"worst_case@{eps}"] = ("sharpness", "worst_case", eps, "value_pct")
         quantities[f"taylor_abs_diff@{eps}"] = ("sharpness", "taylor_check", eps, "abs_diff_pct")
-    if results.geometry or results.geometry_listed:
+    if results.geometry or "geometry" in results.stages:
         for frame in GEOMETRY_FRAMES:
             where = ("geometry", "frames", frame)
             quantities.update({
@@ -526,7 +530,7 @@ def geometry_detail_table(results: ExperimentResults) -> str:
 
 def geometry_section_applies(results: ExperimentResults) -> bool:
     """Whether the experiment asks for, or has, ℓ∞-geometry results or rotated training."""
-    return bool(results.geometry) or results.geometry_listed or any(
+    return bool(results.geometry) or "geometry" in results.stages or any(
         cfg.get("train", {}).get("rotation", "none") != "none" for cfg in results.configs.values())
 
 

@@ -1,0 +1,101 @@
+"""The optimizers of `train.optimizer`: torch.optim where it has them, three small ones where it does not.
+
+sgd        torch SGD: momentum, weight decay as L2 in the gradient.
+adam       torch Adam: weight decay as L2 in the gradient.
+adamw      torch AdamW: decoupled weight decay.
+signsgd    signum (Bernstein et al. 2018): m ← β·m + (1−β)·g, θ ← θ − lr·sign(m), β = train.momentum.
+adasgd     Adam whose second moment is ONE scalar per parameter group: v ← β₂·v + (1−β₂)·mean(g²) over all the
+           group's coordinates. Its update m̂/(√v̂ + ε) turns with any rotation of the parameters, like SGD's.
+blockadam  Adam with one second moment per tensor, the mean of g² over it (as Adam-mini, Adalayer).
+
+The last three decay weights decoupled, θ ← θ·(1 − lr·wd), and bias-correct their moments like Adam.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The optimizer `cfg.optimizer` (a TrainConfig) over `params`."""
+    params = list(params)
+    beta1, beta2 = cfg.betas
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "signsgd":
+        return SignSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adasgd", "blockadam"):
+        block = "group" if cfg.optimizer == "adasgd" else "tensor"
+        return BlockAdam(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                         block=block)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+class SignSGD(torch.optim.Optimizer):
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        for group in self.param_groups:
+            beta = group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum" not in state:
+                    state["momentum"] = torch.zeros_like(p)
+                momentum = state["momentum"].mul_(beta).add_(p.grad, alpha=1 - beta)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(momentum.sign(), alpha=-group["lr"])
+        return loss
+
+
+class BlockAdam(torch.optim.Optimizer):
+    """Adam with a second moment shared by a block: every coordinate of the group (`block="group"`, AdaSGD)
+    or of each tensor (`block="tensor"`). The shared moment is a 0-d tensor in the state of the block's
+    parameters (of the group's first parameter for "group"), so state_dict() saves it."""
+
+    def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+                 block: str = "tensor"):
+        if block not in ("group", "tensor"):
+            raise ValueError(f"block must be 'group' or 'tensor', got {block!r}")
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
+                                  "block": block})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else torch.enable_grad()(closure)()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            for p in params:
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = torch.zeros((), dtype=torch.float64)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros((), dtype=p.dtype, device=p.device)
+                state["step"] += 1
+                state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
+            if group["block"] == "group":  # one mean of g² over every coordinate of the group
+                total = sum(p.grad.pow(2).sum() for p in params) / sum(p.numel() for p in params)
+                shared = self.state[params[0]]["exp_avg_sq"].mul_(beta2).add_(total, alpha=1 - beta2)
+                second = {id(p): shared for p in params}
+            else:
+                second = {id(p): self.state[p]["exp_avg_sq"].mul_(beta2).add_(p.grad.pow(2).mean(), alpha=1 - beta2)
+                          for p in params}
+            for p in params:
+                state = self.state[p]
+                step = float(state["step"])
+                m_hat = state["exp_avg"] / (1 - beta1 ** step)
+                v_hat = second[id(p)] / (1 - beta2 ** step)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(m_hat / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
+        return loss
