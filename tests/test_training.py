@@ -71,9 +71,10 @@ def _weights(folder):
     return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("order", ["random", "sorted"])
-def test_kill_and_resume_gives_bit_identical_weights(tiny_experiment, tmp_path, monkeypatch, order):
-    exp = tiny_experiment(f"train: {{epochs: 3}}\ndata: {{order: {order}}}\n")
+@pytest.mark.parametrize("order, train", [("random", "{epochs: 3}"), ("sorted", "{epochs: 3}"),
+                                          ("random", "{epochs: 3, optimizer: adam, lr: 0.003, rotation: global}")])
+def test_kill_and_resume_gives_bit_identical_weights(tiny_experiment, tmp_path, monkeypatch, order, train):
+    exp = tiny_experiment(f"train: {train}\ndata: {{order: {order}}}\n")
     train_stage(exp, tmp_path / "straight", force=False)
 
     calls = {"n": 0}
@@ -99,6 +100,7 @@ def test_kill_and_resume_gives_bit_identical_weights(tiny_experiment, tmp_path, 
     a, b = (json.loads((run_dir(tmp_path / d, exp, exp.runs[0]) / "metrics.json").read_text())
             for d in ("straight", "resumed"))
     assert a["train_loss"] == b["train_loss"] and a["val_loss"] == b["val_loss"]
+    assert a["step_loss"] == b["step_loss"] and len(a["step_loss"]) == 3 * 6  # no step lost or repeated
 
 
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(write_config, tmp_path, monkeypatch, capsys):

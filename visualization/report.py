@@ -50,13 +50,15 @@ def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]
 
 
 def _settings_table(results: ExperimentResults) -> str:
-    lines = ["| run | optimizer | lr | batch size | weight decay | order | epochs | seeds |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | optimizer | lr | batch size | weight decay | rotation | order | epochs | seeds |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in results.runs:
         cfg = results.configs.get(run, {})
         train, data = cfg.get("train", {}), cfg.get("data", {})
         seeds = ", ".join(str(s) for s in results.seeds.get(run, [])) or "–"
         lines.append(f"| {run} | {train.get('optimizer')} | {train.get('lr'):g} | {train.get('batch_size')} | "
-                     f"{train.get('weight_decay'):g} | {data.get('order')} | {train.get('epochs')} | {seeds} |")
+                     f"{train.get('weight_decay'):g} | {train.get('rotation', 'none')} | {data.get('order')} | "
+                     f"{train.get('epochs')} | {seeds} |")
     return "\n".join(lines)
 
 
@@ -75,34 +77,13 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
         _image(figures.get("learning_curves"), "learning curves"),
         "## Generalization (the study's Table II)",
         markdown_table(summary, generalization_columns()),
-        "## Sharpness (the study's Table I)",
     ]
-    if results.sharpness:
-        sections += [
-            "On each run's measurement set (the same training texts for every run with the same settings). "
-            "ε-sharpness: % increase of the loss along ± the top Hessian eigenvector; Taylor check: the absolute "
-            "difference between it and its second-order prediction, in percentage points; worst case: the largest "
-            "% increase found in the ball of radius ε; random directions: the largest % increase over random unit "
-            "directions. Each run's settings:",
-            sharpness_settings_table(results)]
-    for eps in epsilons(summary):
-        sections += [f"ε = {eps}:", markdown_table(summary, eps_columns(eps))]
-    sections += ["Curvature (λ by the eigenvalue method above, trace by Hutchinson):",
-                 markdown_table(summary, curvature_columns())]
+    if "sharpness" in results.stages or results.sharpness:
+        sections += _sharpness_sections(results, summary)
     if geometry_section_applies(results):
         sections += _geometry_sections(results, summary, figures)
-    sections += [
-                 "## Loss along the line between runs",
-                 _image(results.figures.get("interpolation"), "interpolation")]
-    if summary["pairs"]:
-        sections.append(pairs_table(summary))
-    sections += ["From initialization to the final weights of each run (barrier of the training loss):",
-                 markdown_table(summary, [("init_to_final_barrier", "init → final barrier")]),
-                 "## 2D loss surfaces (one colour scale)",
-                 _image(figures.get("surfaces_2d"), "2D loss surfaces")]
-    if results.surfaces:
-        sections += ["Each run's directions, grid and evaluation set, and its points where the loss diverged "
-                     "(NaN or inf; grey with × in the figures):", landscape_settings_table(results)]
+    if "landscape" in results.stages or results.interpolation or results.init_to_final or results.surfaces:
+        sections += _landscape_sections(results, summary, figures)
     singles = [f"[{stem}](figures/{path.name})" for stem, path in results.figures.items() if stem != "interpolation"]
     if singles:
         sections.append("Each run: " + ", ".join(singles))
@@ -115,6 +96,36 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
         sections += ["## Ignored", "Folders on disk that experiment.json does not list with their current settings:",
                      "\n".join(f"- {item}" for item in results.ignored)]
     return "\n\n".join(sections) + "\n"
+
+
+def _sharpness_sections(results: ExperimentResults, summary: dict) -> list[str]:
+    sections = ["## Sharpness (the study's Table I)"]
+    if results.sharpness:
+        sections += [
+            "On each run's measurement set (the same training texts for every run with the same settings). "
+            "ε-sharpness: % increase of the loss along ± the top Hessian eigenvector; Taylor check: the absolute "
+            "difference between it and its second-order prediction, in percentage points; worst case: the largest "
+            "% increase found in the ball of radius ε; random directions: the largest % increase over random unit "
+            "directions. Each run's settings:",
+            sharpness_settings_table(results)]
+    for eps in epsilons(summary):
+        sections += [f"ε = {eps}:", markdown_table(summary, eps_columns(eps))]
+    return sections + ["Curvature (λ by the eigenvalue method above, trace by Hutchinson):",
+                       markdown_table(summary, curvature_columns())]
+
+
+def _landscape_sections(results: ExperimentResults, summary: dict, figures: dict) -> list[str]:
+    sections = ["## Loss along the line between runs", _image(results.figures.get("interpolation"), "interpolation")]
+    if summary["pairs"]:
+        sections.append(pairs_table(summary))
+    sections += ["From initialization to the final weights of each run (barrier of the training loss):",
+                 markdown_table(summary, [("init_to_final_barrier", "init → final barrier")]),
+                 "## 2D loss surfaces (one colour scale)",
+                 _image(figures.get("surfaces_2d"), "2D loss surfaces")]
+    if results.surfaces:
+        sections += ["Each run's directions, grid and evaluation set, and its points where the loss diverged "
+                     "(NaN or inf; grey with × in the figures):", landscape_settings_table(results)]
+    return sections
 
 
 def _geometry_sections(results: ExperimentResults, summary: dict, figures: dict) -> list[str]:

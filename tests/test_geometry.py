@@ -1,0 +1,193 @@
+"""ℓ∞ geometry against exact answers: the (1,1)-, ∞-, Frobenius and spectral norms of formed Hessians, the
+rotation's invariances, an interrupted sketch, and the geometry stage end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from optimization.rotation import build_rotation
+from sharpness.geometry import cauchy_sketch, frobenius_norm, measure_frame, row_norm_statistics, spectral_norm
+from tests.test_sharpness import tiny  # noqa: F401  (a fixture: a 412-parameter GPT-2 and its formed Hessian)
+from utils.config import GeometryConfig, SharpnessConfig
+
+
+def l11_estimates(matvec, like, k, tmp_path, bootstrap=0, segments=None):
+    sketch = cauchy_sketch(matvec, like, k, seed=0, path=tmp_path / "sketch.npy", stamp="test")
+    return row_norm_statistics(sketch, segments or [like.numel()], bootstrap, 0.95, seed=0)
+
+
+def formed_rotation(kind, objective):
+    rotation = build_rotation(kind, list(objective.names), [p.numel() for p in objective.params], seed=3,
+                              dtype=torch.float64)
+    return rotation, torch.stack([rotation.apply(e) for e in torch.eye(objective.dim, dtype=torch.float64)], dim=1)
+
+
+def test_l11_and_linf_by_cauchy_sketches_match_the_formed_hessian(tiny, tmp_path):
+    objective, hessian = tiny
+    stats = l11_estimates(objective.hvp, objective.base, 400, tmp_path, bootstrap=200)
+    exact = float(hessian.abs().sum())
+    largest_row = float(hessian.abs().sum(dim=1).max())
+    for estimator in ("median", "half_iqr"):
+        assert stats[estimator]["total"] == pytest.approx(exact, rel=0.05)
+        low, high = stats[estimator]["ci"]
+        assert low <= exact <= high and high - low < 0.3 * exact
+        # the largest of 412 row estimates, each with a relative error of about π/(2√k) = 8% at k = 400
+        assert stats[estimator]["largest_row"] == pytest.approx(largest_row, rel=0.25)
+
+
+def test_frobenius_by_hutchpp_is_exact_at_full_rank_and_unbiased_with_few_probes(tiny):
+    objective, hessian = tiny
+    exact = float(torch.linalg.matrix_norm(hessian))
+    full = frobenius_norm(lambda v: hessian @ v, objective.base.double(), 3 * objective.dim, seed=0)
+    assert full["value"] == pytest.approx(exact, rel=1e-3)
+    few = frobenius_norm(objective.hvp, objective.base, 30, seed=1)
+    assert abs(few["value"] - exact) < 4 * few["stderr"] and few["stderr"] < 0.2 * exact
+
+
+def test_spectral_norm_is_the_largest_eigenvalue_in_magnitude(tiny):
+    objective, hessian = tiny
+    eigenvalues = torch.linalg.eigvalsh(hessian)
+    exact = float(eigenvalues.abs().max())
+    result = spectral_norm(lambda v: hessian @ v, objective.base.double(), max_iter=200, tol=1e-8, seed=0)
+    assert result["value"] == pytest.approx(exact, rel=1e-3) and result["converged"]
+    assert result["lambda_min"] == pytest.approx(float(eigenvalues[0]), rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["global", "per-layer"])
+def test_a_rotation_keeps_the_l2_and_frobenius_norms_and_the_estimators_see_r_t_h_r(tiny, tmp_path, kind):
+    objective, hessian = tiny
+    rotation, r = formed_rotation(kind, objective)
+    rotated = r.T @ hessian @ r
+    like = objective.base.double()
+    for norm in (2, "fro"):  # exact invariance: R is orthogonal
+        assert float(torch.linalg.matrix_norm(rotated, ord=norm)) == pytest.approx(
+            float(torch.linalg.matrix_norm(hessian, ord=norm)), rel=1e-4)
+
+    def matvec(v):  # what the geometry stage does: Rᵀ·H·(R·v) without forming R
+        return rotation.transpose(hessian @ rotation.apply(v))
+
+    assert torch.allclose(matvec(like), rotated @ like, rtol=1e-10, atol=1e-12)
+    spectral = [spectral_norm(m, like, max_iter=300, tol=1e-9, seed=0)["value"] for m in (lambda v: hessian @ v, matvec)]
+    assert spectral[1] == pytest.approx(spectral[0], rel=1e-4)
+    frobenius = [frobenius_norm(m, like, 3 * objective.dim, seed=0)["value"] for m in (lambda v: hessian @ v, matvec)]
+    assert frobenius[1] == pytest.approx(frobenius[0], rel=1e-4)
+    stats = l11_estimates(matvec, like, 400, tmp_path)
+    assert stats["median"]["total"] == pytest.approx(float(rotated.abs().sum()), rel=0.05)
+
+
+def test_a_rotation_destroys_a_diagonal_dominant_hessians_l_infinity_geometry(tmp_path):
+    """The paper's effect in its simplest form: nearly diagonal H (ratio ≪ 1) becomes dense under R."""
+    d = 600
+    generator = torch.Generator().manual_seed(0)
+    diagonal = torch.logspace(-2, 1, d, dtype=torch.float64)
+    hessian = torch.diag(diagonal) + 1e-4 * torch.randn(d, d, generator=generator, dtype=torch.float64)
+    hessian = (hessian + hessian.T) / 2
+    rotation = build_rotation("global", ["w"], [d], seed=0, dtype=torch.float64)
+    like = torch.zeros(d, dtype=torch.float64)
+    cfg = GeometryConfig(cauchy_vectors=200, bootstrap=0, frobenius_probes=3 * d)
+    eigen = SharpnessConfig(max_iter=200, tol=1e-8)
+
+    def frame(matvec, name):
+        return measure_frame(matvec, like, ["w"], [d], cfg, eigen, tmp_path / f"{name}.npy", name,
+                             lambda total, desc: _NoBar())
+
+    original = frame(lambda v: hessian @ v, "original")
+    rotated = frame(lambda v: rotation.transpose(hessian @ rotation.apply(v)), "rotated")
+    exact = [float(hessian.abs().sum()), float(torch.linalg.matrix_norm(hessian, ord=2))]
+    assert original["l11"]["median"]["total"] == pytest.approx(exact[0], rel=0.1)
+    assert original["ratio"]["median"] < 0.2 and rotated["ratio"]["median"] > 3 * original["ratio"]["median"]
+    assert rotated["spectral"]["value"] == pytest.approx(original["spectral"]["value"], rel=1e-6)
+    assert rotated["frobenius"]["value"] == pytest.approx(original["frobenius"]["value"], rel=1e-6)
+    assert not list(tmp_path.iterdir())  # each sketch file is removed once its statistics are taken
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_block_sums_add_up_to_the_total_and_name_every_layer_and_kind(tiny, tmp_path):
+    objective, _ = tiny
+    numels = [p.numel() for p in objective.params]
+    result = measure_frame(objective.hvp, objective.base, list(objective.names), numels,
+                           GeometryConfig(cauchy_vectors=20, bootstrap=10, frobenius_probes=0), SharpnessConfig(max_iter=20),
+                           tmp_path / "s.npy", "stamp", lambda total, desc: _NoBar())
+    total = result["l11"]["median"]["total"]
+    for grouping in ("layer", "kind"):
+        blocks = result["blocks"][grouping]
+        assert sum(b["dim"] for b in blocks.values()) == objective.dim
+        assert sum(b["median"]["total"] for b in blocks.values()) == pytest.approx(total, rel=1e-9)
+    assert set(result["blocks"]["layer"]) == {"embeddings", "layer 0", "ln_f"}
+    assert set(result["blocks"]["kind"]) == {"embeddings", "attention", "mlp", "layer_norm"}
+    assert result["frobenius"] is None and result["hvps"] == 20 + result["spectral"]["hvps"]
+
+
+def test_an_interrupted_sketch_continues_from_its_last_row(tiny, tmp_path):
+    objective, _ = tiny
+    calls = []
+
+    def dies_after_five(v):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return objective.hvp(v)
+
+    path = tmp_path / "sketch.npy"
+    with pytest.raises(KeyboardInterrupt):
+        cauchy_sketch(dies_after_five, objective.base, 12, seed=0, path=path, stamp="s")
+    assert json.loads(path.with_name("sketch.npy.json").read_text())["done"] == 5
+    before = objective.hvp_count
+    resumed = np.array(cauchy_sketch(objective.hvp, objective.base, 12, seed=0, path=path, stamp="s"))
+    assert objective.hvp_count - before == 7  # only the rows that were missing
+    fresh = np.array(cauchy_sketch(objective.hvp, objective.base, 12, seed=0, path=tmp_path / "fresh.npy", stamp="s"))
+    assert np.array_equal(resumed, fresh)
+    other = cauchy_sketch(objective.hvp, objective.base, 12, seed=0, path=path, stamp="other settings")
+    assert objective.hvp_count - before == 7 + 12 + 12  # other settings start over
+
+
+def test_geometry_stage_end_to_end_skips_and_redoes(tiny_experiment, tmp_path, capsys):
+    from pipeline import run_experiment
+
+    experiment = tiny_experiment("stages: [train, geometry]\n", ["geometry.cauchy_vectors=8", "geometry.bootstrap=5",
+                                                               "geometry.frobenius_probes=6", "sharpness.max_iter=12"])
+    out = tmp_path / "out"
+    run_experiment(experiment, ["train", "geometry"], out)
+    folder = out / experiment.name / "default" / "seed-42"
+    data = json.loads((folder / "geometry.json").read_text())
+    assert set(data) >= {"run", "seed", "fingerprint", "checkpoint", "settings", "device", "dim", "n_tokens", "texts",
+                         "measurement_indices", "frames", "hvp_total", "timings"}
+    for frame in ("original", "rotated"):
+        values = data["frames"][frame]
+        assert set(values) >= {"l11", "linf", "frobenius", "spectral", "ratio", "blocks", "cauchy_vectors", "hvps",
+                               "time_s"}
+        assert values["ratio"]["median"] == pytest.approx(
+            values["l11"]["median"]["total"] / (data["dim"] * values["spectral"]["value"]))
+    assert data["frames"]["rotated"]["rotation"] == "global"
+    assert data["frames"]["rotated"]["spectral"]["value"] == pytest.approx(data["frames"]["original"]["spectral"]["value"],
+                                                                           rel=1e-2)
+    measured = json.loads((folder / "geometry.json").read_text())
+    assert not list(folder.glob("geometry_sketch*"))
+    # the same measurement set as the sharpness stage
+    run_experiment(experiment, ["sharpness"], out)
+    assert torch.load(folder / "measurement.pt", weights_only=True)["indices"] == data["measurement_indices"]
+    capsys.readouterr()
+    run_experiment(experiment, ["geometry"], out)
+    assert "geometry already measured" in capsys.readouterr().out
+    run_experiment(experiment, ["geometry"], out, force=True)
+    redone = json.loads((folder / "geometry.json").read_text())["frames"]
+    for frame in ("original", "rotated"):  # deterministic: the same vectors, the same numbers
+        for key in ("l11", "linf", "spectral", "frobenius", "blocks"):
+            assert redone[frame][key] == measured["frames"][frame][key]
+    changed = tiny_experiment("stages: [train, geometry]\n", ["geometry.cauchy_vectors=9", "geometry.bootstrap=5",
+                                                            "geometry.frobenius_probes=6", "sharpness.max_iter=12",
+                                                            "geometry.rotation=none"])
+    run_experiment(changed, ["geometry"], out)
+    data = json.loads((folder / "geometry.json").read_text())
+    assert data["frames"]["original"]["cauchy_vectors"] == 9 and "rotated" not in data["frames"]
