@@ -27,6 +27,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/train_throughput.py
 	HF_HUB_OFFLINE=1 $(PY) bench/landscape_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/sharpness_speed.py --arch both
+	HF_HUB_OFFLINE=1 $(PY) bench/geometry_speed.py --arch both
 
 clean:
 	rm -rf results .pytest_cache

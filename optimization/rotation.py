@@ -139,7 +139,8 @@ class RotatedWeights:
     @torch.no_grad()
     def pull_gradients(self) -> None:
         """θ̃.grad = Rᵀ ∇θ L, from the gradients backward left on the model."""
-        grads = self._split(self.rotation.transpose(self._flat([p.grad for p in self.params])))
+        grads = self._split(self.rotation.transpose(self._flat(
+            [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params])))  # unused weights: no gradient
         for latent, grad in zip(self.latent, grads):
             latent.grad = grad.clone()
         for p in self.params:

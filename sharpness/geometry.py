@@ -146,21 +146,21 @@ def frobenius_norm(matvec: MatVec, like: torch.Tensor, probes: int, seed: int, p
     if sketched:
         columns = []
         for j in range(sketched):
-            columns.append(matvec(rademacher_vector(dim, seed, j, like)).double())
+            columns.append(matvec(rademacher_vector(dim, seed, j, like)))
             if progress is not None:
                 progress.update(1)
-        basis, _ = torch.linalg.qr(torch.stack(columns, dim=1))  # d × s, orthonormal columns spanning H·S
+        basis, _ = torch.linalg.qr(torch.stack(columns, dim=1))  # d × s in the working dtype, spanning H·S
         del columns
         for j in range(sketched):
-            exact += float(matvec(basis[:, j].to(like)).double().pow(2).sum())
+            exact += float(matvec(basis[:, j].contiguous()).double().pow(2).sum())
             if progress is not None:
                 progress.update(1)
     samples = []
     for j in range(hutchinson):
-        z = rademacher_vector(dim, seed, sketched + j, like).double()
+        z = rademacher_vector(dim, seed, sketched + j, like)
         if basis is not None:
             z = z - basis @ (basis.T @ z)
-        samples.append(float(matvec(z.to(like)).double().pow(2).sum()))
+        samples.append(float(matvec(z).double().pow(2).sum()))
         if progress is not None:
             progress.update(1)
     rest = float(np.mean(samples)) if samples else 0.0
