@@ -158,23 +158,15 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     """Read one trained (run, seed)'s measurements; return the figures they should be drawn in."""
     label, name, fingerprint = f"{run}/seed-{seed}", f"{run}_seed-{seed}", results.trained_with[run][seed]
     sources = {}
-    sharpness = seed_dir / "sharpness.json"
-    data = results.read(sharpness, "sharpness") if sharpness.is_file() else None
-    if data is None:
-        results.absent("sharpness", f"sharpness of {label} (no sharpness.json)")
-    elif data.get("checkpoint") != fingerprint:
-        results.missing.append(f"sharpness of {label} (measured on other weights; run the sharpness stage)")
-    else:
-        results.sharpness.setdefault(run, {})[seed] = data
-
-    geometry = seed_dir / "geometry.json"
-    data = results.read(geometry, "geometry") if geometry.is_file() else None
-    if data is None:
-        results.absent("geometry", f"geometry of {label} (no geometry.json)")
-    elif data.get("checkpoint") != fingerprint:
-        results.missing.append(f"geometry of {label} (measured on other weights; run the geometry stage)")
-    else:
-        results.geometry.setdefault(run, {})[seed] = data
+    for stage, store in (("sharpness", results.sharpness), ("geometry", results.geometry)):
+        path = seed_dir / f"{stage}.json"
+        data = results.read(path, stage) if path.is_file() else None
+        if data is None:
+            results.absent(stage, f"{stage} of {label} (no {path.name})")
+        elif data.get("checkpoint") != fingerprint:
+            results.missing.append(f"{stage} of {label} (measured on other weights; run the {stage} stage)")
+        else:
+            store.setdefault(run, {})[seed] = data
 
     line = seed_dir / "interpolation.json"
     data = results.read(line, "landscape") if line.is_file() else None
