@@ -6,9 +6,8 @@ Every estimator takes a `matvec` (v ↦ Hv), so the rotated Hessian RᵀHR is ju
              standard Cauchy variable (Cauchy variables are 1-stable), so over k vectors both the median of
              |(Hc)ᵢ| and half the inter-quartile range of (Hc)ᵢ estimate ‖Hᵢ‖₁. The k × d matrix of the Hc is kept
              in a float32 memory-mapped file (one row per HVP), never in memory; statistics are taken over
-             chunks of CHUNK columns (memory O(k·CHUNK)). The interval is a percentile bootstrap over the k
-             vectors (the rows share them, so their errors are correlated and no per-row formula applies):
-             B resamples cost O(B·k·d) work in the same chunked pass.
+             chunks of CHUNK columns (memory O(k·CHUNK)). The interval is normal, with the bootstrap standard
+             error over the k vectors (bootstrap_standard_errors), whose cost does not grow with d.
 ‖H‖∞         the largest row ℓ1 norm: the largest of d noisy estimates, so biased upward.
 Blocks       row sums over the rows of one layer or one kind of weight: where the rows' ℓ1 mass sits (all
              columns count; the diagonal block's own (1,1)-norm would need one sketch per block).
@@ -22,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from statistics import NormalDist
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +35,8 @@ from utils.io import read_json, remove, write_json
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 CHUNK = 1 << 16  # columns of the sketch per statistics pass: k·CHUNK float64 values in memory at a time
+BLOCK = 1024  # rows per sampling unit of the bootstrap
+BOOTSTRAP_BLOCKS = 64  # blocks the bootstrap resamples: all rows up to 65,536 weights, a random sample beyond
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,37 +102,75 @@ def remove_sketch(path: Path) -> None:
 def row_norm_statistics(sketch: np.ndarray, segments: list[int], bootstrap: int, confidence: float, seed: int,
                         progress=None) -> dict:
     """Per-row ℓ1-norm estimates from a k × d sketch, summed: the totals, the largest row, the sum over each of
-    the parameter segments (their lengths, in order), and bootstrap intervals of the totals."""
+    the parameter segments (their lengths, in order), and each total's bootstrap interval (`bootstrap_interval`)."""
     k, dim = sketch.shape
-    resamples = np.random.default_rng(seed).integers(0, k, size=(bootstrap, k))
     offsets = np.concatenate([[0], np.cumsum(segments)])
     totals = {"median": 0.0, "half_iqr": 0.0}
     largest = {"median": 0.0, "half_iqr": 0.0}
     per_segment = {name: np.zeros(len(segments)) for name in totals}
-    replicates = {name: np.zeros(bootstrap) for name in totals}
     for start in range(0, dim, CHUNK):
         stop = min(start + CHUNK, dim)
-        values = np.asarray(sketch[:, start:stop], dtype=np.float64)
-        for name, rows in _row_estimates(values).items():
+        for name, rows in row_estimates(np.asarray(sketch[:, start:stop], dtype=np.float64)).items():
             totals[name] += rows.sum()
             largest[name] = max(largest[name], float(rows.max()))
             for s in np.flatnonzero((offsets[:-1] < stop) & (offsets[1:] > start)):
                 per_segment[name][s] += rows[max(offsets[s], start) - start: min(offsets[s + 1], stop) - start].sum()
-        for b, chosen in enumerate(resamples):
-            for name, rows in _row_estimates(values[chosen]).items():
-                replicates[name][b] += rows.sum()
         if progress is not None:
             progress.update(1)
-    tail = 100 * (1 - confidence) / 2
+    errors = bootstrap_standard_errors(sketch, bootstrap, seed) if bootstrap else None
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
     return {name: {"total": float(totals[name]), "largest_row": largest[name], "segments": per_segment[name],
-                   "ci": [float(v) for v in np.percentile(replicates[name], [tail, 100 - tail])] if bootstrap else None}
+                   "bootstrap_se": None if errors is None else errors[name],
+                   "ci": None if errors is None else [float(totals[name] - z * errors[name]),
+                                                      float(totals[name] + z * errors[name])]}
             for name in totals}
 
 
-def _row_estimates(values: np.ndarray) -> dict[str, np.ndarray]:
-    """Row ℓ1-norm estimates from k sketch values per row (axis 0): median of |x| and half the IQR of x."""
-    low, high = np.percentile(values, [25, 75], axis=0)
-    return {"median": np.median(np.abs(values), axis=0), "half_iqr": (high - low) / 2}
+def row_estimates(values: np.ndarray) -> dict[str, np.ndarray]:
+    """Row ℓ1-norm estimates from k sketch values per row (axis 0): the median of |x| and half the inter-quartile
+    range of x, each order statistic interpolated linearly as numpy's median and percentile do (one sort each,
+    about three times faster than np.median and np.percentile)."""
+    k = values.shape[0]
+
+    def quantile(ordered: np.ndarray, q: float) -> np.ndarray:
+        position = q * (k - 1)
+        low, high = int(np.floor(position)), int(np.ceil(position))
+        return ordered[low] + (position - low) * (ordered[high] - ordered[low])
+
+    signed = np.sort(values, axis=0)
+    return {"median": quantile(np.sort(np.abs(values), axis=0), 0.5),
+            "half_iqr": (quantile(signed, 0.75) - quantile(signed, 0.25)) / 2}
+
+
+def bootstrap_standard_errors(sketch: np.ndarray, resamples: int, seed: int) -> dict[str, float]:
+    """Standard error of each estimator's total over the k vectors, by the bootstrap (resampling the k vectors;
+    the rows share them, so their errors are correlated and no per-row formula applies).
+
+    Resampling all d rows costs O(resamples·k·d): days on a CPU for 82M weights. So the rows are split into
+    blocks of BLOCK and the bootstrap runs on up to BOOTSTRAP_BLOCKS blocks drawn without replacement; with
+    N blocks in all and n drawn, the variance of the total, Σ var(t_u) + Σ_{u≠v} cov(t_u, t_v) over blocks u, v,
+    is estimated without bias from the drawn ones as (N/n)·Σ var + N(N−1)/(n(n−1))·Σ cov (exact when n = N)."""
+    k, dim = sketch.shape
+    blocks = math.ceil(dim / BLOCK)
+    drawn = np.sort(np.random.default_rng([seed, 0]).choice(blocks, size=min(blocks, BOOTSTRAP_BLOCKS), replace=False))
+    columns = np.concatenate([np.arange(u * BLOCK, min((u + 1) * BLOCK, dim)) for u in drawn])
+    values = np.concatenate([np.asarray(sketch[:, u * BLOCK:(u + 1) * BLOCK], dtype=np.float64) for u in drawn], axis=1)
+    starts = np.searchsorted(columns, drawn * BLOCK)
+    block_totals = {"median": np.zeros((resamples, len(drawn))), "half_iqr": np.zeros((resamples, len(drawn)))}
+    for b, chosen in enumerate(np.random.default_rng([seed, 1]).integers(0, k, size=(resamples, k))):
+        for name, rows in row_estimates(values[chosen]).items():
+            block_totals[name][b] = np.add.reduceat(rows, starts)
+    n, total_blocks = len(drawn), blocks
+    errors = {}
+    for name, per_block in block_totals.items():
+        within = per_block.var(axis=0, ddof=1).sum()           # Σ over drawn blocks of var(t_u)
+        overall = per_block.sum(axis=1).var(ddof=1)            # var of the drawn blocks' total
+        if n == total_blocks:
+            variance = overall
+        else:
+            variance = total_blocks / n * within + total_blocks * (total_blocks - 1) / (n * (n - 1)) * (overall - within)
+        errors[name] = math.sqrt(max(variance, 0.0))
+    return errors
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,8 +265,8 @@ def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: 
     if cfg.frobenius_probes:
         with bar(cfg.frobenius_probes, f"{label} ‖H‖_F") as progress:
             frobenius = frobenius_norm(counted, like, cfg.frobenius_probes, cfg.seed + 1, progress)
-    l11 = {name: {"total": s["total"], "per_coordinate": s["total"] / dim, "ci": s["ci"], "confidence": cfg.confidence}
-           for name, s in stats.items()}
+    l11 = {name: {"total": s["total"], "per_coordinate": s["total"] / dim, "ci": s["ci"], "confidence": cfg.confidence,
+                  "bootstrap_se": s["bootstrap_se"]} for name, s in stats.items()}
     scale = dim * spectral["value"]
     return {
         "l11": l11,

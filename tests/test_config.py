@@ -38,6 +38,7 @@ def run_cli(args, tmp_path, capsys):
     ("train:\n  betas: [0.9]\n", "train.betas: expected two numbers"),
     ("train:\n  betas: [0.9, 1.0]\n", "train.betas: must be < 1"),
     ("train:\n  rotation: random\n", "train.rotation: must be one of 'none', 'global', 'per-layer'"),
+    ("geometry:\n  bootstrap: 1\n", "geometry.bootstrap: one resample has no spread"),
 ])
 def test_bad_config_exits_2_naming_file_and_key(write_config, tmp_path, capsys, body, expected):
     path = write_config(body)

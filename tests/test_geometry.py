@@ -191,3 +191,22 @@ def test_geometry_stage_end_to_end_skips_and_redoes(tiny_experiment, tmp_path, c
     run_experiment(changed, ["geometry"], out)
     data = json.loads((folder / "geometry.json").read_text())
     assert data["frames"]["original"]["cauchy_vectors"] == 9 and "rotated" not in data["frames"]
+
+
+def test_the_block_sampled_bootstrap_estimates_the_full_bootstrap_standard_error(monkeypatch):
+    """On a sketch of 100,000 correlated rows, 64 drawn blocks of 1,024 give the standard error of all of them
+    (the same resamples of the vectors in both, so only the sampling of blocks differs)."""
+    import sharpness.geometry as geometry
+
+    generator = np.random.default_rng(0)
+    k, dim = 20, 100_000
+    scale = generator.uniform(0.1, 10.0, dim)
+    shared = generator.standard_cauchy(k)[:, None]  # every row sees the same draws: correlated errors
+    sketch = (scale * (0.5 * shared + generator.standard_cauchy((k, dim)))).astype(np.float32)
+    sampled = geometry.bootstrap_standard_errors(sketch, 100, seed=2)
+    monkeypatch.setattr(geometry, "BOOTSTRAP_BLOCKS", 10**6)  # every block: the plain bootstrap
+    full = geometry.bootstrap_standard_errors(sketch, 100, seed=2)
+    total = geometry.row_estimates(sketch.astype(np.float64))["median"].sum()
+    assert full["median"] > 0.05 * total  # the shared draws make the total uncertain
+    assert sampled["median"] == pytest.approx(full["median"], rel=0.05)
+    assert sampled["half_iqr"] == pytest.approx(full["half_iqr"], rel=0.25)  # heavier-tailed: noisier

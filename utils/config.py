@@ -105,7 +105,7 @@ class SharpnessConfig:
 @dataclass
 class GeometryConfig:
     cauchy_vectors: int = option(50, "Cauchy sketches of the Hessian's row ℓ1 norms (k)", ge=1)
-    bootstrap: int = option(100, "bootstrap resamples of the k sketches for the confidence intervals (0: off)", ge=0)
+    bootstrap: int = option(100, "bootstrap resamples of the k sketches for the intervals (0: off, else at least 2)", ge=0)
     confidence: float = option(0.95, "confidence level of the intervals", gt=0, lt=1)
     frobenius_probes: int = option(30, "Hutch++ Rademacher probes for ‖H‖_F (0: off)", ge=0)
     rotation: Literal["none", "global", "per-layer"] = option(
@@ -509,6 +509,8 @@ def _check_run(run: RunConfig, flat: dict) -> None:
             check_scratch_config(run.model, run.data.max_length)
         except ValueError as err:
             raise ConfigError(f"{where('model.config')}: {err}") from None
+    if run.geometry.bootstrap == 1:
+        raise ConfigError(f"{where('geometry.bootstrap')}: one resample has no spread; use 0 (no interval) or at least 2")
     if len(run.train.betas) != 2:
         raise ConfigError(f"{where('train.betas')}: expected two numbers [beta1, beta2], got {run.train.betas}")
     if run.landscape.alpha_min >= run.landscape.alpha_max:
