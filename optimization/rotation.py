@@ -142,6 +142,6 @@ class RotatedWeights:
         grads = self._split(self.rotation.transpose(self._flat(
             [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params])))  # unused weights: no gradient
         for latent, grad in zip(self.latent, grads):
-            latent.grad = grad.clone()
+            latent.grad = grad  # a view of the one rotated gradient: no copy
         for p in self.params:
             p.grad = None

@@ -3,8 +3,9 @@
 Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
   init.pt         the weights before the first step
   last.pt         written after every epoch while the run is unfinished: model, optimizer, scheduler,
-                  RNG state, history and, for a rotated run (train.rotation), the optimizer's weights θ̃; an interrupted run continues from it with bit-identical
-                  results on CPU (the data order is a pure function of seed and epoch)
+                  RNG state, history and, for a rotated run (train.rotation), the optimizer's weights θ̃;
+                  an interrupted run continues from it with bit-identical results on CPU (the data
+                  order is a pure function of seed and epoch)
   checkpoint.pt   the final weights (last.pt is then removed)
   metrics.json    learning curves, test loss, cost and provenance
   tokenizer/      the tokenizer, when it is not a hub id
