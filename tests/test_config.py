@@ -122,3 +122,19 @@ def test_stages_come_from_the_command_line_else_the_config_else_the_default(writ
     assert experiment_stages(listed, None) == ["train", "geometry", "report"]  # the registry's order
     assert experiment_stages(listed, "train") == ["train"]
     assert load_experiment(write_config(), ["stages=[train,geometry]"]).stages == ["train", "geometry"]
+
+
+def test_runs_trained_before_the_new_training_keys_keep_their_fingerprints():
+    """betas, eps and the rotation came later: at their defaults (or unused, as betas for SGD) they leave the
+    fingerprint as it was, so finished runs are not trained again (values of the version before them)."""
+    from dataclasses import replace
+
+    from utils.layout import training_fingerprint
+
+    runs = load_experiment(REPO / "config/exp1.yaml").jobs()
+    assert [training_fingerprint(run) for run in runs] == ["fd0786f44be77610", "5b0802d26bb77956"]
+    sgd = runs[0]
+    assert training_fingerprint(replace(sgd, train=replace(sgd.train, betas=[0.5, 0.9]))) == "fd0786f44be77610"
+    assert training_fingerprint(replace(sgd, train=replace(sgd.train, rotation="global"))) != "fd0786f44be77610"
+    adam = replace(sgd, train=replace(sgd.train, optimizer="adam"))
+    assert training_fingerprint(replace(adam, train=replace(adam.train, betas=[0.5, 0.9]))) != training_fingerprint(adam)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from utils.config import Experiment, RunConfig
+from utils.config import Experiment, RunConfig, TrainConfig
 from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 
@@ -64,9 +64,21 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
     return jobs
 
 
+# Training settings added after results existed: hashed only where they change the weights, so that runs
+# trained before they existed (with what are now their defaults) keep their fingerprints and results.
+_ADDED_TRAIN_KEYS = ("betas", "eps", "rotation", "rotation_seed")
+
+
 def training_fingerprint(run: RunConfig) -> str:
     """Hash of everything that determines the trained weights (not the device or later stages)."""
-    settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": asdict(run.train)}
+    train, defaults = asdict(run.train), asdict(TrainConfig())
+    unused = {"betas", "eps"} if run.train.optimizer in ("sgd", "signsgd") else set()
+    if run.train.rotation == "none":
+        unused.add("rotation_seed")
+    for key in _ADDED_TRAIN_KEYS:
+        if key in unused or train[key] == defaults[key]:
+            del train[key]
+    settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": train}
     return fingerprint(settings)
 
 
