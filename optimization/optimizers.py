@@ -58,8 +58,9 @@ class SignSGD(torch.optim.Optimizer):
 
 class BlockAdam(torch.optim.Optimizer):
     """Adam with a second moment shared by a block: every coordinate of the group (`block="group"`, AdaSGD)
-    or of each tensor (`block="tensor"`). The shared moment is a 0-d tensor in the state of the block's
-    parameters (of the group's first parameter for "group"), so state_dict() saves it."""
+    or of each tensor (`block="tensor"`). Each moment is a 0-d tensor in the optimizer state, so state_dict()
+    saves it; a group's lives, with its own step count, in the state of the group's first parameter, whether or
+    not that parameter has a gradient in a step."""
 
     def __init__(self, params, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
                  block: str = "tensor"):
@@ -67,6 +68,16 @@ class BlockAdam(torch.optim.Optimizer):
             raise ValueError(f"block must be 'group' or 'tensor', got {block!r}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay,
                                   "block": block})
+
+    @staticmethod
+    def _second_moment(state: dict, like: torch.Tensor, beta2: float, mean_square: torch.Tensor) -> torch.Tensor:
+        """v ← β₂·v + (1−β₂)·mean(g²) for the block whose moment `state` holds; return v̂ (bias-corrected)."""
+        if "shared_step" not in state:
+            state["shared_step"] = torch.zeros((), dtype=torch.float64)
+            state["exp_avg_sq"] = torch.zeros((), dtype=like.dtype, device=like.device)
+        state["shared_step"] += 1
+        state["exp_avg_sq"].mul_(beta2).add_(mean_square, alpha=1 - beta2)
+        return state["exp_avg_sq"] / (1 - beta2 ** float(state["shared_step"]))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -76,26 +87,21 @@ class BlockAdam(torch.optim.Optimizer):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
+            if group["block"] == "group":  # one mean of g² over every coordinate that has a gradient
+                mean_square = sum(p.grad.pow(2).sum() for p in params) / sum(p.numel() for p in params)
+                first = group["params"][0]
+                shared = self._second_moment(self.state[first], first, beta2, mean_square)
+                second = {id(p): shared for p in params}
+            else:
+                second = {id(p): self._second_moment(self.state[p], p, beta2, p.grad.pow(2).mean()) for p in params}
             for p in params:
                 state = self.state[p]
                 if "step" not in state:
                     state["step"] = torch.zeros((), dtype=torch.float64)
                     state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros((), dtype=p.dtype, device=p.device)
                 state["step"] += 1
                 state["exp_avg"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
-            if group["block"] == "group":  # one mean of g² over every coordinate of the group
-                total = sum(p.grad.pow(2).sum() for p in params) / sum(p.numel() for p in params)
-                shared = self.state[params[0]]["exp_avg_sq"].mul_(beta2).add_(total, alpha=1 - beta2)
-                second = {id(p): shared for p in params}
-            else:
-                second = {id(p): self.state[p]["exp_avg_sq"].mul_(beta2).add_(p.grad.pow(2).mean(), alpha=1 - beta2)
-                          for p in params}
-            for p in params:
-                state = self.state[p]
-                step = float(state["step"])
-                m_hat = state["exp_avg"] / (1 - beta1 ** step)
-                v_hat = second[id(p)] / (1 - beta2 ** step)
+                m_hat = state["exp_avg"] / (1 - beta1 ** float(state["step"]))
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(m_hat / (v_hat.sqrt() + group["eps"]), alpha=-group["lr"])
+                p.add_(m_hat / (second[id(p)].sqrt() + group["eps"]), alpha=-group["lr"])
         return loss

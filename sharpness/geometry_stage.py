@@ -1,10 +1,15 @@
 """The `geometry` stage: the Hessian's ℓ∞ against ℓ2 geometry of every trained run (sharpness.geometry).
 
 Writes <run dir>/geometry.json with one frame per coordinate system: `original` (H) and, unless
-geometry.rotation is none, `rotated` (RᵀH R, the Hessian of θ̃ ↦ L(Rθ̃)). It measures on the sharpness
+geometry.rotation is none, `rotated` (RᵀHR, the Hessian of θ̃ ↦ L(Rθ̃)). It measures on the sharpness
 measurement set (data.measurement.measurement_set: the same texts as sharpness.json) with the sharpness
-eigen-solver settings. While a frame's Cauchy sketch is being computed, geometry_sketch_<frame>.npy (and its
-.json state) in the run folder hold the finished rows; an interrupted stage continues from them.
+eigen-solver settings.
+
+Work survives a kill at two levels: while a frame's Cauchy sketch is computed, geometry_sketch_<frame>.npy
+(and its .json state) hold the finished rows; a finished frame is kept in geometry.partial.json until the
+run's geometry.json is written. Each frame records the settings it depends on (`stamp`), so a frame whose
+settings did not change, for instance the original frame after geometry.rotation changed, is not measured
+again.
 """
 
 from __future__ import annotations
@@ -23,19 +28,41 @@ from optimization.rotation import build_rotation
 from sharpness.geometry import measure_frame, remove_sketch
 from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
-from utils.io import fingerprint, read_own_output, write_json
+from utils.io import fingerprint, read_own_output, remove, write_json
 from utils.layout import run_label, trained_runs, trained_with
 from utils.progress import progress
 
 EIGEN_KEYS = ("batches", "batch_size", "seed", "max_iter", "tol", "hvp")  # the sharpness settings it uses
+PARTIAL = "geometry.partial.json"
 
 
 def geometry_settings(run: RunConfig) -> dict:
     return {"geometry": asdict(run.geometry), "sharpness": {key: getattr(run.sharpness, key) for key in EIGEN_KEYS}}
 
 
+def frame_stamps(run: RunConfig, checkpoint: str, frame: str) -> tuple[str, str]:
+    """(the stamp of the frame's results, the stamp of its Cauchy sketch): the settings each depends on."""
+    g, s = run.geometry, run.sharpness
+    sketch = {"checkpoint": checkpoint, "frame": frame, "cauchy_vectors": g.cauchy_vectors, "seed": g.seed,
+              "measurement": [s.batches, s.batch_size, s.seed, s.hvp]}
+    if frame == "rotated":
+        sketch["rotation"] = [g.rotation, g.rotation_seed]
+    results = {**sketch, "bootstrap": g.bootstrap, "confidence": g.confidence, "frobenius_probes": g.frobenius_probes,
+               "eigen": [s.max_iter, s.tol]}
+    return fingerprint(results), fingerprint(sketch)
+
+
 def _bar(total: int, desc: str):
     return progress(total=total, desc=desc)
+
+
+def _finished_frames(folder: Path, label: str) -> dict:
+    """Frames measured before, from geometry.json or an interrupted run's geometry.partial.json."""
+    frames = {}
+    for name in ("geometry.json", PARTIAL):
+        done = read_own_output(folder / name, label=label)
+        frames.update((done or {}).get("frames", {}))
+    return frames
 
 
 def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
@@ -45,14 +72,16 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
         checkpoint = trained_with(folder)
         stamp = fingerprint({"settings": settings, "checkpoint": checkpoint})
         result_path = folder / "geometry.json"
-        done = None if force else read_own_output(result_path, label=label)
-        if done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, checkpoint):
+        frames = ["original"] + ([] if run.geometry.rotation == "none" else ["rotated"])
+        stamps = {frame: frame_stamps(run, checkpoint, frame) for frame in frames}
+        for sketch in folder.glob("geometry_sketch_*.npy"):  # a frame no longer measured, or a forced redo
+            if force or sketch.stem.removeprefix("geometry_sketch_") not in frames:
+                remove_sketch(sketch)
+        finished = {} if force else {frame: data for frame, data in _finished_frames(folder, label).items()
+                                     if frame in stamps and data.get("stamp") == stamps[frame][0]}
+        if set(finished) == set(frames) and (read_own_output(result_path) or {}).get("fingerprint") == stamp:
             print(f"{label}: geometry already measured with these settings; skipping (--force redoes it)")
             continue
-        frames = ["original"] + ([] if run.geometry.rotation == "none" else ["rotated"])
-        if force:
-            for frame in frames:
-                remove_sketch(folder / f"geometry_sketch_{frame}.npy")
 
         device = resolve_device(run.device)
         trained = load_trained(folder / "checkpoint.pt", device)
@@ -63,6 +92,10 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
         start = time.perf_counter()
         result = {}
         for frame in frames:
+            if frame in finished:
+                print(f"{label}: {frame} frame already measured with these settings; kept")
+                result[frame] = finished[frame]
+                continue
             matvec = objective.hvp
             if frame == "rotated":
                 rotation = build_rotation(run.geometry.rotation, names, numels, run.geometry.rotation_seed,
@@ -71,10 +104,12 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
                 def matvec(v, rotation=rotation):  # the Hessian of θ̃ ↦ L(Rθ̃) is RᵀHR
                     return rotation.transpose(objective.hvp(rotation.apply(v)))
             result[frame] = measure_frame(matvec, objective.base, names, numels, run.geometry, run.sharpness,
-                                          folder / f"geometry_sketch_{frame}.npy", f"{stamp}-{frame}", _bar,
+                                          folder / f"geometry_sketch_{frame}.npy", stamps[frame][1], _bar,
                                           f"{label} {frame}")
+            result[frame]["stamp"] = stamps[frame][0]
             if frame == "rotated":
                 result[frame].update(rotation=run.geometry.rotation, rotation_seed=run.geometry.rotation_seed)
+            write_json(folder / PARTIAL, {"frames": result})
         timings = {f"{frame}_s": result[frame]["time_s"] for frame in frames}
         timings["total_s"] = time.perf_counter() - start
         write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
@@ -82,6 +117,7 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
                                  "n_tokens": objective.n_tokens, "texts": texts.counts(),
                                  "measurement_indices": measurement.indices, "frames": result,
                                  "hvp_total": objective.hvp_count, "timings": timings})
+        remove(folder / PARTIAL)
         line = ", ".join(f"{frame}: ‖H‖₁,₁/d {result[frame]['l11']['median']['per_coordinate']:.3g}, "
                          f"‖H‖₂ {result[frame]['spectral']['value']:.3g}, ratio {result[frame]['ratio']['median']:.3g}"
                          for frame in frames)

@@ -99,3 +99,25 @@ def test_state_dict_round_trip_continues_identically(name):
     w.grad, b.grad = GRADIENTS[1].clone(), BIAS[1].clone()
     resumed.step()
     assert torch.equal(w.detach(), straight[1][0]) and torch.equal(b.detach(), straight[1][1])
+
+
+def test_adasgd_keeps_its_shared_moment_when_the_first_parameter_has_no_gradient():
+    """A constant gradient of 1: the update is lr every step, also in steps where another tensor has none."""
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))
+    optimizer = BlockAdam([a, b], lr=0.1, block="group")
+    for grad_a in (torch.ones(2), None, None):
+        a.grad, b.grad = grad_a, torch.ones(3)
+        optimizer.step()
+    assert torch.allclose(b.detach(), torch.full((3,), -0.3), atol=1e-6)
+    assert torch.allclose(a.detach(), torch.full((2,), -0.1), atol=1e-6)
+
+
+def test_adamw_decays_decoupled_by_hand():
+    lr, (beta1, beta2), eps, wd = 0.01, (0.9, 0.999), 1e-8, 0.1
+    history, _ = steps(lambda p: make_optimizer(p, TrainConfig(optimizer="adamw", lr=lr, betas=[beta1, beta2],
+                                                                eps=eps, weight_decay=wd)), n_steps=1)
+    w0, g = torch.tensor([[1.0, 2.0], [-1.0, 0.5]]), GRADIENTS[0]
+    m_hat = (1 - beta1) * g / (1 - beta1)
+    v_hat = (1 - beta2) * g**2 / (1 - beta2)
+    expected = w0 * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
+    assert torch.allclose(history[0][0], expected, atol=1e-7)

@@ -513,7 +513,8 @@ def geometry_detail_table(results: ExperimentResults) -> str:
                 spectral = values["spectral"]
                 norm_2 = format_number(spectral["value"]) + ("" if spectral["converged"] else " (not converged)")
                 frobenius = values["frobenius"]
-                norm_f = "–" if frobenius is None else f"{format_number(frobenius['value'])} ± {format_number(frobenius['stderr'], 2)}"
+                norm_f = "–" if frobenius is None else format_number(frobenius["value"]) + (
+                    f" ± {format_number(frobenius['stderr'], 2)}" if math.isfinite(float(frobenius["stderr"])) else "")
                 lines.append(f"| {run} | {seed} | {name} | {_interval(values['l11']['median'])} | "
                              f"{_interval(values['l11']['half_iqr'])} | {format_number(values['linf']['median'])} | "
                              f"{norm_2} | {norm_f} | {data['dim']} |")

@@ -138,7 +138,10 @@ def _geometry_sections(results: ExperimentResults, summary: dict, figures: dict)
         "median estimator), its spectral norm and the paper's ratio ‖H‖₁,₁/(d‖H‖₂). For ‖x‖∞ ≤ 1, xᵀHx is at most "
         "‖H‖₁,₁ and at most d‖H‖₂ (what ℓ2 smoothness gives), so a ratio well below 1 means a loss much smoother in "
         "ℓ∞ than ℓ2 predicts, which coordinate-wise methods (Adam, SignSGD) can exploit and SGD cannot. Both frames: "
-        "the loss's own coordinates, and after a random rotation R, which leaves ‖H‖₂ and ‖H‖_F unchanged:",
+        "the loss's own coordinates, and after a random rotation R, which leaves ‖H‖₂ and ‖H‖_F unchanged (their "
+        "estimates differ by the estimators' noise: ‖H‖_F's standard error is in the per-seed table below). The "
+        "intervals of ‖H‖₁,₁ are wide at the paper's k = 50: every row shares the same k vectors, so the rows' "
+        "errors do not average out.",
         markdown_table(summary, geometry_columns()),
         _image(figures.get("geometry_norms"), "Hessian norms"),
     ]
