@@ -264,3 +264,20 @@ def test_hutchpp_with_more_probes_than_dimensions_is_exact():
     hessian = torch.diag(torch.arange(1.0, 11.0, dtype=torch.float64))
     result = frobenius_norm(lambda v: hessian @ v, torch.zeros(10, dtype=torch.float64), 33, seed=0)
     assert result["value"] == pytest.approx(float(torch.linalg.matrix_norm(hessian)), rel=1e-9)
+
+
+def test_a_sketch_that_does_not_fit_on_the_disk_is_one_clear_error(tmp_path, monkeypatch):
+    """The sketch's space is claimed when it is created (a memory map of a sparse file would die of SIGBUS)."""
+    import errno
+    import os
+
+    from utils.errors import OutputError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    path = tmp_path / "sketch.npy"
+    with pytest.raises(OutputError, match="sketch.npy: the disk is full"):
+        cauchy_sketch(lambda v: v, torch.zeros(100), 5, seed=0, path=path, stamp="s")
+    assert not path.exists()
