@@ -75,8 +75,13 @@ def test_a_rotation_keeps_the_l2_and_frobenius_norms_and_the_estimators_see_r_t_
     assert spectral[1] == pytest.approx(spectral[0], rel=1e-4)
     frobenius = [frobenius_norm(m, like, 3 * objective.dim, seed=0)["value"] for m in (lambda v: hessian @ v, matvec)]
     assert frobenius[1] == pytest.approx(frobenius[0], rel=1e-4)
-    stats = l11_estimates(matvec, like, 400, tmp_path)
-    assert stats["median"]["total"] == pytest.approx(float(rotated.abs().sum()), rel=0.05)
+    # RᵀHR is dense: its rows are alike and share the k vectors, so their errors hardly average out and the
+    # total is about as uncertain as one row (π/(2√k) ≈ 8% at k = 400); the interval says so
+    stats = l11_estimates(matvec, like, 400, tmp_path, bootstrap=200)
+    exact = float(rotated.abs().sum())
+    assert stats["median"]["total"] == pytest.approx(exact, rel=0.2)
+    low, high = stats["median"]["ci"]
+    assert low <= exact <= high
 
 
 def test_a_rotation_destroys_a_diagonal_dominant_hessians_l_infinity_geometry(tmp_path):
