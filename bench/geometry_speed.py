@@ -33,7 +33,7 @@ from bench.sharpness_speed import SHAPES, full_batch  # noqa: E402
 from data.batches import to_device  # noqa: E402
 from models.models import build_model  # noqa: E402
 from optimization.evaluation import summed_token_loss  # noqa: E402
-from optimization.objective import Objective  # noqa: E402
+from optimization.objective import Objective, flatten  # noqa: E402
 from optimization.rotation import RotatedWeights  # noqa: E402
 from sharpness.geometry import cauchy_sketch, row_norm_statistics  # noqa: E402
 from utils.config import ModelConfig  # noqa: E402
@@ -75,7 +75,7 @@ def rotation_overhead(model, batch, device, repeats: int) -> dict:
     for _ in range(repeats):
         times["plain"].append(timed(lambda: step(False), device))
         times["rotated"].append(timed(lambda: step(True), device))
-    x = rotated._flat(rotated.latent).detach()
+    x = flatten(rotated.latent).detach()
     apply = timed(lambda: rotated.rotation.apply(x), device)
     transpose = timed(lambda: rotated.rotation.transpose(x), device)
     return {**{k: statistics.median(v) for k, v in times.items()}, "apply": apply, "transpose": transpose}

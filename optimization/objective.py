@@ -18,6 +18,16 @@ from data.batches import Batch, count_targets, to_device
 from optimization.evaluation import summed_token_loss
 
 
+def flatten(tensors) -> torch.Tensor:
+    """One flat vector of the tensors, in order."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def views(flat: torch.Tensor, like) -> list[torch.Tensor]:
+    """Views of a flat vector shaped like each tensor of `like` (no copy)."""
+    return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in like]), like)]
+
+
 class Objective:
     def __init__(self, model, batches: list[Batch], hvp_mode: str = "reverse"):
         if hvp_mode not in ("reverse", "forward"):
@@ -34,11 +44,11 @@ class Objective:
 
     # ---- vectors ---------------------------------------------------------------------------
     def flatten(self, tensors) -> torch.Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])
+        return flatten(tensors)
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Per-parameter views of a flat vector (no copy)."""
-        return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
+        return views(flat, self.params)
 
     # ---- moving the weights ----------------------------------------------------------------
     @torch.no_grad()

@@ -28,6 +28,7 @@ import math
 import torch
 
 from models.parameters import layer_groups
+from optimization.objective import flatten, views
 
 ROTATIONS = ("none", "global", "per-layer")
 FACTORS = 4   # Kronecker factors per block (see above)
@@ -126,26 +127,20 @@ class RotatedWeights:
         self.rotation = build_rotation(kind, [n for n, _ in named], [p.numel() for p in self.params], seed,
                                        first.device, first.dtype)
         if latent is None:  # θ̃₀ = Rᵀθ₀: the model starts where it would without the rotation, up to rounding
-            latent = self._split(self.rotation.transpose(self._flat([p.detach() for p in self.params])))
+            latent = views(self.rotation.transpose(flatten([p.detach() for p in self.params])), self.params)
         self.latent = [torch.nn.Parameter(t.detach().clone().to(first.device)) for t in latent]
         self.push()
-
-    def _flat(self, tensors) -> torch.Tensor:
-        return torch.cat([t.reshape(-1) for t in tensors])
-
-    def _split(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in self.params]), self.params)]
 
     @torch.no_grad()
     def push(self) -> None:
         """Set the model's weights to θ = Rθ̃ (after every optimizer step)."""
-        torch._foreach_copy_(self.params, self._split(self.rotation.apply(self._flat(self.latent))))
+        torch._foreach_copy_(self.params, views(self.rotation.apply(flatten(self.latent)), self.params))
 
     @torch.no_grad()
     def pull_gradients(self) -> None:
         """θ̃.grad = Rᵀ ∇θ L, from the gradients backward left on the model."""
-        grads = self._split(self.rotation.transpose(self._flat(
-            [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params])))  # unused weights: no gradient
+        grads = views(self.rotation.transpose(flatten(
+            [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params])), self.params)  # unused: none
         for latent, grad in zip(self.latent, grads):
             latent.grad = grad  # a view of the one rotated gradient: no copy
         for p in self.params:

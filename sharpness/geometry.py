@@ -35,6 +35,7 @@ import torch
 
 from models.parameters import parameter_kind, parameter_layer
 from sharpness.eigen import lanczos
+from sharpness.sharpness import rademacher
 from utils.errors import CorruptFileError
 from utils.io import output_error, read_json, remove, write_json
 
@@ -57,7 +58,7 @@ def cauchy_vector(dim: int, seed: int, index: int, like: torch.Tensor) -> torch.
 
 
 def rademacher_vector(dim: int, seed: int, index: int, like: torch.Tensor) -> torch.Tensor:
-    return (torch.randint(0, 2, (dim,), generator=_generator(seed, index)) * 2 - 1).to(like)
+    return rademacher(dim, _generator(seed, index), like)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -211,9 +212,9 @@ def bootstrap_standard_errors(sketch: np.ndarray, resamples: int, seed: int) -> 
     k, dim = sketch.shape
     blocks = math.ceil(dim / BLOCK)
     drawn = np.sort(np.random.default_rng([seed, 0]).choice(blocks, size=min(blocks, BOOTSTRAP_BLOCKS), replace=False))
-    columns = np.concatenate([np.arange(u * BLOCK, min((u + 1) * BLOCK, dim)) for u in drawn])
-    values = np.concatenate([np.asarray(sketch[:, u * BLOCK:(u + 1) * BLOCK], dtype=np.float64) for u in drawn], axis=1)
-    starts = np.searchsorted(columns, drawn * BLOCK)
+    values = [np.asarray(sketch[:, u * BLOCK:(u + 1) * BLOCK], dtype=np.float64) for u in drawn]
+    starts = np.cumsum([0] + [v.shape[1] for v in values[:-1]])  # where each drawn block begins in `values`
+    values = np.concatenate(values, axis=1)
     block_totals = {"median": np.zeros((resamples, len(drawn))), "half_iqr": np.zeros((resamples, len(drawn)))}
     for b, chosen in enumerate(np.random.default_rng([seed, 1]).integers(0, k, size=(resamples, k))):
         for name, rows in row_estimates(values[chosen]).items():
@@ -302,7 +303,7 @@ def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: 
                   sketch_path: Path, stamp: str, bar: Callable, label: str = "") -> dict:
     """Every geometry figure of the operator `matvec` (see the module docstring); `cfg` is a GeometryConfig,
     `eigen_cfg` the SharpnessConfig whose max_iter, tol and seed the Lanczos run uses, and `bar(total, desc)`
-    makes a progress bar. The sketch file is removed once its statistics are taken."""
+    makes a progress bar. The sketch file is removed when the frame is done."""
     start, hvps = time.perf_counter(), 0
     dim = like.numel()
 
@@ -316,7 +317,6 @@ def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: 
     with bar(math.ceil(dim / CHUNK), f"{label} row norms") as progress:
         stats = row_norm_statistics(sketch, numels, cfg.bootstrap, cfg.confidence, cfg.seed, progress)
     del sketch
-    remove_sketch(sketch_path)
     with bar(eigen_cfg.max_iter, f"{label} ‖H‖₂") as progress:
         spectral = spectral_norm(counted, like, eigen_cfg.max_iter, eigen_cfg.tol, eigen_cfg.seed, progress)
     frobenius = None
@@ -325,6 +325,7 @@ def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: 
             frobenius = frobenius_norm(counted, like, cfg.frobenius_probes, cfg.seed + 1, progress)
     l11 = {name: {"total": s["total"], "per_coordinate": s["total"] / dim, "ci": s["ci"], "confidence": cfg.confidence,
                   "bootstrap_se": s["bootstrap_se"]} for name, s in stats.items()}
+    remove_sketch(sketch_path)  # only now: a kill in Lanczos or Hutch++ keeps the finished sketch
     scale = dim * spectral["value"]
     return {
         "l11": l11,

@@ -56,15 +56,6 @@ def _bar(total: int, desc: str):
     return progress(total=total, desc=desc)
 
 
-def _finished_frames(folder: Path, label: str) -> dict:
-    """Frames measured before, from geometry.json or an interrupted run's geometry.partial.json."""
-    frames = {}
-    for name in ("geometry.json", PARTIAL):
-        done = read_own_output(folder / name, label=label)
-        frames.update((done or {}).get("frames", {}))
-    return frames
-
-
 def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
     for run, folder in trained_runs(experiment, output):
         label = run_label(experiment, run)
@@ -77,9 +68,11 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
         for sketch in folder.glob("geometry_sketch_*.npy"):  # a frame no longer measured, or a forced redo
             if force or sketch.stem.removeprefix("geometry_sketch_") not in frames:
                 remove_sketch(sketch)
-        finished = {} if force else {frame: data for frame, data in _finished_frames(folder, label).items()
-                                     if frame in stamps and data.get("stamp") == stamps[frame][0]}
-        if set(finished) == set(frames) and (read_own_output(result_path) or {}).get("fingerprint") == stamp:
+        done = {} if force else read_own_output(result_path, label=label) or {}
+        partial = {} if force else read_own_output(folder / PARTIAL, label=label) or {}  # an interrupted run's frames
+        finished = {frame: data for frame, data in {**done.get("frames", {}), **partial.get("frames", {})}.items()
+                    if frame in stamps and data.get("stamp") == stamps[frame][0]}
+        if set(finished) == set(frames) and done.get("fingerprint") == stamp:
             print(f"{label}: geometry already measured with these settings; skipping (--force redoes it)")
             continue
 

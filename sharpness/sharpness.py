@@ -145,11 +145,16 @@ def worst_case(objective: Objective, base_loss: float, start: torch.Tensor, eps:
     return _resolved(value, ("value_pct",), loss_resolution_pct(objective.base.dtype))
 
 
+def rademacher(dim: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """A vector of independent ±1 entries, typed and placed like `like`."""
+    return (torch.randint(0, 2, (dim,), generator=generator) * 2 - 1).to(like)
+
+
 def hutchinson_trace(objective: Objective, samples: int, seed: int, progress=None) -> dict:
     generator = torch.Generator().manual_seed(seed)
     values = []
     for _ in range(samples):
-        z = (torch.randint(0, 2, (objective.dim,), generator=generator) * 2 - 1).to(objective.base)
+        z = rademacher(objective.dim, generator, objective.base)
         values.append(float(z @ objective.hvp(z)))
         if progress is not None:
             progress.update(1)

@@ -196,3 +196,11 @@ def test_gradient_clipping_bounds_the_update(tiny_experiment, tmp_path, monkeypa
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
     train_stage(tiny_experiment("train: {epochs: 1, grad_clip: 0.01}\n"), tmp_path, force=False)
     assert len(norms) == 6 and max(norms) <= 0.01 * (1 + 1e-5)
+
+
+def test_step_losses_are_the_token_mean_loss_of_each_step(tiny_experiment, tmp_path):
+    """With one batch per epoch, each step's loss is that epoch's training loss (both token-weighted)."""
+    exp = tiny_experiment("train: {epochs: 3, batch_size: 48}\n")
+    train_stage(exp, tmp_path, force=False)
+    metrics = json.loads((run_dir(tmp_path, exp, exp.runs[0]) / "metrics.json").read_text())
+    assert metrics["step_loss"] == metrics["train_loss"] and len(metrics["step_loss"]) == 3
