@@ -96,13 +96,18 @@ def power_iteration(matvec: MatVec, dim: int, *, max_iter: int, tol: float, seed
 
 
 def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, seed: int = 0, device="cpu",
-            dtype=torch.float32, progress=None) -> EigenResult:
+            dtype=torch.float32, progress=None, start: torch.Tensor | None = None, stable_steps: int = MIN_STABLE_STEPS,
+            bottom: bool = True) -> EigenResult:
+    """`start`: the first Krylov vector (e.g. the top eigenvector of a nearby matrix, a warm start that
+    converges in a few products); a random one drawn from `seed` when None. `stable_steps`: the shortest
+    window over which a converged Ritz value must have stayed put (see the module's docstring). `bottom`:
+    whether the smallest eigenvalue is estimated too (and must converge before Lanczos stops)."""
     basis: list[torch.Tensor] = []
     alphas: list[float] = []
     betas: list[float] = []
     history: list[float] = []
     ritz_by_step: list[torch.Tensor] = []  # ascending Ritz values after every step, for the stability test
-    q = _start_vector(dim, seed, device, dtype)
+    q = _start_vector(dim, seed, device, dtype) if start is None else (start / start.norm()).to(device=device, dtype=dtype)
     for _ in range(min(max_iter, dim)):
         basis.append(q)
         w = matvec(q)
@@ -111,7 +116,7 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
             for b in basis:
                 w -= (b @ w) * b
         beta = float(w.norm())
-        ritz_values, ritz_vectors = _tridiagonal_eigh(alphas, betas)
+        ritz_values, ritz_vectors = tridiagonal_eigh(alphas, betas)
         ritz_by_step.append(ritz_values)
         history.append(float(ritz_values[-1]))
         if progress is not None:
@@ -120,27 +125,27 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
         scale = float(ritz_values.abs().max())
         tolerance = tol * scale
         exact = beta <= 1e-12 * max(scale, 1e-30)  # an invariant subspace: the Ritz values are exact
-        top = [_estimate(ritz_by_step, residuals, rank, tolerance, exact, from_top=True)
+        top = [_estimate(ritz_by_step, residuals, rank, tolerance, exact, stable_steps, from_top=True)
                for rank in range(min(k, len(alphas)))]
-        bottom = _estimate(ritz_by_step, residuals, 0, tolerance, exact, from_top=False)
-        if exact or (len(alphas) > k and all(e.converged for e in top + [bottom])):
+        smallest = [_estimate(ritz_by_step, residuals, 0, tolerance, exact, stable_steps, from_top=False)] if bottom else []
+        if exact or (len(alphas) > k and all(e.converged for e in top + smallest)):
             break
         betas.append(beta)
         q = w / beta
     coefficients = ritz_vectors[:, -1].to(device=device, dtype=dtype)
     eigenvector = sum(c * b for c, b in zip(coefficients, basis))
-    return EigenResult(top, bottom, eigenvector / eigenvector.norm(), len(alphas), history)
+    return EigenResult(top, smallest[0] if bottom else None, eigenvector / eigenvector.norm(), len(alphas), history)
 
 
 def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: int, tolerance: float, exact: bool,
-              from_top: bool) -> Estimate:
+              stable_steps: int, from_top: bool) -> Estimate:
     """The rank-th largest (from_top) or smallest Ritz value now, and whether it has converged."""
     index = -1 - rank if from_top else rank
     now = ritz_by_step[-1]
     value, residual = float(now[index]), float(residuals[index])
     if exact:
         return Estimate(value, residual, True)
-    window = max(MIN_STABLE_STEPS, len(ritz_by_step) // 2)
+    window = max(stable_steps, len(ritz_by_step) // 2)
     stable = False
     if len(ritz_by_step) > window:
         before = ritz_by_step[-1 - window]
@@ -148,7 +153,7 @@ def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: i
     return Estimate(value, residual, stable and residual <= tolerance)
 
 
-def _tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigen-decomposition (ascending) of the Lanczos tridiagonal matrix, in float64."""
     n = len(alphas)
     t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
