@@ -105,3 +105,31 @@ class BlockAdam(torch.optim.Optimizer):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(m_hat / (second[id(p)].sqrt() + group["eps"]), alpha=-group["lr"])
         return loss
+
+
+ADAM_FAMILY = ("adam", "adamw", "adasgd", "blockadam")  # the optimizers with a diagonal preconditioner √v̂ + ε
+
+
+@torch.no_grad()
+def diagonal_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> torch.Tensor | None:
+    """P = √v̂ + ε, the diagonal by which an Adam-family optimizer divides its step now (v̂ its bias-corrected
+    second moment; BlockAdam's is shared by a block), flat over `params` in their order; None until every one
+    of `params` has a second moment (before the first step) or for an optimizer without one."""
+    if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW, BlockAdam)):
+        return None
+    diagonal = {}
+    for group in optimizer.param_groups:
+        beta2, eps = group["betas"][1], group["eps"]
+        for p in group["params"]:
+            if isinstance(optimizer, BlockAdam):
+                state = optimizer.state[group["params"][0]] if group["block"] == "group" else optimizer.state[p]
+                step_key = "shared_step"
+            else:
+                state, step_key = optimizer.state[p], "step"
+            if step_key not in state:
+                return None
+            v_hat = state["exp_avg_sq"] / (1 - beta2 ** float(state[step_key]))
+            diagonal[id(p)] = (v_hat.sqrt() + eps).expand_as(p)
+    if any(id(p) not in diagonal for p in params):
+        return None
+    return torch.cat([diagonal[id(p)].reshape(-1) for p in params])

@@ -8,6 +8,9 @@ Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
                   order is a pure function of seed and epoch)
   checkpoint.pt   the final weights (last.pt is then removed)
   metrics.json    learning curves, test loss, cost and provenance
+  track.json      with train.track: the Hessian measured along training (optimization.tracking)
+  trajectory.npy  with train.trajectory: θ − θ₀ every N steps, float16 (optimization.trajectory), and
+                  trajectory.json, the steps of its rows
   tokenizer/      the tokenizer, when it is not a hub id
 """
 
@@ -22,11 +25,15 @@ import torch
 
 from data.batches import batches_in_order, epoch_order, fixed_batches, to_device, tokenize
 from data.corpus import load_texts
+from data.measurement import measurement_set
 from models.checkpoint import TOKENIZER_DIR, read_checkpoint, save_checkpoint
 from models.models import build_model, build_tokenizer, load_tokenizer, tokenizer_is_hub_id
 from optimization.evaluation import evaluate, perplexity, summed_token_loss
-from optimization.optimizers import make_optimizer
+from optimization.objective import Objective, flatten
+from optimization.optimizers import diagonal_preconditioner, make_optimizer
 from optimization.rotation import RotatedWeights
+from optimization.tracking import SharpnessTracker
+from optimization.trajectory import TRAJECTORY, TrajectoryRecorder
 from utils.config import RunConfig
 from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from utils.errors import CorruptFileError, UserError
@@ -39,7 +46,9 @@ def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:
     """Whether run_dir holds the finished training of this config, intact. A corrupt metrics.json,
     init.pt, checkpoint.pt or tokenizer/ is reported and counts as not trained, so the run is trained again."""
     metrics, weights = run_dir / "metrics.json", [run_dir / "init.pt", run_dir / "checkpoint.pt"]
-    if not (metrics.is_file() and all(w.is_file() for w in weights)):
+    extras = [run_dir / name for name, on in (("track.json", run.train.track.every),
+                                              (TRAJECTORY, run.train.trajectory.every)) if on]
+    if not (metrics.is_file() and all(w.is_file() for w in weights + extras)):
         return False
     try:
         if read_json(metrics).get("fingerprint") != training_fingerprint(run):
@@ -51,6 +60,12 @@ def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:
         print(f"{label}: warning: {err}; training again")
         return False
     return True
+
+
+def _flat_init(model, init_path: Path) -> torch.Tensor:
+    """θ₀ of a resumed run, flat over the model's trainable weights, from init.pt."""
+    state = read_checkpoint(init_path)["model"]
+    return flatten([state[name] for name, p in model.named_parameters() if p.requires_grad])
 
 
 def make_scheduler(optimizer, cfg, total_steps: int):
@@ -129,6 +144,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     test_batches = fixed_batches(tokenize(texts.test, tokenizer, run.data.max_length), run.train.eval_batch_size, pad_id)
 
     steps_per_epoch = math.ceil(len(train_seqs) / run.train.batch_size)
+    total_steps = steps_per_epoch * run.train.epochs
     if resume is not None:
         model.load_state_dict(resume["model"])
     rotated = None  # train.rotation: the optimizer sees θ̃, the model θ = Rθ̃
@@ -137,7 +153,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                                  latent=None if resume is None else resume["latent"])
     trainable = list(model.parameters()) if rotated is None else rotated.latent
     optimizer = make_optimizer(trainable, run.train)
-    scheduler = make_scheduler(optimizer, run.train, steps_per_epoch * run.train.epochs)
+    scheduler = make_scheduler(optimizer, run.train, total_steps)
     history = {"train_loss": [], "val_loss": [], "val_perplexity": [], "lr": [], "step_loss": []}
     train_time, train_tokens, start_epoch = 0.0, 0, 0
     if resume is not None:
@@ -152,11 +168,43 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         torch.manual_seed(run.seed)  # dropout draws do not depend on how the model was built
         history["init_val_loss"] = evaluate(model, val_batches, device)
 
+    # Along the way (train.track, train.trajectory): measured between steps, outside the training time.
+    tracker, track_batches, recorder = None, None, None
+    if run.train.track.every:
+        tracker = SharpnessTracker(run.train.track, run.train, None if resume is None else resume["track"])
+        track_batches = [to_device(b, device) for b in
+                         measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches]
+    if run.train.trajectory.every:
+        weights = [p for p in model.parameters() if p.requires_grad]
+        init = flatten(weights) if resume is None else _flat_init(model, run_dir / "init.pt")
+        try:
+            recorder = TrajectoryRecorder(run_dir, run.train.trajectory.every, total_steps, weights, init,
+                                          None if resume is None else resume["trajectory_rows"])
+        except CorruptFileError as err:
+            print(f"{label}: warning: {err}; starting over")
+            return train_run(run, run_dir, force=True, label=label)
+
+    def along_the_way(step: int) -> float:
+        """Track the Hessian and record the weights at `step` (optimizer steps so far) where asked; the seconds."""
+        start = time.perf_counter()
+        if tracker is not None and tracker.due(step):
+            objective = Objective(model, track_batches, hvp_mode=run.sharpness.hvp)
+            latent = objective.params if rotated is None else rotated.latent
+            tracker.measure(step, scheduler.get_last_lr()[0], objective, diagonal_preconditioner(optimizer, latent),
+                            None if rotated is None else rotated.rotation)
+            model.train()
+        if recorder is not None:
+            recorder.record(step)
+        return time.perf_counter() - start
+
+    if resume is None:
+        along_the_way(0)
+
     reset_peak_memory(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.train.precision == "bf16")
     for epoch in range(start_epoch, run.train.epochs):
         model.train()
-        epoch_start = time.perf_counter()
+        epoch_start, aside_s = time.perf_counter(), 0.0
         loss_total, target_total, epoch_tokens = 0.0, 0, 0
         order = epoch_order(lengths, run.data.order, run.seed, epoch)
         batches = batches_in_order(train_seqs, order, run.train.batch_size, pad_id)
@@ -186,13 +234,14 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             history["step_loss"].append(value / n_targets)
             loss_total += value
             target_total += n_targets
-            elapsed = time.perf_counter() - epoch_start
+            aside_s += along_the_way(epoch * steps_per_epoch + step + 1)
+            elapsed = time.perf_counter() - epoch_start - aside_s
             bar.set_postfix(loss=f"{loss_total / target_total:.4f}", tok_s=f"{epoch_tokens / max(elapsed, 1e-9):.0f}",
                             refresh=False)  # redrawn with the next step, as often as the bar allows
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        train_time += time.perf_counter() - epoch_start
+        train_time += time.perf_counter() - epoch_start - aside_s
         train_tokens += epoch_tokens
         val_loss = evaluate(model, val_batches, device)
         if not math.isfinite(val_loss):
@@ -205,7 +254,13 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         print(f"{label} epoch {epoch + 1}/{run.train.epochs}: train loss {history['train_loss'][-1]:.4f}, "
               f"val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}")
         if epoch + 1 < run.train.epochs:
-            save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint,
+            along = {}
+            if tracker is not None:
+                along["track"] = tracker.state_dict()
+            if recorder is not None:
+                recorder.flush()
+                along["trajectory_rows"] = recorder.written
+            save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint, **along,
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             rng=_rng_state(device), history=history, train_time_s=train_time,
                             train_tokens=train_tokens,
@@ -213,6 +268,14 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
 
     test_loss = evaluate(model, test_batches, device)
     save_checkpoint(run_dir / "checkpoint.pt", model, run, run.train.epochs, tokenizer_ref, fingerprint)
+    along = {}  # written before metrics.json, which marks the run trained
+    if tracker is not None:
+        write_json(run_dir / "track.json", {"run": run.name, "seed": run.seed, "fingerprint": fingerprint,
+                                            **tracker.record()})
+        along["track"] = {"points": len(tracker.points), "hvps": tracker.hvps, "seconds": tracker.seconds}
+    if recorder is not None:
+        recorder.finish()
+        along["trajectory"] = {"rows": recorder.written, "bytes": (run_dir / TRAJECTORY).stat().st_size}
     metrics = {
         "run": run.name,
         "seed": run.seed,
@@ -229,6 +292,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         "peak_memory_mb": peak_memory_mb(device),
         "device": str(device),
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        **along,
         "versions": versions(),
         "config": run.to_dict(),
     }

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import time
 from statistics import NormalDist
 from pathlib import Path
@@ -37,7 +36,7 @@ from models.parameters import parameter_kind, parameter_layer
 from sharpness.eigen import lanczos
 from sharpness.sharpness import rademacher
 from utils.errors import CorruptFileError
-from utils.io import output_error, read_json, remove, write_json
+from utils.io import new_memmap, read_json, remove, write_json
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 CHUNK = 1 << 16  # columns of the sketch per statistics pass: k·CHUNK float64 values in memory at a time
@@ -89,7 +88,7 @@ def cauchy_sketch(matvec: MatVec, like: torch.Tensor, k: int, seed: int, path: P
     if sketch is None:  # the old record goes first: a kill must not leave it beside a fresh, empty file
         done = 0
         remove(state_path)
-        sketch = _new_sketch(path, k, dim)
+        sketch = new_memmap(path, np.float32, (k, dim))
         write_json(state_path, {"stamp": stamp, "done": 0})
     if progress is not None:
         progress.update(done)
@@ -99,23 +98,6 @@ def cauchy_sketch(matvec: MatVec, like: torch.Tensor, k: int, seed: int, path: P
         write_json(state_path, {"stamp": stamp, "done": index + 1})
         if progress is not None:
             progress.update(1)
-    return sketch
-
-
-def _new_sketch(path: Path, k: int, dim: int) -> np.ndarray:
-    """A k × dim float32 memory-mapped .npy whose blocks are allocated on disk now: a memory map of a sparse
-    file on a full disk dies of SIGBUS at the first page it cannot write, so the space is claimed up front,
-    where a full disk is one clear error."""
-    sketch = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(k, dim))
-    allocate = getattr(os, "posix_fallocate", None)  # Linux; elsewhere the file stays sparse
-    if allocate is not None:
-        try:
-            with open(path, "r+b") as handle:
-                allocate(handle.fileno(), 0, os.path.getsize(path))
-        except OSError as err:
-            del sketch
-            remove(path)
-            raise output_error(err, path) or err from None
     return sketch
 
 

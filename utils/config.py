@@ -65,6 +65,23 @@ class ModelConfig:
 
 
 @dataclass
+class TrackConfig:
+    every: int = option(0, "measure the Hessian on the sharpness measurement set every N optimizer steps (0: off)", ge=0)
+    metrics: list[Literal["lambda_max", "preconditioned_lambda_max", "trace"]] = option(
+        ["lambda_max", "preconditioned_lambda_max"],
+        "lambda_max | preconditioned_lambda_max (of P^-1/2 H P^-1/2, Adam family only) | trace (Hutchinson)")
+    iters: int = option(20, "Lanczos steps per point at most (each one HVP; warm-started from the last point)", ge=2)
+    tol: float = option(1e-3, "Lanczos residual tolerance, relative to the eigenvalue", gt=0)
+    trace_samples: int = option(10, "Hutchinson samples per point (metric trace)", ge=1)
+    seed: int = option(0, "draws the first Lanczos start and the Hutchinson vectors", ge=0)
+
+
+@dataclass
+class TrajectoryConfig:
+    every: int = option(0, "save θ − θ₀ (float16) every N optimizer steps, for PCA directions (0: off)", ge=0)
+
+
+@dataclass
 class TrainConfig:
     optimizer: Literal["sgd", "adam", "adamw", "signsgd", "adasgd", "blockadam"] = option(
         "sgd", "sgd | adam | adamw | signsgd (signum) | adasgd (one second moment per group) | blockadam (one per tensor)")
@@ -83,6 +100,18 @@ class TrainConfig:
     warmup_steps: int = option(0, "linear warmup steps", ge=0)
     precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast needs CUDA")
     eval_batch_size: int = option(16, "texts per batch for validation and test", ge=1)
+    track: TrackConfig = field(default_factory=TrackConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+
+
+@dataclass
+class DensityConfig:
+    probes: int = option(0, "Rademacher probes of the SLQ spectral density of H (0: off)", ge=0)
+    steps: int = option(80, "Lanczos steps per probe (each one HVP)", ge=2)
+    reorthogonalize: Literal["auto", "full", "none"] = option(
+        "auto", "full keeps steps·d floats per probe; none keeps 3·d; auto: full when it fits in memory_mb")
+    memory_mb: int = option(4096, "largest Lanczos basis auto may keep (MiB)", ge=1)
+    seed: int = option(0, "draws the probes", ge=0)
 
 
 @dataclass
@@ -100,6 +129,7 @@ class SharpnessConfig:
     worst_case_steps: int = option(10, "projected gradient-ascent steps (0: off)", ge=0)
     trace_samples: int = option(20, "Hutchinson samples (0: off)", ge=0)
     hvp: Literal["reverse", "forward"] = option("reverse", "Hessian-vector product: reverse-over-reverse or forward-over-reverse")
+    density: DensityConfig = field(default_factory=DensityConfig)
 
 
 @dataclass
@@ -116,7 +146,9 @@ class GeometryConfig:
 
 @dataclass
 class LandscapeConfig:
-    norm: Literal["layer", "filter", "none"] = option("layer", "direction normalisation (Li et al. 2018)")
+    directions: Literal["random", "pca"] = option(
+        "random", "the 2D plane: random directions, or the top two PCA directions of train.trajectory (Li et al. §7)")
+    norm: Literal["layer", "filter", "none"] = option("layer", "direction normalisation of random directions (Li et al. 2018)")
     ignore: Literal["", "biasbn"] = option("", "'biasbn' zeroes biases and LayerNorm in the directions")
     seed: int = option(0, "draws the random directions", ge=0)
     resolution: int = option(21, "2D grid points per axis", ge=2)
@@ -345,7 +377,8 @@ def _coerce(value, expected, origin: str):
         if not isinstance(value, list):
             value = [value] if isinstance(value, (int, float, str)) and not isinstance(value, bool) else value
         if not isinstance(value, list) or not value:
-            raise fail(f"a non-empty list of {item_type.__name__}s")
+            what = "value" if typing.get_origin(item_type) is Literal else item_type.__name__
+            raise fail(f"a non-empty list of {what}s")
         return [_coerce(v, item_type, origin) for v in value]
     raise TypeError(f"unsupported schema type {expected}")
 
@@ -511,6 +544,8 @@ def _check_run(run: RunConfig, flat: dict) -> None:
             raise ConfigError(f"{where('model.config')}: {err}") from None
     if run.geometry.bootstrap == 1:
         raise ConfigError(f"{where('geometry.bootstrap')}: one resample has no spread; use 0 (no interval) or at least 2")
+    if len(set(run.train.track.metrics)) != len(run.train.track.metrics):
+        raise ConfigError(f"{where('train.track.metrics')}: each metric may be listed once, got {run.train.track.metrics}")
     if len(run.train.betas) != 2:
         raise ConfigError(f"{where('train.betas')}: expected two numbers [beta1, beta2], got {run.train.betas}")
     if run.landscape.alpha_min >= run.landscape.alpha_max:

@@ -188,6 +188,31 @@ def remove(path: str | Path) -> None:
     path.with_name(path.name + CHECKSUM_SUFFIX).unlink(missing_ok=True)
 
 
+def new_memmap(path: str | Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A memory-mapped .npy of `shape` whose blocks are allocated on disk now: a memory map of a sparse file on
+    a full disk dies of SIGBUS at the first page it cannot write, so the space is claimed up front, where a
+    full disk is one clear error (and no file is left)."""
+    path = Path(path)
+    with _disk_errors_named(path):
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    allocate = getattr(os, "posix_fallocate", None)  # Linux; elsewhere the file stays sparse
+    if allocate is not None:
+        try:
+            with open(path, "r+b") as handle:
+                allocate(handle.fileno(), 0, os.path.getsize(path))
+        except OSError as err:
+            del array
+            remove(path)
+            raise output_error(err, path) or err from None
+    return array
+
+
+def seal(path: str | Path) -> None:
+    """Record the sha256 of a file written in place (a memory map), so `verify` can check it like the others."""
+    path = Path(path)
+    write_text(path.with_name(path.name + CHECKSUM_SUFFIX), f"{sha256_of(path)}  {path.name}\n")
+
+
 def recorded_sha256(path: str | Path) -> str:
     """The sha256 recorded when `path` was written (computed for a file written before checksums existed)."""
     path = Path(path)

@@ -64,8 +64,9 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
     return jobs
 
 
-# Training settings added after results existed: hashed only where they change the weights, so that runs
-# trained before they existed (with what are now their defaults) keep their fingerprints and results.
+# Training settings added after results existed: hashed only where they change the weights (or, for
+# train.track and train.trajectory, when they are on), so that runs trained before they existed (with what
+# are now their defaults) keep their fingerprints and results.
 _ADDED_TRAIN_KEYS = ("betas", "eps", "rotation", "rotation_seed")
 
 
@@ -78,7 +79,12 @@ def training_fingerprint(run: RunConfig) -> str:
     for key in _ADDED_TRAIN_KEYS:
         if key in unused or train[key] == defaults[key]:
             del train[key]
+    for key in ("track", "trajectory"):  # what training writes besides the weights, when asked for
+        if not train[key]["every"]:
+            del train[key]
     settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": train}
+    if run.train.track.every:  # the track is measured on the sharpness stage's measurement set
+        settings["measurement"] = {key: getattr(run.sharpness, key) for key in ("batches", "batch_size", "seed", "hvp")}
     return fingerprint(settings)
 
 

@@ -1,0 +1,122 @@
+"""Sharpness along training (train.track): the Hessian of the loss on the run's measurement set (the one the
+sharpness stage uses), every N optimizer steps and before the first, written to track.json in the run folder.
+
+lambda_max                 λ_max(H) by Lanczos. Gradient descent with step η is stable on a quadratic while it is
+                           below 2/η ((2 + 2β)/η with heavy-ball momentum β): Cohen et al. (ICLR 2021) find that
+                           full-batch GD sharpens until λ_max reaches it and then hovers there, the "edge of
+                           stability". This is the threshold drawn for sgd; other optimizers have none for λ_max.
+preconditioned_lambda_max  λ_max(P^-1/2 H P^-1/2) with P = √v̂ + ε, the Adam family's diagonal preconditioner as it is
+                           now (for a rotated run, in the optimizer's coordinates: P^-1/2 RᵀHR P^-1/2). Adam with step
+                           η and β₁ is stable on a quadratic with a frozen P while it is below (2 + 2β₁)/((1 − β₁)η),
+                           38/η at β₁ = 0.9 (Cohen et al. 2022, "Adaptive gradient methods at the edge of
+                           stability"). Measured for adam, adamw, adasgd and blockadam, from their first step on.
+trace                      tr(H) by Hutchinson's estimator (the same Rademacher vectors at every point), with its
+                           standard error.
+
+Cost. Lanczos starts from the top eigenvector of the previous point (a warm start): the Hessian moves little
+in N steps, so it stops after a few HVPs where a random start takes tens (bench/tracking_speed.py). It stops
+when the top Ritz value's residual is within tol·|λ| and it moved by at most that over the last half of its
+steps (at least WARM_WINDOW steps), or after `iters` steps.
+
+Training does not see the measurement: the model is measured in eval mode (no dropout draws) with random
+vectors from generators of its own, so the weights, the data order and every RNG stream are the same with
+and without tracking (tests/test_tracking.py). The tracker's state (its points and warm-start vectors) is
+saved in last.pt, so a resumed run continues the track without gaps or repeats. Its time is not counted in
+the training time; metrics.json reports it under `track`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from optimization.optimizers import ADAM_FAMILY
+from sharpness.eigen import lanczos
+from sharpness.sharpness import hutchinson_trace
+from utils.config import TrackConfig, TrainConfig
+
+WARM_WINDOW = 2  # a tracked λ_max must have stayed put over at least this many Lanczos steps
+
+
+def gd_threshold(train: TrainConfig, lr: float) -> float | None:
+    """The step-size stability limit on λ_max(H): (2 + 2β)/η for sgd with momentum β (β = 0: 2/η); None otherwise."""
+    return (2 + 2 * train.momentum) / lr if train.optimizer == "sgd" else None
+
+
+def adam_threshold(train: TrainConfig, lr: float) -> float | None:
+    """The limit on λ_max(P^-1/2 H P^-1/2) for the Adam family: (2 + 2β₁)/((1 − β₁)η); None otherwise."""
+    beta1 = train.betas[0]
+    return (2 + 2 * beta1) / ((1 - beta1) * lr) if train.optimizer in ADAM_FAMILY else None
+
+
+def tracked_metrics(cfg: TrackConfig, train: TrainConfig) -> list[str]:
+    """The metrics of train.track.metrics that this optimizer has (the preconditioned one needs the Adam family)."""
+    return [m for m in cfg.metrics if m != "preconditioned_lambda_max" or train.optimizer in ADAM_FAMILY]
+
+
+class SharpnessTracker:
+    """Measures a model's Hessian at the steps train.track asks for, and keeps what it found."""
+
+    def __init__(self, cfg: TrackConfig, train: TrainConfig, state: dict | None = None):
+        self.cfg, self.train = cfg, train
+        self.metrics = tracked_metrics(cfg, train)
+        state = state or {}
+        self.points: list[dict] = list(state.get("points", []))
+        self.warm: dict[str, torch.Tensor] = dict(state.get("warm", {}))  # metric -> last top eigenvector (CPU)
+        self.seconds: float = state.get("seconds", 0.0)
+        self.hvps: int = state.get("hvps", 0)
+
+    def due(self, step: int) -> bool:
+        return self.cfg.every > 0 and step % self.cfg.every == 0
+
+    def state_dict(self) -> dict:
+        return {"points": self.points, "warm": {k: v.cpu() for k, v in self.warm.items()}, "seconds": self.seconds,
+                "hvps": self.hvps}
+
+    def measure(self, step: int, lr: float, objective, preconditioner: torch.Tensor | None = None,
+                rotation=None) -> dict:
+        """One point of the track at the objective's current weights. `objective` has hvp(v), dim and base (an
+        optimization.objective.Objective); `preconditioner` is the optimizer's P over the same coordinates (None
+        before its first step), `rotation` a rotated run's R (optimization.rotation.Rotation)."""
+        start, hvps_before = time.perf_counter(), objective.hvp_count
+        point = {"step": step, "lr": lr, "threshold": gd_threshold(self.train, lr)}
+        if "lambda_max" in self.metrics:
+            point.update(self._top("lambda_max", objective.hvp, objective))
+        if "preconditioned_lambda_max" in self.metrics:
+            point["preconditioned_threshold"] = adam_threshold(self.train, lr)
+            if preconditioner is None:
+                point["preconditioned_lambda_max"] = None  # no second moment yet
+            else:
+                scale = preconditioner.rsqrt().to(objective.base)
+
+                def preconditioned(v: torch.Tensor) -> torch.Tensor:
+                    x = scale * v
+                    if rotation is None:
+                        return scale * objective.hvp(x)
+                    return scale * rotation.transpose(objective.hvp(rotation.apply(x)))
+
+                point.update(self._top("preconditioned_lambda_max", preconditioned, objective))
+        if "trace" in self.metrics:
+            trace = hutchinson_trace(objective, self.cfg.trace_samples, self.cfg.seed)
+            point.update(trace=trace["mean"], trace_se=trace["stderr"])
+        point["hvps"] = objective.hvp_count - hvps_before
+        point["seconds"] = time.perf_counter() - start
+        self.points.append(point)
+        self.hvps += point["hvps"]
+        self.seconds += point["seconds"]
+        return point
+
+    def _top(self, metric: str, matvec, objective) -> dict:
+        warm = self.warm.get(metric)
+        result = lanczos(matvec, objective.dim, k=1, max_iter=self.cfg.iters, tol=self.cfg.tol, seed=self.cfg.seed,
+                         device=objective.base.device, dtype=objective.base.dtype, stable_steps=WARM_WINDOW,
+                         bottom=False, start=None if warm is None else warm.to(objective.base))
+        self.warm[metric] = result.eigenvector.detach().cpu()
+        return {metric: result.lambda_max, f"{metric}_converged": result.top[0].converged,
+                f"{metric}_hvps": result.matvecs}
+
+    def record(self) -> dict:
+        """What track.json holds."""
+        return {"metrics": self.metrics, "every": self.cfg.every, "optimizer": self.train.optimizer,
+                "points": self.points, "hvps": self.hvps, "seconds": self.seconds}

@@ -1,0 +1,168 @@
+"""Spectral density of a symmetric operator known only through matrix-vector products (HVPs), by
+stochastic Lanczos quadrature (SLQ; Ghorbani, Krishnan & Xiao 2019, as PyHessian's `density`).
+
+Method. The spectral density of an n×n symmetric H is φ(t) = (1/n) Σᵢ δ(t − λᵢ). For a unit vector v,
+vᵀf(H)v = Σᵢ (uᵢᵀv)² f(λᵢ) is an integral of f against a measure with weights (uᵢᵀv)² that sum to 1,
+and for a Rademacher v/√n its expectation is (1/n) tr f(H) = ∫ f dφ. k Lanczos steps from v give a k×k
+tridiagonal T whose eigenvalues θⱼ (Ritz values: the nodes) and squared first eigenvector components wⱼ
+(the weights, summing to 1) form the k-point Gauss quadrature of that measure: Σⱼ wⱼ θⱼᵖ = vᵀHᵖv exactly
+for every p ≤ 2k−1. Averaging over probes gives φ ≈ mean over probes of Σⱼ wⱼ δ(t − θⱼ), hence
+tr(Hᵖ) ≈ n · mean of Σⱼ wⱼ θⱼᵖ (Hutchinson's estimator with the quadrature in place of vᵀHᵖv), the
+fraction of the spectrum below zero, and a Gaussian-smoothed density for plots.
+
+Reorthogonalization. `reorthogonalize=True` orthogonalizes every new Lanczos vector against all earlier
+ones (twice, as sharpness/eigen.py does). `False` runs the plain three-term recurrence. In floating point
+its vectors lose orthogonality once a Ritz value converges, and T then holds ghost copies of isolated
+eigenvalues (the top one several times) that split its weight between them; the quadrature is still that
+of a nearby measure, so the moments and the density stay valid (Paige 1980; Greenbaum 1989), only the
+nodes' multiplicities do not mean anything. It is the choice when steps·n floats do not fit in memory.
+
+A probe stops early when β ≤ BREAKDOWN·eps(dtype)·s, s the largest |α| or β so far (an estimate of ‖T‖):
+its Krylov space is invariant up to rounding (e.g. n small, or few distinct eigenvalues), and its Ritz
+values and weights are then the exact measure of that probe. At most n steps are run.
+
+Cost: probes·steps matrix-vector products (HVPs), plus O(steps²·n) per probe for reorthogonalization
+(O(steps·n) without it) and O(steps²) for the eigen-decomposition of T (float64).
+Memory (Lanczos vectors, `lanczos_memory_bytes`): (steps + 1)·n floats with reorthogonalization (the
+basis and the new vector), 3·n without it; the result holds only probes·steps nodes and weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sharpness.eigen import MatVec, tridiagonal_eigh
+from sharpness.sharpness import rademacher
+
+BREAKDOWN = 100  # a probe stops when β <= BREAKDOWN·eps(dtype)·‖T‖: its Krylov space is invariant
+SIGMA_FRACTION = 2e-3  # default smoothing width, as a fraction of the span of the nodes (see default_grid)
+
+
+@dataclass
+class SpectralDensity:
+    """One array of Ritz values (`nodes`, ascending) and Gauss weights (summing to 1) per probe, float64;
+    a probe that stopped early has fewer. `dim`: the operator's size n. `matvecs`: products spent."""
+
+    nodes: list[np.ndarray]
+    weights: list[np.ndarray]
+    dim: int
+    matvecs: int
+
+    @property
+    def probes(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def steps(self) -> int:
+        """The most Lanczos steps a probe ran (the number asked for, unless every probe stopped early)."""
+        return max(len(n) for n in self.nodes)
+
+    def moment(self, power: int) -> float:
+        """Estimate of tr(Hᵖ): n · mean over probes of Σ wⱼ θⱼᵖ (exact per probe for p < 2·steps)."""
+        return self.dim * float(np.mean([w @ n**power for n, w in zip(self.nodes, self.weights)]))
+
+    def negative_mass(self) -> float:
+        """Estimate of the fraction of eigenvalues below zero: mean over probes of Σ wⱼ [θⱼ < 0]."""
+        return float(np.mean([w[n < 0].sum() for n, w in zip(self.nodes, self.weights)]))
+
+    def smoothed(self, grid: np.ndarray, sigma: float) -> np.ndarray:
+        """The density convolved with N(0, σ²) on `grid`: mean over probes of Σ wⱼ N(grid; θⱼ, σ²).
+        It integrates to 1 over a grid that reaches a few σ beyond the extreme nodes."""
+        grid = np.asarray(grid, dtype=np.float64)
+        density = np.zeros_like(grid)
+        for n, w in zip(self.nodes, self.weights):
+            density += np.exp(-0.5 * ((grid[:, None] - n[None, :]) / sigma) ** 2) @ w
+        return density / (self.probes * sigma * math.sqrt(2 * math.pi))
+
+    def default_grid(self, points: int = 1000, sigma: float | None = None) -> tuple[np.ndarray, float]:
+        """`points` equally spaced values from the smallest node − 5σ to the largest + 5σ, and σ.
+
+        σ defaults to SIGMA_FRACTION (1/500) of the nodes' span (of their largest magnitude, or 1, when
+        every node is the same): the same width relative to the spectrum at any scale of H, about what
+        Ghorbani et al. use (σ² = 1e-5 on a spectrum rescaled to [−1, 1], i.e. σ ≈ 1.6e-3 of its span),
+        and resolved by the default 1000 points (two per σ). PyHessian's σ² = 1e-5·max(1, span) is not
+        scale-invariant. Fewer points than about 2·span/σ undersample the Gaussians."""
+        every = np.concatenate(self.nodes)
+        low, high = float(every.min()), float(every.max())
+        if sigma is None:
+            scale = high - low or max(abs(low), abs(high)) or 1.0
+            sigma = SIGMA_FRACTION * scale
+        return np.linspace(low - 5 * sigma, high + 5 * sigma, points), sigma
+
+    def to_dict(self) -> dict:
+        return {"nodes": [n.tolist() for n in self.nodes], "weights": [w.tolist() for w in self.weights],
+                "dim": self.dim, "matvecs": self.matvecs, "probes": self.probes, "steps": self.steps,
+                "trace": self.moment(1), "trace_sq": self.moment(2), "negative_mass": self.negative_mass()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SpectralDensity:
+        """Inverse of to_dict; the derived entries (probes, steps, trace, ...) are recomputed, not read."""
+        return cls([np.asarray(n, dtype=np.float64) for n in d["nodes"]],
+                   [np.asarray(w, dtype=np.float64) for w in d["weights"]], int(d["dim"]), int(d["matvecs"]))
+
+
+def lanczos_memory_bytes(dim: int, steps: int, reorthogonalize: bool, dtype=torch.float32) -> int:
+    """Bytes of Lanczos vectors `slq` holds at once (not counting what the matvec itself needs)."""
+    vectors = min(steps, dim) + 1 if reorthogonalize else 3
+    return vectors * dim * torch.empty(0, dtype=dtype).element_size()
+
+
+def slq(matvec: MatVec, dim: int, *, probes: int, steps: int, seed: int = 0, reorthogonalize: bool = True,
+        device="cpu", dtype=torch.float32, progress=None) -> SpectralDensity:
+    """Stochastic Lanczos quadrature with `probes` Rademacher start vectors and `steps` Lanczos steps each.
+
+    The probes are drawn on the CPU from torch.Generator().manual_seed(seed), so every device and dtype
+    gets the same ones. `matvec` must return a new tensor (it is updated in place), never its argument.
+    `progress.update(1)` is called after every product (fewer than probes·steps if a probe stops early)."""
+    if probes < 1 or steps < 1:
+        raise ValueError(f"slq needs probes >= 1 and steps >= 1, got probes={probes}, steps={steps}")
+    generator = torch.Generator().manual_seed(seed)
+    like = torch.empty(0, device=device, dtype=dtype)
+    nodes, weights = [], []
+    matvecs = 0
+    for _ in range(probes):
+        start = rademacher(dim, generator, like)
+        alphas, betas = _lanczos(matvec, start / start.norm(), min(steps, dim), reorthogonalize, progress)
+        matvecs += len(alphas)
+        values, vectors = tridiagonal_eigh(alphas, betas)
+        nodes.append(values.numpy())
+        weights.append((vectors[0, :] ** 2).numpy())
+    return SpectralDensity(nodes, weights, dim, matvecs)
+
+
+def _lanczos(matvec: MatVec, q: torch.Tensor, steps: int, reorthogonalize: bool, progress) -> tuple[list, list]:
+    """The diagonal (alphas) and off-diagonal (betas) of T after at most `steps` Lanczos steps from unit q."""
+    alphas: list[float] = []
+    betas: list[float] = []
+    basis: list[torch.Tensor] = []  # every Lanczos vector, kept only to reorthogonalize against
+    previous, beta, scale = None, 0.0, 0.0
+    breakdown = BREAKDOWN * torch.finfo(q.dtype).eps
+    for step in range(steps):
+        w = matvec(q)
+        alpha = float(q @ w)
+        alphas.append(alpha)
+        if reorthogonalize:
+            basis.append(q)
+            for _ in range(2):  # full reorthogonalization (removes the α and β terms too); twice is enough
+                for b in basis:
+                    w -= (b @ w) * b
+        else:
+            w -= alpha * q
+            if previous is not None:
+                w -= beta * previous
+        if progress is not None:
+            progress.update(1)
+        if step == steps - 1:
+            break
+        beta = float(w.norm())
+        scale = max(scale, abs(alpha), beta)
+        if beta <= breakdown * scale:
+            break
+        betas.append(beta)
+        w /= beta  # in place: only q, previous and w are held without reorthogonalization
+        previous, q = q, w
+    return alphas, betas

@@ -1,0 +1,213 @@
+"""Sharpness along training: exact on known spectra, warm starts, the edge of stability on a two-weight
+loss, and tracking that leaves training bit-identical and survives a kill."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import optimization.training as training
+from optimization.experiments import train_stage
+from optimization.optimizers import BlockAdam, diagonal_preconditioner
+from optimization.rotation import build_rotation
+from optimization.tracking import SharpnessTracker, adam_threshold, gd_threshold
+from utils.config import TrackConfig, TrainConfig
+from utils.layout import run_dir, training_fingerprint
+
+
+class MatrixObjective:
+    """What the tracker needs of an Objective, for L(θ) = ½θᵀAθ (or any hvp)."""
+
+    def __init__(self, hvp, dim: int, dtype=torch.float64):
+        self._hvp, self.dim, self.hvp_count = hvp, dim, 0
+        self.base = torch.zeros(dim, dtype=dtype)
+
+    def hvp(self, v):
+        self.hvp_count += 1
+        return self._hvp(v)
+
+
+def _spectrum(dim=200, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    eigenvalues = torch.linspace(-1.0, 3.0, dim, dtype=torch.float64)
+    eigenvalues[-1] = 10.0  # a gap, as a Hessian's outlier
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
+    return q @ torch.diag(eigenvalues) @ q.T
+
+
+def test_tracked_values_are_exact_on_a_known_spectrum():
+    a = _spectrum()
+    train = TrainConfig(optimizer="adam", lr=0.01)
+    tracker = SharpnessTracker(TrackConfig(every=1, metrics=["lambda_max", "preconditioned_lambda_max", "trace"],
+                                           iters=60, tol=1e-8, trace_samples=4000), train)
+    p = torch.linspace(0.5, 2.0, a.shape[0], dtype=torch.float64)
+    point = tracker.measure(0, 0.01, MatrixObjective(lambda v: a @ v, a.shape[0]), preconditioner=p)
+    scaled = a / p.sqrt()[:, None] / p.sqrt()[None, :]
+    assert point["lambda_max"] == pytest.approx(10.0, rel=1e-8) and point["lambda_max_converged"]
+    assert point["preconditioned_lambda_max"] == pytest.approx(float(torch.linalg.eigvalsh(scaled)[-1]), rel=1e-8)
+    assert abs(point["trace"] - float(a.trace())) < 4 * point["trace_se"]
+    assert point["threshold"] is None and point["preconditioned_threshold"] == pytest.approx(38 / 0.01)
+    assert point["hvps"] == point["lambda_max_hvps"] + point["preconditioned_lambda_max_hvps"] + 4000
+
+
+def test_preconditioned_value_of_a_rotated_run_is_taken_in_the_optimizers_coordinates():
+    a = _spectrum(dim=96)
+    rotation = build_rotation("global", ["w"], [96], seed=3, dtype=torch.float64)
+    r = torch.stack([rotation.apply(e) for e in torch.eye(96, dtype=torch.float64)], dim=1)  # columns R·eᵢ
+    p = torch.linspace(0.2, 3.0, 96, dtype=torch.float64)
+    tracker = SharpnessTracker(TrackConfig(every=1, metrics=["preconditioned_lambda_max"], iters=96, tol=1e-10),
+                               TrainConfig(optimizer="adamw"))
+    point = tracker.measure(0, 0.1, MatrixObjective(lambda v: a @ v, 96), preconditioner=p, rotation=rotation)
+    s = p.rsqrt()
+    exact = torch.linalg.eigvalsh(s[:, None] * (r.T @ a @ r) * s[None, :])[-1]
+    assert point["preconditioned_lambda_max"] == pytest.approx(float(exact), rel=1e-8)
+
+
+def test_warm_starts_cut_the_products_of_later_points():
+    a = _spectrum()
+    drift = _spectrum(seed=1)
+    cfg = TrackConfig(every=1, metrics=["lambda_max"], iters=100, tol=1e-6)
+    warm = SharpnessTracker(cfg, TrainConfig())
+    cold_hvps, warm_hvps = [], []
+    for step in range(5):  # a Hessian that moves a little between points, as along training
+        h = a + 1e-3 * step * drift
+        exact = float(torch.linalg.eigvalsh(h)[-1])
+        point = warm.measure(step, 0.1, MatrixObjective(lambda v: h @ v, 200))
+        assert point["lambda_max"] == pytest.approx(exact, rel=1e-5)
+        cold = SharpnessTracker(cfg, TrainConfig()).measure(step, 0.1, MatrixObjective(lambda v: h @ v, 200))
+        cold_hvps.append(cold["hvps"])
+        warm_hvps.append(point["hvps"])
+    assert warm_hvps[0] == cold_hvps[0]
+    assert max(warm_hvps[1:]) * 3 <= min(cold_hvps[1:])
+
+
+def test_gradient_descent_sharpens_to_two_over_eta_and_stays_at_the_edge():
+    """L(x, y) = ¼(x²y² − 1)² (Zhu et al., ICLR 2023): from a flat start, gradient flow would sharpen to
+    λ_max ≈ 13 at its minimum; GD with 2/η = 11.8 sharpens past 2/η within a few steps, oscillates around it
+    (period two) and settles just below, at a flatter minimum than gradient flow's."""
+    theta = torch.tensor([2.5, 0.1], dtype=torch.float64, requires_grad=True)
+
+    def loss():
+        return 0.25 * (theta[0] ** 2 * theta[1] ** 2 - 1) ** 2
+
+    def hvp(v):
+        (g,) = torch.autograd.grad(loss(), theta, create_graph=True)
+        return torch.autograd.grad(g @ v, theta)[0]
+
+    lr = 0.17
+    optimizer = torch.optim.SGD([theta], lr=lr)
+    tracker = SharpnessTracker(TrackConfig(every=1, metrics=["lambda_max"], tol=1e-10), TrainConfig(lr=lr))
+    for step in range(600):
+        tracker.measure(step, lr, MatrixObjective(hvp, 2))
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+    values = torch.tensor([p["lambda_max"] for p in tracker.points])
+    edge = 2 / lr
+    assert tracker.points[0]["threshold"] == pytest.approx(edge)
+    assert values[0] < 0.1 * edge                          # a flat start
+    crossing = int(torch.nonzero(values > edge)[0])
+    assert crossing >= 2 and values[crossing:].max() > 1.3 * edge  # sharpening past the edge ...
+    pairs = (values[crossing:-1:2] + values[crossing + 1::2]) / 2
+    assert ((pairs - edge).abs() < 0.1 * edge).float().mean() > 0.9  # ... oscillating around it ...
+    assert 0.97 * edge < values[-1] <= edge                 # ... settling just below: stable, at the edge
+    assert loss().item() < 1e-6
+
+
+def test_thresholds():
+    assert gd_threshold(TrainConfig(optimizer="sgd", momentum=0.9), 0.1) == pytest.approx(38.0)
+    assert gd_threshold(TrainConfig(optimizer="adam"), 0.1) is None
+    assert adam_threshold(TrainConfig(optimizer="adamw", betas=[0.5, 0.99]), 0.1) == pytest.approx(60.0)
+    assert adam_threshold(TrainConfig(optimizer="signsgd"), 0.1) is None
+
+
+@pytest.mark.parametrize("kind", ["adam", "adasgd", "blockadam"])
+def test_the_preconditioner_is_the_one_the_optimizer_divides_by(kind):
+    from optimization.optimizers import make_optimizer
+
+    weights = [torch.nn.Parameter(torch.randn(3, 4)), torch.nn.Parameter(torch.randn(5))]
+    optimizer = make_optimizer(weights, TrainConfig(optimizer=kind, lr=0.1, betas=[0.0, 0.5]))
+    assert diagonal_preconditioner(optimizer, weights) is None  # no second moment yet
+    for _ in range(2):
+        for w in weights:
+            w.grad = torch.randn_like(w)
+        optimizer.step()
+    # with β₁ = 0 a step is lr·g/P: recover P from one more step
+    before = [w.detach().clone() for w in weights]
+    grads = [torch.randn_like(w) for w in weights]
+    for w, g in zip(weights, grads):
+        w.grad = g
+    optimizer.step()
+    p_after = diagonal_preconditioner(optimizer, weights)
+    step = torch.cat([(b - w.detach()).reshape(-1) for b, w in zip(before, weights)])
+    assert torch.allclose(step, 0.1 * torch.cat([g.reshape(-1) for g in grads]) / p_after, rtol=1e-5)
+    if isinstance(optimizer, BlockAdam):
+        assert len(p_after[:12].unique()) == 1
+
+
+def _tracked(tiny_experiment, train: str):
+    return tiny_experiment(f"train: {train}\nsharpness: {{batches: 2, batch_size: 4}}\n")
+
+
+@pytest.mark.parametrize("train, track", [
+    ("epochs: 2", "{every: 2, metrics: [lambda_max, trace], trace_samples: 2}"),
+    ("epochs: 2, optimizer: adam, lr: 0.003, rotation: global", "{every: 3}")])
+def test_tracking_leaves_training_bit_identical(tiny_experiment, tmp_path, train, track):
+    tracked = _tracked(tiny_experiment, f"{{{train}, track: {track}}}")
+    plain = tiny_experiment(f"train: {{{train}}}\n")
+    train_stage(plain, tmp_path / "plain", force=False)
+    train_stage(tracked, tmp_path / "tracked", force=False)
+    a_dir, b_dir = run_dir(tmp_path / "plain", plain, plain.runs[0]), run_dir(tmp_path / "tracked", tracked, tracked.runs[0])
+    a, b = (torch.load(d / "checkpoint.pt", weights_only=True)["model"] for d in (a_dir, b_dir))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a_dir, b_dir))
+    assert ma["step_loss"] == mb["step_loss"] and ma["val_loss"] == mb["val_loss"]
+    track = json.loads((b_dir / "track.json").read_text())
+    steps = [p["step"] for p in track["points"]]
+    every = tracked.runs[0].train.track.every
+    assert steps == list(range(0, 12 + 1, every))  # 6 steps per epoch, and step 0
+    assert mb["track"] == {"points": len(steps), "hvps": track["hvps"], "seconds": pytest.approx(track["seconds"])}
+    assert all(p["lambda_max"] > 0 for p in track["points"])
+    if "adam" in train:
+        assert track["points"][0]["preconditioned_lambda_max"] is None  # before the first step: no P
+        assert all(p["preconditioned_lambda_max"] > 0 for p in track["points"][1:])
+        assert track["points"][1]["preconditioned_threshold"] == pytest.approx(38 / 0.003)
+    else:
+        assert all(p["trace"] is not None for p in track["points"]) and track["points"][0]["threshold"] == \
+            pytest.approx((2 + 2 * 0.9) / 0.3)
+
+
+def test_a_killed_tracked_run_resumes_its_track_without_gaps_or_repeats(tiny_experiment, tmp_path, monkeypatch):
+    exp = _tracked(tiny_experiment, "{epochs: 3, track: {every: 2}, trajectory: {every: 4}}")
+    train_stage(exp, tmp_path / "straight", force=False)
+    real_loss, calls = training.summed_token_loss, {"n": 0}
+
+    def killed_in_third_epoch(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return real_loss(model, batch)
+
+    monkeypatch.setattr(training, "summed_token_loss", killed_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(exp, tmp_path / "resumed", force=False)
+    monkeypatch.setattr(training, "summed_token_loss", real_loss)
+    train_stage(exp, tmp_path / "resumed", force=False)
+    a, b = (run_dir(tmp_path / d, exp, exp.runs[0]) for d in ("straight", "resumed"))
+    ta, tb = (json.loads((d / "track.json").read_text())["points"] for d in (a, b))
+    strip = lambda points: [{k: v for k, v in p.items() if k != "seconds"} for p in points]  # noqa: E731
+    assert strip(ta) == strip(tb) and [p["step"] for p in tb] == list(range(0, 19, 2))
+    assert np.array_equal(np.load(a / "trajectory.npy"), np.load(b / "trajectory.npy"))
+
+
+def test_tracking_enters_the_training_fingerprint_only_when_on(tiny_experiment):
+    plain = tiny_experiment("train: {epochs: 2}\n").runs[0]
+    tracked = tiny_experiment("train: {epochs: 2, track: {every: 5}}\n").runs[0]
+    untracked_other_settings = tiny_experiment("train: {epochs: 2, track: {iters: 7}}\nsharpness: {batches: 9}\n").runs[0]
+    assert training_fingerprint(plain) == training_fingerprint(untracked_other_settings)
+    assert training_fingerprint(plain) != training_fingerprint(tracked)
+    remeasured = tiny_experiment("train: {epochs: 2, track: {every: 5}}\nsharpness: {batches: 9}\n").runs[0]
+    assert training_fingerprint(remeasured) != training_fingerprint(tracked)  # the track's measurement set
