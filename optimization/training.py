@@ -33,12 +33,12 @@ from optimization.objective import Objective, flatten
 from optimization.optimizers import diagonal_preconditioner, make_optimizer
 from optimization.rotation import RotatedWeights
 from optimization.tracking import SharpnessTracker
-from optimization.trajectory import TRAJECTORY, TrajectoryRecorder
+from optimization.trajectory import TrajectoryRecorder
 from utils.config import RunConfig
 from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
 from utils.errors import CorruptFileError, UserError
 from utils.io import atomic_dir, read_json, remove, verify, versions, write_json
-from utils.layout import training_fingerprint
+from utils.layout import TRAJECTORY, training_fingerprint
 from utils.progress import progress
 
 

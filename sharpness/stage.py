@@ -1,7 +1,9 @@
 """The `sharpness` stage: for every trained run, build the measurement set once and measure on it.
 
 Writes <run dir>/measurement.pt (the batches exactly as fed to the model, and the indices of their
-texts in the filtered training split) and <run dir>/sharpness.json.
+texts in the filtered training split), <run dir>/sharpness.json and, with sharpness.density.probes > 0,
+<run dir>/density.json (the SLQ spectral density: sharpness.density). Each records the settings and
+weights it was measured with and is measured again when they change, each on its own.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from data.corpus import load_texts
 from data.measurement import FixedSet, measurement_set, same_texts
 from models.checkpoint import load_trained
 from optimization.objective import Objective
+from sharpness.density import lanczos_memory_bytes, slq
 from sharpness.eigen import MIN_STABLE_STEPS, lanczos, power_iteration
 from sharpness.sharpness import (curvatures, eps_sharpness, hutchinson_trace, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
-from utils.config import Experiment, SharpnessConfig
+from utils.config import DensityConfig, Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, save_torch, write_json
 from utils.layout import run_label, trained_runs, trained_with
@@ -99,6 +102,31 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
     }
 
 
+def measure_density(objective: Objective, cfg: DensityConfig, label: str = "") -> dict:
+    """The SLQ spectral density of the objective's Hessian, as written to density.json: the Ritz nodes and
+    weights of every probe, the moments and negative mass, and a smoothed density on a grid (for plots; the
+    nodes and weights redraw it at any smoothing)."""
+    dtype = objective.base.dtype
+    full = lanczos_memory_bytes(objective.dim, cfg.steps, True, dtype)
+    reorthogonalize = cfg.reorthogonalize == "full" or (cfg.reorthogonalize == "auto" and full <= cfg.memory_mb * 2**20)
+    start = time.perf_counter()
+    with progress(total=cfg.probes * cfg.steps, desc=f"{label} density") as bar:
+        density = slq(objective.hvp, objective.dim, probes=cfg.probes, steps=cfg.steps, seed=cfg.seed,
+                      reorthogonalize=reorthogonalize, device=objective.device, dtype=dtype, progress=bar)
+    grid, sigma = density.default_grid()
+    return {**density.to_dict(), "reorthogonalized": reorthogonalize,
+            "lanczos_memory_mb": lanczos_memory_bytes(objective.dim, cfg.steps, reorthogonalize, dtype) / 2**20,
+            "seconds": time.perf_counter() - start, "sigma": sigma, "grid": grid.tolist(),
+            "density": density.smoothed(grid, sigma).tolist()}
+
+
+def _current(path: Path, stamp: str, checkpoint: str, force: bool, label: str) -> bool:
+    """Whether `path` holds a result measured with these settings (stamp) on these weights."""
+    done = None if force else read_own_output(path, label=label)
+    # A file of an older version records no checkpoint (and fewer quantities): measured again.
+    return done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, checkpoint)
+
+
 def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
     first_set: FixedSet | None = None
     for run, folder in trained_runs(experiment, output):
@@ -107,19 +135,26 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
             print(f"{label}: warning: with sharpness.max_iter {run.sharpness.max_iter} Lanczos cannot flag an "
                   f"eigenvalue converged (each must stay put for {MIN_STABLE_STEPS} steps); set at least "
                   f"{MIN_STABLE_STEPS + 1}")
-        settings = {"sharpness": asdict(run.sharpness), "checkpoint": trained_with(folder)}
-        stamp = fingerprint(settings)
-        result_path = folder / "sharpness.json"
-        done = None if force else read_own_output(result_path, label=label)
-        # A file of an older version records no checkpoint (and fewer quantities): measured again.
-        if done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, settings["checkpoint"]):
+        checkpoint = trained_with(folder)
+        cfg = run.sharpness
+        settings = asdict(cfg)
+        density_settings = settings.pop("density")  # density.json has its own stamp
+        stamp = fingerprint({"sharpness": settings, "checkpoint": checkpoint})
+        result_path, density_path = folder / "sharpness.json", folder / "density.json"
+        measurement_keys = {key: settings[key] for key in ("batches", "batch_size", "seed", "hvp")}
+        density_stamp = fingerprint({"density": density_settings, "measurement": measurement_keys, "checkpoint": checkpoint})
+        sharpness_todo = not _current(result_path, stamp, checkpoint, force, label)
+        density_todo = cfg.density.probes > 0 and not _current(density_path, density_stamp, checkpoint, force, label)
+        if not sharpness_todo:
             print(f"{label}: sharpness already measured with these settings; skipping (--force redoes it)")
+        if cfg.density.probes and not density_todo:
+            print(f"{label}: spectral density already measured with these settings; skipping (--force redoes it)")
+        if not (sharpness_todo or density_todo):
             continue
 
         device = resolve_device(run.device)
         trained = load_trained(folder / "checkpoint.pt", device)
         texts = load_texts(run.data)
-        cfg = run.sharpness
         measurement = measurement_set(texts.train, cfg, trained.tokenizer, run.data.max_length)
         if first_set is None:
             first_set = measurement
@@ -129,16 +164,26 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         save_torch(folder / "measurement.pt", {**measurement.to_dict(), "seed": cfg.seed})
 
         objective = Objective(trained.model, measurement.batches, hvp_mode=cfg.hvp)
-        result = measure_sharpness(objective, cfg, label)
-        write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp,
-                                 "checkpoint": settings["checkpoint"], "settings": asdict(cfg),
-                                 "texts": texts.counts(), "device": str(device), **result})
-        status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
-        lambda_min = "" if result["lambda_min"] is None else f"{result['lambda_min']:.4g} "
-        top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
-        print(f"{label}: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), lambda_min "
-              f"{lambda_min}({status[result['lambda_min_converged']]}), {result['hvp_count']} HVPs, eps-sharpness@"
-              f"{cfg.epsilons[0]:g} {'below resolution' if top is None else f'{top:.4g}%'}, {result['timings']['total_s']:.1f} s")
+        if sharpness_todo:
+            result = measure_sharpness(objective, cfg, label)
+            write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
+                                     "settings": settings, "texts": texts.counts(), "device": str(device), **result})
+            status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
+            lambda_min = "" if result["lambda_min"] is None else f"{result['lambda_min']:.4g} "
+            top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
+            print(f"{label}: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), "
+                  f"lambda_min {lambda_min}({status[result['lambda_min_converged']]}), {result['hvp_count']} HVPs, "
+                  f"eps-sharpness@{cfg.epsilons[0]:g} {'below resolution' if top is None else f'{top:.4g}%'}, "
+                  f"{result['timings']['total_s']:.1f} s")
+        if density_todo:
+            density = measure_density(objective, cfg.density, label)
+            write_json(density_path, {"run": run.name, "seed": run.seed, "fingerprint": density_stamp,
+                                      "checkpoint": checkpoint, "settings": density_settings, "device": str(device),
+                                      **density})
+            print(f"{label}: spectral density from {density['matvecs']} HVPs in {density['seconds']:.1f} s "
+                  f"({'full' if density['reorthogonalized'] else 'no'} reorthogonalization, "
+                  f"{density['lanczos_memory_mb']:.0f} MiB of Lanczos vectors); trace {density['trace']:.4g}, "
+                  f"negative mass {density['negative_mass']:.3f}")
         del objective, trained
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -17,6 +17,7 @@ from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 
 MANIFEST = "experiment.json"
+TRAJECTORY, TRAJECTORY_INDEX = "trajectory.npy", "trajectory.json"  # train.trajectory's rows and their steps
 DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stages without --stages or `stages:`
 
 

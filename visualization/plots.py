@@ -59,11 +59,23 @@ def interpolation_figure(alphas, curves: list[dict], endpoints: list[tuple[str, 
     return fig
 
 
-def surface_contour_figure(alphas, betas, loss, title: str, label: str = "training loss", levels: int = 30) -> Figure:
-    """Filled contours with contour lines and a colour bar; the star is the model itself (0, 0)."""
+def surface_contour_figure(alphas, betas, loss, title: str, label: str = "training loss", levels: int = 30,
+                           path=None, explained=None) -> Figure:
+    """Filled contours with contour lines and a colour bar; the star is the model itself (0, 0). `path`: the
+    training path projected on the plane (T × 2, from the start, a circle, to the star), drawn over it;
+    `explained`: the variance of the path each PCA axis explains."""
     fig = Figure(figsize=(6.2, 5.2), layout="constrained")
     ax = fig.subplots()
     filled = _draw_surface(ax, alphas, betas, loss, levels, title)
+    if path is not None:
+        path = np.asarray(path, dtype=float)
+        ax.plot(path[:, 0], path[:, 1], ".-", color="tab:red", markersize=3, linewidth=1, label="training path")
+        ax.plot(path[0, 0], path[0, 1], "o", color="tab:red", markerfacecolor="white", label="start")
+        ax.legend(loc="upper right", fontsize=8)
+    if explained is not None:
+        ax.set_xlabel(f"PC 1 ({explained[0]:.1%} of the path's variance)")
+        ax.set_ylabel(f"PC 2 ({explained[1]:.1%})")
+        ax.set_aspect("auto")  # the two axes may span very different distances
     fig.colorbar(filled, ax=ax, label=label)
     return fig
 

@@ -4,7 +4,12 @@ For every (run, seed), in its run folder:
   interpolation.json          loss along init.pt -> checkpoint.pt
   landscape_directions.pt     the two directions of the plane (reused while the settings hold)
   landscape_2d.npz            the loss on the plane around checkpoint.pt and which points are done,
-                              written after every row
+                              written after every row; with landscape.directions: pca also the training
+                              path projected on the plane and the directions' explained variance
+
+landscape.directions: random draws two normalised random directions (visualization.directions); pca
+takes the top two principal directions of the run's trajectory (train.trajectory; visualization.pca), unit
+vectors, and the grid spans landscape.range × PATH_MARGIN × the path's extent along each of them.
 For the experiment, in <output>/<experiment>/:
   interpolation.json          loss along the line between every pair of runs, per seed
   figures/                    interpolation, init_to_final_*, surface_2d_*, surface_3d_* (PNG and PDF),
@@ -24,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
@@ -31,16 +37,20 @@ from models.checkpoint import TrainedModel, load_trained
 from optimization.objective import Objective
 from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
-from utils.errors import UserError
-from utils.io import fingerprint, load_npz, load_torch, read_json, read_own_output, save_figure, save_npz, write_json
-from utils.layout import experiment_dir, run_label, trained_runs, trained_with
+from utils.errors import CorruptFileError, UserError
+from utils.io import (fingerprint, load_npz, load_torch, read_json, read_own_output, save_figure, save_npz, verify,
+                      write_json)
+from utils.layout import TRAJECTORY, TRAJECTORY_INDEX, experiment_dir, run_label, stage_command, trained_runs, trained_with
 from utils.results import drawn_from, record_figure
 from visualization.directions import conv1d_weight_names, directions_for, random_directions, save_directions
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
+from visualization.pca import trajectory_pca
 from visualization.plots import interpolation_figure, surface_3d_figure, surface_contour_figure
 from visualization.surface import empty_grid, fill_surface, grid_axis
 
-DIRECTION_KEYS = ("norm", "ignore", "seed")
+DIRECTION_KEYS = ("directions", "norm", "ignore", "seed")
+PATH_MARGIN = 1.2  # pca: the grid reaches this far beyond the path's extent (times landscape.range)
+PCA_CHUNK_BYTES = 1 << 28  # pca: float64 block of the trajectory read at a time
 SURFACE_KEYS = DIRECTION_KEYS + ("resolution", "range", "val_surface", "eval_batches", "eval_batch_size", "eval_seed")
 LINE_KEYS = ("points", "alpha_min", "alpha_max", "eval_batches", "eval_batch_size", "eval_seed")
 
@@ -51,10 +61,14 @@ class Job:
     folder: Path
     label: str
     trained_with: str  # which weights: utils.layout.trained_with
+    retrain: str       # the command that trains the run again
 
 
 def landscape_settings(run: RunConfig, keys) -> dict:
-    return {key: getattr(run.landscape, key) for key in keys}
+    """The settings named by `keys` (landscape.directions only when not random, the value outputs written
+    before it existed were made with, so that they keep their fingerprints)."""
+    return {key: getattr(run.landscape, key) for key in keys
+            if not (key == "directions" and run.landscape.directions == "random")}
 
 
 def job_fingerprint(job: Job, keys) -> str:
@@ -82,7 +96,7 @@ class EvaluationSets:
 
 
 def landscape_stage(experiment: Experiment, output: Path, force: bool) -> None:
-    jobs = [Job(run, folder, run_label(experiment, run), trained_with(folder))
+    jobs = [Job(run, folder, run_label(experiment, run), trained_with(folder), stage_command(experiment, output, "train", run))
             for run, folder in trained_runs(experiment, output)]
     check_shared_settings(jobs)
     sets = EvaluationSets()
@@ -153,17 +167,56 @@ def saved_surface(path: Path, surface_print: str, label: str) -> dict | None:
     return saved if saved and "done" in saved and str(saved.get("fingerprint")) == surface_print else None
 
 
-def plane(job: Job, final: TrainedModel, objective: Objective, force: bool):
-    """The run's two directions: the saved ones if drawn with the same settings, else new ones (saved)."""
+def plane(job: Job, final: TrainedModel, objective: Objective, force: bool) -> tuple[tuple, dict]:
+    """The run's two directions, the saved ones if made with the same settings, else new ones (saved), and
+    what the figure needs besides (pca: the path's coordinates, steps and explained variance; the extents)."""
     path, cfg = job.folder / "landscape_directions.pt", job.run.landscape
     plane_print = job_fingerprint(job, DIRECTION_KEYS)
     saved = None if force else read_own_output(path, load_torch, job.label)
-    if saved is not None and saved.get("fingerprint") == plane_print:
-        return directions_for(saved, objective)
-    d1, d2 = random_directions(objective, conv1d_weight_names(final.model), cfg.norm, cfg.ignore, cfg.seed)
-    save_directions(path, objective, d1, d2, {"norm": cfg.norm, "ignore": cfg.ignore, "seed": cfg.seed,
-                                              "fingerprint": plane_print})
-    return d1, d2
+    if saved is None or saved.get("fingerprint") != plane_print:
+        settings = {"norm": cfg.norm, "ignore": cfg.ignore, "seed": cfg.seed, "directions": cfg.directions,
+                    "fingerprint": plane_print}
+        if cfg.directions == "pca":
+            d1, d2, path_info = pca_directions(job, objective)
+            settings.update(path_info)
+        else:
+            d1, d2 = random_directions(objective, conv1d_weight_names(final.model), cfg.norm, cfg.ignore, cfg.seed)
+        save_directions(path, objective, d1, d2, settings)
+        saved = read_own_output(path, load_torch, job.label)
+    info = {key: saved[key] for key in ("path_coordinates", "path_steps", "explained_variance") if key in saved}
+    if cfg.directions == "pca":
+        extents = [cfg.range * PATH_MARGIN * float(abs(saved["path_coordinates"][:, i]).max()) for i in range(2)]
+    else:
+        extents = [cfg.range, cfg.range]
+    return directions_for(saved, objective), {**info, "extents": extents}
+
+
+def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The top two principal directions of the run's trajectory around its final weights (Li et al. 2018 §7)
+    and the path on them: its coordinates (θ_t − θ_f)·dᵢ, the steps they were saved at, the explained variance."""
+    rows_path, index_path = job.folder / TRAJECTORY, job.folder / TRAJECTORY_INDEX
+    retrain = job.retrain
+    if not (rows_path.is_file() and index_path.is_file()):
+        raise UserError(f"{job.label}: landscape.directions is pca but {rows_path} does not exist; train the run with "
+                        f"train.trajectory.every > 0 ({retrain})")
+    try:
+        verify(rows_path)
+        steps = read_json(index_path)["steps"]
+    except CorruptFileError as err:
+        raise err.needing(f"train the run again with: {retrain}") from None
+    rows = np.load(rows_path, mmap_mode="r")
+    init = load_trained(job.folder / "init.pt", objective.device)
+    final = (objective.base - weights_in(objective, init.model, job.label)).float().cpu().numpy()
+    start = time.perf_counter()
+    try:
+        pca = trajectory_pca(rows, final, 2, chunk=max(1, PCA_CHUNK_BYTES // (8 * len(rows))))
+    except ValueError as err:
+        raise UserError(f"{job.label}: no PCA plane from {rows_path}: {err}") from None
+    print(f"{job.label}: PCA of {len(rows)} weights along training in {time.perf_counter() - start:.1f} s; explained "
+          f"variance {pca.explained_variance_ratio[0]:.1%} and {pca.explained_variance_ratio[1]:.1%}")
+    d1, d2 = (torch.from_numpy(d).to(device=objective.device, dtype=objective.base.dtype) for d in pca.directions)
+    return d1, d2, {"path_coordinates": torch.from_numpy(pca.coordinates), "path_steps": steps,
+                    "explained_variance": torch.from_numpy(pca.explained_variance_ratio)}
 
 
 def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, path: Path, surface_print: str,
@@ -172,8 +225,8 @@ def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: Fixe
     objectives = {"train_loss": Objective(final.model, train_set.batches)}
     if cfg.val_surface:
         objectives["val_loss"] = Objective(final.model, val_set.batches)
-    directions = plane(job, final, objectives["train_loss"], force)
-    alphas = betas = grid_axis(cfg.resolution, cfg.range)
+    directions, info = plane(job, final, objectives["train_loss"], force)
+    alphas, betas = (grid_axis(cfg.resolution, extent) for extent in info["extents"])
     if saved is None:
         grids = {name: empty_grid(alphas, betas) for name in objectives}
         done = np.zeros((len(alphas), len(betas)), dtype=bool)
@@ -185,6 +238,7 @@ def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: Fixe
     earlier_s = 0.0 if saved is None else float(saved.get("time_s", 0.0))
     start = time.perf_counter()
     settings = {key: np.array(value) for key, value in landscape_settings(job.run, SURFACE_KEYS).items()}
+    settings.update({key: np.asarray(value) for key, value in info.items() if key != "extents"})
 
     def save():
         save_npz(path, alphas=alphas, betas=betas, **grids, done=done, **settings, base_loss=np.array(base_loss),
@@ -267,8 +321,11 @@ def draw_figures(jobs: list[Job], folder: Path, force: bool) -> None:
         if "done" not in data or not data["done"].all():
             continue  # unfinished: drawn once every point is evaluated
         alphas, betas, loss, norm = data["alphas"], data["betas"], data["train_loss"], str(data["norm"])
-        title = f"{job.run.name}, seed {job.run.seed}: {norm}-normalised directions"
-        draw(figures / f"surface_2d_{name}", surface, force, lambda: surface_contour_figure(alphas, betas, loss, title))
+        path, explained = data.get("path_coordinates"), data.get("explained_variance")
+        title = f"{job.run.name}, seed {job.run.seed}: " + (
+            f"{norm}-normalised directions" if path is None else "PCA directions of the training path")
+        draw(figures / f"surface_2d_{name}", surface, force,
+             lambda: surface_contour_figure(alphas, betas, loss, title, path=path, explained=explained))
         draw(figures / f"surface_3d_{name}", surface, force, lambda: surface_3d_figure(alphas, betas, loss, title))
 
 
