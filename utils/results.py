@@ -35,6 +35,8 @@ class ExperimentResults:
     metrics: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> metrics.json
     sharpness: dict[str, dict[int, dict]] = field(default_factory=dict)    # run -> seed -> sharpness.json
     geometry: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> geometry.json
+    density: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> density.json
+    track: dict[str, dict[int, dict]] = field(default_factory=dict)        # run -> seed -> track.json
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # the experiment's: only their files are missing
     surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
     init_to_final: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> interpolation.json
@@ -157,16 +159,27 @@ def _unlisted_folders(folder: Path, expected: dict[str, dict[int, str]]) -> list
 def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: Path) -> dict[str, Path]:
     """Read one trained (run, seed)'s measurements; return the figures they should be drawn in."""
     label, name, fingerprint = f"{run}/seed-{seed}", f"{run}_seed-{seed}", results.trained_with[run][seed]
+    config = results.configs[run]
     sources = {}
-    for stage, store in (("sharpness", results.sharpness), ("geometry", results.geometry)):
-        path = seed_dir / f"{stage}.json"
+    measured = [("sharpness", "sharpness", results.sharpness), ("geometry", "geometry", results.geometry)]
+    if config["sharpness"].get("density", {}).get("probes"):
+        measured.append(("sharpness", "density", results.density))
+    for stage, what, store in measured:
+        path = seed_dir / f"{what}.json"
         data = results.read(path, stage) if path.is_file() else None
         if data is None:
-            results.absent(stage, f"{stage} of {label} (no {path.name})")
+            results.absent(stage, f"{what} of {label} (no {path.name})")
         elif data.get("checkpoint") != fingerprint:
-            results.missing.append(f"{stage} of {label} (measured on other weights; run the {stage} stage)")
+            results.missing.append(f"{what} of {label} (measured on other weights; run the {stage} stage)")
         else:
             store.setdefault(run, {})[seed] = data
+    if config["train"].get("track", {}).get("every"):
+        path = seed_dir / "track.json"
+        data = results.read(path, "train") if path.is_file() else None
+        if data is None or data.get("fingerprint") != results.metrics[run][seed]["fingerprint"]:
+            results.missing.append(f"sharpness along training of {label} (no current track.json; run the train stage)")
+        else:
+            results.track.setdefault(run, {})[seed] = data
 
     line = seed_dir / "interpolation.json"
     data = results.read(line, "landscape") if line.is_file() else None
@@ -304,6 +317,18 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
                 f"{frame}_frobenius": (*where, "frobenius", "value"),
                 f"{frame}_l11_ratio": (*where, "ratio", "median"),
             })
+    if results.track:
+        quantities.update({
+            "track_lambda_max": ("track", "last", "lambda_max"),
+            "track_edge_ratio": ("track", "last", "lambda_max", "threshold"),
+            "track_preconditioned_lambda_max": ("track", "last", "preconditioned_lambda_max"),
+            "track_preconditioned_edge_ratio": ("track", "last", "preconditioned_lambda_max", "preconditioned_threshold"),
+            "track_hvps": ("track", "hvps"),
+            "track_time_s": ("track", "seconds"),
+        })
+    if results.density:
+        quantities.update({"density_negative_mass": ("density", "negative_mass"), "density_trace": ("density", "trace"),
+                           "density_hvps": ("density", "matvecs"), "density_time_s": ("density", "seconds")})
     quantities.update({
         "init_to_final_barrier": ("init_to_final", "barrier"),
         "train_time_s": ("metrics", "train_time_s"),
@@ -324,6 +349,13 @@ def _value(results: ExperimentResults, run: str, seed: int, source: str, *path):
     if source == "surfaces":
         value = None if data is None else data.get(path[0])
         return None if value is None else float(np.asarray(value))
+    if source == "track" and path[0] == "last":  # the last point; with a threshold, the value's ratio to it
+        last = (data or {}).get("points", [{}])[-1]
+        value = last.get(path[1])
+        if value is None or len(path) < 3:
+            return value
+        limit = last.get(path[2])
+        return None if not limit else value / limit
     value = _nested(data, *path)
     if value is None and path[-1] in (_nested(data, *path[:-1], "below_resolution") or ()):
         return BELOW_RESOLUTION  # measured, and too small for the loss to tell from 0: not missing
@@ -564,3 +596,44 @@ def geometry_settings_table(results: ExperimentResults) -> str:
         ("‖·‖₂", lambda d: f"Lanczos, ≤ {d['max_iter']} HVPs, tol {d['tol']:g}"),
         ("rotation R", lambda d: "none" if d["rotation"] == "none" else f"{d['rotation']}, seed {d['rotation_seed']}"),
     ])
+
+
+# ----------------------------------------------------------------------------------------------
+# Along training: the tracked sharpness (track.json), the spectral density (density.json) and the surfaces
+# drawn on the PCA plane of the training path.
+
+def dynamics_section_applies(results: ExperimentResults) -> bool:
+    return bool(results.track or results.density or pca_surfaces(results))
+
+
+def track_columns() -> list[tuple[str, str]]:
+    """The last tracked point of each run: λ_max and its ratio to 2/η, the preconditioned λ and its ratio to
+    Adam's threshold, and what tracking cost."""
+    return [("track_lambda_max", "λ_max (last point)"), ("track_edge_ratio", "λ_max · η/2"),
+            ("track_preconditioned_lambda_max", "λ_max(P⁻¹ᐟ²HP⁻¹ᐟ²) (last)"),
+            ("track_preconditioned_edge_ratio", "÷ (2+2β₁)/((1−β₁)η)"),
+            ("track_hvps", "HVPs"), ("track_time_s", "seconds")]
+
+
+def density_columns() -> list[tuple[str, str]]:
+    return [("density_negative_mass", "mass below 0"), ("density_trace", "tr(H) (SLQ)"), ("lambda_max", "λ_max"),
+            ("density_hvps", "HVPs"), ("density_time_s", "seconds")]
+
+
+def track_curves(results: ExperimentResults) -> dict[str, dict]:
+    """{run: {"tracks": per-seed track points, "losses": per-seed step_loss}} for plots.tracked_sharpness_figure."""
+    return {run: {"tracks": [by_seed[seed]["points"] for seed in sorted(by_seed)],
+                  "losses": [results.metrics[run][seed].get("step_loss") or [] for seed in sorted(by_seed)]}
+            for run, by_seed in results.track.items()}
+
+
+def density_runs(results: ExperimentResults) -> dict[str, dict[int, dict]]:
+    """{run: {seed: density.json}} in the runs' order, for plots.spectral_density_figure."""
+    return {run: dict(sorted(results.density[run].items())) for run in results.runs if run in results.density}
+
+
+def pca_surfaces(results: ExperimentResults) -> dict[str, Path]:
+    """{figure stem: PNG} of the 2D surfaces drawn on the PCA plane of their run's training path."""
+    return {f"surface_2d_{run}_seed-{seed}": results.figures[f"surface_2d_{run}_seed-{seed}"]
+            for run, by_seed in results.surfaces.items() for seed, data in sorted(by_seed.items())
+            if "path_coordinates" in data and f"surface_2d_{run}_seed-{seed}" in results.figures}

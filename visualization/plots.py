@@ -217,3 +217,62 @@ def geometry_norms_figure(runs: dict[str, dict[str, dict]], title: str) -> Figur
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def tracked_sharpness_figure(runs: dict[str, dict], title: str) -> Figure:
+    """One column per run: λ_max of the Hessian along training (and, for the Adam family, of the preconditioned
+    Hessian P^-1/2 H P^-1/2) with the stability thresholds 2/η and (2 + 2β₁)/((1 − β₁)η) as dashed lines of the
+    same colour (Cohen et al. 2021; 2022); below it, on the same steps, the training loss of every step.
+
+    `runs[name]` = {"tracks": [track.json points of each seed], "losses": [step_loss of each seed]}: one line per
+    seed (the first seed opaque)."""
+    metrics = (("lambda_max", "threshold", "λ_max(H)", "tab:blue"),
+               ("preconditioned_lambda_max", "preconditioned_threshold", "λ_max(P⁻¹ᐟ²HP⁻¹ᐟ²)", "tab:red"))
+    fig = Figure(figsize=(4.6 * len(runs), 6.2), layout="constrained")
+    axes = np.asarray(fig.subplots(2, len(runs), sharex="col", squeeze=False, height_ratios=(2, 1)))
+    for column, (name, run) in enumerate(runs.items()):
+        top, bottom = axes[0, column], axes[1, column]
+        for seed_index, (points, losses) in enumerate(zip(run["tracks"], run["losses"])):
+            alpha = 1.0 if seed_index == 0 else 0.35
+            for key, threshold, label, color in metrics:
+                measured = [(p["step"], p[key], p.get(threshold)) for p in points if p.get(key) is not None]
+                if not measured:
+                    continue
+                steps, values, limits = zip(*measured)
+                top.plot(steps, values, ".-", color=color, alpha=alpha, markersize=3,
+                         label=label if seed_index == 0 else None)
+                if limits[0] is not None:
+                    top.plot(steps, limits, "--", color=color, alpha=alpha, linewidth=1,
+                             label=("2/η" if key == "lambda_max" else "(2+2β₁)/((1−β₁)η)") if seed_index == 0 else None)
+            bottom.plot(np.arange(1, len(losses) + 1), losses, color="0.3", alpha=alpha, linewidth=0.8)
+        top.set_yscale("log")
+        top.set_title(name, fontsize=10)
+        top.legend(fontsize=7)
+        bottom.set_xlabel("optimizer step")
+        bottom.set_yscale("log")
+        if column == 0:
+            top.set_ylabel("sharpness (measurement set)")
+            bottom.set_ylabel("training loss (batch)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def spectral_density_figure(runs: dict[str, dict], title: str) -> Figure:
+    """One panel per run: the Hessian's spectral density (SLQ, Gaussian-smoothed) on a log scale, one line per
+    seed, with the fraction of its mass below zero in the legend. `runs[name]` = {seed: density.json}."""
+    fig = Figure(figsize=(4.4 * len(runs), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(runs), squeeze=False)[0])
+    for ax, (name, by_seed) in zip(axes, runs.items()):
+        for seed, data in by_seed.items():
+            density = np.asarray(data["density"], dtype=float)
+            floor = density.max() * 1e-8  # log scale: the smoothed tails fall to exactly 0
+            ax.plot(data["grid"], np.maximum(density, floor),
+                    label=f"seed {seed}: {data['negative_mass']:.1%} of the mass < 0")
+        ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
+        ax.set_yscale("log")
+        ax.set_xlabel("eigenvalue")
+        ax.set_title(name, fontsize=10)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("density (SLQ, smoothed)")
+    fig.suptitle(title, fontsize=10)
+    return fig

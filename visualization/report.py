@@ -17,11 +17,13 @@ from utils.config import Experiment
 from utils.errors import CorruptFileError
 from utils.io import save_figure, write_json, write_text
 from utils.layout import experiment_dir, stage_command
-from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, eps_columns, epsilons,
-                           generalization_columns, geometry_columns, geometry_detail_table, geometry_norms,
-                           geometry_section_applies, geometry_settings_table, landscape_settings_table, load_results,
-                           markdown_table, pairs_table, sharpness_settings_table, step_loss_curves, summarize)
-from visualization.plots import geometry_norms_figure, learning_curves_figure, step_losses_figure, surfaces_figure
+from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, density_columns, density_runs,
+                           dynamics_section_applies, eps_columns, epsilons, generalization_columns, geometry_columns,
+                           geometry_detail_table, geometry_norms, geometry_section_applies, geometry_settings_table,
+                           landscape_settings_table, load_results, markdown_table, pairs_table, pca_surfaces,
+                           sharpness_settings_table, step_loss_curves, summarize, track_columns, track_curves)
+from visualization.plots import (geometry_norms_figure, learning_curves_figure, spectral_density_figure,
+                                 step_losses_figure, surfaces_figure, tracked_sharpness_figure)
 
 
 def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]:
@@ -37,6 +39,12 @@ def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]
         norms = geometry_norms(summary)
         if norms:
             figures["geometry_norms"] = geometry_norms_figure(norms, f"{results.name}: Hessian norms")
+    if results.track:
+        figures["sharpness_along_training"] = tracked_sharpness_figure(
+            track_curves(results), f"{results.name}: sharpness along training (measurement set)")
+    if results.density:
+        figures["spectral_density"] = spectral_density_figure(
+            density_runs(results), f"{results.name}: Hessian spectral density at the final weights")
     panels = [(f"{run}, seed {seed}", data["alphas"], data["betas"], data["train_loss"])
               for run in results.runs for seed, data in sorted(results.surfaces.get(run, {}).items())]
     if panels:
@@ -82,6 +90,8 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
         sections += _sharpness_sections(results, summary)
     if geometry_section_applies(results):
         sections += _geometry_sections(results, summary, figures)
+    if dynamics_section_applies(results):
+        sections += _dynamics_sections(results, summary, figures)
     if "landscape" in results.stages or results.interpolation or results.init_to_final or results.surfaces:
         sections += _landscape_sections(results, summary, figures)
     singles = [f"[{stem}](figures/{path.name})" for stem, path in results.figures.items() if stem != "interpolation"]
@@ -148,6 +158,34 @@ def _geometry_sections(results: ExperimentResults, summary: dict, figures: dict)
     if results.geometry:
         sections += ["Each seed and frame, with the bootstrap intervals over the Cauchy sketches:",
                      geometry_detail_table(results), "Settings:", geometry_settings_table(results)]
+    return sections
+
+
+def _dynamics_sections(results: ExperimentResults, summary: dict, figures: dict) -> list[str]:
+    """Along training: tracked sharpness with its stability thresholds, the spectral density, the PCA path."""
+    sections = ["## Along training"]
+    if results.track:
+        sections += [
+            "Sharpness measured during training on the run's measurement set (train.track), with the learning curve "
+            "on the same steps. Gradient descent with step η is stable on a quadratic only while λ_max(H) < 2/η "
+            "(dashed; Cohen et al. 2021 find full-batch GD sharpening up to it and hovering there); for the Adam "
+            "family the line is (2+2β₁)/((1−β₁)η) for the preconditioned Hessian P⁻¹ᐟ²HP⁻¹ᐟ² (Cohen et al. 2022). "
+            "Mini-batch training usually stays below these lines.",
+            _image(figures.get("sharpness_along_training"), "sharpness along training"),
+            markdown_table(summary, track_columns())]
+    if results.density:
+        sections += [
+            "Spectral density of the Hessian at the final weights (stochastic Lanczos quadrature, Gaussian-smoothed, "
+            "log scale; sharpness.density): a bulk near zero and a few outliers is the usual shape, and the mass "
+            "below zero says how far from a minimum the weights are.",
+            _image(figures.get("spectral_density"), "spectral density"),
+            markdown_table(summary, density_columns())]
+    pca = pca_surfaces(results)
+    if pca:
+        sections += ["The 2D loss surface on the top two PCA directions of each run's training path (Li et al. 2018 "
+                     "§7), the path projected on it (from the circle to the star, the final weights); the axes give "
+                     "the share of the path's variance each direction explains."]
+        sections += [f"![{stem}](figures/{path.name})" for stem, path in pca.items()]
     return sections
 
 
