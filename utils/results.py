@@ -504,6 +504,9 @@ def cost_columns(summary: dict) -> list[tuple[str, str]]:
                ("sharpness_time_s", "sharpness s"), ("landscape_time_s", "2D surface s")]
     if has_geometry(summary):
         columns.insert(4, ("geometry_time_s", "geometry s"))
+    for name, title in (("track_time_s", "tracking s"), ("density_time_s", "density s")):
+        if any(data["quantities"].get(name, {}).get("n") for data in summary["runs"].values()):
+            columns.append((name, title))
     return columns
 
 

@@ -212,7 +212,7 @@ def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.
         pca = trajectory_pca(rows, final, 2, chunk=max(1, PCA_CHUNK_BYTES // (8 * len(rows))))
     except ValueError as err:
         raise UserError(f"{job.label}: no PCA plane from {rows_path}: {err}") from None
-    print(f"{job.label}: PCA of {len(rows)} weights along training in {time.perf_counter() - start:.1f} s; explained "
+    print(f"{job.label}: PCA of {len(rows)} snapshots of the weights along training in {time.perf_counter() - start:.1f} s; explained "
           f"variance {pca.explained_variance_ratio[0]:.1%} and {pca.explained_variance_ratio[1]:.1%}")
     d1, d2 = (torch.from_numpy(d).to(device=objective.device, dtype=objective.base.dtype) for d in pca.directions)
     return d1, d2, {"path_coordinates": torch.from_numpy(pca.coordinates), "path_steps": steps,
