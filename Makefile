@@ -28,6 +28,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/landscape_speed.py
 	HF_HUB_OFFLINE=1 $(PY) bench/sharpness_speed.py --arch both
 	HF_HUB_OFFLINE=1 $(PY) bench/geometry_speed.py --arch both
+	HF_HUB_OFFLINE=1 $(PY) bench/tracking_speed.py
 
 clean:
 	rm -rf results .pytest_cache

@@ -97,11 +97,14 @@ def power_iteration(matvec: MatVec, dim: int, *, max_iter: int, tol: float, seed
 
 def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, seed: int = 0, device="cpu",
             dtype=torch.float32, progress=None, start: torch.Tensor | None = None, stable_steps: int = MIN_STABLE_STEPS,
-            bottom: bool = True) -> EigenResult:
+            bottom: bool = True, residual_test: bool = True) -> EigenResult:
     """`start`: the first Krylov vector (e.g. the top eigenvector of a nearby matrix, a warm start that
     converges in a few products); a random one drawn from `seed` when None. `stable_steps`: the shortest
     window over which a converged Ritz value must have stayed put (see the module's docstring). `bottom`:
-    whether the smallest eigenvalue is estimated too (and must converge before Lanczos stops)."""
+    whether the smallest eigenvalue is estimated too (and must converge before Lanczos stops).
+    `residual_test`: whether a converged Ritz value's residual must also be within tol·s (without it, a value
+    that stayed put converges: an eigenvalue's error is about the residual squared over the gap, so a warm
+    start near the eigenvector has its value long before its residual is small)."""
     basis: list[torch.Tensor] = []
     alphas: list[float] = []
     betas: list[float] = []
@@ -125,9 +128,11 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
         scale = float(ritz_values.abs().max())
         tolerance = tol * scale
         exact = beta <= 1e-12 * max(scale, 1e-30)  # an invariant subspace: the Ritz values are exact
-        top = [_estimate(ritz_by_step, residuals, rank, tolerance, exact, stable_steps, from_top=True)
+        residual_tolerance = tolerance if residual_test else float("inf")
+        top = [_estimate(ritz_by_step, residuals, rank, tolerance, residual_tolerance, exact, stable_steps, from_top=True)
                for rank in range(min(k, len(alphas)))]
-        smallest = [_estimate(ritz_by_step, residuals, 0, tolerance, exact, stable_steps, from_top=False)] if bottom else []
+        smallest = [_estimate(ritz_by_step, residuals, 0, tolerance, residual_tolerance, exact, stable_steps,
+                              from_top=False)] if bottom else []
         if exact or (len(alphas) > k and all(e.converged for e in top + smallest)):
             break
         betas.append(beta)
@@ -137,8 +142,8 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
     return EigenResult(top, smallest[0] if bottom else None, eigenvector / eigenvector.norm(), len(alphas), history)
 
 
-def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: int, tolerance: float, exact: bool,
-              stable_steps: int, from_top: bool) -> Estimate:
+def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: int, tolerance: float,
+              residual_tolerance: float, exact: bool, stable_steps: int, from_top: bool) -> Estimate:
     """The rank-th largest (from_top) or smallest Ritz value now, and whether it has converged."""
     index = -1 - rank if from_top else rank
     now = ritz_by_step[-1]
@@ -150,7 +155,7 @@ def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: i
     if len(ritz_by_step) > window:
         before = ritz_by_step[-1 - window]
         stable = len(before) > rank and abs(value - float(before[index])) <= tolerance
-    return Estimate(value, residual, stable and residual <= tolerance)
+    return Estimate(value, residual, stable and residual <= residual_tolerance)
 
 
 def tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

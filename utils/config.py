@@ -70,8 +70,8 @@ class TrackConfig:
     metrics: list[Literal["lambda_max", "preconditioned_lambda_max", "trace"]] = option(
         ["lambda_max", "preconditioned_lambda_max"],
         "lambda_max | preconditioned_lambda_max (of P^-1/2 H P^-1/2, Adam family only) | trace (Hutchinson)")
-    iters: int = option(20, "Lanczos steps per point at most (each one HVP; warm-started from the last point)", ge=2)
-    tol: float = option(1e-3, "Lanczos residual tolerance, relative to the eigenvalue", gt=0)
+    iters: int = option(40, "Lanczos steps per point at most (each one HVP; warm-started from the last point)", ge=2)
+    tol: float = option(1e-3, "stop when λ moved by at most tol·|λ| over the last half of the Lanczos steps", gt=0)
     trace_samples: int = option(10, "Hutchinson samples per point (metric trace)", ge=1)
     seed: int = option(0, "draws the first Lanczos start and the Hutchinson vectors", ge=0)
 
