@@ -29,7 +29,7 @@ from data.batches import collate, to_device, tokenize  # noqa: E402
 from models.models import build_model, byte_tokenizer  # noqa: E402
 from optimization.evaluation import summed_token_loss  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
-from sharpness.eigen import lanczos, power_iteration  # noqa: E402
+from optimization.curvature import lanczos, power_iteration  # noqa: E402
 from utils.config import ModelConfig  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 

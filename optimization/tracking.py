@@ -14,12 +14,15 @@ trace                      tr(H) by Hutchinson's estimator (the same Rademacher 
                            standard error.
 
 Cost. Lanczos starts from the top eigenvector of the previous point (a warm start): when the Hessian moves
-little in N steps, it stops after a few HVPs where a random start takes tens (bench/tracking_speed.py: 3.5
-against 18 at AdamW's lr 5e-5, 11 against 18 at 3e-4, where λ_max moved by 30% between points). It stops when
+little in N steps, it stops after a few HVPs where a random start takes tens (bench/tracking_speed.py: 4.2
+against 18 at AdamW's lr 5e-5, 11 against 17 at 3e-4, where λ_max moved by 30% between points). It stops when
 the top Ritz value moved by at most tol·|λ| over the last half of its steps (at least WARM_WINDOW), without
-asking the residual to be that small too (sharpness.eigen's residual_test): the value's error is about the
+asking the residual to be that small too (optimization.curvature's residual_test): the value's error is about the
 residual squared over the gap, so a warm start has the value long before the residual is small. The residual
-is recorded with each value, and a point that ran out of `iters` steps is flagged not converged.
+is recorded with each value, and a point that ran out of `iters` steps is flagged not converged. The start
+mixes in a random unit vector (WARM_NOISE), so a direction that overtook the old top one is in the Krylov
+space from the first step; one that overtook it by a small margin can still be missed when the value settles
+first (a Ritz value is always a lower bound of λ_max): track more often where the top eigenvalues cross.
 
 Training does not see the measurement: the model is measured in eval mode (no dropout draws) with random
 vectors from generators of its own, so the weights, the data order and every RNG stream are the same with
@@ -35,22 +38,23 @@ import time
 import torch
 
 from optimization.optimizers import ADAM_FAMILY
-from sharpness.eigen import lanczos
-from sharpness.sharpness import hutchinson_trace
+from optimization.curvature import hutchinson_trace, lanczos
 from utils.config import TrackConfig, TrainConfig
 
-WARM_WINDOW = 1  # a tracked λ_max must have stayed put over at least this many Lanczos steps (and half of them)
+WARM_WINDOW = 2  # a tracked λ_max must have stayed put over at least this many Lanczos steps (and half of them)
+WARM_NOISE = 0.1  # the warm start's share of a random unit vector: room for a direction that overtook the old top one
 
 
 def gd_threshold(train: TrainConfig, lr: float) -> float | None:
-    """The step-size stability limit on λ_max(H): (2 + 2β)/η for sgd with momentum β (β = 0: 2/η); None otherwise."""
-    return (2 + 2 * train.momentum) / lr if train.optimizer == "sgd" else None
+    """The step-size stability limit on λ_max(H): (2 + 2β)/η for sgd with momentum β (β = 0: 2/η); None otherwise
+    (and at η = 0, the end of a cosine schedule, where every λ is stable)."""
+    return (2 + 2 * train.momentum) / lr if train.optimizer == "sgd" and lr > 0 else None
 
 
 def adam_threshold(train: TrainConfig, lr: float) -> float | None:
     """The limit on λ_max(P^-1/2 H P^-1/2) for the Adam family: (2 + 2β₁)/((1 − β₁)η); None otherwise."""
     beta1 = train.betas[0]
-    return (2 + 2 * beta1) / ((1 - beta1) * lr) if train.optimizer in ADAM_FAMILY else None
+    return (2 + 2 * beta1) / ((1 - beta1) * lr) if train.optimizer in ADAM_FAMILY and lr > 0 else None
 
 
 def tracked_metrics(cfg: TrackConfig, train: TrainConfig) -> list[str]:
@@ -112,6 +116,10 @@ class SharpnessTracker:
 
     def _top(self, metric: str, matvec, objective) -> dict:
         warm = self.warm.get(metric)
+        if warm is not None:
+            generator = torch.Generator().manual_seed(self.cfg.seed + len(self.points))
+            noise = torch.randn(warm.numel(), generator=generator, dtype=torch.float64).to(warm)
+            warm = warm / warm.norm() + WARM_NOISE * noise / noise.norm()
         result = lanczos(matvec, objective.dim, k=1, max_iter=self.cfg.iters, tol=self.cfg.tol, seed=self.cfg.seed,
                          device=objective.base.device, dtype=objective.base.dtype, stable_steps=WARM_WINDOW,
                          bottom=False, residual_test=False, start=None if warm is None else warm.to(objective.base))

@@ -176,16 +176,19 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                          measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches]
     if run.train.trajectory.every:
         weights = [p for p in model.parameters() if p.requires_grad]
-        init = flatten(weights) if resume is None else _flat_init(model, run_dir / "init.pt")
+        init = flatten(weights).cpu() if resume is None else _flat_init(model, run_dir / "init.pt")
         try:
             recorder = TrajectoryRecorder(run_dir, run.train.trajectory.every, total_steps, weights, init,
                                           None if resume is None else resume["trajectory_rows"])
+            del init
         except CorruptFileError as err:
             print(f"{label}: warning: {err}; starting over")
             return train_run(run, run_dir, force=True, label=label)
 
     def along_the_way(step: int) -> float:
         """Track the Hessian and record the weights at `step` (optimizer steps so far) where asked; the seconds."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's queued kernels are training time
         start = time.perf_counter()
         if tracker is not None and tracker.due(step):
             objective = Objective(model, track_batches, hvp_mode=run.sharpness.hvp)

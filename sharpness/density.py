@@ -11,7 +11,7 @@ tr(Hᵖ) ≈ n · mean of Σⱼ wⱼ θⱼᵖ (Hutchinson's estimator with the q
 fraction of the spectrum below zero, and a Gaussian-smoothed density for plots.
 
 Reorthogonalization. `reorthogonalize=True` orthogonalizes every new Lanczos vector against all earlier
-ones (twice, as sharpness/eigen.py does). `False` runs the plain three-term recurrence. In floating point
+ones (twice, as optimization/curvature.py does). `False` runs the plain three-term recurrence. In floating point
 its vectors lose orthogonality once a Ritz value converges, and T then holds ghost copies of isolated
 eigenvalues (the top one several times) that split its weight between them; the quadrature is still that
 of a nearby measure, so the moments and the density stay valid (Paige 1980; Greenbaum 1989), only the
@@ -35,8 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sharpness.eigen import MatVec, tridiagonal_eigh
-from sharpness.sharpness import rademacher
+from optimization.curvature import MatVec, rademacher, tridiagonal_eigh
 
 BREAKDOWN = 100  # a probe stops when β <= BREAKDOWN·eps(dtype)·‖T‖: its Krylov space is invariant
 SIGMA_FRACTION = 2e-3  # default smoothing width, as a fraction of the span of the nodes (see default_grid)

@@ -17,7 +17,7 @@ Blocks       row sums over the rows of one layer or one kind of weight: where th
              sketch H's range (Q = orth(H·S)), m/3 give ‖HQ‖_F² exactly, the rest estimate ‖H(I − QQᵀ)‖_F² by
              Hutchinson (E‖Az‖² = ‖A‖_F²). Exact once m/3 reaches H's rank; memory: up to 3·m/3 vectors of d
              floats at once (the sketch, and QR's output and workspace).
-‖H‖₂         max(|λ_max|, |λ_min|) by Lanczos (sharpness.eigen).
+‖H‖₂         max(|λ_max|, |λ_min|) by Lanczos (optimization.curvature).
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import numpy as np
 import torch
 
 from models.parameters import parameter_kind, parameter_layer
-from sharpness.eigen import lanczos
-from sharpness.sharpness import rademacher
+from optimization.curvature import lanczos, rademacher
 from utils.errors import CorruptFileError
 from utils.io import new_memmap, read_json, remove, write_json
 

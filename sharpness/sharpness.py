@@ -13,7 +13,6 @@ worst_case      max over the ball of L(θ+δ) − L(θ), δ = s⊙u with ||u||�
                 ('adaptive', Kwon et al. 2021; Andriushchenko et al. 2023), which no reparametrization of the
                 kind Dinh et al. (2017) use can make arbitrarily sharp. Projected normalized-gradient ascent on u
                 from u = ε·v (δ ∝ |θ|⊙v in the adaptive ball), v the eigenvector's best sign.
-hutchinson_trace  tr(H) ≈ mean of zᵀHz over Rademacher vectors z, with its standard error.
 
 Resolution. Each token's loss is computed in the model's dtype (fp32 in the pipeline) and the token losses
 are summed in float64 (optimization.evaluation). Rounding still gives L a relative error of the order of the
@@ -143,21 +142,3 @@ def worst_case(objective: Objective, base_loss: float, start: torch.Tensor, eps:
     objective.restore()
     value = {"value_pct": 100.0 * (best - base_loss) / base_loss, "steps": steps, "ball": ball}
     return _resolved(value, ("value_pct",), loss_resolution_pct(objective.base.dtype))
-
-
-def rademacher(dim: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """A vector of independent ±1 entries, typed and placed like `like`."""
-    return (torch.randint(0, 2, (dim,), generator=generator) * 2 - 1).to(like)
-
-
-def hutchinson_trace(objective: Objective, samples: int, seed: int, progress=None) -> dict:
-    generator = torch.Generator().manual_seed(seed)
-    values = []
-    for _ in range(samples):
-        z = rademacher(objective.dim, generator, objective.base)
-        values.append(float(z @ objective.hvp(z)))
-        if progress is not None:
-            progress.update(1)
-    values_t = torch.tensor(values, dtype=torch.float64)
-    stderr = float(values_t.std() / math.sqrt(samples)) if samples > 1 else math.nan
-    return {"mean": float(values_t.mean()), "stderr": stderr, "samples": samples}

@@ -17,15 +17,15 @@ import torch
 from data.corpus import load_texts
 from data.measurement import FixedSet, measurement_set, same_texts
 from models.checkpoint import load_trained
+from optimization.curvature import MIN_STABLE_STEPS, hutchinson_trace, lanczos, power_iteration
 from optimization.objective import Objective
 from sharpness.density import lanczos_memory_bytes, slq
-from sharpness.eigen import MIN_STABLE_STEPS, lanczos, power_iteration
-from sharpness.sharpness import (curvatures, eps_sharpness, hutchinson_trace, loss_resolution_pct, random_unit_directions,
+from sharpness.sharpness import (curvatures, eps_sharpness, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
 from utils.config import DensityConfig, Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, save_torch, write_json
-from utils.layout import run_label, trained_runs, trained_with
+from utils.layout import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
 from utils.progress import progress
 
 
@@ -141,7 +141,7 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         density_settings = settings.pop("density")  # density.json has its own stamp
         stamp = fingerprint({"sharpness": settings, "checkpoint": checkpoint})
         result_path, density_path = folder / "sharpness.json", folder / "density.json"
-        measurement_keys = {key: settings[key] for key in ("batches", "batch_size", "seed", "hvp")}
+        measurement_keys = {key: settings[key] for key in MEASUREMENT_KEYS}
         density_stamp = fingerprint({"density": density_settings, "measurement": measurement_keys, "checkpoint": checkpoint})
         sharpness_todo = not _current(result_path, stamp, checkpoint, force, label)
         density_todo = cfg.density.probes > 0 and not _current(density_path, density_stamp, checkpoint, force, label)

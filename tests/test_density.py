@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sharpness.density import SpectralDensity, lanczos_memory_bytes, slq
-from sharpness.sharpness import rademacher
+from optimization.curvature import rademacher
 
 OUTLIERS = [15.0, 30.0, 60.0]
 

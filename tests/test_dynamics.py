@@ -68,12 +68,19 @@ def _model(folder):
     return load_trained(folder / "checkpoint.pt").model
 
 
-def test_pca_directions_need_a_trajectory_and_say_so(write_config, tmp_path, capsys):
+def test_pca_directions_need_a_trajectory_and_say_so(write_config, tiny_experiment, tmp_path, capsys):
     config = write_config("train: {epochs: 1}\nlandscape: {directions: pca, resolution: 3, points: 3, eval_batches: 1}\n")
     code = run.main(["--config", str(config), "--output", str(tmp_path / "out"), "--stages", "train,landscape"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1
-    assert "landscape.directions is pca" in err[0] and "train.trajectory.every > 0" in err[0]
+    assert code == 2 and len(err) == 1 and "landscape.directions" in err[0] and "train.trajectory.every" in err[0]
+    assert not (tmp_path / "out").exists()  # before any training
+    # a trajectory that is gone by the time the landscape stage runs: one clear error too
+    exp = tiny_experiment("train: {epochs: 1, trajectory: {every: 2}}\nlandscape: {directions: pca, resolution: 3, "
+                          "points: 3, eval_batches: 1}\n")
+    train_stage(exp, tmp_path, force=False)
+    (run_dir(tmp_path, exp, exp.runs[0]) / "trajectory.npy").unlink()
+    with pytest.raises(UserError, match=r"landscape.directions is pca.*train.trajectory.every > 0"):
+        landscape_stage(exp, tmp_path, force=False)
 
 
 def test_a_damaged_trajectory_names_the_command_that_makes_it_again(tiny_experiment, tmp_path):
@@ -84,7 +91,7 @@ def test_a_damaged_trajectory_names_the_command_that_makes_it_again(tiny_experim
     data = bytearray(rows.read_bytes())
     data[-1] ^= 0xFF
     rows.write_bytes(bytes(data))
-    with pytest.raises(UserError, match=r"trajectory.npy.*--stages train"):
+    with pytest.raises(UserError, match=r"trajectory.npy.*--stages train.*--force"):
         landscape_stage(exp, tmp_path, force=False)
 
 

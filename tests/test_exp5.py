@@ -59,4 +59,4 @@ def test_exp5_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     tables = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
-    assert "λ_max · η/2" in tables and "mass below 0" in tables
+    assert "÷ (2+2β)/η" in tables and "mass below 0" in tables

@@ -16,8 +16,8 @@ from data.batches import collate
 from models.checkpoint import load_trained
 from optimization.evaluation import summed_token_loss
 from optimization.objective import Objective
-from sharpness.eigen import lanczos, power_iteration
-from sharpness.sharpness import (MEASURED, curvatures, eps_sharpness, hutchinson_trace, loss_resolution_pct,
+from optimization.curvature import hutchinson_trace, lanczos, power_iteration
+from sharpness.sharpness import (MEASURED, curvatures, eps_sharpness, loss_resolution_pct,
                                  random_unit_directions, relative_increase_pct, taylor_check, worst_case)
 from sharpness.stage import measure_sharpness
 from utils.config import SharpnessConfig

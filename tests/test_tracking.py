@@ -30,9 +30,9 @@ class MatrixObjective:
         return self._hvp(v)
 
 
-def _spectrum(dim=200, seed=0):
+def _spectrum(dim=200, seed=0, bulk_top=3.0):
     generator = torch.Generator().manual_seed(seed)
-    eigenvalues = torch.linspace(-1.0, 3.0, dim, dtype=torch.float64)
+    eigenvalues = torch.linspace(-1.0, bulk_top, dim, dtype=torch.float64)
     eigenvalues[-1] = 10.0  # a gap, as a Hessian's outlier
     q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator, dtype=torch.float64))
     return q @ torch.diag(eigenvalues) @ q.T
@@ -67,16 +67,16 @@ def test_preconditioned_value_of_a_rotated_run_is_taken_in_the_optimizers_coordi
 
 
 def test_warm_starts_cut_the_products_of_later_points():
-    a = _spectrum()
+    a = _spectrum(bulk_top=8.0)  # a small gap under the top: a cold start needs many products
     drift = _spectrum(seed=1)
-    cfg = TrackConfig(every=1, metrics=["lambda_max"], iters=100, tol=1e-6)
+    cfg = TrackConfig(every=1, metrics=["lambda_max"], iters=100, tol=1e-4)
     warm = SharpnessTracker(cfg, TrainConfig())
     cold_hvps, warm_hvps = [], []
     for step in range(5):  # a Hessian that moves a little between points, as along training
         h = a + 1e-3 * step * drift
         exact = float(torch.linalg.eigvalsh(h)[-1])
         point = warm.measure(step, 0.1, MatrixObjective(lambda v: h @ v, 200))
-        assert point["lambda_max"] == pytest.approx(exact, rel=1e-5)
+        assert point["lambda_max"] == pytest.approx(exact, rel=1e-4)
         cold = SharpnessTracker(cfg, TrainConfig()).measure(step, 0.1, MatrixObjective(lambda v: h @ v, 200))
         cold_hvps.append(cold["hvps"])
         warm_hvps.append(point["hvps"])

@@ -71,7 +71,7 @@ class TrackConfig:
         ["lambda_max", "preconditioned_lambda_max"],
         "lambda_max | preconditioned_lambda_max (of P^-1/2 H P^-1/2, Adam family only) | trace (Hutchinson)")
     iters: int = option(40, "Lanczos steps per point at most (each one HVP; warm-started from the last point)", ge=2)
-    tol: float = option(1e-3, "stop when λ moved by at most tol·|λ| over the last half of the Lanczos steps", gt=0)
+    tol: float = option(1e-3, "stop when λ moved by at most tol·|λ_max| over the last half of the Lanczos steps", gt=0)
     trace_samples: int = option(10, "Hutchinson samples per point (metric trace)", ge=1)
     seed: int = option(0, "draws the first Lanczos start and the Hutchinson vectors", ge=0)
 
@@ -544,6 +544,9 @@ def _check_run(run: RunConfig, flat: dict) -> None:
             raise ConfigError(f"{where('model.config')}: {err}") from None
     if run.geometry.bootstrap == 1:
         raise ConfigError(f"{where('geometry.bootstrap')}: one resample has no spread; use 0 (no interval) or at least 2")
+    if run.landscape.directions == "pca" and not run.train.trajectory.every:
+        raise ConfigError(f"{where('landscape.directions')}: pca directions come from the training path; set "
+                          "train.trajectory.every (e.g. 10) to save it")
     if len(set(run.train.track.metrics)) != len(run.train.track.metrics):
         raise ConfigError(f"{where('train.track.metrics')}: each metric may be listed once, got {run.train.track.metrics}")
     if len(run.train.betas) != 2:

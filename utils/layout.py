@@ -17,6 +17,7 @@ from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 
 MANIFEST = "experiment.json"
+MEASUREMENT_KEYS = ("batches", "batch_size", "seed")  # the sharpness settings that pick the measurement set
 TRAJECTORY, TRAJECTORY_INDEX = "trajectory.npy", "trajectory.json"  # train.trajectory's rows and their steps
 DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stages without --stages or `stages:`
 
@@ -72,7 +73,8 @@ _ADDED_TRAIN_KEYS = ("betas", "eps", "rotation", "rotation_seed")
 
 
 def training_fingerprint(run: RunConfig) -> str:
-    """Hash of everything that determines the trained weights (not the device or later stages)."""
+    """Hash of everything that determines the trained weights (not the device or later stages), and of what the
+    train stage measures along the way when asked (train.track and its measurement set, train.trajectory)."""
     train, defaults = asdict(run.train), asdict(TrainConfig())
     unused = {"betas", "eps"} if run.train.optimizer in ("sgd", "signsgd") else set()
     if run.train.rotation == "none":
@@ -85,7 +87,7 @@ def training_fingerprint(run: RunConfig) -> str:
             del train[key]
     settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": train}
     if run.train.track.every:  # the track is measured on the sharpness stage's measurement set
-        settings["measurement"] = {key: getattr(run.sharpness, key) for key in ("batches", "batch_size", "seed", "hvp")}
+        settings["measurement"] = {key: getattr(run.sharpness, key) for key in MEASUREMENT_KEYS}
     return fingerprint(settings)
 
 

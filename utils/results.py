@@ -612,7 +612,7 @@ def dynamics_section_applies(results: ExperimentResults) -> bool:
 def track_columns() -> list[tuple[str, str]]:
     """The last tracked point of each run: λ_max and its ratio to 2/η, the preconditioned λ and its ratio to
     Adam's threshold, and what tracking cost."""
-    return [("track_lambda_max", "λ_max (last point)"), ("track_edge_ratio", "λ_max · η/2"),
+    return [("track_lambda_max", "λ_max (last point)"), ("track_edge_ratio", "÷ (2+2β)/η"),
             ("track_preconditioned_lambda_max", "λ_max(P⁻¹ᐟ²HP⁻¹ᐟ²) (last)"),
             ("track_preconditioned_edge_ratio", "÷ (2+2β₁)/((1−β₁)η)"),
             ("track_hvps", "HVPs"), ("track_time_s", "seconds")]
@@ -625,8 +625,13 @@ def density_columns() -> list[tuple[str, str]]:
 
 def track_curves(results: ExperimentResults) -> dict[str, dict]:
     """{run: {"tracks": per-seed track points, "losses": per-seed step_loss}} for plots.tracked_sharpness_figure."""
+    def line(train: dict) -> str:
+        momentum = train.get("momentum", 0.0)
+        return f"(2+2·{momentum:g})/η" if momentum else "2/η"
+
     return {run: {"tracks": [by_seed[seed]["points"] for seed in sorted(by_seed)],
-                  "losses": [results.metrics[run][seed].get("step_loss") or [] for seed in sorted(by_seed)]}
+                  "losses": [results.metrics[run][seed].get("step_loss") or [] for seed in sorted(by_seed)],
+                  "line": line(results.configs[run]["train"])}
             for run, by_seed in results.track.items()}
 
 

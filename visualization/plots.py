@@ -224,8 +224,8 @@ def tracked_sharpness_figure(runs: dict[str, dict], title: str) -> Figure:
     Hessian P^-1/2 H P^-1/2) with the stability thresholds 2/η and (2 + 2β₁)/((1 − β₁)η) as dashed lines of the
     same colour (Cohen et al. 2021; 2022); below it, on the same steps, the training loss of every step.
 
-    `runs[name]` = {"tracks": [track.json points of each seed], "losses": [step_loss of each seed]}: one line per
-    seed (the first seed opaque)."""
+    `runs[name]` = {"tracks": [track.json points of each seed], "losses": [step_loss of each seed], "line": the
+    legend of λ_max's threshold}: one line per seed (the first seed opaque)."""
     metrics = (("lambda_max", "threshold", "λ_max(H)", "tab:blue"),
                ("preconditioned_lambda_max", "preconditioned_threshold", "λ_max(P⁻¹ᐟ²HP⁻¹ᐟ²)", "tab:red"))
     fig = Figure(figsize=(4.6 * len(runs), 6.2), layout="constrained")
@@ -243,7 +243,8 @@ def tracked_sharpness_figure(runs: dict[str, dict], title: str) -> Figure:
                          label=label if seed_index == 0 else None)
                 if limits[0] is not None:
                     top.plot(steps, limits, "--", color=color, alpha=alpha, linewidth=1,
-                             label=("2/η" if key == "lambda_max" else "(2+2β₁)/((1−β₁)η)") if seed_index == 0 else None)
+                             label=(run.get("line", "2/η") if key == "lambda_max" else "(2+2β₁)/((1−β₁)η)")
+                             if seed_index == 0 else None)
             bottom.plot(np.arange(1, len(losses) + 1), losses, color="0.3", alpha=alpha, linewidth=0.8)
         top.set_yscale("log")
         top.set_title(name, fontsize=10)

@@ -167,8 +167,8 @@ def _dynamics_sections(results: ExperimentResults, summary: dict, figures: dict)
     if results.track:
         sections += [
             "Sharpness measured during training on the run's measurement set (train.track), with the learning curve "
-            "on the same steps. Gradient descent with step η is stable on a quadratic only while λ_max(H) < 2/η "
-            "(dashed; Cohen et al. 2021 find full-batch GD sharpening up to it and hovering there); for the Adam "
+            "on the same steps. Gradient descent with step η is stable on a quadratic only while λ_max(H) < 2/η, "
+            "(2+2β)/η with momentum β (dashed; Cohen et al. 2021 find full-batch GD sharpening up to it and hovering there); for the Adam "
             "family the line is (2+2β₁)/((1−β₁)η) for the preconditioned Hessian P⁻¹ᐟ²HP⁻¹ᐟ² (Cohen et al. 2022). "
             "Mini-batch training usually stays below these lines.",
             _image(figures.get("sharpness_along_training"), "sharpness along training"),
@@ -176,8 +176,9 @@ def _dynamics_sections(results: ExperimentResults, summary: dict, figures: dict)
     if results.density:
         sections += [
             "Spectral density of the Hessian at the final weights (stochastic Lanczos quadrature, Gaussian-smoothed, "
-            "log scale; sharpness.density): a bulk near zero and a few outliers is the usual shape, and the mass "
-            "below zero says how far from a minimum the weights are.",
+            "log scale; sharpness.density): a bulk near zero and a few outliers is the usual shape. The mass below 0 "
+            "counts the quadrature weight on negative nodes, including nodes of the bulk that sit just below 0: "
+            "compare it between runs, and read the figure for clearly negative curvature.",
             _image(figures.get("spectral_density"), "spectral density"),
             markdown_table(summary, density_columns())]
     pca = pca_surfaces(results)

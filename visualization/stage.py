@@ -203,7 +203,7 @@ def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.
         verify(rows_path)
         steps = read_json(index_path)["steps"]
     except CorruptFileError as err:
-        raise err.needing(f"train the run again with: {retrain}") from None
+        raise err.needing(f"train the run again with: {retrain} and --force") from None
     rows = np.load(rows_path, mmap_mode="r")
     init = load_trained(job.folder / "init.pt", objective.device)
     final = (objective.base - weights_in(objective, init.model, job.label)).float().cpu().numpy()

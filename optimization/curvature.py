@@ -1,4 +1,5 @@
-"""Extreme eigenvalues of a symmetric operator known only through matrix-vector products (HVPs).
+"""Curvature of a symmetric operator known only through matrix-vector products (HVPs): its extreme
+eigenvalues, and Hutchinson's trace. Training (optimization.tracking) and the measuring stages use them.
 
 power    the study's method: random start, v <- Hv/||Hv||. Finds the eigenvalue of largest magnitude and
          nothing about the most negative one.
@@ -28,6 +29,7 @@ Both record the λ_max estimate after every product, so their cost to a given ac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -166,3 +168,22 @@ def tridiagonal_eigh(alphas: list[float], betas: list[float]) -> tuple[torch.Ten
         off = torch.tensor(betas[: n - 1], dtype=torch.float64)
         t += torch.diag(off, 1) + torch.diag(off, -1)
     return torch.linalg.eigh(t)
+
+
+def rademacher(dim: int, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """A vector of independent ±1 entries, typed and placed like `like`."""
+    return (torch.randint(0, 2, (dim,), generator=generator) * 2 - 1).to(like)
+
+
+def hutchinson_trace(objective, samples: int, seed: int, progress=None) -> dict:
+    """tr(H) ≈ mean of zᵀHz over Rademacher vectors z, with its standard error (`objective`: hvp, dim, base)."""
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(samples):
+        z = rademacher(objective.dim, generator, objective.base)
+        values.append(float(z @ objective.hvp(z)))
+        if progress is not None:
+            progress.update(1)
+    values_t = torch.tensor(values, dtype=torch.float64)
+    stderr = float(values_t.std() / math.sqrt(samples)) if samples > 1 else math.nan
+    return {"mean": float(values_t.mean()), "stderr": stderr, "samples": samples}
