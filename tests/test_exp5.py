@@ -52,6 +52,16 @@ def test_exp5_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
         assert path.shape == (9, 2) and np.abs(path[-1]).max() < 1e-3 * np.abs(path).max()  # it ends at the model
         assert 0 < surface["explained_variance"].sum() <= 1 + 1e-9
         assert surface["alphas"].max() >= np.abs(path[:, 0]).max()  # the grid holds the path
+    quantities = json.loads((folder / "summary.json").read_text())["runs"]
+    sgd_last = json.loads((folder / "sgd" / "seed-42" / "track.json").read_text())["points"][-1]
+    assert quantities["sgd"]["quantities"]["track_edge_ratio"]["mean"] == \
+        pytest.approx(sgd_last["lambda_max"] / sgd_last["threshold"])
+    adam_last = json.loads((folder / "adam" / "seed-42" / "track.json").read_text())["points"][-1]
+    assert quantities["adam"]["quantities"]["track_preconditioned_edge_ratio"]["mean"] == \
+        pytest.approx(adam_last["preconditioned_lambda_max"] / adam_last["preconditioned_threshold"])
+    assert quantities["adam"]["quantities"]["track_edge_ratio"]["mean"] is None  # Adam has no line for λ_max(H)
+    assert quantities["sgd"]["quantities"]["density_negative_mass"]["mean"] == pytest.approx(
+        json.loads((folder / "sgd" / "seed-42" / "density.json").read_text())["negative_mass"])
     metrics = json.loads((folder / "adam" / "seed-42" / "metrics.json").read_text())
     assert metrics["track"]["points"] == 5 and metrics["trajectory"]["rows"] == 9
 

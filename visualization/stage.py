@@ -173,7 +173,9 @@ def plane(job: Job, final: TrainedModel, objective: Objective, force: bool) -> t
     path, cfg = job.folder / "landscape_directions.pt", job.run.landscape
     plane_print = job_fingerprint(job, DIRECTION_KEYS)
     saved = None if force else read_own_output(path, load_torch, job.label)
-    if saved is None or saved.get("fingerprint") != plane_print:
+    if saved is not None and saved.get("fingerprint") == plane_print:
+        directions = directions_for(saved, objective)
+    else:
         settings = {"norm": cfg.norm, "ignore": cfg.ignore, "seed": cfg.seed, "directions": cfg.directions,
                     "fingerprint": plane_print}
         if cfg.directions == "pca":
@@ -182,13 +184,13 @@ def plane(job: Job, final: TrainedModel, objective: Objective, force: bool) -> t
         else:
             d1, d2 = random_directions(objective, conv1d_weight_names(final.model), cfg.norm, cfg.ignore, cfg.seed)
         save_directions(path, objective, d1, d2, settings)
-        saved = read_own_output(path, load_torch, job.label)
+        saved, directions = settings, (d1, d2)
     info = {key: saved[key] for key in ("path_coordinates", "path_steps", "explained_variance") if key in saved}
     if cfg.directions == "pca":
         extents = [cfg.range * PATH_MARGIN * float(abs(saved["path_coordinates"][:, i]).max()) for i in range(2)]
     else:
         extents = [cfg.range, cfg.range]
-    return directions_for(saved, objective), {**info, "extents": extents}
+    return directions, {**info, "extents": extents}
 
 
 def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.Tensor, dict]:
