@@ -4,6 +4,7 @@
     sharpness  -> .../seed-<seed>/{sharpness.json, measurement.pt}
     geometry   -> .../seed-<seed>/geometry.json (ℓ∞ vs ℓ2 geometry of the Hessian; not run by default)
     landscape  -> .../seed-<seed>/landscape_2d.npz, <output>/<experiment>/interpolation.json, figures/
+    prune      -> .../seed-<seed>/prune.json (LoRA runs: perplexity as adapter weights are zeroed; not run by default)
     report     -> <output>/<experiment>/{report.md, summary.json}
 
 Each handler takes (experiment, output folder, force), reads only files that earlier stages wrote
@@ -17,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from optimization.experiments import train_stage
+from optimization.prune_stage import prune_stage
 from sharpness.geometry_stage import geometry_stage
 from sharpness.stage import sharpness_stage
 from utils.config import Experiment
@@ -28,7 +30,7 @@ from visualization.report import report_stage
 from visualization.stage import landscape_stage
 
 STAGES = {"train": train_stage, "sharpness": sharpness_stage, "geometry": geometry_stage, "landscape": landscape_stage,
-          "report": report_stage}
+          "prune": prune_stage, "report": report_stage}
 
 
 def parse_stages(stages: str | list[str], origin: str = "--stages") -> list[str]:

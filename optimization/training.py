@@ -7,7 +7,8 @@ Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
                   an interrupted run continues from it with bit-identical results on CPU (the data
                   order is a pure function of seed and epoch)
   checkpoint.pt   the final weights (last.pt is then removed)
-  metrics.json    learning curves, test loss, cost and provenance
+  metrics.json    learning curves, test loss, cost (optimization.cost: steps, tokens, FLOPs, utilisation,
+                  memory, seconds) and provenance
   track.json      with train.track: the Hessian measured along training (optimization.tracking)
   trajectory.npy  with train.trajectory: θ − θ₀ every N steps, float16 (optimization.trajectory), and
                   trajectory.json, the steps of its rows
@@ -26,16 +27,19 @@ import torch
 from data.batches import batches_in_order, epoch_order, fixed_batches, to_device, tokenize
 from data.corpus import load_texts
 from data.measurement import measurement_set
-from models.checkpoint import TOKENIZER_DIR, read_checkpoint, save_checkpoint
+from models.adapters import add_adapter, is_adapted
+from models.checkpoint import TOKENIZER_DIR, load_weights, read_checkpoint, save_checkpoint
 from models.models import build_model, build_tokenizer, load_tokenizer, tokenizer_is_hub_id
+from optimization.cost import device_peak_flops, mfu, step_flops
 from optimization.evaluation import evaluate, perplexity, summed_token_loss
+from optimization.experiment_log import open_log
 from optimization.objective import Objective, flatten
 from optimization.optimizers import diagonal_preconditioner, make_optimizer
 from optimization.rotation import RotatedWeights
 from optimization.tracking import SharpnessTracker
 from optimization.trajectory import TrajectoryRecorder
 from utils.config import RunConfig
-from utils.device import peak_memory_mb, reset_peak_memory, resolve_device
+from utils.device import PeakMemory, device_name, resolve_device
 from utils.errors import CorruptFileError, UserError
 from utils.io import atomic_dir, read_json, remove, verify, versions, write_json
 from utils.layout import TRAJECTORY, training_fingerprint
@@ -127,9 +131,14 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             print(f"{label}: the config changed since the unfinished run; starting over")
             resume = None
 
+    wall_start = time.perf_counter()
     texts = load_texts(run.data)
     tokenizer, tokenizer_ref = _run_tokenizer(run, run_dir, texts.train, resuming=resume is not None)
-    model = build_model(run.model, tokenizer, run.seed).to(device)
+    model = build_model(run.model, tokenizer, run.seed)
+    if run.model.adapter.type != "none":
+        model = add_adapter(model, run.model.adapter, run.seed)
+    model = model.to(device)
+    base = run_dir / "init.pt" if is_adapted(model) else None  # a LoRA run's frozen weights live in init.pt
     if resume is None:
         if run_dir.exists():
             shutil.rmtree(run_dir)  # a fresh start: nothing stale (checkpoints, measurements) may survive
@@ -146,21 +155,24 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     steps_per_epoch = math.ceil(len(train_seqs) / run.train.batch_size)
     total_steps = steps_per_epoch * run.train.epochs
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        load_weights(model, resume, last)
     rotated = None  # train.rotation: the optimizer sees θ̃, the model θ = Rθ̃
     if run.train.rotation != "none":
         rotated = RotatedWeights(model, run.train.rotation, run.train.rotation_seed,
                                  latent=None if resume is None else resume["latent"])
-    trainable = list(model.parameters()) if rotated is None else rotated.latent
+    trainable = [p for p in model.parameters() if p.requires_grad] if rotated is None else rotated.latent
     optimizer = make_optimizer(trainable, run.train)
     scheduler = make_scheduler(optimizer, run.train, total_steps)
-    history = {"train_loss": [], "val_loss": [], "val_perplexity": [], "lr": [], "step_loss": []}
-    train_time, train_tokens, start_epoch = 0.0, 0, 0
+    # at_step, at_seconds, at_flops: the optimizer steps, training seconds and FLOPs spent at each validation
+    history = {"train_loss": [], "val_loss": [], "val_perplexity": [], "lr": [], "step_loss": [], "at_step": [],
+               "at_seconds": [], "at_flops": []}
+    train_time, train_tokens, train_flops, start_epoch = 0.0, 0, 0, 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         history = resume["history"]
         train_time, train_tokens, start_epoch = resume["train_time_s"], resume["train_tokens"], resume["epoch"]
+        train_flops = resume["train_flops"]
         _set_rng_state(resume["rng"], device)
         print(f"{label}: resuming after epoch {start_epoch} of {run.train.epochs}")
     else:
@@ -203,7 +215,11 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     if resume is None:
         along_the_way(0)
 
-    reset_peak_memory(device)
+    budget = run.train.budget
+    stopped_by = None  # "seconds" or "flops" once train.budget is spent
+    log = open_log(run.logging.backend, run_dir, label, run.logging.project, run.to_dict(),
+                   resume_step=start_epoch * steps_per_epoch)
+    memory = PeakMemory(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.train.precision == "bf16")
     for epoch in range(start_epoch, run.train.epochs):
         model.train()
@@ -214,6 +230,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         bar = progress(batches, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{run.train.epochs}")
         for step, batch in enumerate(bar):
             epoch_tokens += int(batch["attention_mask"].sum())
+            train_flops += step_flops(model, *batch["input_ids"].shape)
             batch = to_device(batch, device)
             with autocast:
                 loss_sum, n_targets = summed_token_loss(model, batch)
@@ -237,15 +254,26 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             history["step_loss"].append(value / n_targets)
             loss_total += value
             target_total += n_targets
-            aside_s += along_the_way(epoch * steps_per_epoch + step + 1)
+            global_step = epoch * steps_per_epoch + step + 1
+            aside_s += along_the_way(global_step)
             elapsed = time.perf_counter() - epoch_start - aside_s
             bar.set_postfix(loss=f"{loss_total / target_total:.4f}", tok_s=f"{epoch_tokens / max(elapsed, 1e-9):.0f}",
                             refresh=False)  # redrawn with the next step, as often as the bar allows
+            if global_step % run.logging.every == 0:
+                log.scalars(global_step, {"loss": value / n_targets, "lr": scheduler.get_last_lr()[0],
+                                          "tokens_per_s": epoch_tokens / max(elapsed, 1e-9)}, prefix="train/")
+            if budget.flops and train_flops >= budget.flops:
+                stopped_by = "flops"
+            elif budget.seconds and train_time + elapsed >= budget.seconds:
+                stopped_by = "seconds"
+            if stopped_by:
+                break
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - epoch_start - aside_s
         train_tokens += epoch_tokens
+        steps_done = epoch * steps_per_epoch + step + 1
         val_loss = evaluate(model, val_batches, device)
         if not math.isfinite(val_loss):
             raise UserError(f"{label}: the validation loss became {val_loss} after epoch {epoch + 1}; stopped "
@@ -254,8 +282,16 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         history["val_loss"].append(val_loss)
         history["val_perplexity"].append(perplexity(val_loss))
         history["lr"].append(scheduler.get_last_lr()[0])
+        for key, spent in (("at_step", steps_done), ("at_seconds", train_time), ("at_flops", train_flops)):
+            history.setdefault(key, []).append(spent)  # a run resumed from an older last.pt has none before
+        log.scalars(steps_done, {"train_loss": history["train_loss"][-1], "val_loss": val_loss,
+                                 "val_perplexity": perplexity(val_loss)}, prefix="epoch/")
         print(f"{label} epoch {epoch + 1}/{run.train.epochs}: train loss {history['train_loss'][-1]:.4f}, "
               f"val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}")
+        if stopped_by:
+            print(f"{label}: train.budget.{stopped_by} spent after {steps_done} steps ({train_time:.1f} s, "
+                  f"{train_flops:.3g} FLOPs); stopping")
+            break
         if epoch + 1 < run.train.epochs:
             along = {}
             if tracker is not None:
@@ -263,14 +299,16 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             if recorder is not None:
                 recorder.flush()
                 along["trajectory_rows"] = recorder.written
-            save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint, **along,
+            save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint, base=base, **along,
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             rng=_rng_state(device), history=history, train_time_s=train_time,
-                            train_tokens=train_tokens,
+                            train_tokens=train_tokens, train_flops=train_flops,
                             **({} if rotated is None else {"latent": [t.detach().cpu() for t in rotated.latent]}))
 
+    log.close()
+    peak_memory = memory.stop()
     test_loss = evaluate(model, test_batches, device)
-    save_checkpoint(run_dir / "checkpoint.pt", model, run, run.train.epochs, tokenizer_ref, fingerprint)
+    save_checkpoint(run_dir / "checkpoint.pt", model, run, run.train.epochs, tokenizer_ref, fingerprint, base=base)
     along = {}  # written before metrics.json, which marks the run trained
     if tracker is not None:
         write_json(run_dir / "track.json", {"run": run.name, "seed": run.seed, "fingerprint": fingerprint,
@@ -279,6 +317,10 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     if recorder is not None:
         recorder.finish()
         along["trajectory"] = {"rows": recorder.written, "bytes": (run_dir / TRAJECTORY).stat().st_size}
+    if budget.seconds or budget.flops:
+        along["budget"] = {"stopped_by": stopped_by, "step": steps_done, "of_steps": total_steps,
+                           "epochs": steps_done / steps_per_epoch}
+    peak_flops, peak_source = device_peak_flops(device, run.train.precision)
     metrics = {
         "run": run.name,
         "seed": run.seed,
@@ -290,11 +332,20 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         "n_train_texts": len(train_seqs),
         "texts": texts.counts(),
         "train_time_s": train_time,
+        "wall_time_s": time.perf_counter() - wall_start,  # the whole train stage of this run, this invocation
+        "optimizer_steps": steps_done,
         "train_tokens": train_tokens,
         "tokens_per_s": train_tokens / max(train_time, 1e-9),
-        "peak_memory_mb": peak_memory_mb(device),
+        "train_flops": train_flops,
+        "flops_per_s": train_flops / max(train_time, 1e-9),
+        "device_peak_flops": peak_flops,
+        "device_peak_source": peak_source,
+        "mfu": mfu(train_flops, train_time, peak_flops),
+        "peak_memory_mb": peak_memory,
         "device": str(device),
+        "device_name": device_name(device),
         "n_parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         **along,
         "versions": versions(),
         "config": run.to_dict(),

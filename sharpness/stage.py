@@ -2,8 +2,10 @@
 
 Writes <run dir>/measurement.pt (the batches exactly as fed to the model, and the indices of their
 texts in the filtered training split), <run dir>/sharpness.json and, with sharpness.density.probes > 0,
-<run dir>/density.json (the SLQ spectral density: sharpness.density). Each records the settings and
-weights it was measured with and is measured again when they change, each on its own.
+<run dir>/density.json (the SLQ spectral density: sharpness.density). A LoRA run (model.adapter) is
+measured in its adapter's space (the weights the optimizer moves); with sharpness.merged also in the merged
+full-weight space, into <run dir>/sharpness_merged.json. Each file records the settings and weights it was
+measured with and is measured again when they change, each on its own.
 """
 
 from __future__ import annotations
@@ -139,17 +141,24 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         cfg = run.sharpness
         settings = asdict(cfg)
         density_settings = settings.pop("density")  # density.json has its own stamp
+        settings.pop("merged")  # so has sharpness_merged.json
         stamp = fingerprint({"sharpness": settings, "checkpoint": checkpoint})
+        merged_stamp = fingerprint({"sharpness": settings, "space": "merged", "checkpoint": checkpoint})
         result_path, density_path = folder / "sharpness.json", folder / "density.json"
+        merged_path = folder / "sharpness_merged.json"
         measurement_keys = {key: settings[key] for key in MEASUREMENT_KEYS}
         density_stamp = fingerprint({"density": density_settings, "measurement": measurement_keys, "checkpoint": checkpoint})
         sharpness_todo = not _current(result_path, stamp, checkpoint, force, label)
         density_todo = cfg.density.probes > 0 and not _current(density_path, density_stamp, checkpoint, force, label)
+        merged_asked = cfg.merged and run.model.adapter.type != "none"
+        merged_todo = merged_asked and not _current(merged_path, merged_stamp, checkpoint, force, label)
         if not sharpness_todo:
             print(f"{label}: sharpness already measured with these settings; skipping (--force redoes it)")
+        if merged_asked and not merged_todo:
+            print(f"{label}: sharpness of the merged model already measured with these settings; skipping")
         if cfg.density.probes and not density_todo:
             print(f"{label}: spectral density already measured with these settings; skipping (--force redoes it)")
-        if not (sharpness_todo or density_todo):
+        if not (sharpness_todo or density_todo or merged_todo):
             continue
 
         device = resolve_device(run.device)
@@ -164,17 +173,24 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         save_torch(folder / "measurement.pt", {**measurement.to_dict(), "seed": cfg.seed})
 
         objective = Objective(trained.model, measurement.batches, hvp_mode=cfg.hvp)
-        if sharpness_todo:
-            result = measure_sharpness(objective, cfg, label)
-            write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
-                                     "settings": settings, "texts": texts.counts(), "device": str(device), **result})
+        space = "adapter" if run.model.adapter.type != "none" else "full"
+
+        def measure_into(path: Path, stamp: str, space: str) -> None:
+            result = measure_sharpness(objective, cfg, f"{label} ({space})" if space != "full" else label)
+            write_json(path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
+                              "settings": settings, "space": space, "dimension": objective.dim, "texts": texts.counts(),
+                              "device": str(device), **result})
             status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
             lambda_min = "" if result["lambda_min"] is None else f"{result['lambda_min']:.4g} "
             top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
-            print(f"{label}: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), "
-                  f"lambda_min {lambda_min}({status[result['lambda_min_converged']]}), {result['hvp_count']} HVPs, "
+            print(f"{label}{'' if space == 'full' else f' ({space} space)'}: lambda_max {result['lambda_max']:.4g} "
+                  f"({status[result['lambda_max_converged']]}), lambda_min {lambda_min}"
+                  f"({status[result['lambda_min_converged']]}), {result['hvp_count']} HVPs, "
                   f"eps-sharpness@{cfg.epsilons[0]:g} {'below resolution' if top is None else f'{top:.4g}%'}, "
                   f"{result['timings']['total_s']:.1f} s")
+
+        if sharpness_todo:
+            measure_into(result_path, stamp, space)
         if density_todo:
             density = measure_density(objective, cfg.density, label)
             write_json(density_path, {"run": run.name, "seed": run.seed, "fingerprint": density_stamp,
@@ -184,6 +200,11 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
                   f"({'full' if density['reorthogonalized'] else 'no'} reorthogonalization, "
                   f"{density['lanczos_memory_mb']:.0f} MiB of Lanczos vectors); trace {density['trace']:.4g}, "
                   f"negative mass {density['negative_mass']:.3f}")
+        if merged_todo:
+            del objective, trained
+            trained = load_trained(folder / "checkpoint.pt", device, "merged")
+            objective = Objective(trained.model, measurement.batches, hvp_mode=cfg.hvp)
+            measure_into(merged_path, merged_stamp, "merged")
         del objective, trained
         if device.type == "cuda":
             torch.cuda.empty_cache()

@@ -71,10 +71,12 @@ def _weights(folder):
     return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
 
 
-@pytest.mark.parametrize("order, train", [("random", "{epochs: 3}"), ("sorted", "{epochs: 3}"),
-                                          ("random", "{epochs: 3, optimizer: adam, lr: 0.003, rotation: global}")])
-def test_kill_and_resume_gives_bit_identical_weights(tiny_experiment, tmp_path, monkeypatch, order, train):
-    exp = tiny_experiment(f"train: {train}\ndata: {{order: {order}}}\n")
+@pytest.mark.parametrize("order, train, model", [
+    ("random", "{epochs: 3}", "{}"), ("sorted", "{epochs: 3}", "{}"),
+    ("random", "{epochs: 3, optimizer: adam, lr: 0.003, rotation: global}", "{}"),
+    ("random", "{epochs: 3, optimizer: adamw, lr: 0.01}", "{adapter: {type: lora, r: 2, dropout: 0.1}}")])
+def test_kill_and_resume_gives_bit_identical_weights(tiny_experiment, tmp_path, monkeypatch, order, train, model):
+    exp = tiny_experiment(f"train: {train}\ndata: {{order: {order}}}\nmodel: {model}\n")
     train_stage(exp, tmp_path / "straight", force=False)
 
     calls = {"n": 0}

@@ -55,6 +55,15 @@ class DataConfig:
 
 
 @dataclass
+class AdapterConfig:
+    type: Literal["none", "lora"] = option("none", "none (full fine-tuning) | lora (peft LoRA; the base model frozen)")
+    r: int = option(8, "LoRA rank", ge=1)
+    alpha: float = option(16.0, "LoRA scale: the update of W is (alpha/r)·B·A", gt=0)
+    dropout: float = option(0.0, "dropout on the LoRA branch's input while training", ge=0, lt=1)
+    target_modules: list[str] = option(["c_attn", "c_proj", "c_fc"], "module names that get an adapter (GPT-2's Conv1D layers)")
+
+
+@dataclass
 class ModelConfig:
     name: str = option("distilgpt2", "hub id or local folder of a causal LM (init: pretrained)")
     init: Literal["pretrained", "scratch"] = option("pretrained", "load weights, or initialise randomly")
@@ -62,6 +71,7 @@ class ModelConfig:
     config: dict = option({}, "GPT2Config fields for init: scratch (override the arch preset)")
     tokenizer: str = option("", "'' (same as name), a hub id, a folder, 'bytes', or 'bpe' (trained on train split)")
     bpe_vocab_size: int = option(1024, "vocabulary size of the 'bpe' tokenizer", ge=260)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
 
 @dataclass
@@ -79,6 +89,12 @@ class TrackConfig:
 @dataclass
 class TrajectoryConfig:
     every: int = option(0, "save θ − θ₀ (float16) every N optimizer steps, for PCA directions (0: off)", ge=0)
+
+
+@dataclass
+class BudgetConfig:
+    seconds: float = option(0.0, "stop training once this much training time is spent (0: no limit)", ge=0)
+    flops: float = option(0.0, "stop training once this many training FLOPs are spent (optimization.cost; 0: no limit)", ge=0)
 
 
 @dataclass
@@ -102,6 +118,7 @@ class TrainConfig:
     eval_batch_size: int = option(16, "texts per batch for validation and test", ge=1)
     track: TrackConfig = field(default_factory=TrackConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
 
 @dataclass
@@ -130,6 +147,7 @@ class SharpnessConfig:
     trace_samples: int = option(20, "Hutchinson samples (0: off)", ge=0)
     hvp: Literal["reverse", "forward"] = option("reverse", "Hessian-vector product: reverse-over-reverse or forward-over-reverse")
     density: DensityConfig = field(default_factory=DensityConfig)
+    merged: bool = option(False, "LoRA runs: also measure in the merged full-weight space (sharpness_merged.json)")
 
 
 @dataclass
@@ -148,6 +166,8 @@ class GeometryConfig:
 class LandscapeConfig:
     directions: Literal["random", "pca"] = option(
         "random", "the 2D plane: random directions, or the top two PCA directions of train.trajectory (Li et al. §7)")
+    space: Literal["adapter", "merged"] = option(
+        "adapter", "LoRA runs: the adapter's weights (what the optimizer moves) or the merged full model's")
     norm: Literal["layer", "filter", "none"] = option("layer", "direction normalisation of random directions (Li et al. 2018)")
     ignore: Literal["", "biasbn"] = option("", "'biasbn' zeroes biases and LayerNorm in the directions")
     seed: int = option(0, "draws the random directions", ge=0)
@@ -163,6 +183,27 @@ class LandscapeConfig:
 
 
 @dataclass
+class PruneConfig:
+    fractions: list[float] = option([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99],
+                                    "fractions of the LoRA weights set to zero", ge=0, lt=1)
+    scope: Literal["global", "per-matrix"] = option("global", "magnitude ranks all LoRA weights together, or each matrix's own")
+    random_seeds: int = option(3, "random masks per fraction (mean ± s.e. in the figure)", ge=0)
+    lambda_max_fractions: list[float] = option([0.0, 0.5, 0.9], "fractions (magnitude masks) whose λ_max is measured "
+                                               "on the sharpness measurement set", ge=0, lt=1)
+    rewind: bool = option(False, "lottery ticket: reset the kept weights to their initial values and retrain with the mask")
+    rewind_fractions: list[float] = option([0.5, 0.9], "magnitude-mask fractions retrained after the rewind", ge=0, lt=1)
+    rewind_epochs: int = option(1, "epochs of retraining after the rewind", ge=1)
+
+
+@dataclass
+class LoggingConfig:
+    backend: Literal["none", "tensorboard", "wandb"] = option(
+        "none", "experiment tracker: tensorboard (event files in the run folder) or wandb (offline unless WANDB_MODE says otherwise)")
+    every: int = option(10, "log the step loss, lr and tokens/s every N optimizer steps", ge=1)
+    project: str = option("", "wandb project ('' : loss-landscape-lab)")
+
+
+@dataclass
 class RunConfig:
     name: str = option("default", "run name (set from the `runs:` key)")
     seed: int = option(42, "seed of this run (set from `seeds:`)", ge=0)
@@ -173,6 +214,8 @@ class RunConfig:
     sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)
     geometry: GeometryConfig = field(default_factory=GeometryConfig)
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -549,6 +592,12 @@ def _check_run(run: RunConfig, flat: dict) -> None:
                           "train.trajectory.every (e.g. 10) to save it")
     if len(set(run.train.track.metrics)) != len(run.train.track.metrics):
         raise ConfigError(f"{where('train.track.metrics')}: each metric may be listed once, got {run.train.track.metrics}")
+    if run.model.adapter.type != "none" and run.train.rotation != "none":
+        raise ConfigError(f"{where('train.rotation')}: a rotation of the weights and a LoRA adapter do not combine; "
+                          "rotate full fine-tuning runs only")
+    if run.model.adapter.type != "none" and run.landscape.space == "merged" and run.landscape.directions == "pca":
+        raise ConfigError(f"{where('landscape.space')}: pca directions come from the adapter's trajectory; use "
+                          "landscape.space: adapter with them")
     if len(run.train.betas) != 2:
         raise ConfigError(f"{where('train.betas')}: expected two numbers [beta1, beta2], got {run.train.betas}")
     if run.landscape.alpha_min >= run.landscape.alpha_max:

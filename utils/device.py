@@ -1,10 +1,11 @@
-"""Device choice and peak-memory reading."""
+"""Device choice, its name, and the peak memory of a stretch of work."""
 
 from __future__ import annotations
 
-import resource
-import sys
+import platform
+import threading
 
+import psutil
 import torch
 
 from utils.errors import UserError
@@ -19,14 +20,36 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def reset_peak_memory(device: torch.device) -> None:
+def device_name(device: torch.device) -> str:
+    """The GPU's model name (what price and peak tables are matched against), or the CPU's."""
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}, {psutil.cpu_count(logical=True)} threads"
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by tensors on CUDA; the process's peak resident memory on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+class PeakMemory:
+    """Peak memory from now until stop(), in MiB: the largest GPU memory allocated by tensors on CUDA; on the
+    CPU the process's largest resident set size, sampled by psutil every `interval` seconds on a thread (the
+    kernel's own peak, getrusage's maxrss, covers the whole process life, earlier runs of the stage included)."""
+
+    def __init__(self, device: torch.device, interval: float = 0.05):
+        self.device, self.interval = device, interval
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            return
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, self.process.memory_info().rss) / 2**20

@@ -67,8 +67,8 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
 
 
 # Training settings added after results existed: hashed only where they change the weights (or, for
-# train.track and train.trajectory, when they are on), so that runs trained before they existed (with what
-# are now their defaults) keep their fingerprints and results.
+# train.track, train.trajectory, train.budget and model.adapter, when they are on), so that runs trained
+# before they existed (with what are now their defaults) keep their fingerprints and results.
 _ADDED_TRAIN_KEYS = ("betas", "eps", "rotation", "rotation_seed")
 
 
@@ -85,7 +85,12 @@ def training_fingerprint(run: RunConfig) -> str:
     for key in ("track", "trajectory"):  # what training writes besides the weights, when asked for
         if not train[key]["every"]:
             del train[key]
-    settings = {"seed": run.seed, "data": asdict(run.data), "model": asdict(run.model), "train": train}
+    if not (run.train.budget.seconds or run.train.budget.flops):
+        del train["budget"]
+    model = asdict(run.model)
+    if run.model.adapter.type == "none":
+        del model["adapter"]
+    settings = {"seed": run.seed, "data": asdict(run.data), "model": model, "train": train}
     if run.train.track.every:  # the track is measured on the sharpness stage's measurement set
         settings["measurement"] = {key: getattr(run.sharpness, key) for key in MEASUREMENT_KEYS}
     return fingerprint(settings)

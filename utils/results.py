@@ -34,6 +34,8 @@ class ExperimentResults:
     trained_with: dict[str, dict[int, str]] = field(default_factory=dict)  # run -> seed -> layout.trained_with
     metrics: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> metrics.json
     sharpness: dict[str, dict[int, dict]] = field(default_factory=dict)    # run -> seed -> sharpness.json
+    sharpness_merged: dict[str, dict[int, dict]] = field(default_factory=dict)  # LoRA runs: sharpness_merged.json
+    prune: dict[str, dict[int, dict]] = field(default_factory=dict)        # LoRA runs: prune.json
     geometry: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> geometry.json
     density: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> density.json
     track: dict[str, dict[int, dict]] = field(default_factory=dict)        # run -> seed -> track.json
@@ -164,6 +166,10 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     measured = [("sharpness", "sharpness", results.sharpness), ("geometry", "geometry", results.geometry)]
     if config["sharpness"].get("density", {}).get("probes"):
         measured.append(("sharpness", "density", results.density))
+    if config["model"].get("adapter", {}).get("type", "none") != "none":
+        measured.append(("prune", "prune", results.prune))
+        if config["sharpness"].get("merged"):
+            measured.append(("sharpness", "sharpness_merged", results.sharpness_merged))
     for stage, what, store in measured:
         path = seed_dir / f"{what}.json"
         data = results.read(path, stage) if path.is_file() else None
@@ -329,11 +335,28 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
     if results.density:
         quantities.update({"density_negative_mass": ("density", "negative_mass"), "density_trace": ("density", "trace"),
                            "density_hvps": ("density", "matvecs"), "density_time_s": ("density", "seconds")})
+    if results.sharpness_merged:
+        quantities.update({"merged_lambda_max": ("sharpness_merged", "lambda_max"),
+                           "merged_lambda_min": ("sharpness_merged", "lambda_min"),
+                           "merged_trace": ("sharpness_merged", "trace", "mean")})
+    if results.sharpness_merged or results.prune:
+        quantities.update({"sharpness_dimension": ("sharpness", "dimension"),
+                           "merged_dimension": ("sharpness_merged", "dimension")})
     quantities.update({
         "init_to_final_barrier": ("init_to_final", "barrier"),
         "train_time_s": ("metrics", "train_time_s"),
+        "wall_time_s": ("metrics", "wall_time_s"),
+        "optimizer_steps": ("metrics", "optimizer_steps"),
+        "train_flops": ("metrics", "train_flops"),
+        "mfu": ("metrics", "mfu"),
+        "trainable_parameters": ("metrics", "trainable_parameters"),
+        "n_parameters": ("metrics", "n_parameters"),
+        "best_val_perplexity": ("metrics", "best", "val_perplexity"),
+        "seconds_to_best": ("metrics", "best", "at_seconds"),
+        "flops_to_best": ("metrics", "best", "at_flops"),
         "tokens_per_s": ("metrics", "tokens_per_s"),
         "peak_memory_mb": ("metrics", "peak_memory_mb"),
+        "prune_time_s": ("prune", "seconds"),
         "sharpness_time_s": ("sharpness", "timings", "total_s"),
         "geometry_time_s": ("geometry", "timings", "total_s"),
         "landscape_time_s": ("surfaces", "time_s"),
@@ -346,6 +369,8 @@ def _value(results: ExperimentResults, run: str, seed: int, source: str, *path):
     if source == "metrics" and path and path[-1] == -1:
         series = _nested(data, *path[:-1])
         return series[-1] if series else None
+    if source == "metrics" and path[0] == "best":  # at the validation with the lowest perplexity
+        return (best_validation(data) or {}).get(path[1])
     if source == "surfaces":
         value = None if data is None else data.get(path[0])
         return None if value is None else float(np.asarray(value))
@@ -360,6 +385,17 @@ def _value(results: ExperimentResults, run: str, seed: int, source: str, *path):
     if value is None and path[-1] in (_nested(data, *path[:-1], "below_resolution") or ()):
         return BELOW_RESOLUTION  # measured, and too small for the loss to tell from 0: not missing
     return value
+
+
+def best_validation(metrics: dict | None) -> dict | None:
+    """The validation (of an epoch, or where train.budget stopped) with the lowest perplexity: its perplexity
+    and what training had spent by then (at_step, at_seconds, at_flops; runs trained before they were
+    recorded have none)."""
+    if not metrics or not metrics.get("val_perplexity") or not metrics.get("at_seconds"):
+        return None
+    best = min(range(len(metrics["val_perplexity"])), key=lambda i: float(metrics["val_perplexity"][i]))
+    return {"val_perplexity": metrics["val_perplexity"][best],
+            **{key: metrics[key][best] for key in ("at_step", "at_seconds", "at_flops")}}
 
 
 def summarize(results: ExperimentResults) -> dict:
@@ -500,11 +536,14 @@ def curvature_columns() -> list[tuple[str, str]]:
 
 
 def cost_columns(summary: dict) -> list[tuple[str, str]]:
-    columns = [("train_time_s", "train s"), ("tokens_per_s", "tokens/s"), ("peak_memory_mb", "peak MB"),
-               ("sharpness_time_s", "sharpness s"), ("landscape_time_s", "2D surface s")]
+    """What each run cost: its parameters, steps and FLOPs, the seconds of every stage, utilisation and memory."""
+    columns = [("trainable_parameters", "trainable params"), ("n_parameters", "all params"),
+               ("optimizer_steps", "steps"), ("train_flops", "train FLOPs"), ("train_time_s", "train s"),
+               ("wall_time_s", "train stage wall s"), ("tokens_per_s", "tokens/s"), ("mfu", "MFU"),
+               ("peak_memory_mb", "peak MB"), ("sharpness_time_s", "sharpness s"), ("landscape_time_s", "2D surface s")]
     if has_geometry(summary):
-        columns.insert(4, ("geometry_time_s", "geometry s"))
-    for name, title in (("track_time_s", "tracking s"), ("density_time_s", "density s")):
+        columns.insert(10, ("geometry_time_s", "geometry s"))
+    for name, title in (("track_time_s", "tracking s"), ("density_time_s", "density s"), ("prune_time_s", "pruning s")):
         if any(data["quantities"].get(name, {}).get("n") for data in summary["runs"].values()):
             columns.append((name, title))
     return columns
@@ -645,3 +684,46 @@ def pca_surfaces(results: ExperimentResults) -> dict[str, Path]:
     return {f"surface_2d_{run}_seed-{seed}": results.figures[f"surface_2d_{run}_seed-{seed}"]
             for run, by_seed in results.surfaces.items() for seed, data in sorted(by_seed.items())
             if "path_coordinates" in data and f"surface_2d_{run}_seed-{seed}" in results.figures}
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA runs and cost: pruning (prune.json), the two weight spaces, perplexity against what training spent.
+
+def prune_runs(results: ExperimentResults) -> dict[str, dict[int, dict]]:
+    """{run: {seed: prune.json}} in the runs' order, for plots.pruning_figure."""
+    return {run: dict(sorted(results.prune[run].items())) for run in results.runs if run in results.prune}
+
+
+def prune_table(results: ExperimentResults) -> str:
+    """One row per run, seed and fraction: validation perplexity with the adapter pruned by magnitude, at random
+    (mean ± standard error over the masks), rewound and retrained, and λ_max of the magnitude-pruned adapter."""
+    lines = ["| run | seed | zeroed | val ppl, magnitude | val ppl, random | val ppl, rewound + retrained | λ_max |",
+             "|---|---|---|---|---|---|---|"]
+    for run, by_seed in prune_runs(results).items():
+        for seed, data in by_seed.items():
+            rewound = {r["fraction"]: r for r in data.get("rewind", [])}
+            curvature = {p["fraction"]: p for p in data.get("lambda_max", [])}
+            for magnitude, random in zip(data["magnitude"], data["random"]):
+                fraction = magnitude["fraction"]
+                stats = mean_and_stderr([s["val_perplexity"] for s in random["seeds"]])
+                lambda_max = curvature.get(fraction)
+                lines.append(
+                    f"| {run} | {seed} | {magnitude['pruned_fraction']:.1%} | {format_number(magnitude['val_perplexity'])} | "
+                    f"{format_value(stats) if random['seeds'] else '–'} | "
+                    f"{format_number(rewound[fraction]['val_perplexity']) if fraction in rewound else '–'} | "
+                    f"{'–' if lambda_max is None else format_number(lambda_max['lambda_max'])} |")
+    return "\n".join(lines)
+
+
+def space_columns() -> list[tuple[str, str]]:
+    """λ and trace in the adapter's space (what the optimizer moves) and in the merged full model's."""
+    return [("sharpness_dimension", "d (adapter)"), ("lambda_max", "λ_max (adapter)"), ("trace", "trace (adapter)"),
+            ("merged_dimension", "d (merged)"), ("merged_lambda_max", "λ_max (merged)"),
+            ("merged_lambda_min", "λ_min (merged)"), ("merged_trace", "trace (merged)")]
+
+
+def budget_curves(results: ExperimentResults) -> dict[str, list[dict]]:
+    """{run: [metrics.json of each seed]} of the runs that recorded what they had spent at each validation."""
+    curves = {run: [results.metrics[run][seed] for seed in results.seeds.get(run, [])
+                    if results.metrics[run][seed].get("at_flops")] for run in results.runs}
+    return {run: seeds for run, seeds in curves.items() if seeds}

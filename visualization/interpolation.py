@@ -25,8 +25,8 @@ def interpolation_alphas(cfg: LandscapeConfig) -> np.ndarray:
 
 
 def weights_in(objective: Objective, model, what: str) -> torch.Tensor:
-    """The weights of `model` as a flat vector in the objective's weight space (same parameter order)."""
-    names, params = zip(*model.named_parameters())
+    """The trainable weights of `model` as a flat vector in the objective's weight space (same parameter order)."""
+    names, params = zip(*[(name, p) for name, p in model.named_parameters() if p.requires_grad])
     if names != objective.names or any(p.shape != q.shape for p, q in zip(params, objective.params)):
         raise UserError(f"{what}: the two models have different architectures or vocabularies, "
                         "so no straight line joins them")

@@ -277,3 +277,59 @@ def spectral_density_figure(runs: dict[str, dict], title: str) -> Figure:
     axes[0].set_ylabel("density (SLQ, smoothed)")
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def pruning_figure(runs: dict[str, dict[int, dict]], title: str) -> Figure:
+    """Per LoRA run (one panel): validation perplexity against the fraction of adapter weights zeroed, by
+    magnitude (solid) and at random (dashed: mean ± standard error over the random masks and seeds), the
+    rewound-and-retrained tickets (stars), and λ_max of the magnitude-pruned adapter (right axis, grey)."""
+    fig = Figure(figsize=(6.0 * min(len(runs), 2), 4.4 * math.ceil(len(runs) / 2)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(runs) / 2), min(len(runs), 2), squeeze=False).ravel()
+    for ax, (run, by_seed) in zip(axes, runs.items()):
+        for color, (seed, data) in zip(_colors(len(by_seed)), sorted(by_seed.items())):
+            fractions = [m["pruned_fraction"] for m in data["magnitude"]]
+            ax.plot(fractions, [m["val_perplexity"] for m in data["magnitude"]], "o-", color=color,
+                    label=f"magnitude, seed {seed}")
+            random = [[s["val_perplexity"] for s in r["seeds"]] for r in data["random"]]
+            if random and random[0]:
+                mean = np.array([np.mean(v) for v in random])
+                stderr = np.array([np.std(v, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else 0.0 for v in random])
+                at = [r["seeds"][0]["pruned_fraction"] for r in data["random"]]
+                ax.plot(at, mean, "s--", color=color, alpha=0.8, label=f"random ({len(random[0])} masks), seed {seed}")
+                ax.fill_between(at, mean - stderr, mean + stderr, color=color, alpha=0.2)
+            if data.get("rewind"):
+                ax.plot([r["pruned_fraction"] for r in data["rewind"]], [r["val_perplexity"] for r in data["rewind"]],
+                        "*", markersize=12, color=color, label=f"rewound and retrained, seed {seed}")
+            if data.get("lambda_max"):
+                right = ax.twinx()
+                right.plot([p["pruned_fraction"] for p in data["lambda_max"]], [p["lambda_max"] for p in data["lambda_max"]],
+                           "^:", color="0.45")
+                right.set_ylabel("λ_max of the pruned adapter (▲)", color="0.45")
+        ax.set_yscale("log")
+        ax.set_xlabel("fraction of LoRA weights set to zero")
+        ax.set_ylabel("validation perplexity")
+        ax.set_title(run, fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    for ax in axes[len(runs):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig
+
+
+def budget_curves_figure(runs: dict[str, list[dict]], title: str) -> Figure:
+    """Validation perplexity against what training had spent when it was measured: FLOPs (left) and seconds
+    (right); one line per run and seed (the metrics.json of each)."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for color, (run, seeds) in zip(_colors(len(runs)), runs.items()):
+        for i, metrics in enumerate(seeds):
+            for ax, key in zip(axes, ("at_flops", "at_seconds")):
+                ax.plot(metrics[key], metrics["val_perplexity"], "o-", color=color, markersize=3,
+                        label=run if i == 0 else None)
+    for ax, what in zip(axes, ("training FLOPs (analytic)", "training seconds")):
+        ax.set_xlabel(what)
+        ax.set_ylabel("validation perplexity")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    return fig

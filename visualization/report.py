@@ -11,19 +11,23 @@ on one colour scale).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+from optimization.experiment_log import open_log
 from utils.config import Experiment
 from utils.errors import CorruptFileError
 from utils.io import save_figure, write_json, write_text
 from utils.layout import experiment_dir, stage_command
 from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, density_columns, density_runs,
+                           format_value,
                            dynamics_section_applies, eps_columns, epsilons, generalization_columns, geometry_columns,
                            geometry_detail_table, geometry_norms, geometry_section_applies, geometry_settings_table,
                            landscape_settings_table, load_results, markdown_table, pairs_table, pca_surfaces,
-                           sharpness_settings_table, step_loss_curves, summarize, track_columns, track_curves)
-from visualization.plots import (geometry_norms_figure, learning_curves_figure, spectral_density_figure,
-                                 step_losses_figure, surfaces_figure, tracked_sharpness_figure)
+                           budget_curves, prune_runs, prune_table, sharpness_settings_table, space_columns,
+                           step_loss_curves, summarize, track_columns, track_curves)
+from visualization.plots import (budget_curves_figure, geometry_norms_figure, learning_curves_figure, pruning_figure,
+                                 spectral_density_figure, step_losses_figure, surfaces_figure, tracked_sharpness_figure)
 
 
 def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]:
@@ -45,6 +49,14 @@ def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]
     if results.density:
         figures["spectral_density"] = spectral_density_figure(
             density_runs(results), f"{results.name}: Hessian spectral density at the final weights")
+    if peft_section_applies(results):
+        curves = budget_curves(results)
+        if curves:
+            figures["perplexity_vs_budget"] = budget_curves_figure(curves, f"{results.name}: validation perplexity "
+                                                                           "against what training spent")
+        if results.prune:
+            figures["perplexity_vs_pruned"] = pruning_figure(prune_runs(results), f"{results.name}: pruning the "
+                                                                                  "LoRA adapter")
     panels = [(f"{run}, seed {seed}", data["alphas"], data["betas"], data["train_loss"])
               for run in results.runs for seed, data in sorted(results.surfaces.get(run, {}).items())]
     if panels:
@@ -94,6 +106,8 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
         sections += _dynamics_sections(results, summary, figures)
     if "landscape" in results.stages or results.interpolation or results.init_to_final or results.surfaces:
         sections += _landscape_sections(results, summary, figures)
+    if peft_section_applies(results):
+        sections += _peft_sections(results, summary, figures)
     singles = [f"[{stem}](figures/{path.name})" for stem, path in results.figures.items() if stem != "interpolation"]
     if singles:
         sections.append("Each run: " + ", ".join(singles))
@@ -106,6 +120,59 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict) -> s
         sections += ["## Ignored", "Folders on disk that experiment.json does not list with their current settings:",
                      "\n".join(f"- {item}" for item in results.ignored)]
     return "\n\n".join(sections) + "\n"
+
+
+def peft_section_applies(results: ExperimentResults) -> bool:
+    """Whether the experiment has LoRA runs or runs under a training budget."""
+    return any(cfg.get("model", {}).get("adapter", {}).get("type", "none") != "none"
+               or any(cfg.get("train", {}).get("budget", {}).values()) for cfg in results.configs.values())
+
+
+def _adapter_table(results: ExperimentResults, summary: dict) -> str:
+    lines = ["| run | adapter | trainable parameters | budget | stopped at |", "|---|---|---|---|---|"]
+    for run in results.runs:
+        cfg = results.configs[run]
+        adapter, budget = cfg["model"].get("adapter", {"type": "none"}), cfg["train"].get("budget", {})
+        kind = "full fine-tuning" if adapter["type"] == "none" else (
+            f"LoRA r={adapter['r']}, α={adapter['alpha']:g}, on {', '.join(adapter['target_modules'])}")
+        limit = ", ".join(f"{value:.3g} {key}" for key, value in budget.items() if value) or "–"
+        stops = [results.metrics[run][seed].get("budget") for seed in results.seeds.get(run, [])]
+        stopped = ", ".join(f"step {b['step']} of {b['of_steps']}" if b.get("stopped_by") else "not reached"
+                            for b in stops if b) or "–"
+        lines.append(f"| {run} | {kind} | {format_value(summary['runs'][run]['quantities']['trainable_parameters'])} | "
+                     f"{limit} | {stopped} |")
+    return "\n".join(lines)
+
+
+def _peft_sections(results: ExperimentResults, summary: dict, figures: dict) -> list[str]:
+    """LoRA against full fine-tuning: what each trains, perplexity against FLOPs and seconds spent, the
+    curvature in both weight spaces, and pruning the adapter."""
+    sections = [
+        "## Parameter-efficient fine-tuning",
+        "What each run trains, and where a training budget (train.budget) stopped it:",
+        _adapter_table(results, summary),
+        "Validation perplexity against the training FLOPs (analytic: optimization.cost) and seconds spent when it "
+        "was measured. Under an equal budget, the lower curve at the budget's end is the better method:",
+        _image(figures.get("perplexity_vs_budget"), "perplexity against budget"),
+        markdown_table(summary, [("best_val_perplexity", "best val perplexity"), ("flops_to_best", "FLOPs to it"),
+                                 ("seconds_to_best", "seconds to it"), ("train_flops", "FLOPs in all")]),
+    ]
+    if results.sharpness_merged:
+        sections += [
+            "Curvature of LoRA runs in two weight spaces, on the sharpness measurement set: the adapter's A and B "
+            "(what the optimizer moves; d counts them) and the merged model W + (α/r)·BA, comparable with full "
+            "fine-tuning (a full run has one space: its values stand in the adapter columns). The two Hessians "
+            "differ: the adapter's is JᵀHJ plus a gradient term, with J the map from (A, B) to W.",
+            markdown_table(summary, space_columns())]
+    if results.prune:
+        sections += [
+            "Pruning the adapter (lottery tickets on LoRA): validation perplexity with the fraction of LoRA weights "
+            "set to zero by smallest magnitude or at random (mean ± standard error over the random masks), the "
+            "magnitude masks rewound to the adapter's initial values and retrained (prune.rewind), and λ_max of "
+            "the magnitude-pruned adapter:",
+            _image(figures.get("perplexity_vs_pruned"), "perplexity against fraction pruned"),
+            prune_table(results)]
+    return sections
 
 
 def _sharpness_sections(results: ExperimentResults, summary: dict) -> list[str]:
@@ -213,3 +280,16 @@ def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
     write_text(folder / "report.md", render_report(results, summary, figures))
     missing = f"; missing: {len(results.missing)} item(s), listed at the end" if results.missing else ""
     print(f"{experiment.name}: wrote {folder / 'report.md'} and summary.json{missing}")
+    log_figures(experiment, folder)
+
+
+def log_figures(experiment: Experiment, folder: Path) -> None:
+    """Every figure of the experiment, to the trackers its runs log to (logging.backend): an experiment-level
+    TensorBoard log (<experiment>/tensorboard/, written anew each time) or wandb run."""
+    for backend in dict.fromkeys(run.logging.backend for run in experiment.runs if run.logging.backend != "none"):
+        project = next(run.logging.project for run in experiment.runs if run.logging.backend == backend)
+        if backend == "tensorboard":
+            shutil.rmtree(folder / "tensorboard", ignore_errors=True)  # the figures of this report only
+        with open_log(backend, folder, f"{experiment.name}: figures", project, {"experiment": experiment.name}) as log:
+            for png in sorted((folder / "figures").glob("*.png")):
+                log.image(f"figures/{png.stem}", png)

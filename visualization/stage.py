@@ -48,11 +48,12 @@ from visualization.pca import trajectory_pca
 from visualization.plots import interpolation_figure, surface_3d_figure, surface_contour_figure
 from visualization.surface import empty_grid, fill_surface, grid_axis
 
-DIRECTION_KEYS = ("directions", "norm", "ignore", "seed")
+DIRECTION_KEYS = ("space", "directions", "norm", "ignore", "seed")
 PATH_MARGIN = 1.2  # pca: the grid reaches this far beyond the path's extent (times landscape.range)
 PCA_CHUNK_BYTES = 1 << 28  # pca: float64 block of the trajectory read at a time
 SURFACE_KEYS = DIRECTION_KEYS + ("resolution", "range", "val_surface", "eval_batches", "eval_batch_size", "eval_seed")
 LINE_KEYS = ("points", "alpha_min", "alpha_max", "eval_batches", "eval_batch_size", "eval_seed")
+RUN_LINE_KEYS = ("space",) + LINE_KEYS  # init -> final is taken in the run's space; lines between runs merged
 
 
 @dataclass
@@ -65,10 +66,16 @@ class Job:
 
 
 def landscape_settings(run: RunConfig, keys) -> dict:
-    """The settings named by `keys` (landscape.directions only when not random, the value outputs written
-    before it existed were made with, so that they keep their fingerprints)."""
+    """The settings named by `keys`: landscape.directions only when not random and landscape.space only for a
+    LoRA run measured merged (outputs written before they existed were made so, and keep their fingerprints)."""
     return {key: getattr(run.landscape, key) for key in keys
-            if not (key == "directions" and run.landscape.directions == "random")}
+            if not (key == "directions" and run.landscape.directions == "random")
+            and not (key == "space" and space(run) == "adapter")}
+
+
+def space(run: RunConfig) -> str:
+    """The weight space a run's landscape is taken in: a LoRA run's landscape.space, else the full model's."""
+    return run.landscape.space if run.model.adapter.type != "none" else "adapter"
 
 
 def job_fingerprint(job: Job, keys) -> str:
@@ -120,7 +127,7 @@ def check_shared_settings(jobs: list[Job]) -> None:
 
 def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
     line_path = job.folder / "interpolation.json"
-    line_print = job_fingerprint(job, LINE_KEYS)
+    line_print = job_fingerprint(job, RUN_LINE_KEYS)
     line_done = None if force else read_own_output(line_path, label=job.label)
     line_todo = line_done is None or (line_done.get("fingerprint"), line_done.get("checkpoint")) != \
         (line_print, job.trained_with)  # a file of an older version records no checkpoint: made again
@@ -138,7 +145,7 @@ def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
     if not (line_todo or surface_todo):
         return
     device = resolve_device(job.run.device)
-    final = load_trained(job.folder / "checkpoint.pt", device)
+    final = load_trained(job.folder / "checkpoint.pt", device, space(job.run))
     train_set, val_set = sets.of(job, final.tokenizer)
     if line_todo:
         init_to_final(job, final, train_set, val_set, line_path, line_print)
@@ -148,7 +155,7 @@ def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
 
 def init_to_final(job: Job, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, path: Path,
                   line_print: str) -> None:
-    init = load_trained(job.folder / "init.pt", final.model.device)
+    init = load_trained(job.folder / "init.pt", final.model.device, space(job.run))
     objectives = {"train": Objective(init.model, train_set.batches), "val": Objective(init.model, val_set.batches)}
     alphas = interpolation_alphas(job.run.landscape)
     theta1 = weights_in(objectives["train"], final.model, job.label)
@@ -285,8 +292,8 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
             continue
         what = f"{experiment.name}: {a.run.name} -> {b.run.name}, seed {a.run.seed}"
         device = resolve_device(a.run.device)
-        model_a = load_trained(a.folder / "checkpoint.pt", device)
-        model_b = load_trained(b.folder / "checkpoint.pt", device)
+        model_a = load_trained(a.folder / "checkpoint.pt", device, "merged")  # LoRA runs: A and B are not
+        model_b = load_trained(b.folder / "checkpoint.pt", device, "merged")  # coordinates two runs share
         (train_a, val_a), (train_b, val_b) = sets.of(a, model_a.tokenizer), sets.of(b, model_b.tokenizer)
         if not (same_texts(train_a, train_b) and same_texts(val_a, val_b)):
             raise UserError(f"{what}: the two runs see different evaluation texts or tokenizers, "

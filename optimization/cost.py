@@ -1,0 +1,321 @@
+"""What a training step costs: its FLOPs, the device's peak, the MFU, and the price of the hours.
+
+FLOPs of one training step (forward + backward) of a GPT-2 causal LM, bare or wrapped by peft LoRA,
+on a batch of B sequences of T positions (the padded length: what the hardware computes):
+  - a matmul weight W with n entries (GPT-2's Conv1D layers, lm_head, which is tied to wte, and
+    LoRA's lora_A and lora_B) costs per token 2n forward; backward 2n for the gradient of its input
+    if that input carries a gradient, plus 2n for the gradient of W if W.requires_grad.
+  - attention costs per layer and sequence 2·T²·d for QKᵀ and 2·T²·d for A·V forward (d = n_embd, the
+    full T×T matrices that eager and math attention compute), and twice that backward when its
+    inputs carry a gradient.
+  - embedding lookups, LayerNorms, activations, softmax, biases and the loss cost nothing.
+  - a tensor carries a gradient iff a trainable parameter (embeddings, LayerNorms, base weights and
+    biases, LoRA A/B) was used upstream of it, followed through the blocks in forward order. With
+    LoRA and frozen embeddings, the first block's c_attn base matmul has no backward at all and its
+    lora_A only a weight gradient.
+Full fine-tuning therefore costs exactly 6·N·B·T + 12·L·B·T²·d, N the matmul weights' entries
+(lm_head included) and L the layers: the familiar 6·N·tokens plus attention. These are the counts of
+torch.utils.flop_counter.FlopCounterMode, which tests/test_cost.py checks them against.
+
+MFU (model FLOPs utilisation) = FLOPs / seconds / peak. A GPU's peak is its datasheet's dense number
+(PEAK_FLOPS); the CPU's is measured once per process and thread count with an fp32 matmul probe, so a
+CPU run's MFU is against what this machine's BLAS attains, not a theoretical peak.
+
+Prices (config/prices.yaml) turn seconds into dollars, and extrapolate a run's FLOPs to a device it did
+not run on at the file's assumed MFU.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from utils.errors import ConfigError, UserError
+
+PRICES_FILE = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
+PRECISIONS = ("fp32", "bf16")
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs of a step.
+
+
+@dataclass
+class _Flops:
+    forward: int = 0
+    backward: int = 0
+
+
+def _trainable(module) -> bool:
+    return any(p.requires_grad for p in module.parameters())
+
+
+def _gpt2(model):
+    """The GPT2LMHeadModel itself, inside a peft wrapper or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)
+    if model_type != "gpt2":
+        raise ValueError(f"step FLOPs are counted for GPT-2 models only, not model type {model_type!r}")
+    return inner
+
+
+def _lora_adapters(layer) -> list[str]:
+    """The LoRA adapters the layer's forward applies (none when it is not LoRA, merged or disabled)."""
+    if not hasattr(layer, "lora_A") or layer.merged or layer.disable_adapters:
+        return []
+    names = [name for name in layer.active_adapters if name in layer.lora_A]
+    for name in names:
+        if name in layer.lora_variant:
+            raise ValueError(f"adapter {name!r} is a LoRA variant (such as DoRA); only plain LoRA is counted")
+    return names
+
+
+def _matmul(per_token: _Flops, weight: torch.Tensor, input_grad: bool) -> None:
+    n = weight.numel()
+    per_token.forward += 2 * n
+    per_token.backward += 2 * n * input_grad + 2 * n * weight.requires_grad
+
+
+def _layer(per_token: _Flops, layer, input_grad: bool) -> bool:
+    """Count one matmul layer and its LoRA adapters; whether its output carries a gradient."""
+    base = getattr(layer, "base_layer", layer)
+    _matmul(per_token, base.weight, input_grad)
+    used = [base]
+    for name in _lora_adapters(layer):
+        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
+        _matmul(per_token, lora_a.weight, input_grad)
+        _matmul(per_token, lora_b.weight, input_grad or lora_a.weight.requires_grad)
+        used += [lora_a, lora_b]
+    return input_grad or any(_trainable(module) for module in used)
+
+
+def _step_flops(model, batch_size: int, seq_len: int) -> _Flops:
+    """Forward and backward FLOPs of one step, walking the blocks in forward order."""
+    gpt2 = _gpt2(model)
+    body = gpt2.transformer
+    per_token = _Flops()
+    attention_forward = 4 * seq_len**2 * gpt2.config.n_embd  # QKᵀ and A·V, per layer and sequence
+    attention = _Flops()
+    stream = _trainable(body.wte) or _trainable(body.wpe)  # whether the residual stream carries a gradient
+    for block in body.h:
+        qkv = _layer(per_token, block.attn.c_attn, stream or _trainable(block.ln_1))
+        attention.forward += attention_forward
+        attention.backward += 2 * attention_forward * qkv
+        stream = _layer(per_token, block.attn.c_proj, qkv) or stream
+        hidden = _layer(per_token, block.mlp.c_fc, stream or _trainable(block.ln_2))
+        stream = _layer(per_token, block.mlp.c_proj, hidden) or stream
+    _layer(per_token, gpt2.lm_head, stream or _trainable(body.ln_f))
+    tokens = batch_size * seq_len
+    return _Flops(forward=tokens * per_token.forward + batch_size * attention.forward,
+                  backward=tokens * per_token.backward + batch_size * attention.backward)
+
+
+def step_flops(model, batch_size: int, seq_len: int) -> int:
+    """Matmul FLOPs of one training step (forward + backward) on batch_size sequences of seq_len."""
+    flops = _step_flops(model, batch_size, seq_len)
+    return flops.forward + flops.backward
+
+
+def forward_flops(model, batch_size: int, seq_len: int) -> int:
+    """Matmul FLOPs of one forward pass (an evaluation batch)."""
+    return _step_flops(model, batch_size, seq_len).forward
+
+
+# ----------------------------------------------------------------------------------------------
+# Device peaks.
+
+# Dense peak FLOP/s (no 2:4 sparsity). fp32: plain FP32, not TF32 (PyTorch's default fp32 matmul
+# precision is "highest"). bf16: BF16 tensor cores with FP32 accumulation, as autocast runs them, or
+# FP16 tensor cores on cards without BF16 (V100, T4).
+PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "V100 SXM2": {"fp32": 15.7e12, "bf16": 125e12},    # NVIDIA V100 datasheet (FP16 tensor)
+    "V100 PCIe": {"fp32": 14e12, "bf16": 112e12},      # NVIDIA V100 datasheet (FP16 tensor)
+    "T4": {"fp32": 8.1e12, "bf16": 65e12},             # NVIDIA T4 datasheet (FP16/FP32 mixed precision)
+    "A10": {"fp32": 31.2e12, "bf16": 125e12},          # NVIDIA A10 datasheet
+    "A10G": {"fp32": 35e12, "bf16": 70e12},            # no NVIDIA datasheet: AWS's figures (Baseten, "A10 vs A10G")
+    "A100": {"fp32": 19.5e12, "bf16": 312e12},         # NVIDIA A100 datasheet (SXM and PCIe, 40 and 80 GB)
+    "L4": {"fp32": 30.3e12, "bf16": 121e12},           # NVIDIA L4 datasheet (242 with sparsity)
+    "L40S": {"fp32": 91.6e12, "bf16": 362.05e12},      # NVIDIA L40S datasheet (733 with sparsity)
+    "H100 SXM": {"fp32": 67e12, "bf16": 989.5e12},     # NVIDIA H100 datasheet (1,979 with sparsity)
+    "H100 PCIe": {"fp32": 51e12, "bf16": 756.5e12},    # NVIDIA H100 datasheet (1,513 with sparsity)
+    "H100 NVL": {"fp32": 60e12, "bf16": 835.5e12},     # NVIDIA H100 datasheet (1,671 with sparsity)
+    "H200": {"fp32": 67e12, "bf16": 989.5e12},         # NVIDIA H200 datasheet, H200 SXM (1,979 with sparsity)
+    "H200 NVL": {"fp32": 60e12, "bf16": 835.5e12},     # NVIDIA H200 datasheet (1,671 with sparsity)
+    "RTX 3090": {"fp32": 35.6e12, "bf16": 71e12},      # NVIDIA Ampere GA102 architecture whitepaper
+    "RTX 4090": {"fp32": 82.6e12, "bf16": 165.2e12},   # NVIDIA Ada Lovelace architecture whitepaper
+}
+
+# torch.cuda.get_device_name patterns (case-insensitive) and their PEAK_FLOPS key, most specific first;
+# e.g. "NVIDIA H100 80GB HBM3" is the SXM card, "NVIDIA H100 PCIe" the PCIe one, "Tesla V100-SXM2-16GB".
+GPU_NAMES: list[tuple[str, str]] = [
+    (r"\bH100\b.*\bPCIe\b", "H100 PCIe"),
+    (r"\bH100\b.*\bNVL\b", "H100 NVL"),
+    (r"\bH100\b", "H100 SXM"),
+    (r"\bH200\b.*\bNVL\b", "H200 NVL"),
+    (r"\bH200\b", "H200"),
+    (r"\bA100\b", "A100"),
+    (r"\bA10G\b", "A10G"),
+    (r"\bA10\b", "A10"),
+    (r"\bL40S\b", "L40S"),
+    (r"\bL4\b", "L4"),
+    (r"\bV100-PCIE\b", "V100 PCIe"),
+    (r"\bV100-SXM2\b", "V100 SXM2"),
+    (r"\bT4\b", "T4"),
+    (r"\bRTX 3090$", "RTX 3090"),
+    (r"\bRTX 4090$", "RTX 4090"),
+]
+
+
+def gpu_peak_key(name: str) -> str | None:
+    """The PEAK_FLOPS key of a GPU named as torch.cuda.get_device_name names it; None if unknown."""
+    for pattern, key in GPU_NAMES:
+        if re.search(pattern, name, flags=re.IGNORECASE):
+            return key
+    return None
+
+
+def peak_for_name(name: str, precision: str) -> tuple[float | None, str]:
+    """(peak FLOP/s, where it came from) of a GPU named as torch.cuda.get_device_name names it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    key = gpu_peak_key(name)
+    if key is None:
+        return None, f"unknown GPU {name}: add it to optimization.cost.PEAK_FLOPS"
+    return PEAK_FLOPS[key][precision], f"datasheet: {key}, dense {precision}"
+
+
+@functools.cache
+def _matmul_rate(threads: int) -> float:
+    """The best FLOP/s of a few 1024² fp32 matmuls after a warm-up (about 0.2 s on one core)."""
+    size, best = 1024, math.inf
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def cpu_matmul_peak() -> float:
+    """The CPU's fp32 matmul FLOP/s with the current torch thread count, measured once per process."""
+    return _matmul_rate(torch.get_num_threads())
+
+
+def device_peak_flops(device: torch.device, precision: str) -> tuple[float | None, str]:
+    """(peak FLOP/s, where it came from) of the device a run trains on; None where it is not known."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if device.type == "cuda":
+        return peak_for_name(torch.cuda.get_device_name(device), precision)
+    if device.type == "cpu":
+        if precision != "fp32":
+            return None, f"no {precision} peak for the CPU: the probe measures fp32"
+        threads = torch.get_num_threads()
+        return cpu_matmul_peak(), f"measured: fp32 matmul probe, {threads} thread{'s' if threads > 1 else ''}"
+    return None, f"no peak known for {device.type} devices"
+
+
+def mfu(flops: float, seconds: float, peak: float | None) -> float | None:
+    """Model FLOPs utilisation: the share of the peak the run's FLOPs used; None without a peak."""
+    if peak is None or seconds <= 0:
+        return None
+    return flops / seconds / peak
+
+
+# ----------------------------------------------------------------------------------------------
+# Prices.
+
+
+@dataclass(frozen=True)
+class DevicePrice:
+    usd_per_hour: float
+    as_of: str
+    source: str
+    peak: str | None  # its PEAK_FLOPS key; None for a CPU
+
+
+@dataclass(frozen=True)
+class Prices:
+    assumed_mfu: float  # for extrapolating a run to a device it did not run on
+    devices: dict[str, DevicePrice]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _device_price(path: Path, name, entry) -> DevicePrice:
+    where = f"{path}: device {name!r}"
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where} must be a mapping of usd_per_hour, as_of, source and peak")
+    unknown = set(entry) - {"usd_per_hour", "as_of", "source", "peak"}
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {sorted(map(str, unknown))}")
+    price = entry.get("usd_per_hour")
+    if not _is_number(price) or price < 0:
+        raise ConfigError(f"{where} needs usd_per_hour, a number ≥ 0 (got {price!r})")
+    for key in ("as_of", "source"):
+        if not str(entry.get(key) or "").strip():
+            raise ConfigError(f"{where} needs {key}: every price names its date and source")
+    peak = entry.get("peak")
+    if peak is not None and peak not in PEAK_FLOPS:
+        raise ConfigError(f"{where} has peak {peak!r}, which is not a key of optimization.cost.PEAK_FLOPS")
+    return DevicePrice(float(price), str(entry["as_of"]), str(entry["source"]), peak)
+
+
+def load_prices(path: Path = PRICES_FILE) -> Prices:
+    """The price table; a missing or malformed file is reported with its path."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: price table not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("devices"), dict):
+        raise ConfigError(f"{path}: expected a mapping with assumed_mfu and devices")
+    assumed = raw.get("assumed_mfu")
+    if not _is_number(assumed) or not 0 < assumed <= 1:
+        raise ConfigError(f"{path}: assumed_mfu must be a number in (0, 1] (got {assumed!r})")
+    devices = {str(name): _device_price(path, name, entry) for name, entry in raw["devices"].items()}
+    return Prices(float(assumed), devices)
+
+
+def usd(seconds: float, usd_per_hour: float) -> float:
+    return seconds / 3600 * usd_per_hour
+
+
+def extrapolated_seconds(total_flops: float, peak_flops: float, mfu: float) -> float:
+    """How long total_flops would take on a device of this peak at this utilisation."""
+    return total_flops / (peak_flops * mfu)
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def price_for_device(prices: Prices, device_description: str) -> tuple[str, DevicePrice] | None:
+    """The price entry of a run's device ("NVIDIA A100-SXM4-80GB", "cpu", or an entry's own name);
+    None when it is not priced. Among entries of the same GPU, the one sharing most words with the
+    description wins (A100-80GB for an 80GB card), then the first in the file."""
+    description = device_description.strip()
+    for name, price in prices.devices.items():
+        if name.lower() == description.lower():
+            return name, price
+    if description.lower() == "cpu":
+        candidates = [(name, price) for name, price in prices.devices.items()
+                      if price.peak is None and "cpu" in _words(name)]
+    else:
+        key = gpu_peak_key(description)
+        candidates = [(name, price) for name, price in prices.devices.items() if key and price.peak == key]
+    if not candidates:
+        return None
+    words = _words(description)
+    return max(candidates, key=lambda item: len(_words(item[0]) & words))

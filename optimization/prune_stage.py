@@ -1,0 +1,121 @@
+"""The `prune` stage: how a LoRA run's perplexity degrades as its adapter weights are zeroed.
+
+For every trained LoRA run (model.adapter; other runs are skipped), in its run folder, prune.json holds
+for each fraction p of prune.fractions the validation and test loss and perplexity of the adapter with
+the fraction p of its weights zeroed (optimization.pruning):
+  magnitude   the smallest |w| (prune.scope: global or per-matrix)
+  random      prune.random_seeds random masks (their mean ± standard error is drawn by the report)
+  lambda_max  the top Hessian eigenvalue of the pruned adapter (magnitude masks at prune.lambda_max_fractions)
+              on the sharpness measurement set, with the sharpness stage's Lanczos settings
+  rewind      with prune.rewind: the lottery-ticket test; the kept weights reset to their initial values
+              (init.pt) and retrained with the mask for prune.rewind_epochs at each of prune.rewind_fractions
+The losses are taken on the training's own validation and test batches, so p = 0 reproduces metrics.json.
+prune.json records its settings and weights and is computed again when they change.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from data.batches import fixed_batches, tokenize
+from data.corpus import load_texts
+from data.measurement import measurement_set
+from models.checkpoint import load_trained
+from optimization.curvature import lanczos
+from optimization.evaluation import perplexity
+from optimization.objective import Objective
+from optimization.pruning import flat_mask, magnitude_masks, pruned_fraction, random_masks, retrain_masked
+from utils.config import Experiment, RunConfig
+from utils.device import resolve_device
+from utils.io import fingerprint, read_own_output, write_json
+from utils.layout import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
+from utils.progress import progress
+
+LANCZOS_KEYS = MEASUREMENT_KEYS + ("max_iter", "tol")  # the sharpness settings behind lambda_max
+
+
+def prune_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    for run, folder in trained_runs(experiment, output):
+        label = run_label(experiment, run)
+        if run.model.adapter.type == "none":
+            print(f"{label}: not a LoRA run (model.adapter.type none); nothing to prune")
+            continue
+        checkpoint = trained_with(folder)
+        settings = {"prune": asdict(run.prune), "sharpness": {k: getattr(run.sharpness, k) for k in LANCZOS_KEYS}}
+        stamp = fingerprint({**settings, "checkpoint": checkpoint})
+        path = folder / "prune.json"
+        done = None if force else read_own_output(path, label=label)
+        if done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, checkpoint):
+            print(f"{label}: pruning already done with these settings; skipping (--force redoes it)")
+            continue
+        start = time.perf_counter()
+        result = prune_run(run, folder, label)
+        write_json(path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
+                          "settings": settings, **result, "seconds": time.perf_counter() - start})
+        worst = result["magnitude"][-1]
+        print(f"{label}: pruning done; val perplexity {result['magnitude'][0]['val_perplexity']:.2f} unpruned, "
+              f"{worst['val_perplexity']:.2f} with {worst['pruned_fraction']:.0%} of the adapter zeroed by magnitude")
+
+
+def prune_run(run: RunConfig, folder: Path, label: str) -> dict:
+    device = resolve_device(run.device)
+    trained = load_trained(folder / "checkpoint.pt", device)
+    tokenizer, pad_id = trained.tokenizer, trained.tokenizer.eos_token_id
+    texts = load_texts(run.data)
+    splits = {"val": texts.validation, "test": texts.test}
+    evaluation = {name: Objective(trained.model, fixed_batches(tokenize(split, tokenizer, run.data.max_length),
+                                                                run.train.eval_batch_size, pad_id))
+                  for name, split in splits.items()}
+    mover = evaluation["val"]  # the objectives share the model: moving one moves all
+    params, base = list(mover.params), mover.base
+    cfg = run.prune
+
+    def losses_with(masks) -> dict:
+        """Validation and test losses with the masked weights zeroed (then the weights are put back)."""
+        with mover.moved([1.0], [-base * ~flat_mask(masks).to(base.device)]):
+            values = {name: objective.loss() for name, objective in evaluation.items()}
+        return {"pruned_fraction": pruned_fraction(masks), "val_loss": values["val"],
+                "val_perplexity": perplexity(values["val"]), "test_loss": values["test"],
+                "test_perplexity": perplexity(values["test"])}
+
+    result = {"n_weights": mover.dim, "magnitude": [], "random": [], "lambda_max": [], "rewind": []}
+    for fraction in progress(cfg.fractions, desc=f"{label} pruning"):
+        result["magnitude"].append({"fraction": fraction, **losses_with(magnitude_masks(params, fraction, cfg.scope))})
+        result["random"].append({"fraction": fraction, "seeds": [
+            {"seed": seed, **losses_with(random_masks(params, fraction, cfg.scope, seed))} for seed in range(cfg.random_seeds)]})
+
+    measurement = Objective(trained.model, measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches)
+    for fraction in cfg.lambda_max_fractions:
+        masks = magnitude_masks(params, fraction, cfg.scope)
+        with mover.moved([1.0], [-base * ~flat_mask(masks).to(base.device)]):
+            with progress(total=run.sharpness.max_iter, desc=f"{label} λ_max at {fraction:g} pruned") as bar:
+                eigen = lanczos(measurement.hvp, measurement.dim, max_iter=run.sharpness.max_iter, tol=run.sharpness.tol,
+                                seed=run.sharpness.seed, device=measurement.device, dtype=base.dtype, progress=bar,
+                                bottom=False)
+            result["lambda_max"].append({"fraction": fraction, "pruned_fraction": pruned_fraction(masks),
+                                         "lambda_max": eigen.lambda_max, "converged": eigen.top[0].converged,
+                                         "hvps": eigen.matvecs, "base_loss": measurement.loss()})
+
+    if cfg.rewind:
+        init = load_trained(folder / "init.pt", device).model
+        initial = mover.flatten([p.detach() for p in init.parameters() if p.requires_grad])
+        sequences = tokenize(texts.train, tokenizer, run.data.max_length)
+        for fraction in cfg.rewind_fractions:
+            masks = magnitude_masks(params, fraction, cfg.scope)
+            keep = flat_mask(masks).to(base.device)
+            with mover.moved([1.0], [initial * keep - base]):  # the kept weights back at their start
+                step_losses = retrain_masked(trained.model, params, masks, run.train, sequences, [len(s) for s in sequences],
+                                             run.data.order, run.seed, cfg.rewind_epochs, pad_id,
+                                             desc=f"{label} rewind at {fraction:g}")
+                weights = mover.flatten([p.detach() for p in params])
+                values = {name: objective.loss() for name, objective in evaluation.items()}
+            result["rewind"].append({
+                "fraction": fraction, "pruned_fraction": pruned_fraction(masks), "epochs": cfg.rewind_epochs,
+                "val_loss": values["val"], "val_perplexity": perplexity(values["val"]), "test_loss": values["test"],
+                "test_perplexity": perplexity(values["test"]), "final_step_loss": step_losses[-1],
+                "pruned_weights_nonzero": int((weights[~keep] != 0).sum())})  # 0: the mask survived retraining
+    return result

@@ -1,0 +1,82 @@
+"""What a run costs (metrics.json), training budgets (train.budget) and the experiment trackers (logging)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimization.cost import step_flops
+from optimization.experiments import train_stage
+from pipeline import run_experiment
+from utils.layout import run_dir, training_fingerprint
+
+RUNS = """
+train: {optimizer: adamw, lr: 0.01, epochs: 4}
+runs:
+  full: {}
+  lora: {model: {adapter: {type: lora, r: 2}}}
+"""
+
+
+def _metrics(tmp_path, exp, run):
+    return json.loads((run_dir(tmp_path, exp, run) / "metrics.json").read_text())
+
+
+def test_metrics_record_steps_tokens_flops_and_utilisation(tiny_experiment, tmp_path):
+    exp = tiny_experiment(RUNS)
+    train_stage(exp, tmp_path, force=False)
+    full, lora = (_metrics(tmp_path, exp, run) for run in exp.runs)
+    for m in (full, lora):
+        assert m["optimizer_steps"] == 4 * 6 and m["at_step"] == [6, 12, 18, 24]
+        assert m["at_flops"][-1] == m["train_flops"] > 0 and m["at_seconds"][-1] == m["train_time_s"]
+        assert m["device_peak_flops"] > 0 and "probe" in m["device_peak_source"]
+        assert m["mfu"] == pytest.approx(m["train_flops"] / m["train_time_s"] / m["device_peak_flops"])
+        assert m["peak_memory_mb"] > 0 and m["wall_time_s"] >= m["train_time_s"]
+    assert full["trainable_parameters"] == full["n_parameters"] == lora["n_parameters"] - lora["trainable_parameters"]
+    assert lora["train_flops"] < full["train_flops"]  # the frozen weights get no weight gradients
+
+
+def test_a_flop_budget_stops_training_where_it_is_spent(tiny_experiment, tmp_path):
+    exp = tiny_experiment(RUNS)
+    train_stage(exp, tmp_path / "free", force=False)
+    full = _metrics(tmp_path / "free", exp, exp.runs[0])
+    budget = full["at_flops"][1] * 0.75  # spent during the second epoch
+    limited = tiny_experiment(RUNS, overrides=[f"train.budget.flops={budget}"])
+    assert training_fingerprint(limited.runs[0]) != training_fingerprint(exp.runs[0])
+    train_stage(limited, tmp_path / "budget", force=False)
+    for run, free in zip(limited.runs, exp.runs):
+        m, unlimited = _metrics(tmp_path / "budget", limited, run), _metrics(tmp_path / "free", exp, free)
+        step = m["budget"]["step"]
+        assert m["budget"]["stopped_by"] == "flops" and m["optimizer_steps"] == step == m["at_step"][-1]
+        assert m["train_flops"] >= budget  # spent by the step it stopped after
+        per_step = unlimited["train_flops"] / unlimited["optimizer_steps"]
+        assert m["train_flops"] - budget < 2 * per_step  # and not a step later
+        assert m["train_loss"][0] == unlimited["train_loss"][0]  # the same training up to the stop
+        assert (run_dir(tmp_path / "budget", limited, run) / "checkpoint.pt").is_file()
+    full, lora = (_metrics(tmp_path / "budget", limited, run) for run in limited.runs)
+    assert lora["optimizer_steps"] > full["optimizer_steps"]  # the same FLOPs buy LoRA more steps
+
+
+def test_step_flops_follow_the_padded_batch_shape(tiny_model_and_tokenizer):
+    model, _ = tiny_model_and_tokenizer
+    assert step_flops(model, 4, 16) == 4 * step_flops(model, 1, 16)
+    assert step_flops(model, 2, 32) > 2 * step_flops(model, 2, 16)  # attention grows with T²
+
+
+def test_tensorboard_logs_the_steps_the_epochs_and_the_figures(tiny_experiment, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp = tiny_experiment("logging: {backend: tensorboard, every: 2}\nlandscape: {resolution: 3, points: 3, "
+                          "eval_batches: 1, eval_batch_size: 4}\n")
+    run_experiment(exp, ["train", "landscape", "report"], tmp_path)
+    events = EventAccumulator(str(run_dir(tmp_path, exp, exp.runs[0]) / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    metrics = _metrics(tmp_path, exp, exp.runs[0])
+    losses = events.Scalars("train/loss")
+    assert [e.step for e in losses] == list(range(2, 13, 2))
+    assert [e.value for e in losses] == pytest.approx(metrics["step_loss"][1::2], rel=1e-6)
+    assert [e.value for e in events.Scalars("epoch/val_loss")] == pytest.approx(metrics["val_loss"], rel=1e-6)
+    figures = EventAccumulator(str(tmp_path / exp.name / "tensorboard"), size_guidance={"images": 0})
+    figures.Reload()
+    assert "figures/learning_curves" in figures.Tags()["images"]
