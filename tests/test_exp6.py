@@ -1,0 +1,51 @@
+"""Experiment 6 (parameter-efficient fine-tuning and cost) end to end, offline: config/exp6-peft-small.yaml through
+run.py to report.md and the notebook, on a trimmed budget: full fine-tuning and two LoRA ranks under one FLOP
+budget, geometry in both weight spaces, the pruning figure, the cost table in dollars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import run
+from tests.test_report import execute_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+TRIMMED = ["train.budget.flops=1.5e9", "data.n_train=64", "sharpness.max_iter=8", "landscape.resolution=3",
+           "landscape.points=5", "landscape.eval_batches=2", "prune.fractions=[0.0,0.5,0.9]", "prune.random_seeds=2",
+           "prune.lambda_max_fractions=[0.0,0.9]", "prune.rewind_fractions=[0.5]", "prune.rewind_epochs=1"]
+
+
+def test_exp6_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_path):
+    out = tmp_path / "results"
+    args = ["--config", str(REPO / "config/exp6-peft-small.yaml"), "--output", str(out)]
+    for override in TRIMMED:
+        args += ["--set", override]
+    assert run.main(args) == 0  # the config's stages: train, sharpness, landscape, prune, report
+    folder = out / "exp6-peft-small"
+    report = (folder / "report.md").read_text()
+    assert "## Missing" not in report
+    section = report.split("## Parameter-efficient fine-tuning")[1].split("\n## ")[0]
+    for text in ("figures/perplexity_vs_budget.png", "figures/perplexity_vs_pruned.png", "λ_max (merged)",
+                 "LoRA r=2", "LoRA r=8", "full fine-tuning", "val ppl, random"):
+        assert text in section, text
+    cost = report.split("## Cost")[1]
+    assert "on H100-SXM" in cost and "cpu-2vcpu" in cost
+    steps = {}
+    for name in ("full", "lora-r2", "lora-r8"):
+        metrics = json.loads((folder / name / "seed-42" / "metrics.json").read_text())
+        assert metrics["budget"]["stopped_by"] == "flops" and metrics["train_flops"] >= 1.5e9
+        steps[name] = metrics["optimizer_steps"]
+    assert steps["lora-r2"] > steps["full"]  # equal FLOPs buy the small adapter more steps
+    for name in ("lora-r2", "lora-r8"):
+        seed_dir = folder / name / "seed-42"
+        assert json.loads((seed_dir / "sharpness_merged.json").read_text())["space"] == "merged"
+        prune = json.loads((seed_dir / "prune.json").read_text())
+        assert [m["fraction"] for m in prune["magnitude"]] == [0.0, 0.5, 0.9]
+        assert prune["rewind"][0]["pruned_weights_nonzero"] == 0
+
+    notebook = execute_notebook(out)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    peft = next(c for c in notebook.cells if c.id == "e6a1c0df")
+    assert sum(1 for o in peft.outputs if "image/png" in o.get("data", {})) == 2  # budget curves, pruning
