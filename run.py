@@ -1,6 +1,6 @@
 """Run the stages of an experiment.
 
-    python run.py --config config/exp1.yaml [--stages train,sharpness,geometry,landscape,report]
+    python run.py --config config/exp1.yaml [--stages train,sharpness,geometry,landscape,prune,report]
                   [--runs NAME ...] [--set key=value ...] [--output results] [--device auto] [--force]
 """
 
