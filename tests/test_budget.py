@@ -80,3 +80,25 @@ def test_tensorboard_logs_the_steps_the_epochs_and_the_figures(tiny_experiment, 
     figures = EventAccumulator(str(tmp_path / exp.name / "tensorboard"), size_guidance={"images": 0})
     figures.Reload()
     assert "figures/learning_curves" in figures.Tags()["images"]
+
+
+def test_a_model_without_a_flop_count_trains_and_a_flop_budget_for_it_is_one_clear_error(tmp_path, write_config):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    import run
+    from models.models import byte_tokenizer
+
+    tokenizer = byte_tokenizer()
+    llama = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    config = write_config(f"model: {{init: pretrained, name: {tmp_path / 'llama'}, tokenizer: '', config: {{}}}}\n"
+                          "train: {epochs: 1}\n")
+    assert run.main(["--config", str(config), "--output", str(tmp_path / "out"), "--stages", "train"]) == 0
+    metrics = json.loads(next((tmp_path / "out").glob("*/*/seed-*/metrics.json")).read_text())
+    assert metrics["train_flops"] is None and metrics["mfu"] is None and metrics["optimizer_steps"] == 6
+    assert run.main(["--config", str(config), "--output", str(tmp_path / "budget"), "--stages", "train",
+                     "--set", "train.budget.flops=1e9"]) == 1
+    assert not list((tmp_path / "budget").glob("*/*/seed-*/*.pt"))  # stopped before anything was written

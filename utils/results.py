@@ -725,5 +725,6 @@ def space_columns() -> list[tuple[str, str]]:
 def budget_curves(results: ExperimentResults) -> dict[str, list[dict]]:
     """{run: [metrics.json of each seed]} of the runs that recorded what they had spent at each validation."""
     curves = {run: [results.metrics[run][seed] for seed in results.seeds.get(run, [])
-                    if results.metrics[run][seed].get("at_flops")] for run in results.runs}
+                    if results.metrics[run][seed].get("at_flops") and None not in results.metrics[run][seed]["at_flops"]]
+              for run in results.runs}
     return {run: seeds for run, seeds in curves.items() if seeds}
