@@ -180,7 +180,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         scheduler.load_state_dict(resume["scheduler"])
         history = resume["history"]
         train_time, train_tokens, start_epoch = resume["train_time_s"], resume["train_tokens"], resume["epoch"]
-        train_flops = resume["train_flops"]
+        train_flops = resume.get("train_flops", 0)  # a last.pt of an older version counted none
         _set_rng_state(resume["rng"], device)
         print(f"{label}: resuming after epoch {start_epoch} of {run.train.epochs}")
     else:
@@ -290,7 +290,8 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         history["val_loss"].append(val_loss)
         history["val_perplexity"].append(perplexity(val_loss))
         history["lr"].append(scheduler.get_last_lr()[0])
-        for key, spent in (("at_step", steps_done), ("at_seconds", train_time), ("at_flops", train_flops if counted else None)):
+        for key, spent in (("at_step", steps_done), ("at_seconds", train_time),
+                           ("at_flops", train_flops if counted else None)):
             history.setdefault(key, []).append(spent)  # a run resumed from an older last.pt has none before
         log.scalars(steps_done, {"train_loss": history["train_loss"][-1], "val_loss": val_loss,
                                  "val_perplexity": perplexity(val_loss)}, prefix="epoch/")
