@@ -1,0 +1,91 @@
+"""What an experiment's training would cost before it runs: each run's training FLOPs from its config alone,
+priced on every device of config/prices.yaml (paper-scale dollars without a paper-scale run).
+
+    python -m optimization.estimate --config config/exp6-peft.yaml [--set key=value ...] [--runs NAME ...]
+
+The model is built on PyTorch's meta device (shapes, no weights, no memory): GPT-2-family shapes come from
+utils.config.ARCH_PRESETS (distilgpt2 and gpt2 need no download), other hub models from their config (local
+cache or hub). Every step is counted at its largest shape, batch_size texts of data.max_length tokens, so the
+FLOPs are an upper bound: real batches are padded only to their longest text (the measured train_flops of a
+run says by how much). Steps: epochs × ⌈n_train / batch_size⌉ (n_train is itself an upper bound on the texts
+the filter keeps), or the step that spends train.budget.flops if that comes first. Seconds on a device:
+FLOPs / (its peak at the run's precision × the price table's assumed_mfu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import torch
+
+from models.adapters import add_adapter
+from optimization.cost import PEAK_FLOPS, extrapolated_seconds, load_prices, step_flops, usd
+from utils.config import ARCH_PRESETS, RunConfig, load_experiment
+from utils.errors import UserError
+
+GPT2_VOCABULARY = 50257
+
+
+def model_on_meta(run: RunConfig):
+    """The run's model (with its adapter) as shapes only."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
+
+    cfg = run.model
+    vocabulary = {"bytes": 257, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer, GPT2_VOCABULARY)
+    if cfg.init == "scratch":
+        config = GPT2Config(**{**ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}, vocab_size=vocabulary)
+    elif cfg.name in ARCH_PRESETS:
+        config = GPT2Config(**ARCH_PRESETS[cfg.name], vocab_size=GPT2_VOCABULARY)
+    else:
+        from utils.hub import load_from_hub
+
+        config = load_from_hub(AutoConfig.from_pretrained, cfg.name, "model config")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return add_adapter(model, cfg.adapter, 0) if cfg.adapter.type != "none" else model
+
+
+def estimate(run: RunConfig) -> dict:
+    """Steps, FLOPs per step (at most) and training FLOPs (at most) of one run."""
+    try:
+        per_step = step_flops(model_on_meta(run), run.train.batch_size, run.data.max_length)
+    except ValueError as err:
+        raise UserError(f"run {run.name}: no FLOP estimate: {err}") from None
+    steps = run.train.epochs * math.ceil(run.data.n_train / run.train.batch_size)
+    if run.train.budget.flops:
+        steps = min(steps, math.ceil(run.train.budget.flops / per_step))
+    return {"steps": steps, "flops_per_step": per_step, "flops": steps * per_step}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="experiment YAML file")
+    parser.add_argument("--runs", nargs="+", metavar="NAME", help="only these runs")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    try:
+        experiment = load_experiment(args.config, args.overrides, args.runs)
+        prices = load_prices()
+        gpus = {name: price for name, price in prices.devices.items() if price.peak}
+        print(f"{experiment.name}: training FLOPs at most (every batch at data.max_length), priced at "
+              f"assumed_mfu {prices.assumed_mfu:g} of each device's peak")
+        print("| run | steps | FLOPs | " + " | ".join(gpus) + " |")
+        print("|" + "---|" * (3 + len(gpus)))
+        for run in experiment.runs:
+            cost = estimate(run)
+            cells = []
+            for price in gpus.values():
+                peak = PEAK_FLOPS[price.peak].get(run.train.precision)
+                seconds = extrapolated_seconds(cost["flops"], peak, prices.assumed_mfu) if peak else None
+                cells.append("–" if seconds is None else f"${usd(seconds, price.usd_per_hour):.3g} ({seconds / 3600:.2g} h)")
+            print(f"| {run.name} | {cost['steps']} | {cost['flops']:.3g} | " + " | ".join(cells) + " |")
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

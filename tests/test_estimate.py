@@ -1,0 +1,34 @@
+"""Estimating a config's training FLOPs and dollars before it runs (optimization.estimate)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from models.adapters import add_adapter
+from optimization.cost import step_flops
+from optimization.estimate import estimate, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_estimate_counts_every_step_at_the_largest_batch_shape(tiny_experiment):
+    for text in ("", "model: {adapter: {type: lora, r: 2}}\n"):
+        run = tiny_experiment(text).runs[0]
+        # the bpe tokenizer has at most bpe_vocab_size tokens: the estimate's vocabulary
+        model = AutoModelForCausalLM.from_config(GPT2Config(**run.model.config, vocab_size=run.model.bpe_vocab_size))
+        if run.model.adapter.type != "none":
+            model = add_adapter(model, run.model.adapter, 0)
+        per_step = step_flops(model, run.train.batch_size, run.data.max_length)
+        steps = run.train.epochs * math.ceil(run.data.n_train / run.train.batch_size)
+        assert estimate(run) == {"steps": steps, "flops_per_step": per_step, "flops": steps * per_step}
+        budgeted = tiny_experiment(text, overrides=[f"train.budget.flops={2.5 * per_step}"]).runs[0]
+        assert estimate(budgeted)["steps"] == 3  # the step that spends the budget
+
+
+def test_the_paper_scale_config_is_priced_offline(capsys):
+    assert main(["--config", str(REPO / "config/exp6-peft.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "| full | " in out and "| lora-r8 | " in out and "H100-SXM" in out and "$" in out
