@@ -74,9 +74,13 @@ def prune_run(run: RunConfig, folder: Path, label: str) -> dict:
     params, base = list(mover.params), mover.base
     cfg = run.prune
 
+    def zeroing(masks) -> torch.Tensor:
+        """The move from the trained adapter to the adapter with the masked weights zeroed."""
+        return -base * ~flat_mask(masks).to(base.device)
+
     def losses_with(masks) -> dict:
         """Validation and test losses with the masked weights zeroed (then the weights are put back)."""
-        with mover.moved([1.0], [-base * ~flat_mask(masks).to(base.device)]):
+        with mover.moved([1.0], [zeroing(masks)]):
             values = {name: objective.loss() for name, objective in evaluation.items()}
         return {"pruned_fraction": pruned_fraction(masks), "val_loss": values["val"],
                 "val_perplexity": perplexity(values["val"]), "test_loss": values["test"],
@@ -91,7 +95,7 @@ def prune_run(run: RunConfig, folder: Path, label: str) -> dict:
     measurement = Objective(trained.model, measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches)
     for fraction in cfg.lambda_max_fractions:
         masks = magnitude_masks(params, fraction, cfg.scope)
-        with mover.moved([1.0], [-base * ~flat_mask(masks).to(base.device)]):
+        with mover.moved([1.0], [zeroing(masks)]):
             with progress(total=run.sharpness.max_iter, desc=f"{label} λ_max at {fraction:g} pruned") as bar:
                 eigen = lanczos(measurement.hvp, measurement.dim, max_iter=run.sharpness.max_iter, tol=run.sharpness.tol,
                                 seed=run.sharpness.seed, device=measurement.device, dtype=base.dtype, progress=bar,

@@ -17,6 +17,7 @@ Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import time
@@ -139,8 +140,9 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         model = add_adapter(model, run.model.adapter, run.seed)
     model = model.to(device)
     base = run_dir / "init.pt" if is_adapted(model) else None  # a LoRA run's frozen weights live in init.pt
+    flops_of_step = functools.lru_cache(maxsize=None)(lambda size, length: step_flops(model, size, length))  # by shape
     try:
-        step_flops(model, 1, 1)
+        flops_of_step(1, 1)
         counted = True
     except ValueError as err:  # the analytic count knows GPT-2's blocks only
         if run.train.budget.flops:
@@ -238,7 +240,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         bar = progress(batches, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{run.train.epochs}")
         for step, batch in enumerate(bar):
             epoch_tokens += int(batch["attention_mask"].sum())
-            train_flops += step_flops(model, *batch["input_ids"].shape) if counted else 0
+            train_flops += flops_of_step(*batch["input_ids"].shape) if counted else 0
             batch = to_device(batch, device)
             with autocast:
                 loss_sum, n_targets = summed_token_loss(model, batch)

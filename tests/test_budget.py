@@ -102,3 +102,21 @@ def test_a_model_without_a_flop_count_trains_and_a_flop_budget_for_it_is_one_cle
     assert run.main(["--config", str(config), "--output", str(tmp_path / "budget"), "--stages", "train",
                      "--set", "train.budget.flops=1e9"]) == 1
     assert not list((tmp_path / "budget").glob("*/*/seed-*/*.pt"))  # stopped before anything was written
+
+
+def test_peak_memory_sees_an_allocation_inside_its_window_and_stays_below_the_process_peak():
+    import resource
+    import time
+
+    import torch
+
+    from utils.device import PeakMemory
+
+    memory = PeakMemory(torch.device("cpu"), interval=0.01)
+    start = memory.peak / 2**20
+    block = torch.ones(200 * 2**20 // 4)  # 200 MiB, touched
+    time.sleep(0.1)
+    del block
+    peak = memory.stop()
+    assert peak >= start + 150
+    assert peak <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 + 1  # the kernel's lifetime peak

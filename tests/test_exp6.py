@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import run
+from optimization.cost import PEAK_FLOPS, load_prices
 from tests.test_report import execute_notebook
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,6 +32,20 @@ def test_exp6_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
         assert text in section, text
     cost = report.split("## Cost")[1]
     assert "on H100-SXM" in cost and "cpu-2vcpu" in cost
+    # Each dollar figure from its definition: FLOPs / (peak × assumed_mfu) hours at the GPU's price; the seconds
+    # to the best validation are those recorded at the validation with the lowest perplexity.
+    prices = load_prices()
+    full = json.loads((folder / "full" / "seed-42" / "metrics.json").read_text())
+    h100 = prices.devices["H100-SXM"]
+    seconds = full["train_flops"] / (PEAK_FLOPS[h100.peak]["fp32"] * prices.assumed_mfu)
+    row = next(line for line in cost.splitlines() if line.startswith("| full | cpu"))
+    assert f"${seconds / 3600 * h100.usd_per_hour:.3g} ({seconds:.3g} s)" in row
+    best = min(range(len(full["val_perplexity"])), key=full["val_perplexity"].__getitem__)
+    cpu = prices.devices["cpu-2vcpu"].usd_per_hour
+    assert f"${full['at_seconds'][best] / 3600 * cpu:.3g}" in row.split(" | ")[3]
+    summary = json.loads((folder / "summary.json").read_text())["runs"]["full"]["quantities"]
+    assert summary["best_val_perplexity"]["mean"] == full["val_perplexity"][best]
+    assert summary["flops_to_best"]["mean"] == full["at_flops"][best]
     steps = {}
     for name in ("full", "lora-r2", "lora-r8"):
         metrics = json.loads((folder / name / "seed-42" / "metrics.json").read_text())
