@@ -1,10 +1,12 @@
 """The stage registry: every stage of the pipeline, in the order data flows through them.
 
     train      -> <output>/<experiment>/<run>/seed-<seed>/{checkpoint.pt, metrics.json, ...}
+    search     -> <output>/<experiment>/{search.json, search.db}, a run folder per trial (runs with search.n_trials)
     sharpness  -> .../seed-<seed>/{sharpness.json, measurement.pt}
     geometry   -> .../seed-<seed>/geometry.json (ℓ∞ vs ℓ2 geometry of the Hessian; not run by default)
     landscape  -> .../seed-<seed>/landscape_2d.npz, <output>/<experiment>/interpolation.json, figures/
     prune      -> .../seed-<seed>/prune.json (LoRA runs: perplexity as adapter weights are zeroed; not run by default)
+    correlate  -> <output>/<experiment>/correlation.json (each measure's rank correlation with the generalization gap)
     report     -> <output>/<experiment>/{report.md, summary.json}
 
 Each handler takes (experiment, output folder, force), reads only files that earlier stages wrote
@@ -19,18 +21,20 @@ from pathlib import Path
 
 from optimization.experiments import train_stage
 from optimization.prune_stage import prune_stage
+from optimization.search import search_stage
+from sharpness.correlate_stage import correlate_stage
 from sharpness.geometry_stage import geometry_stage
 from sharpness.stage import sharpness_stage
 from utils.config import Experiment
 from utils.errors import ConfigError, UserError
 from utils.io import remove_interrupted_writes
-from utils.layout import DEFAULT_STAGES, MANIFEST, experiment_dir
+from utils.layout import DEFAULT_STAGES, MANIFEST, experiment_dir, with_trials
 from utils.lock import experiment_lock
 from visualization.report import report_stage
 from visualization.stage import landscape_stage
 
-STAGES = {"train": train_stage, "sharpness": sharpness_stage, "geometry": geometry_stage, "landscape": landscape_stage,
-          "prune": prune_stage, "report": report_stage}
+STAGES = {"train": train_stage, "search": search_stage, "sharpness": sharpness_stage, "geometry": geometry_stage,
+          "landscape": landscape_stage, "prune": prune_stage, "correlate": correlate_stage, "report": report_stage}
 
 
 def parse_stages(stages: str | list[str], origin: str = "--stages") -> list[str]:
@@ -54,12 +58,17 @@ def experiment_stages(experiment: Experiment, requested: str | None) -> list[str
 
 
 def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
-    """Run `stages` in order, holding the experiment folder's lock; first clear what killed writes left."""
+    """Run `stages` in order, each holding the experiment folder's lock (shared among search workers);
+    first clear what killed writes left, while no one else writes there."""
     folder = experiment_dir(output, experiment)
-    if "train" not in stages and not (folder / MANIFEST).is_file():  # and no empty folder left behind
+    if not {"train", "search"} & set(stages) and not (folder / MANIFEST).is_file():  # and no empty folder left behind
         raise UserError(f"{folder / MANIFEST} not found: run the train stage first (--stages train)")
-    with experiment_lock(folder):
-        for leftover in remove_interrupted_writes(folder):
-            print(f"{experiment.name}: removed {leftover}, left by an interrupted write")
-        for stage in stages:
-            STAGES[stage](experiment, Path(output), force)
+    cleaned = False
+    for stage in stages:
+        with experiment_lock(folder, shared=stage == "search"):
+            if stage != "search" and not cleaned:
+                for leftover in remove_interrupted_writes(folder):
+                    print(f"{experiment.name}: removed {leftover}, left by an interrupted write")
+                cleaned = True
+            STAGES[stage](experiment if stage in ("train", "search") else with_trials(experiment, output),
+                          Path(output), force)

@@ -1,7 +1,7 @@
 """Run the stages of an experiment.
 
-    python run.py --config config/exp1.yaml [--stages train,sharpness,geometry,landscape,prune,report]
-                  [--runs NAME ...] [--set key=value ...] [--output results] [--device auto] [--force]
+    python run.py --config config/exp1.yaml [--stages train,search,sharpness,geometry,landscape,prune,correlate,report]
+                  [--runs NAME ...] [--set key=value ...] [--output results] [--device auto] [--force] [--list]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from pipeline import DEFAULT_STAGES, STAGES, experiment_stages, run_experiment
-from utils.config import load_experiment
+from utils.config import Experiment, load_experiment
 from utils.errors import UserError
 from utils.io import output_error
 
@@ -28,7 +28,24 @@ def parse_args(argv):
     parser.add_argument("--output", default="results", help="results folder (default: results)")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (same as --set device=...)")
     parser.add_argument("--force", action="store_true", help="redo work that is already done for these settings")
+    parser.add_argument("--list", action="store_true", help="print the runs the config expands to (sweeps, searches) "
+                                                           "and run nothing")
     return parser.parse_args(argv)
+
+
+def describe_runs(experiment: Experiment) -> str:
+    """What `--list` prints: each run with the values its sweep gave it, and each search's study."""
+    seeds = ", ".join(map(str, experiment.seeds))
+    lines = [f"{experiment.name}: {len(experiment.runs)} run(s), seeds {seeds}"]
+    width = max(len(run.name) for run in experiment.runs)
+    for run in experiment.runs:
+        values = " ".join(f"{key}={value}" for key, value in experiment.swept.get(run.name, {}).items())
+        if run.search.n_trials:
+            values = (f"{values} " if values else "") + (
+                f"[search: {run.search.n_trials} trials, sampler {run.search.sampler} (seed {run.search.seed}), "
+                f"over {', '.join(run.search.space)}]")
+        lines.append(f"  {run.name:<{width}}  {values}".rstrip())
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -36,6 +53,9 @@ def main(argv=None) -> int:
     try:
         overrides = args.overrides + ([f"device={args.device}"] if args.device else [])
         experiment = load_experiment(args.config, overrides, args.runs)
+        if args.list:
+            print(describe_runs(experiment))
+            return 0
         stages = experiment_stages(experiment, args.stages)
         run_experiment(experiment, stages, args.output, force=args.force)
     except UserError as err:

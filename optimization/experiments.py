@@ -5,28 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 from optimization.training import train_run
-from utils.config import Experiment
+from utils.config import Experiment, RunConfig
 from utils.io import read_own_output, write_json
 from utils.layout import MANIFEST, experiment_dir, run_dir, run_label
+from utils.lock import manifest_lock
 
 
-def write_manifest(experiment: Experiment, output: Path) -> None:
+def write_manifest(experiment: Experiment, output: Path, trial: tuple[RunConfig, str] | None = None) -> None:
     """<output>/<experiment>/experiment.json: the runs (in config order), seeds, the config's `stages:`
-    and resolved configs,
-    so readers of the results (report, notebook) need not re-read the YAML files. Runs trained by
-    earlier invocations (`--runs`) stay listed."""
-    path = experiment_dir(output, experiment) / MANIFEST
-    earlier = read_own_output(path, label=experiment.name) or {}
-    configs = earlier.get("configs", {})
-    configs.update({run.name: run.to_dict() for run in experiment.runs})
-    write_json(path, {
-        "experiment": experiment.name,
-        "config_file": str(experiment.source),
-        "seeds": experiment.seeds,
-        "stages": experiment.stages,
-        "runs": list(configs),
-        "configs": configs,
-    })
+    and resolved configs, so readers of the results (report, notebook) need not re-read the YAML files.
+    Runs trained by earlier invocations (`--runs`) stay listed. A search's templates are not runs; its
+    trained trials are (`trial`: a trial's config and its template's name), listed under "trials" too."""
+    folder = experiment_dir(output, experiment)
+    with manifest_lock(folder):  # search workers add their trials side by side
+        earlier = read_own_output(folder / MANIFEST, label=experiment.name) or {}
+        configs, trials = earlier.get("configs", {}), earlier.get("trials", {})
+        configs.update({run.name: run.to_dict() for run in experiment.runs if not run.search.n_trials})
+        if trial is not None:
+            configs[trial[0].name] = trial[0].to_dict()
+            trials[trial[0].name] = trial[1]
+        write_json(folder / MANIFEST, {
+            "experiment": experiment.name,
+            "config_file": str(experiment.source),
+            "seeds": experiment.seeds,
+            "stages": experiment.stages,
+            "runs": list(configs),
+            "configs": configs,
+            "trials": trials,
+        })
 
 
 def train_stage(experiment: Experiment, output: Path, force: bool) -> None:

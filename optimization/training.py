@@ -22,6 +22,7 @@ import math
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -41,7 +42,7 @@ from optimization.tracking import SharpnessTracker
 from optimization.trajectory import TrajectoryRecorder
 from utils.config import RunConfig
 from utils.device import PeakMemory, device_name, resolve_device
-from utils.errors import CorruptFileError, UserError
+from utils.errors import CorruptFileError, DivergedError, UserError
 from utils.io import atomic_dir, read_json, remove, verify, versions, write_json
 from utils.layout import TRAJECTORY, training_fingerprint
 from utils.progress import progress
@@ -71,6 +72,16 @@ def _flat_init(model, init_path: Path) -> torch.Tensor:
     """θ₀ of a resumed run, flat over the model's trainable weights, from init.pt."""
     state = read_checkpoint(init_path)["model"]
     return flatten([state[name] for name, p in model.named_parameters() if p.requires_grad])
+
+
+def _weights_and_distance(model, init_path: Path) -> dict:
+    """‖θ‖₂ and ‖θ − θ₀‖₂ over the trained weights (a LoRA run's adapter): two of Jiang et al.'s (2020)
+    generalization measures."""
+    init = read_checkpoint(init_path)["model"]
+    trained = [(name, p.detach()) for name, p in model.named_parameters() if p.requires_grad]
+    norm = math.sqrt(sum(float(p.double().pow(2).sum()) for _, p in trained))
+    distance = math.sqrt(sum(float((p.double() - init[name].to(p.device).double()).pow(2).sum()) for name, p in trained))
+    return {"weight_norm": norm, "distance_from_init": distance}
 
 
 def make_scheduler(optimizer, cfg, total_steps: int):
@@ -108,8 +119,11 @@ def _run_tokenizer(run: RunConfig, run_dir: Path, train_texts: list[str], resumi
     return build_tokenizer(run.model, train_texts), TOKENIZER_DIR
 
 
-def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "") -> dict:
-    """Train one run into `run_dir` (resuming or skipping as appropriate); return its metrics."""
+def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "",
+              stop_after: Callable[[int, float], bool] | None = None) -> dict:
+    """Train one run into `run_dir` (resuming or skipping as appropriate); return its metrics.
+    `stop_after(epoch, val_loss)`, asked after each epoch's validation, may end training there (a search's
+    pruner): the run is then finished early, and metrics.json says so under "pruned"."""
     run_dir = Path(run_dir)
     label = label or f"{run.name}/seed-{run.seed}"
     fingerprint = training_fingerprint(run)
@@ -226,7 +240,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         along_the_way(0)
 
     budget = run.train.budget
-    stopped_by = None  # "seconds" or "flops" once train.budget is spent
+    stopped_by = None  # "seconds" or "flops" once train.budget is spent, "pruner" when stop_after says so
     log = open_log(run.logging.backend, run_dir, label, run.logging.project, run.to_dict(),
                    resume_step=start_epoch * steps_per_epoch)
     memory = PeakMemory(device)
@@ -254,7 +268,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             value = loss_sum.item()
             if not math.isfinite(value):
                 kept = "last.pt" if last.is_file() else "init.pt"
-                raise UserError(f"{label}: the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+                raise DivergedError(f"{label}: the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                                 f"stopped, {run_dir / kept} keeps the last good weights "
                                 "(lower train.lr or set train.grad_clip)")
             optimizer.step()
@@ -286,8 +300,8 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         steps_done = epoch * steps_per_epoch + step + 1
         val_loss = evaluate(model, val_batches, device)
         if not math.isfinite(val_loss):
-            raise UserError(f"{label}: the validation loss became {val_loss} after epoch {epoch + 1}; stopped "
-                            "(lower train.lr or set train.grad_clip)")
+            raise DivergedError(f"{label}: the validation loss became {val_loss} after epoch {epoch + 1}; stopped "
+                                "(lower train.lr or set train.grad_clip)")
         history["train_loss"].append(loss_total / target_total)
         history["val_loss"].append(val_loss)
         history["val_perplexity"].append(perplexity(val_loss))
@@ -299,6 +313,10 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                                  "val_perplexity": perplexity(val_loss)}, prefix="epoch/")
         print(f"{label} epoch {epoch + 1}/{run.train.epochs}: train loss {history['train_loss'][-1]:.4f}, "
               f"val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}")
+        if not stopped_by and stop_after is not None and stop_after(epoch, val_loss):
+            stopped_by = "pruner"
+            print(f"{label}: stopped by the search's pruner after epoch {epoch + 1}")
+            break
         if stopped_by:
             print(f"{label}: train.budget.{stopped_by} spent after {steps_done} steps ({train_time:.1f} s, "
                   f"{train_flops:.3g} FLOPs); stopping")
@@ -319,6 +337,9 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     log.close()
     peak_memory = memory.stop()
     test_loss = evaluate(model, test_batches, device)
+    # At the final weights, in eval mode: the train side of the generalization gap (test − train loss)
+    final_train_loss = evaluate(model, fixed_batches(train_seqs, run.train.eval_batch_size, pad_id), device)
+    weights = _weights_and_distance(model, run_dir / "init.pt")
     save_checkpoint(run_dir / "checkpoint.pt", model, run, run.train.epochs, tokenizer_ref, fingerprint, base=base)
     along = {}  # written before metrics.json, which marks the run trained
     if tracker is not None:
@@ -328,8 +349,10 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     if recorder is not None:
         recorder.finish()
         along["trajectory"] = {"rows": recorder.written, "bytes": (run_dir / TRAJECTORY).stat().st_size}
+    if stopped_by == "pruner":
+        along["pruned"] = {"epoch": epoch + 1, "step": steps_done, "of_steps": total_steps}
     if budget.seconds or budget.flops:
-        along["budget"] = {"stopped_by": stopped_by, "step": steps_done, "of_steps": total_steps,
+        along["budget"] = {"stopped_by": None if stopped_by == "pruner" else stopped_by, "step": steps_done, "of_steps": total_steps,
                            "epochs": steps_done / steps_per_epoch}
     peak_flops, peak_source = device_peak_flops(device, run.train.precision)
     metrics = {
@@ -339,6 +362,9 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         **history,
         "test_loss": test_loss,
         "test_perplexity": perplexity(test_loss),
+        "final_train_loss": final_train_loss,
+        "generalization_gap": test_loss - final_train_loss,
+        **weights,
         "epochs": run.train.epochs,
         "n_train_texts": len(train_seqs),
         "texts": texts.counts(),

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from utils.errors import ConfigError
+from utils.space import format_value, grid_points, grid_size, parse_space, point_name, random_points
 
 
 def option(default, doc: str = "", *, ge=None, gt=None, le=None, lt=None):
@@ -204,6 +205,33 @@ class LoggingConfig:
 
 
 @dataclass
+class SearchConfig:
+    n_trials: int = option(0, "trials of an Optuna study over `space` (0: no search, the run trains as written)", ge=0)
+    space: dict = option({}, "what the trials vary, in the sweep syntax: {dotted key: [values] | "
+                             "{uniform|loguniform|int: [low, high]}}")
+    objective: Literal["best_val_loss", "final_val_loss"] = option(
+        "best_val_loss", "a trial's value: its lowest validation loss, or its last (with train.budget: at the budget)")
+    direction: Literal["minimize", "maximize"] = option("minimize", "whether the study seeks the lowest or highest value")
+    sampler: Literal["tpe", "random", "grid", "cmaes"] = option("tpe", "Optuna sampler")
+    startup_trials: int = option(5, "random trials before tpe or cmaes model the space", ge=0)
+    grid_points: int = option(3, "sampler grid: values per continuous axis (evenly spaced; geometrically for loguniform)", ge=2)
+    pruner: Literal["none", "median", "hyperband"] = option(
+        "none", "stop unpromising trials early from their validation loss after each epoch")
+    seed: int = option(0, "seeds the sampler (the trials train at the experiment's seed)", ge=0)
+    storage: str = option("", "'' (an SQLite file search.db in the experiment folder), an RDB URL "
+                              "(postgresql://..., sqlite:////abs/path.db) or journal:PATH (Optuna's journal file)")
+    study: str = option("", "study name in the storage ('' : <experiment>.<run>)")
+
+
+@dataclass
+class CorrelateConfig:
+    resamples: int = option(1000, "bootstrap resamples of the runs for the 95% intervals", ge=2)
+    confidence: float = option(0.95, "confidence level of the intervals", gt=0, lt=1)
+    seed: int = option(0, "draws the bootstrap resamples", ge=0)
+    color_by: str = option("", "the varied setting that colours the scatter plots ('' : the first one varied)")
+
+
+@dataclass
 class RunConfig:
     name: str = option("default", "run name (set from the `runs:` key)")
     seed: int = option(42, "seed of this run (set from `seeds:`)", ge=0)
@@ -216,6 +244,8 @@ class RunConfig:
     landscape: LandscapeConfig = field(default_factory=LandscapeConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    correlate: CorrelateConfig = field(default_factory=CorrelateConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -226,19 +256,28 @@ class Experiment:
     name: str
     source: Path
     seeds: list[int]
-    runs: list[RunConfig]  # one per run name, with seed = seeds[0]
+    runs: list[RunConfig]  # one per run name, with seed = seeds[0]; a run with search.n_trials is a study's template
     stages: list[str] = field(default_factory=list)  # what run.py does without --stages ([]: pipeline's default)
+    swept: dict[str, dict] = field(default_factory=dict)  # run name -> the `sweep:` values it was made with
+    requested: list[str] = field(default_factory=list)  # --runs names that may be trials of a search ([]: all)
+    trials: list[RunConfig] = field(default_factory=list)  # the search's trained trials (utils.layout.with_trials)
 
     def jobs(self) -> list[RunConfig]:
-        """Every (run, seed) pair, runs outermost."""
-        return [dataclasses.replace(run, seed=seed) for run in self.runs for seed in self.seeds]
+        """Every (run, seed) pair to train and measure, runs outermost, then the search's trials."""
+        return [dataclasses.replace(run, seed=seed) for run in self.runs if not run.search.n_trials
+                for seed in self.seeds] + self.trials
+
+    def studies(self) -> list[RunConfig]:
+        """The runs that are searches (search.n_trials > 0): each one Optuna study."""
+        return [run for run in self.runs if run.search.n_trials]
 
 
 # ----------------------------------------------------------------------------------------------
 # Reading files: the tree of raw values, each leaf remembering where it was written.
 
-_EXPERIMENT_KEYS = {"extends", "experiment", "seeds", "stages", "runs"}
+_EXPERIMENT_KEYS = {"extends", "experiment", "seeds", "stages", "runs", "sweep"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_MADE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")  # names made from values (sweeps, trials)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -344,6 +383,8 @@ def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict, 
         if key in raw:
             origin = f"{source}: {key}"
             meta[key] = (_experiment_value(key, raw[key], origin), origin)
+    if "sweep" in raw:
+        meta["sweep"] = (_sweep_points(raw["sweep"], f"{source}: sweep"), f"{source}: sweep")
     settings = {k: v for k, v in raw.items() if k not in _EXPERIMENT_KEYS}
     flat = _merge(flat, _flatten(settings, source))
     if "runs" in raw:
@@ -358,6 +399,31 @@ def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict, 
                 raise ConfigError(f"{source}: runs.{name}: expected a mapping of settings, got {overrides!r}")
             runs[name] = _flatten(overrides or {}, source, root=f"runs.{name}.")
     return flat, meta, runs
+
+
+def _sweep_points(block, origin: str) -> list[dict]:
+    """The points of a `sweep:` block: `grid: {key: [values], ...}` (every combination) or
+    `random: {n, seed, space}` (n distinct draws), each value typed by its key's schema."""
+    if not isinstance(block, dict) or len(block) != 1 or next(iter(block)) not in ("grid", "random"):
+        raise ConfigError(f"{origin}: expected `grid: {{key: [values], ...}}` or `random: {{n: N, seed: S, space: "
+                          f"{{key: ..., ...}}}}`, got {block!r}")
+    kind, body = next(iter(block.items()))
+    if kind == "grid":
+        axes = parse_space(body, f"{origin}.grid", _typed, all_keys())
+        ranged = [a.key for a in axes if a.kind != "choice"]
+        if ranged:
+            raise ConfigError(f"{origin}.grid.{ranged[0]}: a grid takes lists of values (draw from ranges with "
+                              "`random:`, or search them with `search:`)")
+        return grid_points(axes)
+    if not isinstance(body, dict) or set(body) - {"n", "seed", "space"} or not {"n", "space"} <= set(body):
+        raise ConfigError(f"{origin}.random: expected {{n: N, seed: S, space: {{key: ..., ...}}}} (seed optional), "
+                          f"got {body!r}")
+    n, seed = body["n"], body.get("seed", 0)
+    for key, value in (("n", n), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "n" else 0):
+            raise ConfigError(f"{origin}.random.{key}: expected an integer >= {1 if key == 'n' else 0}, got {value!r}")
+    axes = parse_space(body["space"], f"{origin}.random.space", _typed, all_keys())
+    return random_points(axes, n, seed, f"{origin}.random")
 
 
 def _display(path: Path) -> str:
@@ -602,12 +668,23 @@ def _check_run(run: RunConfig, flat: dict) -> None:
         raise ConfigError(f"{where('train.betas')}: expected two numbers [beta1, beta2], got {run.train.betas}")
     if run.landscape.alpha_min >= run.landscape.alpha_max:
         raise ConfigError(f"{where('landscape.alpha_max')}: must be greater than landscape.alpha_min")
+    if run.search.n_trials:
+        if not run.search.space:
+            raise ConfigError(f"{where('search.n_trials')}: a search needs search.space, e.g. "
+                              "{train.lr: {loguniform: [1.0e-4, 1.0e-1]}}")
+        axes = parse_space(run.search.space, where("search.space"), _typed,
+                           [key for key in all_keys() if not key.startswith("search.")])
+        points = grid_size(axes, run.search.grid_points)
+        if run.search.sampler == "grid" and run.search.n_trials > points:
+            raise ConfigError(f"{where('search.n_trials')}: the grid has {points} points, fewer than "
+                              f"{run.search.n_trials} trials; lower n_trials or raise search.grid_points")
     if run.model.tokenizer in ("bytes", "bpe") and run.model.init == "pretrained":
         raise ConfigError(f"{where('model.tokenizer')}: a new tokenizer needs a model trained from scratch (model.init: scratch)")
 
 
 def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str] | None = None) -> Experiment:
-    """Read, merge, type and check an experiment file; `runs` keeps only the named runs."""
+    """Read, merge, type and check an experiment file; `runs` keeps only the named runs (or, with a
+    sweep, every run made from a named one)."""
     path = Path(path)
     flat, meta, run_layers = _load_layers(path)
     _apply_overrides(cli := {}, meta, list(overrides))
@@ -616,21 +693,70 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
         name = meta["experiment"][0]
     else:
         name = _experiment_value("experiment", path.stem, f"{_display(path)}: experiment (the file name)")
-    run_layers = run_layers or {"default": {}}
-    if runs:
-        missing = [r for r in runs if r not in run_layers]
-        if missing:
-            raise ConfigError(f"{_display(path)}: runs: no run named {missing[0]!r} (runs: {', '.join(run_layers)})")
-        run_layers = {r: run_layers[r] for r in run_layers if r in runs}
+    layers, swept = _expand_sweep(run_layers or {"default": {}}, meta.get("sweep"))
     configs = []
-    for run_name, layer in run_layers.items():
+    for run_name, layer in layers.items():
         merged = _merge(_merge(flat, layer), cli)
         run = _build(RunConfig, merged)
         run = dataclasses.replace(run, name=run_name, seed=seeds[0])
         _check_run(run, merged)
+        if run.search.n_trials and len(seeds) > 1:
+            raise ConfigError(f"{meta['seeds'][1]}: a search trains each trial at one seed; list one seed and vary "
+                              f"search.seed to repeat the search (run {run_name} searches)")
         configs.append(run)
     stages = meta["stages"][0] if "stages" in meta else []
-    return Experiment(name=name, source=path, seeds=seeds, runs=configs, stages=stages)
+    experiment = Experiment(name=name, source=path, seeds=seeds, runs=configs, stages=stages, swept=swept)
+    return _select(experiment, runs, run_layers) if runs else experiment
+
+
+def _expand_sweep(run_layers: dict, sweep: tuple | None) -> tuple[dict, dict]:
+    """Run layers crossed with the sweep's points (run < point), named '<run>_<values>' ('<values>' alone
+    for a file without `runs:`), and each made run's swept values."""
+    if sweep is None:
+        return run_layers, {}
+    points, origin = sweep
+    layers, swept = {}, {}
+    for run_name, layer in run_layers.items():
+        for point in points:
+            made = point_name(point) if run_name == "default" and len(run_layers) == 1 else f"{run_name}_{point_name(point)}"
+            if made in layers:
+                raise ConfigError(f"{origin}: two points make the same run name {made!r}; make their values differ more")
+            values = {key: list(v) if isinstance(v, tuple) else v for key, v in point.items()}
+            layers[made] = {**layer, **{key: (v, f"{origin}: {key}={format_value(v)}") for key, v in values.items()}}
+            swept[made] = values
+    return layers, swept
+
+
+def _select(experiment: Experiment, names: list[str], run_layers: dict) -> Experiment:
+    """The runs named by --runs: a run, a run of the file that a sweep expanded (all its points), or, in an
+    experiment that searches, a trial (kept in `requested` until the trials are known)."""
+    known = [run.name for run in experiment.runs]
+    searches = [run.name for run in experiment.studies()]
+    unknown = [n for n in names if n not in known and n not in run_layers]
+    if unknown and not searches:
+        listed = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+        raise ConfigError(f"{_display(experiment.source)}: runs: no run named {unknown[0]!r} (runs: {listed}; "
+                          "`run.py --config FILE --list` lists them)")
+    keep = [run for run in experiment.runs
+            if run.name in names or any(run.name.startswith(f"{n}_") and n in run_layers for n in names)]
+    return dataclasses.replace(experiment, runs=keep, requested=list(names),
+                               swept={k: v for k, v in experiment.swept.items() if k in {r.name for r in keep}})
+
+
+def search_axes(run: RunConfig) -> list:
+    """The axes (utils.space.Axis) of run.search.space, typed by the schema."""
+    return parse_space(run.search.space, f"run {run.name}: search.space", _typed,
+                       [key for key in all_keys() if not key.startswith("search.")])
+
+
+def with_values(run: RunConfig, values: dict, name: str, origin: str) -> RunConfig:
+    """`run` with dotted keys set to `values` (typed and checked, errors naming `origin`), renamed `name`."""
+    flat = _flatten({k: v for k, v in run.to_dict().items() if k not in ("name", "seed")}, "the run's config")
+    flat.update({key: (_typed(key, list(v) if isinstance(v, tuple) else v, f"{origin}: {key}"), f"{origin}: {key}")
+                 for key, v in values.items()})
+    made = dataclasses.replace(_build(RunConfig, flat), name=name, seed=run.seed)
+    _check_run(made, flat)
+    return made
 
 
 def run_config_from_dict(data: dict) -> RunConfig:

@@ -7,6 +7,10 @@ class UserError(Exception):
     exit_code = 1
 
 
+class DivergedError(UserError):
+    """Training's loss became NaN or infinite (a search records the trial as failed and goes on)."""
+
+
 class ConfigError(UserError):
     """An invalid configuration: reported before anything is trained or written."""
 

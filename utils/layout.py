@@ -9,10 +9,10 @@ only files, so no stage imports another.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from utils.config import Experiment, RunConfig, TrainConfig
+from utils.config import Experiment, RunConfig, TrainConfig, run_config_from_dict
 from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 
@@ -20,6 +20,25 @@ MANIFEST = "experiment.json"
 MEASUREMENT_KEYS = ("batches", "batch_size", "seed")  # the sharpness settings that pick the measurement set
 TRAJECTORY, TRAJECTORY_INDEX = "trajectory.npy", "trajectory.json"  # train.trajectory's rows and their steps
 DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stages without --stages or `stages:`
+
+
+def with_trials(experiment: Experiment, output: Path) -> Experiment:
+    """`experiment` with the trained trials of its searches (experiment.json's "trials") among its jobs: those
+    of every study, or those that --runs named (by the trial's or its template's name)."""
+    templates = {run.name for run in experiment.studies()}
+    if not templates:
+        return experiment
+    path = experiment_dir(output, experiment) / MANIFEST
+    manifest = read_json(path) if path.is_file() else {}
+    trials = [replace(run_config_from_dict(manifest["configs"][name]), seed=experiment.seeds[0])
+              for name, template in manifest.get("trials", {}).items() if template in templates and
+              (not experiment.requested or name in experiment.requested or template in experiment.requested)]
+    unknown = [n for n in experiment.requested if n not in templates and n not in {t.name for t in trials}
+               and n not in {run.name for run in experiment.runs}]
+    if unknown:
+        raise UserError(f"{experiment.source}: runs: no run or trained trial named {unknown[0]!r} "
+                        "(`run.py --config FILE --list` lists the runs; search.json the trials)")
+    return replace(experiment, trials=trials)
 
 
 def experiment_dir(output: Path, experiment: Experiment | str) -> Path:

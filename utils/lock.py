@@ -1,10 +1,15 @@
-"""One process per experiment folder.
+"""One process per experiment folder (or several search workers).
 
 Two processes writing the same run folders would interleave checkpoints and results. The lock is an
 OS file lock (filelock: flock on Unix), which the kernel releases when its holder dies, however it
 dies; a small JSON file beside it names the holder (pid, host, command, start) for the message a second
 process prints, and is removed on a clean exit. Finding that file while the lock is free means its
 writer died without cleaning up: the lock is taken over with a warning.
+
+The search stage's workers share the lock instead (flock's shared mode): each trains its own trials in
+their own folders and coordinates through the study's storage, and the files they all update
+(experiment.json, search.json) are written under `manifest_lock`. Where flock is missing (Windows),
+the shared lock is the exclusive one: one search worker per folder there.
 """
 
 from __future__ import annotations
@@ -37,17 +42,30 @@ def _holder(path: Path) -> dict | None:
         return None
 
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+MANIFEST_LOCK = ".manifest.lock"
+
+
 @contextmanager
-def experiment_lock(folder: str | Path):
-    """Hold the lock of an experiment folder for the block; OutputError (exit 2) if another process has it."""
+def experiment_lock(folder: str | Path, shared: bool = False):
+    """Hold the lock of an experiment folder for the block; OutputError (exit 2) if another process has it.
+    `shared`: with other shared holders (search workers) but no exclusive one."""
     folder = make_dir(folder)
+    if shared and fcntl is not None:
+        with _shared_lock(folder):
+            yield
+        return
     lock = FileLock(str(folder / LOCK_FILE), timeout=0)
     holder_path = folder / HOLDER_FILE
     try:
         lock.acquire()
     except Timeout:
         holder = _holder(holder_path)
-        who = _describe(holder) if holder else "another process"
+        who = _describe(holder) if holder else "another process (search workers share it)"
         raise OutputError(f"{folder} is in use by {who}; wait for it to finish or stop it") from None
     except OSError as err:
         raise output_error(err, folder / LOCK_FILE) or err from None
@@ -62,3 +80,28 @@ def experiment_lock(folder: str | Path):
     finally:
         holder_path.unlink(missing_ok=True)
         lock.release()
+
+
+@contextmanager
+def _shared_lock(folder: Path):
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise output_error(err, folder / LOCK_FILE) or err from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(folder / HOLDER_FILE)
+            who = _describe(holder) if holder else "another process"
+            raise OutputError(f"{folder} is in use by {who}; wait for it to finish or stop it") from None
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextmanager
+def manifest_lock(folder: str | Path):
+    """Serialize the read-modify-write of the experiment's shared files among the processes holding its lock."""
+    with FileLock(str(make_dir(folder) / MANIFEST_LOCK), timeout=120):
+        yield

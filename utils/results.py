@@ -10,6 +10,7 @@ were left out) and formats them, in one place, for report.md and the notebook.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ import numpy as np
 
 from utils.config import run_config_from_dict
 from utils.errors import CorruptFileError
-from utils.io import load_npz, read_json, sha256_of, write_json
+from utils.io import fingerprint, load_npz, read_json, sha256_of, write_json
 from utils.layout import DEFAULT_STAGES, MANIFEST, trained_with, training_fingerprint
 
 
@@ -43,6 +44,8 @@ class ExperimentResults:
     surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
     init_to_final: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> interpolation.json
     interpolation: dict | None = None    # <experiment>/interpolation.json: alphas and the pairs of current checkpoints
+    search: dict | None = None           # <experiment>/search.json: the searches' studies and trials
+    correlation: dict | None = None      # <experiment>/correlation.json, while computed from the current results
     figures: dict[str, Path] = field(default_factory=dict)  # stem -> PNG drawn from the current data
     missing: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)        # what is on disk but not used, and why
@@ -136,6 +139,9 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
         if not results.seeds[run]:
             results.missing.append(f"training of run {run} (no finished seed)")
     sources.update(_load_pairs(results))
+    search = folder / "search.json"
+    results.search = results.read(search, "search") if search.is_file() else None
+    sources.update(_load_correlation(results))
     for stem, source in sources.items():
         if drawn_from(folder / "figures", stem, source):
             results.figures[stem] = folder / "figures" / f"{stem}.png"
@@ -295,6 +301,10 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
         "val_perplexity": ("metrics", "val_perplexity", -1),
         "test_loss": ("metrics", "test_loss"),
         "test_perplexity": ("metrics", "test_perplexity"),
+        "final_train_loss": ("metrics", "final_train_loss"),
+        "generalization_gap": ("metrics", "generalization_gap"),
+        "weight_norm": ("metrics", "weight_norm"),
+        "distance_from_init": ("metrics", "distance_from_init"),
         "lambda_max": ("sharpness", "lambda_max"),
         "lambda_max_converged": ("sharpness", "lambda_max_converged"),  # the mean over seeds: the share converged
         "lambda_max_residual": ("sharpness", "lambda_max_residual"),
@@ -728,3 +738,136 @@ def budget_curves(results: ExperimentResults) -> dict[str, list[dict]]:
                     if results.metrics[run][seed].get("at_flops") and None not in results.metrics[run][seed]["at_flops"]]
               for run in results.runs}
     return {run: seeds for run, seeds in curves.items() if seeds}
+
+
+# ----------------------------------------------------------------------------------------------
+# Flatness vs generalization over the runs (the correlate stage's input), and the searches.
+
+CORRELATION_FILE = "correlation.json"
+# The measures correlated with the generalization gap, where the runs have them (name in run_quantities).
+CORRELATED = ("lambda_max", "trace", "eps_sharpness_eigvec", "eps_sharpness_random_max", "worst_case",
+              "original_l11_per_coordinate", "original_spectral_norm", "final_train_loss", "weight_norm",
+              "distance_from_init")
+
+
+def _flat_config(config: dict, prefix: str = "") -> dict:
+    """A run's resolved config as {dotted key: hashable value} (free-form mappings as sorted JSON)."""
+    flat = {}
+    for key, value in config.items():
+        dotted = prefix + key
+        if dotted in ("name", "seed"):
+            continue
+        if isinstance(value, dict) and dotted not in ("model.config", "search.space"):
+            flat.update(_flat_config(value, f"{dotted}."))
+        elif isinstance(value, (dict, list)):
+            flat[dotted] = json.dumps(value, sort_keys=True)
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def correlation_points(results: ExperimentResults) -> dict:
+    """Every trained (run, seed) as a point: its settings that vary between points (the axes, plus `seed`
+    when several), its generalization gap (test − final train loss) and test loss, and each measure."""
+    quantities = run_quantities(results)
+    names = [name for name in quantities if name.split("@")[0] in CORRELATED]
+    points = []
+    for run in results.runs:
+        flat = _flat_config(results.configs[run])
+        for seed in results.seeds.get(run, []):
+            def number(name):
+                value = _value(results, run, seed, *quantities[name])
+                return None if value is None or value == BELOW_RESOLUTION else float(value)
+            points.append({"run": run, "seed": seed, "settings": {**flat, "seed": seed},
+                           "gap": number("generalization_gap"), "test_loss": number("test_loss"),
+                           "measures": {name: number(name) for name in names}})
+    keys = list(points[0]["settings"]) if points else []
+    axes = [key for key in keys if len({p["settings"][key] for p in points}) > 1]
+    for point in points:
+        point["axes"] = {key: point["settings"].pop(key) for key in axes}
+        del point["settings"]
+    return {"axes": axes, "points": points,
+            "measures": [name for name in names if sum(p["measures"][name] is not None for p in points) >= 3]}
+
+
+def points_fingerprint(points: dict) -> str:
+    """What correlation.json was computed from, to tell when it is stale."""
+    return fingerprint(points)
+
+
+def _load_correlation(results: ExperimentResults) -> dict[str, Path]:
+    """correlation.json while it was computed from the current results (the report draws its figure)."""
+    path = results.folder / CORRELATION_FILE
+    data = results.read(path, "correlate") if path.is_file() else None
+    if data is None:
+        results.absent("correlate", f"the correlation of the measures with generalization (no {CORRELATION_FILE})")
+        return {}
+    if data.get("inputs") != points_fingerprint(correlation_points(results)):
+        results.missing.append(f"{CORRELATION_FILE} (computed from other results than the current ones; run the "
+                               "correlate stage)")
+        return {}
+    results.correlation = data
+    return {}
+
+
+def correlation_table(correlation: dict) -> str:
+    """One row per measure, strongest |τ| with the gap first: Kendall τ and Spearman ρ with the gap (95%
+    bootstrap intervals), τ with the test loss, and the granulated Kendall coefficient Ψ where the runs form a grid."""
+    def cell(stats: dict, key: str) -> str:
+        value, (low, high) = stats[key], stats[key.replace("tau", "interval").replace("rho", "interval")]
+        return f"{format_number(value, 3)} [{format_number(low, 2)}, {format_number(high, 2)}]"
+
+    axes = correlation["axes"] if correlation.get("grid") else []
+    header = "| measure | n | τ with gap | ρ with gap | τ with test loss |" + "".join(f" ψ {a} |" for a in axes) + \
+        (" Ψ |" if axes else "")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    rows = sorted(correlation["measures"].items(), key=lambda item: -abs(float(item[1]["vs_gap"]["kendall_tau"])
+                                                                       if math.isfinite(float(item[1]["vs_gap"]["kendall_tau"])) else 0))
+    for name, data in rows:
+        granulated = data.get("granulated") or {}
+        lines.append(f"| {name} | {data['vs_gap']['n']} | {cell(data['vs_gap'], 'kendall_tau')} | "
+                     f"{cell(data['vs_gap'], 'spearman_rho')} | {cell(data['vs_test_loss'], 'kendall_tau')} |"
+                     + "".join(f" {format_number(granulated['per_axis'][a]['psi'], 3)} |" for a in axes)
+                     + (f" {format_number(granulated['overall'], 3)} |" if axes else ""))
+    return "\n".join(lines)
+
+
+def search_curves(search: dict) -> dict[str, list[list[float | None]]]:
+    """{sampler: [best value so far after each counted trial, one list per study]}: the convergence of each
+    search method over its studies (search seeds); a trial with no value (pruned, failed) keeps the best."""
+    curves: dict[str, list] = {}
+    for study in search["studies"].values():
+        best, curve = None, []
+        pick = max if study["direction"] == "maximize" else min
+        for trial in study["trials"]:
+            if not trial["counted"]:
+                continue
+            if trial["state"] == "complete" and trial["value"] is not None:
+                best = trial["value"] if best is None else pick(best, trial["value"])
+            curve.append(best)
+        curves.setdefault(study["sampler"], []).append(curve)
+    return curves
+
+
+def search_seconds(search: dict) -> dict[str, list[float]]:
+    """{sampler: [seconds its counted trials trained, one per study]}."""
+    seconds: dict[str, list] = {}
+    for study in search["studies"].values():
+        seconds.setdefault(study["sampler"], []).append(sum(t["seconds"] or 0 for t in study["trials"] if t["counted"]))
+    return seconds
+
+
+def search_table(search: dict) -> str:
+    """Per study: sampler, seed, trials (complete / pruned / failed), the best value and its run, and the seconds
+    its trials trained."""
+    lines = ["| study | sampler | seed | trials | complete | pruned | failed | best | best run | trial seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, study in search["studies"].items():
+        counted = [t for t in study["trials"] if t["counted"]]
+        states = [t["state"] for t in counted]
+        best = study["best"] or {}
+        seconds = sum(t["seconds"] or 0 for t in counted)
+        lines.append(f"| {name} | {study['sampler']} | {study['seed']} | {len(counted)} | {states.count('complete')} | "
+                     f"{states.count('pruned')} | {states.count('fail')} | {format_number(best.get('value'))} | "
+                     f"{best.get('run') or '–'} | {seconds:.1f} |")
+    return "\n".join(lines)

@@ -333,3 +333,72 @@ def budget_curves_figure(runs: dict[str, list[dict]], title: str) -> Figure:
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return fig
+
+
+def correlation_figure(correlation: dict, title: str) -> Figure:
+    """One panel per measure (correlation.json): the measure against the generalization gap over the runs,
+    coloured by the setting correlate.color_by (one colour per value, or a colour scale for many numbers),
+    with Kendall's τ and its bootstrap interval in the panel's title."""
+    measures, points = list(correlation["measures"]), correlation["points"]
+    color_by = correlation["settings"]["color_by"]
+    values = [p["axes"].get(color_by) for p in points]
+    distinct = sorted(set(values), key=str)
+    numeric = len(distinct) > 8 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct)
+    columns = min(len(measures), 3)
+    fig = Figure(figsize=(4.2 * columns, 3.6 * math.ceil(len(measures) / columns)), layout="constrained")
+    axes = fig.subplots(math.ceil(len(measures) / columns), columns, squeeze=False).ravel()
+    palette = dict(zip(distinct, _colors(len(distinct))))
+    for ax, name in zip(axes, measures):
+        kept = [(p["measures"][name], p["gap"], v) for p, v in zip(points, values)
+                if p["measures"][name] is not None and p["gap"] is not None]
+        x, y, c = zip(*kept) if kept else ((), (), ())
+        if numeric:
+            scatter = ax.scatter(x, y, c=c, cmap="viridis", s=18)
+            fig.colorbar(scatter, ax=ax, label=color_by)
+        else:
+            for value in distinct:
+                chosen = [(a, b) for a, b, v in kept if v == value]
+                if chosen:
+                    ax.scatter(*zip(*chosen), color=palette[value], s=18, label=f"{color_by}={value}")
+        stats = correlation["measures"][name]["vs_gap"]
+        low, high = stats["kendall_interval"]
+        ax.set_title(f"{name}\nτ = {float(stats['kendall_tau']):.2f} [{float(low):.2f}, {float(high):.2f}], "
+                     f"n = {stats['n']}", fontsize=9)
+        if x and min(x) > 0 and max(x) > 10 * min(x):
+            ax.set_xscale("log")
+        ax.set_xlabel(name, fontsize=8)
+        ax.set_ylabel("generalization gap", fontsize=8)
+    if not numeric and color_by:
+        axes[0].legend(fontsize=7)
+    for ax in axes[len(measures):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig
+
+
+def search_convergence_figure(curves: dict[str, list[list]], seconds: dict[str, list[float]], title: str,
+                              objective: str) -> Figure:
+    """Left: the best value found so far against the number of trials, per search method (mean ± standard
+    error over its studies, one per search seed). Right: the seconds each method's trials trained, per study."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    for color, (method, studies) in zip(_colors(len(curves)), curves.items()):
+        length = max(len(c) for c in studies)
+        trials = np.arange(1, length + 1)
+        grid = np.array([[np.nan if v is None else v for v in c] + [np.nan] * (length - len(c)) for c in studies], float)
+        counts = np.sum(np.isfinite(grid), axis=0)
+        mean = np.array([np.nanmean(col) if n else np.nan for col, n in zip(grid.T, counts)])
+        stderr = np.array([np.nanstd(col, ddof=1) / math.sqrt(n) if n > 1 else 0.0 for col, n in zip(grid.T, counts)])
+        left.plot(trials, mean, "o-", color=color, markersize=3, label=f"{method} ({len(studies)} studies)")
+        left.fill_between(trials, mean - stderr, mean + stderr, color=color, alpha=0.2)
+    left.set_xlabel("trials")
+    left.set_ylabel(f"best {objective.replace('_', ' ')} so far")
+    left.legend(fontsize=8)
+    methods = list(seconds)
+    for i, (color, method) in enumerate(zip(_colors(len(methods)), methods)):
+        right.scatter([i] * len(seconds[method]), seconds[method], color=color)
+        right.bar(i, np.mean(seconds[method]), color=color, alpha=0.3)
+    right.set_xticks(range(len(methods)), methods)
+    right.set_ylabel("seconds of training per study")
+    fig.suptitle(title)
+    return fig

@@ -25,10 +25,12 @@ from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_
                            dynamics_section_applies, eps_columns, epsilons, generalization_columns, geometry_columns,
                            geometry_detail_table, geometry_norms, geometry_section_applies, geometry_settings_table,
                            landscape_settings_table, load_results, markdown_table, pairs_table, pca_surfaces,
-                           budget_curves, prune_runs, prune_table, sharpness_settings_table, space_columns,
-                           step_loss_curves, summarize, track_columns, track_curves)
-from visualization.plots import (budget_curves_figure, geometry_norms_figure, learning_curves_figure, pruning_figure,
-                                 spectral_density_figure, step_losses_figure, surfaces_figure, tracked_sharpness_figure)
+                           budget_curves, correlation_table, prune_runs, prune_table, search_curves, search_seconds,
+                           search_table, sharpness_settings_table, space_columns, step_loss_curves, summarize,
+                           track_columns, track_curves)
+from visualization.plots import (budget_curves_figure, correlation_figure, geometry_norms_figure, learning_curves_figure,
+                                 pruning_figure, search_convergence_figure, spectral_density_figure, step_losses_figure,
+                                 surfaces_figure, tracked_sharpness_figure)
 
 
 def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]:
@@ -58,6 +60,14 @@ def report_figures(results: ExperimentResults, summary: dict) -> dict[str, Path]
         if results.prune:
             figures["perplexity_vs_pruned"] = pruning_figure(prune_runs(results), f"{results.name}: pruning the "
                                                                                   "LoRA adapter")
+    if results.search:
+        objectives = {study["objective"] for study in results.search["studies"].values()}
+        figures["search_convergence"] = search_convergence_figure(
+            search_curves(results.search), search_seconds(results.search), f"{results.name}: search methods",
+            objectives.pop() if len(objectives) == 1 else "value")
+    if results.correlation:
+        figures["correlation"] = correlation_figure(results.correlation, f"{results.name}: measures against the "
+                                                                         "generalization gap")
     panels = [(f"{run}, seed {seed}", data["alphas"], data["betas"], data["train_loss"])
               for run in results.runs for seed, data in sorted(results.surfaces.get(run, {}).items())]
     if panels:
@@ -144,6 +154,10 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict, pric
         sections += _landscape_sections(results, summary, figures)
     if peft_section_applies(results):
         sections += _peft_sections(results, summary, figures)
+    if results.search:
+        sections += _search_sections(results, figures)
+    if results.correlation:
+        sections += _correlation_sections(results, figures)
     singles = [f"[{stem}](figures/{path.name})" for stem, path in results.figures.items() if stem != "interpolation"]
     if singles:
         sections.append("Each run: " + ", ".join(singles))
@@ -220,6 +234,35 @@ def _peft_sections(results: ExperimentResults, summary: dict, figures: dict) -> 
             _image(figures.get("perplexity_vs_pruned"), "perplexity against fraction pruned"),
             prune_table(results)]
     return sections
+
+
+def _search_sections(results: ExperimentResults, figures: dict) -> list[str]:
+    return [
+        "## Hyper-parameter search",
+        "Each study (search.json) is one search method with one seed; its trials are runs of this experiment. Left: "
+        "the best value found after each trial (mean ± standard error over the studies of a method); right: the "
+        "seconds its trials trained. Pruned trials count as trials but find no value; surplus draws of parallel "
+        "workers beyond search.n_trials are not counted.",
+        _image(figures.get("search_convergence"), "search convergence"),
+        search_table(results.search)]
+
+
+def _correlation_sections(results: ExperimentResults, figures: dict) -> list[str]:
+    correlation = results.correlation
+    varied = ", ".join(correlation["axes"]) or "nothing"
+    grid = ("The runs form a full grid of the varied settings, so each ψ is Jiang et al.'s (2020) granulated "
+            "Kendall coefficient: the mean τ over groups of runs that differ in that setting alone; Ψ is their mean."
+            if correlation["grid"] else "The runs do not form a full grid of the varied settings: no granulated "
+            "coefficient.")
+    return [
+        "## Flatness and generalization",
+        f"Over {len(correlation['points'])} trained runs × seeds (varied: {varied}): each measure's rank correlation "
+        "with the generalization gap (test loss − training loss at the final weights) and with the test loss, "
+        f"with {correlation['settings']['confidence']:.0%} bootstrap intervals over the runs "
+        f"({correlation['settings']['resamples']} resamples). τ > 0: a larger measure goes with a larger gap. "
+        + grid,
+        correlation_table(correlation),
+        _image(figures.get("correlation"), "measures against the generalization gap")]
 
 
 def _sharpness_sections(results: ExperimentResults, summary: dict) -> list[str]:

@@ -1,0 +1,68 @@
+"""The `correlate` stage: does flatness predict generalization, over all runs of an experiment?
+
+Every trained (run, seed) is one point (utils.results.correlation_points): its generalization gap (test
+loss − training loss, both at the final weights in eval mode), its test loss, and each measure it has
+(λ_max, trace, ε-sharpness, worst-case sharpness per ε, ‖H‖₁,₁/d, the final training loss, ‖θ‖,
+‖θ − θ₀‖). For each measure: Kendall's τ and Spearman's ρ with the gap and with the test loss, each with
+a bootstrap interval over the points, and, where the points form a full grid of the varied settings, Jiang
+et al.'s (2020) granulated Kendall coefficient per setting. Writes <experiment>/correlation.json; the
+report draws it (one scatter per measure, coloured by a varied setting: correlate.color_by).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sharpness.correlation import granulated_kendall, is_grid, rank_correlations
+from utils.config import Experiment
+from utils.errors import UserError
+from utils.layout import experiment_dir
+from utils.io import write_json
+from utils.results import CORRELATION_FILE, correlation_points, load_results, points_fingerprint
+
+
+def correlate(points: dict, resamples: int, confidence: float, seed: int) -> dict:
+    """correlation.json's statistics from correlation_points' output."""
+    axes = points["axes"]
+    grid = bool(axes) and is_grid({axis: [p["axes"][axis] for p in points["points"]] for axis in axes})
+    measures = {}
+    for name in points["measures"]:
+        values = [p["measures"][name] for p in points["points"]]
+        measures[name] = {
+            "vs_gap": rank_correlations(values, [p["gap"] for p in points["points"]], resamples, confidence, seed),
+            "vs_test_loss": rank_correlations(values, [p["test_loss"] for p in points["points"]], resamples,
+                                              confidence, seed),
+            "granulated": granulated_kendall(values, [p["gap"] for p in points["points"]],
+                                             {a: [p["axes"][a] for p in points["points"]] for a in axes}) if grid else None,
+        }
+    return {"axes": axes, "grid": grid, "measures": measures}
+
+
+def correlate_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    results = load_results(output, experiment.name)
+    points = correlation_points(results)
+    if len(points["points"]) < 3:
+        raise UserError(f"{experiment.name}: correlate needs at least 3 trained runs (or seeds), found "
+                        f"{len(points['points'])}; train more (a `sweep:` makes many)")
+    if not points["measures"]:
+        raise UserError(f"{experiment.name}: no measure was found on 3 or more runs; run the sharpness stage first")
+    settings = experiment.runs[0].correlate if experiment.runs else experiment.jobs()[0].correlate
+    color_by = settings.color_by or (points["axes"][0] if points["axes"] else "")
+    if settings.color_by and settings.color_by not in points["axes"]:
+        raise UserError(f"correlate.color_by: {settings.color_by} does not vary between the runs "
+                        f"(varied: {', '.join(points['axes']) or 'nothing'})")
+    missing_gap = [f"{p['run']}/seed-{p['seed']}" for p in points["points"] if p["gap"] is None]
+    if missing_gap:
+        print(f"{experiment.name}: note: no generalization gap for {', '.join(missing_gap[:5])} (trained by an "
+              "older version, without final_train_loss); left out")
+    print(f"{experiment.name}: correlating {len(points['measures'])} measures over {len(points['points'])} runs")
+    stats = correlate(points, settings.resamples, settings.confidence, settings.seed)
+    write_json(experiment_dir(output, experiment) / CORRELATION_FILE, {"experiment": experiment.name, "inputs": points_fingerprint(points),
+                      "gap": "test loss − training loss, both at the final weights (metrics.json)",
+                      "settings": {"resamples": settings.resamples, "confidence": settings.confidence,
+                                   "seed": settings.seed, "color_by": color_by},
+                      **stats, "points": points["points"]})
+    strongest = sorted(stats["measures"].items(), key=lambda kv: -abs(kv[1]["vs_gap"]["kendall_tau"])
+                       if kv[1]["vs_gap"]["kendall_tau"] == kv[1]["vs_gap"]["kendall_tau"] else 0)[:3]
+    print(f"{experiment.name}: strongest with the gap: " + ", ".join(
+        f"{name} τ={data['vs_gap']['kendall_tau']:.2f}" for name, data in strongest))
