@@ -37,7 +37,9 @@ def describe_runs(experiment: Experiment) -> str:
     """What `--list` prints: each run with the values its sweep gave it, and each search's study."""
     seeds = ", ".join(map(str, experiment.seeds))
     lines = [f"{experiment.name}: {len(experiment.runs)} run(s), seeds {seeds}"]
-    width = max(len(run.name) for run in experiment.runs)
+    if experiment.requested:
+        lines.append(f"  (not runs of the file; trials of its searches? {', '.join(experiment.requested)})")
+    width = max((len(run.name) for run in experiment.runs), default=0)
     for run in experiment.runs:
         values = " ".join(f"{key}={value}" for key, value in experiment.swept.get(run.name, {}).items())
         if run.search.n_trials:

@@ -39,7 +39,8 @@ HEARTBEAT_S, GRACE_S = 20, 60  # an RDB trial with no heartbeat for GRACE_S is f
 def search_stage(experiment: Experiment, output: Path, force: bool) -> None:
     studies = experiment.studies()
     if not studies:
-        raise ConfigError(f"{experiment.source}: no run searches (set search.n_trials and search.space)")
+        raise ConfigError(f"{experiment.source}: " + ("--runs names no search run (the search stage works on whole "
+                          "studies)" if experiment.requested else "no run searches (set search.n_trials and search.space)"))
     write_manifest(experiment, output)
     for template in studies:
         run_study(experiment, template, output, force)

@@ -259,7 +259,7 @@ class Experiment:
     runs: list[RunConfig]  # one per run name, with seed = seeds[0]; a run with search.n_trials is a study's template
     stages: list[str] = field(default_factory=list)  # what run.py does without --stages ([]: pipeline's default)
     swept: dict[str, dict] = field(default_factory=dict)  # run name -> the `sweep:` values it was made with
-    requested: list[str] = field(default_factory=list)  # --runs names that may be trials of a search ([]: all)
+    requested: list[str] = field(default_factory=list)  # --runs names that are no run of the file: trials of a search?
     trials: list[RunConfig] = field(default_factory=list)  # the search's trained trials (utils.layout.with_trials)
 
     def jobs(self) -> list[RunConfig]:
@@ -693,7 +693,7 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
         name = meta["experiment"][0]
     else:
         name = _experiment_value("experiment", path.stem, f"{_display(path)}: experiment (the file name)")
-    layers, swept = _expand_sweep(run_layers or {"default": {}}, meta.get("sweep"))
+    layers, swept, made_from = _expand_sweep(run_layers or {"default": {}}, meta.get("sweep"))
     configs = []
     for run_name, layer in layers.items():
         merged = _merge(_merge(flat, layer), cli)
@@ -706,16 +706,16 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
         configs.append(run)
     stages = meta["stages"][0] if "stages" in meta else []
     experiment = Experiment(name=name, source=path, seeds=seeds, runs=configs, stages=stages, swept=swept)
-    return _select(experiment, runs, run_layers) if runs else experiment
+    return _select(experiment, runs, made_from) if runs else experiment
 
 
-def _expand_sweep(run_layers: dict, sweep: tuple | None) -> tuple[dict, dict]:
+def _expand_sweep(run_layers: dict, sweep: tuple | None) -> tuple[dict, dict, dict]:
     """Run layers crossed with the sweep's points (run < point), named '<run>_<values>' ('<values>' alone
-    for a file without `runs:`), and each made run's swept values."""
+    for a file without `runs:`); each made run's swept values, and the file's run it was made from."""
     if sweep is None:
-        return run_layers, {}
+        return run_layers, {}, {name: name for name in run_layers}
     points, origin = sweep
-    layers, swept = {}, {}
+    layers, swept, made_from = {}, {}, {}
     for run_name, layer in run_layers.items():
         for point in points:
             made = point_name(point) if run_name == "default" and len(run_layers) == 1 else f"{run_name}_{point_name(point)}"
@@ -723,23 +723,22 @@ def _expand_sweep(run_layers: dict, sweep: tuple | None) -> tuple[dict, dict]:
                 raise ConfigError(f"{origin}: two points make the same run name {made!r}; make their values differ more")
             values = {key: list(v) if isinstance(v, tuple) else v for key, v in point.items()}
             layers[made] = {**layer, **{key: (v, f"{origin}: {key}={format_value(v)}") for key, v in values.items()}}
-            swept[made] = values
-    return layers, swept
+            swept[made], made_from[made] = values, run_name
+    return layers, swept, made_from
 
 
-def _select(experiment: Experiment, names: list[str], run_layers: dict) -> Experiment:
-    """The runs named by --runs: a run, a run of the file that a sweep expanded (all its points), or, in an
-    experiment that searches, a trial (kept in `requested` until the trials are known)."""
-    known = [run.name for run in experiment.runs]
-    searches = [run.name for run in experiment.studies()]
-    unknown = [n for n in names if n not in known and n not in run_layers]
-    if unknown and not searches:
+def _select(experiment: Experiment, names: list[str], made_from: dict[str, str]) -> Experiment:
+    """The runs named by --runs: a run, or a run of the file that a sweep expanded (all its points). In an
+    experiment that searches, other names may be trials: they are kept in `requested` until the trials are
+    known (utils.layout.with_trials)."""
+    unknown = [n for n in names if n not in made_from and n not in made_from.values()]
+    if unknown and not experiment.studies():
+        known = [run.name for run in experiment.runs]
         listed = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
         raise ConfigError(f"{_display(experiment.source)}: runs: no run named {unknown[0]!r} (runs: {listed}; "
                           "`run.py --config FILE --list` lists them)")
-    keep = [run for run in experiment.runs
-            if run.name in names or any(run.name.startswith(f"{n}_") and n in run_layers for n in names)]
-    return dataclasses.replace(experiment, runs=keep, requested=list(names),
+    keep = [run for run in experiment.runs if run.name in names or made_from[run.name] in names]
+    return dataclasses.replace(experiment, runs=keep, requested=unknown,
                                swept={k: v for k, v in experiment.swept.items() if k in {r.name for r in keep}})
 
 

@@ -24,20 +24,19 @@ DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stage
 
 def with_trials(experiment: Experiment, output: Path) -> Experiment:
     """`experiment` with the trained trials of its searches (experiment.json's "trials") among its jobs: those
-    of every study, or those that --runs named (by the trial's or its template's name)."""
+    of its searches, and those that --runs named."""
     templates = {run.name for run in experiment.studies()}
-    if not templates:
+    if not templates and not experiment.requested:
         return experiment
     path = experiment_dir(output, experiment) / MANIFEST
-    manifest = read_json(path) if path.is_file() else {}
-    trials = [replace(run_config_from_dict(manifest["configs"][name]), seed=experiment.seeds[0])
-              for name, template in manifest.get("trials", {}).items() if template in templates and
-              (not experiment.requested or name in experiment.requested or template in experiment.requested)]
-    unknown = [n for n in experiment.requested if n not in templates and n not in {t.name for t in trials}
-               and n not in {run.name for run in experiment.runs}]
+    listed = (read_json(path) if path.is_file() else {}).get("trials", {})
+    unknown = [name for name in experiment.requested if name not in listed]
     if unknown:
         raise UserError(f"{experiment.source}: runs: no run or trained trial named {unknown[0]!r} "
                         "(`run.py --config FILE --list` lists the runs; search.json the trials)")
+    manifest = read_json(path) if listed else {}
+    trials = [replace(run_config_from_dict(manifest["configs"][name]), seed=experiment.seeds[0])
+              for name, template in listed.items() if template in templates or name in experiment.requested]
     return replace(experiment, trials=trials)
 
 

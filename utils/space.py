@@ -86,7 +86,11 @@ def parse_space(space, origin: str, typed: Callable[[str, Any, str], Any], keys:
         if kind == "choice":
             if not isinstance(bounds, list) or not bounds:
                 raise ConfigError(f"{where}: expected a non-empty list of values, got {bounds!r}")
-            values = tuple(_hashable(typed(key, v, f"{where}[{i}]")) for i, v in enumerate(bounds))
+            values = tuple(typed(key, v, f"{where}[{i}]") for i, v in enumerate(bounds))
+            if any(isinstance(v, dict) for v in values):
+                raise ConfigError(f"{where}: {key} takes a mapping, which a sweep or search cannot vary; "
+                                  "write one run per value under `runs:`")
+            values = tuple(_hashable(v) for v in values)
             if len(set(values)) != len(values):
                 raise ConfigError(f"{where}: each value may be listed once, got {bounds!r}")
             axes.append(Axis(key, kind, values=values))
