@@ -91,3 +91,14 @@ def test_report_shows_it_and_notices_when_it_is_stale(exp8):
     finally:
         write_json(metrics_path, metrics)
     assert load_results(exp8.parent, exp8.name).correlation is not None
+
+
+def test_notebook_shows_the_table_and_figure(exp8):
+    from tests.test_report import execute_notebook
+
+    notebook = execute_notebook(exp8.parent)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    cell = next(c for c in notebook.cells if c.get("id") == "e8c3d0b2")  # the flatness cell
+    assert any("ψ train.batch_size" in o.get("data", {}).get("text/markdown", "") for o in cell.outputs)
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs)

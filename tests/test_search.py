@@ -59,6 +59,10 @@ def test_trials_are_runs_and_the_study_has_n_trials(write_config, tmp_path):
     complete = [t for t in trials if t["state"] == "complete"]
     best = read_json(folder / "search.json")["studies"]["default"]["best"]
     assert best["value"] == min(t["value"] for t in complete)
+    run_experiment(load_experiment(path), ["report"], out)
+    report = (folder / "report.md").read_text()
+    assert "## Hyper-parameter search" in report and f"| default | tpe | 0 | 4 |" in report
+    assert (folder / "figures" / "search_convergence.png").is_file()
     before = {t["run"]: (folder / t["run"] / "seed-42" / "metrics.json").stat().st_mtime_ns for t in trials}
     run_experiment(load_experiment(path), ["search"], out)
     assert len(trials_of(folder)) == 4
