@@ -213,7 +213,8 @@ class SearchConfig:
         "best_val_loss", "a trial's value: its lowest validation loss, or its last (with train.budget: at the budget)")
     direction: Literal["minimize", "maximize"] = option("minimize", "whether the study seeks the lowest or highest value")
     sampler: Literal["tpe", "random", "grid", "cmaes"] = option("tpe", "Optuna sampler")
-    startup_trials: int = option(5, "random trials before tpe or cmaes model the space", ge=0)
+    startup_trials: int = option(5, "random trials before tpe or cmaes model the space; trials the median pruner "
+                                    "waits for before it prunes", ge=0)
     grid_points: int = option(3, "sampler grid: values per continuous axis (evenly spaced; geometrically for loguniform)", ge=2)
     pruner: Literal["none", "median", "hyperband"] = option(
         "none", "stop unpromising trials early from their validation loss after each epoch")

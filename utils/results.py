@@ -781,10 +781,10 @@ def correlation_points(results: ExperimentResults) -> dict:
             points.append({"run": run, "seed": seed, "settings": {**flat, "seed": seed},
                            "gap": number("generalization_gap"), "test_loss": number("test_loss"),
                            "measures": {name: number(name) for name in names}})
-    keys = list(points[0]["settings"]) if points else []
-    axes = [key for key in keys if len({p["settings"][key] for p in points}) > 1]
+    keys = list(dict.fromkeys(key for p in points for key in p["settings"]))  # runs of older versions lack some
+    axes = [key for key in keys if len({p["settings"].get(key) for p in points}) > 1]
     for point in points:
-        point["axes"] = {key: point["settings"].pop(key) for key in axes}
+        point["axes"] = {key: point["settings"].get(key) for key in axes}
         del point["settings"]
     return {"axes": axes, "points": points,
             "measures": [name for name in names if sum(p["measures"][name] is not None for p in points) >= 3]}
