@@ -34,6 +34,7 @@ from utils.space import Axis
 
 SEARCH_FILE = "search.json"
 HEARTBEAT_S, GRACE_S = 20, 60  # an RDB trial with no heartbeat for GRACE_S is failed and retried
+OPEN_ATTEMPTS = 4  # opening a database that another worker is creating
 
 
 def search_stage(experiment: Experiment, output: Path, force: bool) -> None:
@@ -180,19 +181,23 @@ def _open_storage(template: RunConfig, folder: Path):
 
     url = storage_url(template, folder)
     where = f"search.storage of run {template.name} ({_redacted(url)})"
-    try:
-        if url.startswith("journal:"):
-            return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-        with warnings.catch_warnings():  # Optuna marks heartbeats and retries experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
-                              heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
-    except ModuleNotFoundError as err:
-        raise UserError(f"{where}: its database driver is not installed ({err.name}); e.g. pip install psycopg2-binary "
-                        "for postgresql://") from None
-    except Exception as err:  # a bad URL, an unreachable server, a locked file: SQLAlchemy has many kinds
-        raise UserError(f"{where} cannot be opened: {str(err).splitlines()[0]}") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            if url.startswith("journal:"):
+                return JournalStorage(JournalFileBackend(url[len("journal:"):]))
+            with warnings.catch_warnings():  # Optuna marks heartbeats and retries experimental
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
+                return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
+                                  heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
+        except ModuleNotFoundError as err:
+            raise UserError(f"{where}: its database driver is not installed ({err.name}); e.g. pip install "
+                            "psycopg2-binary for postgresql://") from None
+        except Exception as err:  # a bad URL, an unreachable server, a locked file: SQLAlchemy has many kinds
+            # Workers that start together race to create the tables; the losers find them made on a second look.
+            if attempt + 1 == OPEN_ATTEMPTS or type(err).__name__ not in ("IntegrityError", "OperationalError"):
+                raise UserError(f"{where} cannot be opened: {str(err).splitlines()[0]}") from None
+            time.sleep(1.0 + attempt)
 
 
 def _redacted(url: str) -> str:

@@ -177,3 +177,22 @@ def test_two_workers_share_one_study(write_config, tmp_path, storage):
     assert sorted(trained) == sorted(f"exp/{t['run']}/seed-42" for t in trials)  # each once, by one worker
     assert all(any(": done; test loss" in line for line in log.splitlines()) for log in logs), logs  # both worked
     assert sorted(read_json(out / "exp" / "experiment.json")["trials"]) == sorted(t["run"] for t in trials)
+
+
+def test_workers_that_create_the_database_together_all_open_it(tmp_path):
+    """Four processes opening one new SQLite study database at the same instant race to create its tables;
+    the losers' UNIQUE-constraint failure is retried, so every one opens it (without the retry, about one
+    start in three lost a worker here)."""
+    opener = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from types import SimpleNamespace as S; "
+              "from pathlib import Path; from optimization.search import _open_storage; "
+              "start = float(sys.argv[1]); time.sleep(max(0.0, start - time.time())); "
+              "_open_storage(S(name='x', search=S(storage='')), Path(sys.argv[2])); print('opened')")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for attempt in range(2):
+        folder = tmp_path / f"exp{attempt}"
+        folder.mkdir()
+        start = time.time() + 8  # after every process has imported Optuna
+        openers = [subprocess.Popen([sys.executable, "-c", opener, str(start), str(folder)], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+        logs = [p.communicate(timeout=120)[0] for p in openers]
+        assert [p.returncode for p in openers] == [0] * 4, logs
