@@ -37,5 +37,15 @@ def write_manifest(experiment: Experiment, output: Path, trial: tuple[RunConfig,
 
 def train_stage(experiment: Experiment, output: Path, force: bool) -> None:
     write_manifest(experiment, output)
-    for run in experiment.jobs():
+    for run in in_training_order(experiment.jobs()):
         train_run(run, run_dir(output, experiment, run), force=force, label=run_label(experiment, run))
+
+
+def in_training_order(jobs: list[RunConfig]) -> list[RunConfig]:
+    """The jobs with every run after the run it starts from (model.base_run), otherwise in their order."""
+    bases = {run.name: run.model.base_run for run in jobs}
+
+    def depth(name: str) -> int:  # a chain of bases; utils.config refused circles
+        return 1 + depth(bases[name]) if bases.get(name) else 0
+
+    return sorted(jobs, key=lambda run: depth(run.name))

@@ -30,7 +30,7 @@ from data.batches import batches_in_order, epoch_order, fixed_batches, to_device
 from data.corpus import load_texts
 from data.measurement import measurement_set
 from models.adapters import add_adapter, is_adapted
-from models.checkpoint import TOKENIZER_DIR, load_weights, read_checkpoint, save_checkpoint
+from models.checkpoint import TOKENIZER_DIR, load_trained, load_weights, read_checkpoint, save_checkpoint
 from models.models import build_model, build_tokenizer, load_tokenizer, tokenizer_is_hub_id
 from optimization.cost import device_peak_flops, mfu, step_flops
 from optimization.evaluation import evaluate, perplexity, summed_token_loss
@@ -44,7 +44,7 @@ from utils.config import RunConfig
 from utils.device import PeakMemory, device_name, resolve_device
 from utils.errors import CorruptFileError, DivergedError, UserError
 from utils.io import atomic_dir, read_json, remove, verify, versions, write_json
-from utils.layout import TRAJECTORY, training_fingerprint
+from utils.layout import TRAJECTORY, base_folder, base_weights, started_from, training_fingerprint
 from utils.progress import progress
 
 
@@ -58,6 +58,9 @@ def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:
         return False
     try:
         if read_json(metrics).get("fingerprint") != training_fingerprint(run):
+            return False
+        if run.model.base_run and started_from(run_dir) != base_weights(run, run_dir):
+            print(f"{label}: its base run {run.model.base_run} holds other weights now; training again")
             return False
         for path in weights + [run_dir / TOKENIZER_DIR]:
             if path.exists():
@@ -109,14 +112,22 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _run_tokenizer(run: RunConfig, run_dir: Path, train_texts: list[str], resuming: bool):
-    """The run's tokenizer and how checkpoints refer to it: a hub id, or the folder saved with the run."""
-    if tokenizer_is_hub_id(run.model):
-        return build_tokenizer(run.model, train_texts), run.model.tokenizer or run.model.name
+def _starting_point(run: RunConfig, run_dir: Path, train_texts: list[str], resuming: bool):
+    """The run's tokenizer, how checkpoints refer to it (a hub id, or the folder saved with the run), and its model
+    before the first step: built as model.init says, or the trained model of model.base_run (merged, if that run
+    has an adapter) with its tokenizer."""
+    if run.model.base_run:
+        base = load_trained(base_folder(run, run_dir) / "checkpoint.pt", space="merged")
+        ref = base.checkpoint.get("tokenizer") or run.model.name
+        return base.tokenizer, ref, base.model.train()
     saved = run_dir / TOKENIZER_DIR
-    if resuming and saved.is_dir():
-        return load_tokenizer(str(saved)), TOKENIZER_DIR
-    return build_tokenizer(run.model, train_texts), TOKENIZER_DIR
+    if tokenizer_is_hub_id(run.model):
+        tokenizer, ref = build_tokenizer(run.model, train_texts), run.model.tokenizer or run.model.name
+    elif resuming and saved.is_dir():
+        tokenizer, ref = load_tokenizer(str(saved)), TOKENIZER_DIR
+    else:
+        tokenizer, ref = build_tokenizer(run.model, train_texts), TOKENIZER_DIR
+    return tokenizer, ref, build_model(run.model, tokenizer, run.seed)
 
 
 def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "",
@@ -131,6 +142,12 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         print(f"{label}: already trained with this config; skipping (--force retrains)")
         return read_json(run_dir / "metrics.json")
 
+    started = None  # model.base_run: which weights of that run this one starts from (layout.trained_with)
+    if run.model.base_run:
+        started = base_weights(run, run_dir)
+        if started is None:
+            raise UserError(f"{label}: model.base_run {run.model.base_run}: {base_folder(run, run_dir)} holds no "
+                            "trained run; train it first (a base run trains before the runs that start from it)")
     device = resolve_device(run.device)
     if run.train.precision == "bf16" and device.type != "cuda":
         raise UserError(f"{label}: train.precision bf16 needs a CUDA device (got {device}); use fp32 on CPU")
@@ -145,11 +162,13 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         if resume is not None and resume.get("fingerprint") != fingerprint:
             print(f"{label}: the config changed since the unfinished run; starting over")
             resume = None
+        if resume is not None and resume.get("started_from") != started:
+            print(f"{label}: its base run {run.model.base_run} holds other weights now; starting over")
+            resume = None
 
     wall_start = time.perf_counter()
     texts = load_texts(run.data)
-    tokenizer, tokenizer_ref = _run_tokenizer(run, run_dir, texts.train, resuming=resume is not None)
-    model = build_model(run.model, tokenizer, run.seed)
+    tokenizer, tokenizer_ref, model = _starting_point(run, run_dir, texts.train, resuming=resume is not None)
     if run.model.adapter.type != "none":
         model = add_adapter(model, run.model.adapter, run.seed)
     model = model.to(device)
@@ -328,7 +347,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             if recorder is not None:
                 recorder.flush()
                 along["trajectory_rows"] = recorder.written
-            save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint, base=base, **along,
+            save_checkpoint(last, model, run, epoch + 1, tokenizer_ref, fingerprint, base=base, **along, started_from=started,
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             rng=_rng_state(device), history=history, train_time_s=train_time,
                             train_tokens=train_tokens, train_flops=train_flops,
@@ -359,6 +378,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         "run": run.name,
         "seed": run.seed,
         "fingerprint": fingerprint,
+        **({"started_from": {"run": run.model.base_run, "weights": started}} if started else {}),
         **history,
         "test_loss": test_loss,
         "test_perplexity": perplexity(test_loss),

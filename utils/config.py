@@ -73,6 +73,8 @@ class ModelConfig:
     tokenizer: str = option("", "'' (same as name), a hub id, a folder, 'bytes', or 'bpe' (trained on train split)")
     bpe_vocab_size: int = option(1024, "vocabulary size of the 'bpe' tokenizer", ge=260)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    base_run: str = option("", "start from the trained weights and tokenizer of this run of the experiment (trained "
+                               "first; its model settings must be this run's) instead of model.init's ('': none)")
 
 
 @dataclass
@@ -695,9 +697,10 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
     else:
         name = _experiment_value("experiment", path.stem, f"{_display(path)}: experiment (the file name)")
     layers, swept, made_from = _expand_sweep(run_layers or {"default": {}}, meta.get("sweep"))
-    configs = []
+    configs, wheres = [], {}
     for run_name, layer in layers.items():
         merged = _merge(_merge(flat, layer), cli)
+        wheres[run_name] = merged["model.base_run"][1] if "model.base_run" in merged else "model.base_run"
         run = _build(RunConfig, merged)
         run = dataclasses.replace(run, name=run_name, seed=seeds[0])
         _check_run(run, merged)
@@ -705,9 +708,35 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
             raise ConfigError(f"{meta['seeds'][1]}: a search trains each trial at one seed; list one seed and vary "
                               f"search.seed to repeat the search (run {run_name} searches)")
         configs.append(run)
+    _check_base_runs(configs, wheres)
     stages = meta["stages"][0] if "stages" in meta else []
     experiment = Experiment(name=name, source=path, seeds=seeds, runs=configs, stages=stages, swept=swept)
     return _select(experiment, runs, made_from) if runs else experiment
+
+
+def _check_base_runs(runs: list[RunConfig], wheres: dict[str, str]) -> None:
+    """model.base_run names another run of the experiment, not a search, with no cycle, whose model settings
+    (all but the adapter) are this run's: the architecture and tokenizer that the base's weights fit."""
+    by_name = {run.name: run for run in runs}
+    for run in runs:
+        base, where = run.model.base_run, wheres[run.name]
+        if not base:
+            continue
+        if base not in by_name:
+            raise ConfigError(f"{where}: no run named {base!r} in this experiment (its runs: {', '.join(by_name)})")
+        if by_name[base].search.n_trials:
+            raise ConfigError(f"{where}: run {base!r} is a search, whose trials are not known in advance; name a run")
+        chain = [run.name]
+        while base:
+            if base in chain:
+                raise ConfigError(f"{where}: the runs start from each other in a circle: {' -> '.join(chain + [base])}")
+            chain.append(base)
+            base = by_name[base].model.base_run
+        mine, theirs = dataclasses.asdict(run.model), dataclasses.asdict(by_name[run.model.base_run].model)
+        for key in mine:
+            if key not in ("adapter", "base_run") and mine[key] != theirs[key]:
+                raise ConfigError(f"{where}: run {run.name}'s model.{key} is {mine[key]!r} but its base run "
+                                  f"{run.model.base_run}'s is {theirs[key]!r}; a run keeps its base's model")
 
 
 def _expand_sweep(run_layers: dict, sweep: tuple | None) -> tuple[dict, dict, dict]:

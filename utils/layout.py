@@ -81,6 +81,10 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
         if trained != training_fingerprint(run):
             raise UserError(f"{folder} was trained with other settings than {run_label(experiment, run)} has now; "
                             f"train it again with: {stage_command(experiment, output, 'train', run)}")
+        if run.model.base_run and started_from(folder) != base_weights(run, folder):
+            raise UserError(f"{run_label(experiment, run)} started from other weights than its base run "
+                            f"{run.model.base_run} holds now; train it again with: "
+                            f"{stage_command(experiment, output, 'train', run)}")
     return jobs
 
 
@@ -108,10 +112,30 @@ def training_fingerprint(run: RunConfig) -> str:
     model = asdict(run.model)
     if run.model.adapter.type == "none":
         del model["adapter"]
+    if not run.model.base_run:
+        del model["base_run"]
     settings = {"seed": run.seed, "data": asdict(run.data), "model": model, "train": train}
     if run.train.track.every:  # the track is measured on the sharpness stage's measurement set
         settings["measurement"] = {key: getattr(run.sharpness, key) for key in MEASUREMENT_KEYS}
     return fingerprint(settings)
+
+
+def base_folder(run: RunConfig, folder: Path) -> Path:
+    """The folder of the run that `run` (trained in `folder`) starts from: model.base_run, same seed."""
+    return Path(folder).parent.parent / run.model.base_run / Path(folder).name
+
+
+def base_weights(run: RunConfig, folder: Path) -> str | None:
+    """layout.trained_with of run's base run as it is now; None while it is not trained."""
+    base = base_folder(run, folder)
+    if not ((base / "metrics.json").is_file() and (base / "checkpoint.pt").is_file()):
+        return None
+    return trained_with(base)
+
+
+def started_from(folder: Path) -> str | None:
+    """The base weights (layout.trained_with) that the run in `folder` started from, as its metrics.json says."""
+    return (read_json(Path(folder) / "metrics.json").get("started_from") or {}).get("weights")
 
 
 def trained_with(folder: Path) -> str:

@@ -44,6 +44,7 @@ class ExperimentResults:
     surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
     init_to_final: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> interpolation.json
     interpolation: dict | None = None    # <experiment>/interpolation.json: alphas and the pairs of current checkpoints
+    incomparable: list[str] = field(default_factory=list)  # "a → b, seed s": pairs whose runs see other texts
     search: dict | None = None           # <experiment>/search.json: the searches' studies and trials
     correlation: dict | None = None      # <experiment>/correlation.json, while computed from the current results
     figures: dict[str, Path] = field(default_factory=dict)  # stem -> PNG drawn from the current data
@@ -236,7 +237,9 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
         else:
             results.missing.append(f"interpolation {a} → {b}, seed {seed} (computed from other weights than "
                                    "the current checkpoints)")
-    found = {(tuple(pair["runs"]), pair["seed"]) for pair in data["pairs"]}
+    found = {(tuple(pair["runs"]), pair["seed"]) for pair in data["pairs"] + data.get("incomparable", [])}
+    results.incomparable = [f"{pair['runs'][0]} → {pair['runs'][1]}, seed {pair['seed']}"
+                            for pair in data.get("incomparable", [])]
     for seed in results.listed_seeds:
         trained = [run for run in results.runs if seed in results.seeds[run]]
         for i, a in enumerate(trained):

@@ -196,6 +196,10 @@ def _adapter_table(results: ExperimentResults, summary: dict) -> str:
         adapter, budget = cfg["model"].get("adapter", {"type": "none"}), cfg["train"].get("budget", {})
         kind = "full fine-tuning" if adapter["type"] == "none" else (
             f"LoRA r={adapter['r']}, α={adapter['alpha']:g}, on {', '.join(adapter['target_modules'])}")
+        if cfg["model"].get("base_run"):
+            kind += f", from run {cfg['model']['base_run']}'s weights"
+        elif adapter["type"] == "none" and cfg["model"].get("init") == "scratch":
+            kind = "full training from random weights"
         limit = ", ".join(f"{value:.3g} {key}" for key, value in budget.items() if value) or "–"
         stops = [results.metrics[run][seed].get("budget") for seed in results.seeds.get(run, [])]
         stopped = ", ".join(f"step {b['step']} of {b['of_steps']}" if b.get("stopped_by") else "not reached"
@@ -285,6 +289,9 @@ def _landscape_sections(results: ExperimentResults, summary: dict, figures: dict
     sections = ["## Loss along the line between runs", _image(results.figures.get("interpolation"), "interpolation")]
     if summary["pairs"]:
         sections.append(pairs_table(summary))
+    if results.incomparable:
+        sections.append("No line between runs that see different texts (their data settings differ), as no one loss "
+                        f"is defined along it: {'; '.join(results.incomparable)}.")
     sections += ["From initialization to the final weights of each run (barrier of the training loss):",
                  markdown_table(summary, [("init_to_final_barrier", "init → final barrier")]),
                  "## 2D loss surfaces (one colour scale)",

@@ -278,36 +278,43 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
     keys = [((a.run.name, b.run.name), a.run.seed) for a, b in pairs]
     checkpoints = {key: [a.trained_with, b.trained_with] for (a, b), key in zip(pairs, keys)}
     saved = read_own_output(path, label=experiment.name) or {}
-    saved_pairs = {(tuple(pair["runs"]), pair["seed"]): pair for pair in saved.get("pairs", [])} \
-        if saved.get("fingerprint") == line_print else {}
+    same_settings = saved.get("fingerprint") == line_print
+    saved_pairs = {(tuple(pair["runs"]), pair["seed"]): pair for pair in saved.get("pairs", [])} if same_settings else {}
     others = [pair for key, pair in saved_pairs.items() if key not in checkpoints]  # runs left out by --runs: kept
     entries = {} if force else {key: pair for key, pair in saved_pairs.items()  # both weights unchanged
                                 if key in checkpoints and pair.get("checkpoints") == checkpoints[key]}
-    if all(key in entries for key in keys):
+    # Pairs whose runs see other texts (their data settings differ) have no common loss: listed, not drawn.
+    incomparable = {} if force or not same_settings else {
+        (tuple(pair["runs"]), pair["seed"]): pair for pair in saved.get("incomparable", [])
+        if pair.get("checkpoints") == checkpoints.get((tuple(pair["runs"]), pair["seed"]))}
+    if all(key in entries or key in incomparable for key in keys):
         print(f"{experiment.name}: interpolation between runs already done with these settings; skipping "
               "(--force redoes it)")
         return
     for (a, b), key in zip(pairs, keys):
-        if key in entries:
+        if key in entries or key in incomparable:
             continue
         what = f"{experiment.name}: {a.run.name} -> {b.run.name}, seed {a.run.seed}"
         device = resolve_device(a.run.device)
         model_a = load_trained(a.folder / "checkpoint.pt", device, "merged")  # LoRA runs: A and B are not
         model_b = load_trained(b.folder / "checkpoint.pt", device, "merged")  # coordinates two runs share
         (train_a, val_a), (train_b, val_b) = sets.of(a, model_a.tokenizer), sets.of(b, model_b.tokenizer)
-        if not (same_texts(train_a, train_b) and same_texts(val_a, val_b)):
-            raise UserError(f"{what}: the two runs see different evaluation texts or tokenizers, "
-                            "so one loss cannot be taken along the line between them")
-        objectives = {"train": Objective(model_a.model, train_a.batches),
-                      "val": Objective(model_a.model, val_a.batches)}
-        theta1 = weights_in(objectives["train"], model_b.model, what)
-        losses = interpolate(objectives, theta1, alphas, desc=what)
-        entries[key] = {"runs": list(key[0]), "seed": key[1], "checkpoints": checkpoints[key],
-                        **curve_record(alphas, losses["train"], losses["val"])}
+        if same_texts(train_a, train_b) and same_texts(val_a, val_b):
+            objectives = {"train": Objective(model_a.model, train_a.batches),
+                          "val": Objective(model_a.model, val_a.batches)}
+            theta1 = weights_in(objectives["train"], model_b.model, what)
+            losses = interpolate(objectives, theta1, alphas, desc=what)
+            entries[key] = {"runs": list(key[0]), "seed": key[1], "checkpoints": checkpoints[key],
+                            **curve_record(alphas, losses["train"], losses["val"])}
+            print(f"{what}: barrier {entries[key]['barrier']:.4f} at α = {entries[key]['barrier_alpha']:.2f}")
+        else:
+            incomparable[key] = {"runs": list(key[0]), "seed": key[1], "checkpoints": checkpoints[key]}
+            print(f"{what}: skipped: the two runs see different evaluation texts or tokenizers (their data "
+                  "settings differ), so no one loss is defined along the line between them")
         write_json(path, {"alphas": alphas.tolist(), "pairs": [entries[k] for k in keys if k in entries] + others,
+                          "incomparable": list(incomparable.values()),
                           "eval_tokens": {"train": train_a.n_tokens, "validation": val_a.n_tokens},
                           "fingerprint": line_print})
-        print(f"{what}: barrier {entries[key]['barrier']:.4f} at α = {entries[key]['barrier_alpha']:.2f}")
 
 
 # ----------------------------------------------------------------------------------------------
