@@ -35,7 +35,8 @@ def model_on_meta(run: RunConfig):
     cfg = run.model
     vocabulary = {"bytes": 257, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer, GPT2_VOCABULARY)
     if cfg.init == "scratch":
-        config = GPT2Config(**{**ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}, vocab_size=vocabulary)
+        config = GPT2Config(**{**ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}, vocab_size=vocabulary,
+                            bos_token_id=vocabulary - 1, eos_token_id=vocabulary - 1)  # in the vocabulary; no FLOPs
     elif cfg.name in ARCH_PRESETS:
         config = GPT2Config(**ARCH_PRESETS[cfg.name], vocab_size=GPT2_VOCABULARY)
     else:
@@ -69,8 +70,9 @@ def main(argv=None) -> int:
         experiment = load_experiment(args.config, args.overrides, args.runs)
         prices = load_prices()
         gpus = {name: price for name, price in prices.devices.items() if price.peak}
-        print(f"{experiment.name}: training FLOPs at most (every batch at data.max_length), priced at "
-              f"assumed_mfu {prices.assumed_mfu:g} of each device's peak")
+        print(f"{experiment.name}: training FLOPs at most (every batch at data.max_length) of each run at one seed "
+              f"(the config lists {len(experiment.seeds)}), priced at assumed_mfu {prices.assumed_mfu:g} of each "
+              "device's peak")
         print("| run | steps | FLOPs | " + " | ".join(gpus) + " |")
         print("|" + "---|" * (3 + len(gpus)))
         for run in experiment.runs:
@@ -80,7 +82,9 @@ def main(argv=None) -> int:
                 peak = PEAK_FLOPS[price.peak].get(run.train.precision)
                 seconds = extrapolated_seconds(cost["flops"], peak, prices.assumed_mfu) if peak else None
                 cells.append("–" if seconds is None else f"${usd(seconds, price.usd_per_hour):.3g} ({seconds / 3600:.2g} h)")
-            print(f"| {run.name} | {cost['steps']} | {cost['flops']:.3g} | " + " | ".join(cells) + " |")
+            name = run.name if not run.search.n_trials else \
+                f"{run.name} (a search: each of {run.search.n_trials} trials, at the values its space leaves)"
+            print(f"| {name} | {cost['steps']} | {cost['flops']:.3g} | " + " | ".join(cells) + " |")
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

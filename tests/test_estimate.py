@@ -32,3 +32,32 @@ def test_the_paper_scale_config_is_priced_offline(capsys):
     assert main(["--config", str(REPO / "config/exp6-peft.yaml")]) == 0
     out = capsys.readouterr().out
     assert "| full | " in out and "| lora-r8 | " in out and "H100-SXM" in out and "$" in out
+
+
+def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(write_config, tmp_path):
+    """The builtin corpus's texts are longer than the tiny max_length (32 tokens), so no batch is padded: the
+    estimate's steps and FLOPs are then exactly those training counts, for full fine-tuning and LoRA, with and
+    without a FLOP budget; the report shows the two side by side."""
+    from optimization.experiments import train_stage
+    from utils.config import load_experiment
+    from utils.layout import run_dir
+    from utils.results import load_results
+    from visualization.report import estimate_table
+
+    path = write_config("runs:\n  full: {}\n  lora: {model: {adapter: {type: lora, r: 2}}}\n"
+                        "  budgeted: {train: {budget: {flops: 3.0e+8}}}\n")
+    experiment = load_experiment(path)
+    train_stage(experiment, tmp_path, force=False)
+    for run in experiment.jobs():
+        metrics = read_metrics(run_dir(tmp_path, experiment, run))
+        predicted = estimate(run)
+        assert (predicted["steps"], predicted["flops"]) == (metrics["optimizer_steps"], metrics["train_flops"]), run.name
+    assert read_metrics(run_dir(tmp_path, experiment, experiment.runs[2]))["budget"]["stopped_by"] == "flops"
+    table = estimate_table(load_results(tmp_path, experiment.name))
+    assert table.count("| 1.000 |") == 3
+
+
+def read_metrics(folder: Path) -> dict:
+    import json
+
+    return json.loads((folder / "metrics.json").read_text())

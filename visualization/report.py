@@ -15,9 +15,10 @@ import shutil
 from pathlib import Path
 
 from optimization.cost import PEAK_FLOPS, PRICES_FILE, Prices, extrapolated_seconds, load_prices, price_for_device, usd
+from optimization.estimate import estimate
 from optimization.experiment_log import open_log
-from utils.config import Experiment
-from utils.errors import CorruptFileError
+from utils.config import Experiment, run_config_from_dict
+from utils.errors import CorruptFileError, UserError
 from utils.io import save_figure, write_json, write_text
 from utils.layout import experiment_dir, stage_command
 from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, density_columns, density_runs,
@@ -133,6 +134,30 @@ def dollar_table(results: ExperimentResults, summary: dict, prices: Prices) -> s
     return "\n".join(lines)
 
 
+def estimate_table(results: ExperimentResults) -> str:
+    """The estimate that `python -m optimization.estimate` gives before a run, beside what the run measured (means
+    over seeds): it counts every step at batch_size × data.max_length, so measured / estimate is what padding only
+    to the longest text saved (1 when every text fills max_length and no budget stops the run early)."""
+    lines = ["| run | steps estimated | steps taken | FLOPs at most | FLOPs measured | measured / estimate |",
+             "|---|---|---|---|---|---|"]
+    for run in results.runs:
+        seeds = [results.metrics[run][seed] for seed in results.seeds.get(run, [])]
+        if not seeds:
+            continue
+        try:
+            predicted = estimate(run_config_from_dict(results.configs[run]))
+        except UserError as err:
+            lines.append(f"| {run} | – | – | – | – | no estimate: {str(err).split(': ', 1)[-1]} |")
+            continue
+        steps = sum(m["optimizer_steps"] for m in seeds) / len(seeds)
+        counted = [m["train_flops"] for m in seeds if m.get("train_flops") is not None]
+        measured = sum(counted) / len(counted) if counted else None
+        ratio = "–" if measured is None else f"{measured / predicted['flops']:.3f}"
+        lines.append(f"| {run} | {predicted['steps']} | {steps:g} | {predicted['flops']:.3g} | "
+                     f"{'–' if measured is None else format(measured, '.3g')} | {ratio} |")
+    return "\n".join(lines)
+
+
 def render_report(results: ExperimentResults, summary: dict, figures: dict, prices: Prices | None = None) -> str:
     sections = [
         f"# Experiment `{results.name}`",
@@ -166,7 +191,11 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict, pric
                  "non-padding input tokens; FLOPs are the analytic count of optimization.cost (padded positions "
                  "included) and MFU their rate over the device's peak (a datasheet's for GPUs, a matmul probe's for "
                  "the CPU); peak memory is GPU memory allocated on CUDA, the process's largest resident set on CPU.",
-                 markdown_table(summary, cost_columns(summary))]
+                 markdown_table(summary, cost_columns(summary)),
+                 "Before a run, `python -m optimization.estimate --config FILE` prices it from its config alone (every "
+                 "step at batch_size × data.max_length tokens, so at most what it will spend); against what the runs "
+                 "measured:",
+                 estimate_table(results)]
     if prices is not None:
         sections += [f"In dollars, from {PRICES_FILE.name} (each price's date and source are in the file; prices "
                      "change, check them): the train stage's wall time and the training time until the best "
