@@ -17,6 +17,7 @@ folder (utils.lock). Without --stages, run.py runs the experiment file's `stages
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from optimization.experiments import train_stage
@@ -25,6 +26,7 @@ from optimization.search import search_stage
 from sharpness.correlate_stage import correlate_stage
 from sharpness.geometry_stage import geometry_stage
 from sharpness.stage import sharpness_stage
+from utils import distributed
 from utils.config import Experiment
 from utils.errors import ConfigError, UserError
 from utils.io import remove_interrupted_writes
@@ -33,6 +35,8 @@ from utils.lock import experiment_lock
 from visualization.report import report_stage
 from visualization.stage import landscape_stage
 
+# Under torchrun every rank runs these, splitting the work (utils.distributed); rank 0 runs the others alone.
+COLLECTIVE_STAGES = ("train", "sharpness", "landscape")
 STAGES = {"train": train_stage, "search": search_stage, "sharpness": sharpness_stage, "geometry": geometry_stage,
           "landscape": landscape_stage, "prune": prune_stage, "correlate": correlate_stage, "report": report_stage}
 
@@ -63,12 +67,21 @@ def run_experiment(experiment: Experiment, stages: list[str], output: Path, forc
     folder = experiment_dir(output, experiment)
     if not {"train", "search"} & set(stages) and not (folder / MANIFEST).is_file():  # and no empty folder left behind
         raise UserError(f"{folder / MANIFEST} not found: run the train stage first (--stages train)")
+    if distributed.world_size() > 1 and "search" in stages:
+        raise UserError("the search stage does not run under torchrun: start its workers as separate processes "
+                        "(one per device), each `run.py --config FILE --stages search`")
     cleaned = False
     for stage in stages:
-        with experiment_lock(folder, shared=stage == "search"):
+        if distributed.world_size() > 1 and stage not in COLLECTIVE_STAGES and not distributed.is_main():
+            distributed.barrier()  # rank 0 does this stage alone
+            continue
+        # Rank 0 holds the lock for the whole job: the other ranks write nothing.
+        with experiment_lock(folder, shared=stage == "search") if distributed.writes() else nullcontext():
             if stage != "search" and not cleaned:
                 for leftover in remove_interrupted_writes(folder):
                     print(f"{experiment.name}: removed {leftover}, left by an interrupted write")
                 cleaned = True
-            STAGES[stage](experiment if stage in ("train", "search") else with_trials(experiment, output),
-                          Path(output), force)
+            with distributed.collective() if stage in COLLECTIVE_STAGES else nullcontext():
+                STAGES[stage](experiment if stage in ("train", "search") else with_trials(experiment, output),
+                              Path(output), force)
+        distributed.barrier()  # the next stage reads what this one wrote

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from pipeline import DEFAULT_STAGES, STAGES, experiment_stages, run_experiment
+from utils import distributed
 from utils.config import Experiment, load_experiment
 from utils.errors import UserError
 from utils.io import output_error
@@ -59,12 +61,21 @@ def main(argv=None) -> int:
             print(describe_runs(experiment))
             return 0
         stages = experiment_stages(experiment, args.stages)
+        distributed.start(experiment.runs[0].device if experiment.runs else "auto")
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")  # rank 0 reports for the job; errors still reach stderr
         run_experiment(experiment, stages, args.output, force=args.force)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except (OSError, RuntimeError) as err:  # outside utils.io: a library's own save or read, say
         problem = output_error(err, Path(getattr(err, "filename", None) or args.output), action="access")
+        if problem is None and isinstance(err, RuntimeError) and distributed.world_size() > 1:
+            # gloo and NCCL fail a collective when another rank died or hung; torchrun then ends the job
+            print(f"error: rank {distributed.rank()} lost the other processes of the torchrun job "
+                  f"({str(err).splitlines()[0][:200]}); the checkpoints written so far are intact: rerun the same "
+                  "command to resume", file=sys.stderr)
+            return 1
         if problem is None:
             raise
         print(f"error: {problem}", file=sys.stderr)
@@ -72,6 +83,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        distributed.stop()
     return 0
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from data.batches import Batch, to_device
+from utils import distributed
 
 
 def summed_token_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -32,15 +33,17 @@ def summed_token_loss(model, batch: Batch) -> tuple[torch.Tensor, int]:
 
 @torch.inference_mode()
 def evaluate(model, batches: list[Batch], device) -> float:
-    """Token-weighted mean loss of `model` (in eval mode) over `batches`, accumulated in float64."""
+    """Token-weighted mean loss of `model` (in eval mode) over `batches`, accumulated in float64; in a torchrun
+    job's collective stage each rank takes its share of the batches and the sums are added over the ranks."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for batch in batches:
+    for batch in distributed.shard(batches):
         loss_sum, n = summed_token_loss(model, to_device(batch, device))
         total += loss_sum.item()
         count += n
     model.train(was_training)
+    total, count = distributed.sum_floats(total, count)
     return total / count
 
 

@@ -5,6 +5,10 @@ the same definition of the loss (`summed_token_loss`, token-weighted across batc
 mode). Vectors in weight space are flat tensors on the model's device, in the model's dtype (fp32 in
 the pipeline; float64 in tests that need exact arithmetic), ordered like `model.parameters()` (tied
 weights, such as GPT-2's wte/lm_head, appear once).
+
+In a torchrun job's collective stage (utils.distributed), each rank holds every world_size-th batch and the
+loss, gradient and H·v are sums over the ranks' batches, all-reduced: every rank gets the numbers one process
+would (to floating-point rounding), so every rank's eigen-solver takes the same steps.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from data.batches import Batch, count_targets, to_device
 from optimization.evaluation import summed_token_loss
+from utils import distributed
 
 
 def flatten(tensors) -> torch.Tensor:
@@ -34,8 +39,9 @@ class Objective:
             raise ValueError(f"hvp_mode must be 'reverse' or 'forward', got {hvp_mode!r}")
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.batches = [to_device(b, self.device) for b in batches]
-        self.n_tokens = sum(count_targets(b) for b in self.batches)
+        self.n_tokens = sum(count_targets(b) for b in batches)  # of the whole set, on every rank
+        self.split = distributed.splits()  # whether this rank holds a share and its sums are all-reduced
+        self.batches = [to_device(b, self.device) for b in distributed.shard(batches)]
         self.hvp_mode = hvp_mode
         self.names, self.params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
         self.base = self.flatten([p.detach() for p in self.params]).clone()
@@ -78,7 +84,8 @@ class Objective:
     @torch.inference_mode()
     def loss(self) -> float:
         """L at the current weights (forward passes only; SDPA attention)."""
-        return sum(summed_token_loss(self.model, b)[0].item() for b in self.batches) / self.n_tokens
+        local = sum(summed_token_loss(self.model, b)[0].item() for b in self.batches)
+        return distributed.sum_floats(local, split=self.split)[0] / self.n_tokens
 
     def loss_and_grad(self) -> tuple[float, torch.Tensor]:
         total, grad = 0.0, torch.zeros_like(self.base)
@@ -87,7 +94,8 @@ class Objective:
             grads = torch.autograd.grad(loss_sum / self.n_tokens, self.params)
             grad += self.flatten(grads)
             total += loss_sum.item()
-        return total / self.n_tokens, grad
+        return (distributed.sum_floats(total, split=self.split)[0] / self.n_tokens,
+                distributed.all_reduce_sum(grad, split=self.split))
 
     def hvp(self, vector: torch.Tensor) -> torch.Tensor:
         """Exact H·v at the current weights (no finite differences), summed batch by batch.
@@ -98,7 +106,7 @@ class Objective:
         with sdpa_kernel(SDPBackend.MATH):
             for b in self.batches:
                 result += self._batch_hvp(b, vector)
-        return result
+        return distributed.all_reduce_sum(result, split=self.split)
 
     def _batch_hvp(self, batch: Batch, vector: torch.Tensor) -> torch.Tensor:
         if self.hvp_mode == "reverse":  # reverse-over-reverse: grad of (∇L · v)

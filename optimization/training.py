@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from data.batches import batches_in_order, epoch_order, fixed_batches, to_device, tokenize
+from data.batches import Batch, batches_in_order, count_targets, epoch_order, fixed_batches, to_device, tokenize
 from data.corpus import load_texts
 from data.measurement import measurement_set
 from models.adapters import add_adapter, is_adapted
@@ -40,10 +41,11 @@ from optimization.optimizers import diagonal_preconditioner, make_optimizer
 from optimization.rotation import RotatedWeights
 from optimization.tracking import SharpnessTracker
 from optimization.trajectory import TrajectoryRecorder
+from utils import distributed
 from utils.config import RunConfig
 from utils.device import PeakMemory, device_name, resolve_device
 from utils.errors import CorruptFileError, DivergedError, UserError
-from utils.io import atomic_dir, read_json, remove, verify, versions, write_json
+from utils.io import atomic_dir, make_dir, read_json, remove, verify, versions, write_json
 from utils.layout import TRAJECTORY, base_folder, base_weights, started_from, training_fingerprint
 from utils.progress import progress
 
@@ -99,14 +101,33 @@ def make_scheduler(optimizer, cfg, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def rank_shares(batch: Batch, ranks: int) -> list[Batch]:
+    """The global batch split into `ranks` shares (every ranks-th text, from each rank), each trimmed to its
+    longest text; a share may be empty when the batch has fewer texts than there are ranks."""
+    if ranks == 1:
+        return [batch]
+    shares = []
+    for rank in range(ranks):
+        share = {key: value[rank::ranks] for key, value in batch.items()}
+        longest = int(share["attention_mask"].sum(dim=1).max()) if len(share["attention_mask"]) else 0
+        shares.append({key: value[:, :longest] for key, value in share.items()})
+    return shares
+
+
 def _rng_state(device: torch.device) -> dict:
+    """This process's random state; in a torchrun job, rank 0's with every rank's under "ranks" (dropout draws
+    differ by rank), gathered from all of them."""
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
+        state["cuda"] = torch.cuda.get_rng_state(device).cpu()
+    states = distributed.gather_objects(state)
+    return state if len(states) == 1 else {**states[0], "ranks": states}
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
+    ranks = state.get("ranks", [])
+    if distributed.splits() and len(ranks) == distributed.world_size():
+        state = ranks[distributed.rank()]
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
@@ -166,6 +187,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             print(f"{label}: its base run {run.model.base_run} holds other weights now; starting over")
             resume = None
 
+    distributed.sync()  # torchrun: every rank has read the folder before rank 0 changes it
     wall_start = time.perf_counter()
     texts = load_texts(run.data)
     tokenizer, tokenizer_ref, model = _starting_point(run, run_dir, texts.train, resuming=resume is not None)
@@ -183,9 +205,9 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         print(f"{label}: note: no FLOP count ({err}); FLOPs and MFU are not recorded")
         counted = False
     if resume is None:
-        if run_dir.exists():
+        if run_dir.exists() and distributed.writes():
             shutil.rmtree(run_dir)  # a fresh start: nothing stale (checkpoints, measurements) may survive
-        run_dir.mkdir(parents=True)
+        make_dir(run_dir)
         if tokenizer_ref == TOKENIZER_DIR:
             with atomic_dir(run_dir / TOKENIZER_DIR) as tmp:
                 tokenizer.save_pretrained(str(tmp))
@@ -229,7 +251,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         tracker = SharpnessTracker(run.train.track, run.train, None if resume is None else resume["track"])
         track_batches = [to_device(b, device) for b in
                          measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches]
-    if run.train.trajectory.every:
+    if run.train.trajectory.every and distributed.writes():  # in a torchrun job, rank 0 records
         weights = [p for p in model.parameters() if p.requires_grad]
         init = flatten(weights).cpu() if resume is None else _flat_init(model, run_dir / "init.pt")
         try:
@@ -264,6 +286,9 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                    resume_step=start_epoch * steps_per_epoch)
     memory = PeakMemory(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.train.precision == "bf16")
+    # In a torchrun job each rank takes its share of every global batch; DDP averages the gradients.
+    ranks = distributed.world_size() if distributed.splits() else 1
+    forward = model if ranks == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(start_epoch, run.train.epochs):
         model.train()
         epoch_start, aside_s = time.perf_counter(), 0.0
@@ -273,18 +298,23 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         bar = progress(batches, total=steps_per_epoch, desc=f"{label} epoch {epoch + 1}/{run.train.epochs}")
         for step, batch in enumerate(bar):
             epoch_tokens += int(batch["attention_mask"].sum())
-            train_flops += flops_of_step(*batch["input_ids"].shape) if counted else 0
-            batch = to_device(batch, device)
+            shares = rank_shares(batch, ranks)
+            train_flops += sum(flops_of_step(*share["input_ids"].shape) for share in shares if len(share["input_ids"])) \
+                if counted else 0
+            n_targets = count_targets(batch)  # of the global batch: the loss is its token-weighted mean
+            mine = shares[distributed.rank() if ranks > 1 else 0]
+            empty = not len(mine["input_ids"])  # fewer texts than ranks: a zero-weighted text joins the all-reduce
             with autocast:
-                loss_sum, n_targets = summed_token_loss(model, batch)
-            loss = loss_sum / n_targets
+                loss_sum, _ = summed_token_loss(forward, to_device(shares[0] if empty else mine, device))
+            loss_sum = loss_sum * 0 if empty else loss_sum
+            loss = loss_sum * ranks / n_targets  # DDP divides the summed gradients by the number of ranks
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if rotated is not None:
                 rotated.pull_gradients()
             if run.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, run.train.grad_clip)
-            value = loss_sum.item()
+            value = distributed.sum_floats(loss_sum.item())[0] if ranks > 1 else loss_sum.item()
             if not math.isfinite(value):
                 kept = "last.pt" if last.is_file() else "init.pt"
                 raise DivergedError(f"{label}: the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
@@ -307,7 +337,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                                           "tokens_per_s": epoch_tokens / max(elapsed, 1e-9)}, prefix="train/")
             if budget.flops and train_flops >= budget.flops:
                 stopped_by = "flops"
-            elif budget.seconds and train_time + elapsed >= budget.seconds:
+            elif budget.seconds and distributed.any_rank(train_time + elapsed >= budget.seconds):
                 stopped_by = "seconds"
             if stopped_by:
                 break

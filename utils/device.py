@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import threading
 
 import psutil
 import torch
 
+from utils.distributed import launched
 from utils.errors import UserError
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> the first CUDA device if there is one, else the CPU."""
+    """'auto' -> the first CUDA device if there is one, else the CPU. In a torchrun job, 'auto' and 'cuda' are the
+    rank's own GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"device {name!r} was asked for but no CUDA GPU is available (use --device cpu or auto)")
+    if name == "cuda" and launched():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
 
 

@@ -7,6 +7,7 @@ caught instead of loaded.
 Temporary names start with '.' and end in '.tmp' (files) or '.tmpdir' (folders); a process killed
 mid-write leaves them behind, and `remove_interrupted_writes` clears them when a stage starts again.
 Files and folders get the permissions the user's umask allows, like any file the user creates.
+In a torchrun job only rank 0 writes (utils.distributed): elsewhere every write here goes nowhere.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pickle
 import secrets
 import shutil
 import subprocess
+import tempfile
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from utils.distributed import writes
 from utils.errors import CorruptFileError, OutputError
 
 CHECKSUM_SUFFIX = ".sha256"
@@ -62,6 +65,8 @@ def _disk_errors_named(path: Path):
 def make_dir(path: str | Path) -> Path:
     """mkdir -p, with one sentence when it cannot be done (a file in the way, no permission, ...)."""
     path = Path(path)
+    if not writes():
+        return path
     with _disk_errors_named(path):
         path.mkdir(parents=True, exist_ok=True)
     if not path.is_dir():
@@ -77,6 +82,9 @@ def _temporary_name(path: Path, suffix: str) -> Path:
 def _temporary_beside(path: Path):
     """A new temporary file beside `path` (mode 0666 less the umask) that replaces `path` on success."""
     path = Path(path)
+    if not writes():
+        yield Path(os.devnull)
+        return
     make_dir(path.parent)
     tmp = _temporary_name(path, ".tmp")
     try:
@@ -93,7 +101,7 @@ def remove_interrupted_writes(folder: str | Path) -> list[Path]:
     """Delete the temporary files and folders that killed writes left under `folder`; return them.
     Only safe while no other process writes there (the experiment lock guarantees it)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not folder.is_dir() or not writes():
         return []
     removed = []
     for leftover in sorted(folder.rglob(".*.tmp*"), key=lambda p: len(p.parts), reverse=True):
@@ -174,6 +182,9 @@ def _verified_beside(path: Path):
     first and the new one comes last, so a kill in between leaves a file without a record (checked by
     parsing alone), never an intact file with a record that does not match it."""
     record = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if not writes():
+        yield Path(os.devnull)
+        return
     with _temporary_beside(path) as tmp:
         yield tmp
         digest = sha256_of(tmp)
@@ -184,6 +195,8 @@ def _verified_beside(path: Path):
 def remove(path: str | Path) -> None:
     """Delete a file written here and its sha256 record, if they exist."""
     path = Path(path)
+    if not writes():
+        return
     path.unlink(missing_ok=True)
     path.with_name(path.name + CHECKSUM_SUFFIX).unlink(missing_ok=True)
 
@@ -193,6 +206,8 @@ def new_memmap(path: str | Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
     a full disk dies of SIGBUS at the first page it cannot write, so the space is claimed up front, where a
     full disk is one clear error (and no file is left)."""
     path = Path(path)
+    if not writes():
+        return np.zeros(shape, dtype)
     with _disk_errors_named(path):
         array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     allocate = getattr(os, "posix_fallocate", None)  # Linux; elsewhere the file stays sparse
@@ -210,7 +225,8 @@ def new_memmap(path: str | Path, dtype, shape: tuple[int, ...]) -> np.ndarray:
 def seal(path: str | Path) -> None:
     """Record the sha256 of a file written in place (a memory map), so `verify` can check it like the others."""
     path = Path(path)
-    write_text(path.with_name(path.name + CHECKSUM_SUFFIX), f"{sha256_of(path)}  {path.name}\n")
+    if writes():
+        write_text(path.with_name(path.name + CHECKSUM_SUFFIX), f"{sha256_of(path)}  {path.name}\n")
 
 
 def recorded_sha256(path: str | Path) -> str:
@@ -291,6 +307,10 @@ def atomic_dir(path: str | Path):
     """Yield a temporary folder that replaces `path` (if any) once the block succeeds; its files'
     checksums go to `path`.sha256, as for a single file (`verify` checks a folder too)."""
     path = Path(path)
+    if not writes():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch)
+        return
     make_dir(path.parent)
     tmp = _temporary_name(path, ".tmpdir")
     record = path.with_name(path.name + CHECKSUM_SUFFIX)

@@ -12,6 +12,8 @@ import sys
 
 from tqdm.auto import tqdm
 
+from utils.distributed import is_main
+
 LOG_INTERVAL_S = 10.0
 
 
@@ -28,7 +30,9 @@ class _LogLines:
 
 
 def progress(iterable=None, *, total: int | None = None, desc: str = "", initial: int = 0, **kwargs):
-    """A tqdm bar that does not stay on screen once done (the stages print their own summary line)."""
+    """A tqdm bar that does not stay on screen once done (the stages print their own summary line); none on the
+    ranks of a torchrun job but rank 0."""
+    kwargs.setdefault("disable", None if is_main() else True)
     if sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True, **kwargs)
     return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, file=_LogLines(),

@@ -35,6 +35,7 @@ from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import TrainedModel, load_trained
 from optimization.objective import Objective
+from utils import distributed
 from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.errors import CorruptFileError, UserError
@@ -231,9 +232,10 @@ def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.
 def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, path: Path, surface_print: str,
                saved: dict | None, force: bool) -> None:
     cfg = job.run.landscape
-    objectives = {"train_loss": Objective(final.model, train_set.batches)}
-    if cfg.val_surface:
-        objectives["val_loss"] = Objective(final.model, val_set.batches)
+    with distributed.alone():  # torchrun: the ranks split the grid's points, each on the whole evaluation set
+        objectives = {"train_loss": Objective(final.model, train_set.batches)}
+        if cfg.val_surface:
+            objectives["val_loss"] = Objective(final.model, val_set.batches)
     directions, info = plane(job, final, objectives["train_loss"], force)
     alphas, betas = (grid_axis(cfg.resolution, extent) for extent in info["extents"])
     if saved is None:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from optimization.objective import Objective
+from utils import distributed
 from utils.progress import progress
 
 
@@ -34,19 +35,32 @@ def fill_surface(objectives: dict[str, Objective], directions: tuple[torch.Tenso
                  alphas: np.ndarray, betas: np.ndarray, grids: dict[str, np.ndarray], done: np.ndarray,
                  save: Callable[[], None], desc: str = "") -> None:
     """Evaluate every point not `done` into `grids[name]` with `objectives[name]` (which share one
-    model) and mark it done, whatever the loss (a diverged point is recorded, not retried)."""
+    model) and mark it done, whatever the loss (a diverged point is recorded, not retried).
+
+    In a torchrun job's collective stage the ranks split each row's points (every world_size-th), with
+    objectives built under `distributed.alone()` (each on the whole evaluation set); the row's losses are then
+    summed over the ranks, so every rank holds the whole grid and rank 0 saves it."""
+    split, ranks, rank = distributed.splits(), distributed.world_size(), distributed.rank()
     mover = next(iter(objectives.values()))
     bar = progress(total=done.size, initial=int(done.sum()), desc=desc)
     try:
         for i, a in enumerate(alphas):
-            if done[i].all():
+            todo = np.flatnonzero(~done[i])
+            if not len(todo):
                 continue
-            for j in np.flatnonzero(~done[i]):
-                mover.move_to([a, betas[j]], directions)
-                for name, objective in objectives.items():
-                    grids[name][i, j] = objective.loss()
-                done[i, j] = True
-                bar.update()
+            row = np.zeros((len(objectives), len(todo)))
+            with distributed.alone():
+                for k, j in enumerate(todo):
+                    if split and k % ranks != rank:
+                        continue
+                    mover.move_to([a, betas[j]], directions)
+                    row[:, k] = [objective.loss() for objective in objectives.values()]
+                    bar.update()
+            if split:  # each point was evaluated by one rank, zeros elsewhere: the sum is the row
+                row = distributed.all_reduce_sum(torch.from_numpy(row)).numpy()
+            for values, name in zip(row, objectives):
+                grids[name][i, todo] = values
+            done[i, todo] = True
             save()
     finally:
         mover.restore()

@@ -1,0 +1,56 @@
+"""Run by tests/test_distributed.py, as one process or under `torchrun --nproc_per_node N`: the Objective's loss,
+gradient and H·v, a full sharpness measurement and an evaluation of one float64 tiny GPT-2 on 5 fixed batches
+(uneven shares across ranks), written by rank 0 to the file named on the command line. Each rank also tries to
+write `<file>.rank-<r>`: only rank 0 may succeed."""
+
+from __future__ import annotations
+
+import sys
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.batches import fixed_batches, tokenize  # noqa: E402
+from data.corpus import builtin_lines  # noqa: E402
+from models.models import build_model, byte_tokenizer  # noqa: E402
+from optimization.evaluation import evaluate  # noqa: E402
+from optimization.objective import Objective  # noqa: E402
+from sharpness.stage import measure_sharpness  # noqa: E402
+from utils import distributed  # noqa: E402
+from utils.config import ModelConfig, SharpnessConfig  # noqa: E402
+from utils.io import save_torch, write_json  # noqa: E402
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    distributed.start("cpu")
+    tokenizer = byte_tokenizer()
+    cfg = ModelConfig(init="scratch", config={"n_layer": 2, "n_embd": 16, "n_head": 2, "n_positions": 48,
+                                              "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0})
+    model = build_model(cfg, tokenizer, seed=0).double()
+    texts = list(islice((line for line in builtin_lines("train") if len(line) > 60), 18))
+    batches = fixed_batches(tokenize(texts, tokenizer, 48), 4, tokenizer.eos_token_id)  # 5 batches: 3 + 2 shares
+    sharpness = SharpnessConfig(max_iter=30, tol=1e-6, epsilons=[1e-3], random_directions=2, worst_case_steps=2,
+                                trace_samples=6)
+    with distributed.collective():
+        objective = Objective(model, batches)
+        loss, grad = objective.loss_and_grad()
+        vector = torch.randn(objective.dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        hvp = objective.hvp(vector)
+        measured = measure_sharpness(objective, sharpness)
+        evaluated = evaluate(model, batches, torch.device("cpu"))
+        write_json(Path(f"{out}.rank-{distributed.rank()}"), {"rank": distributed.rank()})
+    save_torch(out.with_suffix(".pt"), {"grad": grad, "hvp": hvp})
+    write_json(out, {"world_size": distributed.world_size(), "loss": loss, "evaluate": evaluated,
+                     "local_batches": len(objective.batches), "lambda_max": measured["lambda_max"],
+                     "lambda_min": measured["lambda_min"], "trace": measured["trace"]["mean"],
+                     "eps_sharpness": measured["eps_sharpness"]["0.001"]["eigvec"],
+                     "worst_case": measured["worst_case"]["0.001"]["value_pct"]})
+    distributed.stop()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
