@@ -12,7 +12,9 @@
 Each handler takes (experiment, output folder, force), reads only files that earlier stages wrote
 (utils.layout says where) and writes files under the output folder. This module sits at the top:
 it imports the stages, and none of them imports it. One process at a time works in an experiment
-folder (utils.lock). Without --stages, run.py runs the experiment file's `stages:` list, or DEFAULT_STAGES.
+folder (utils.lock), but for the train and search stages of processes that train other runs. Under torchrun,
+every rank runs the COLLECTIVE_STAGES and rank 0 the others (utils.distributed). Without --stages, run.py
+runs the experiment file's `stages:` list, or DEFAULT_STAGES.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from utils.lock import experiment_lock
 from visualization.report import report_stage
 from visualization.stage import landscape_stage
 
+# Processes given other --runs (or search workers) run these side by side in one experiment folder.
+SHARED_STAGES = ("train", "search")
 # Under torchrun every rank runs these, splitting the work (utils.distributed); rank 0 runs the others alone.
 COLLECTIVE_STAGES = ("train", "sharpness", "landscape")
 STAGES = {"train": train_stage, "search": search_stage, "sharpness": sharpness_stage, "geometry": geometry_stage,
@@ -62,8 +66,8 @@ def experiment_stages(experiment: Experiment, requested: str | None) -> list[str
 
 
 def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
-    """Run `stages` in order, each holding the experiment folder's lock (shared among search workers);
-    first clear what killed writes left, while no one else writes there."""
+    """Run `stages` in order, each holding the experiment folder's lock (shared by the train and search stages of
+    several processes); first clear what killed writes left, while no one else writes there."""
     folder = experiment_dir(output, experiment)
     if not {"train", "search"} & set(stages) and not (folder / MANIFEST).is_file():  # and no empty folder left behind
         raise UserError(f"{folder / MANIFEST} not found: run the train stage first (--stages train)")
@@ -76,8 +80,8 @@ def run_experiment(experiment: Experiment, stages: list[str], output: Path, forc
             distributed.barrier()  # rank 0 does this stage alone
             continue
         # Rank 0 holds the lock for the whole job: the other ranks write nothing.
-        with experiment_lock(folder, shared=stage == "search") if distributed.writes() else nullcontext():
-            if stage != "search" and not cleaned:
+        with experiment_lock(folder, shared=stage in SHARED_STAGES) if distributed.writes() else nullcontext():
+            if stage not in SHARED_STAGES and not cleaned:
                 for leftover in remove_interrupted_writes(folder):
                     print(f"{experiment.name}: removed {leftover}, left by an interrupted write")
                 cleaned = True

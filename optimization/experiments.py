@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 from optimization.training import train_run
+from utils import distributed
 from utils.config import Experiment, RunConfig
 from utils.io import read_own_output, write_json
 from utils.layout import MANIFEST, experiment_dir, run_dir, run_label
-from utils.lock import manifest_lock
+from utils.lock import manifest_lock, run_lock
 
 
 def write_manifest(experiment: Experiment, output: Path, trial: tuple[RunConfig, str] | None = None) -> None:
@@ -36,9 +38,16 @@ def write_manifest(experiment: Experiment, output: Path, trial: tuple[RunConfig,
 
 
 def train_stage(experiment: Experiment, output: Path, force: bool) -> None:
+    """Train every job not trained yet; a run that another process is training (given the same run by --runs)
+    is left to it."""
     write_manifest(experiment, output)
     for run in in_training_order(experiment.jobs()):
-        train_run(run, run_dir(output, experiment, run), force=force, label=run_label(experiment, run))
+        folder, label = run_dir(output, experiment, run), run_label(experiment, run)
+        with run_lock(folder) if distributed.writes() else nullcontext(True) as mine:
+            if distributed.any_rank(not mine):  # torchrun: rank 0's lock decides for every rank
+                print(f"{label}: another process is training it; left to that process")
+                continue
+            train_run(run, folder, force=force, label=label)
 
 
 def in_training_order(jobs: list[RunConfig]) -> list[RunConfig]:

@@ -119,3 +119,20 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(write_config
     assert run.main(args) == 0
     metrics = json.loads((last.parent / "metrics.json").read_text())
     assert metrics["epochs"] == 40 and not last.exists()
+
+
+def test_processes_given_other_runs_train_side_by_side_in_one_folder(write_config, tmp_path):
+    """The alternative to DDP for many small runs: one process per --runs subset, in one experiment folder (the
+    train stage's lock is shared); a run given to two processes is trained by the one that took it first."""
+    path = write_config("runs:\n  a: {train: {epochs: 60}}\n  b: {train: {epochs: 60, lr: 0.1}}\n")
+    args = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "train", "--output", str(tmp_path)]
+    workers = [subprocess.Popen(args + ["--runs", name], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for name in ("a", "b", "a")]
+    logs = [finished(worker) for worker in workers]
+    manifest = json.loads((tmp_path / "exp" / "experiment.json").read_text())
+    assert sorted(manifest["runs"]) == ["a", "b"]
+    for name in ("a", "b"):
+        assert (tmp_path / "exp" / name / "seed-42" / "metrics.json").is_file()
+    trained_a = [log for log in (logs[0], logs[2]) if "exp/a/seed-42: done" in log]
+    left = [log for log in (logs[0], logs[2]) if "another process is training it" in log]
+    assert len(trained_a) == 1 and len(left) == 1, logs

@@ -6,10 +6,10 @@ dies; a small JSON file beside it names the holder (pid, host, command, start) f
 process prints, and is removed on a clean exit. Finding that file while the lock is free means its
 writer died without cleaning up: the lock is taken over with a warning.
 
-The search stage's workers share the lock instead (flock's shared mode): each trains its own trials in
-their own folders and coordinates through the study's storage, and the files they all update
-(experiment.json, search.json) are written under `manifest_lock`. Where flock is missing (Windows),
-the shared lock is the exclusive one: one search worker per folder there.
+The train and search stages share the lock instead (flock's shared mode): each process trains its own runs
+(--runs) or trials in their own folders, a run folder being trained by one process at a time (`run_lock`),
+and the files they all update (experiment.json, search.json) are written under `manifest_lock`. Where flock
+is missing (Windows), the shared lock is the exclusive one: one such process per folder there.
 """
 
 from __future__ import annotations
@@ -98,6 +98,25 @@ def _shared_lock(folder: Path):
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+@contextmanager
+def run_lock(folder: str | Path):
+    """Yield whether this process may train the run folder `folder`: False while another process holds it (the
+    train stage holds the experiment's lock shared, so processes given other --runs train side by side)."""
+    folder = Path(folder)
+    lock = FileLock(str(make_dir(folder.parent) / f".{folder.name}.lock"), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    except OSError as err:
+        raise output_error(err, folder.parent) or err from None
+    try:
+        yield True
+    finally:
+        lock.release()
 
 
 @contextmanager

@@ -32,7 +32,8 @@ class _LogLines:
 def progress(iterable=None, *, total: int | None = None, desc: str = "", initial: int = 0, **kwargs):
     """A tqdm bar that does not stay on screen once done (the stages print their own summary line); none on the
     ranks of a torchrun job but rank 0."""
-    kwargs.setdefault("disable", None if is_main() else True)
+    if not is_main():
+        kwargs["disable"] = True  # else tqdm's default, which TQDM_DISABLE=1 sets
     if sys.stderr.isatty():
         return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True, **kwargs)
     return tqdm(iterable, total=total, desc=desc, initial=initial, leave=False, file=_LogLines(),
