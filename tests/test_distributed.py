@@ -124,7 +124,7 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(write_config
 def test_processes_given_other_runs_train_side_by_side_in_one_folder(write_config, tmp_path):
     """The alternative to DDP for many small runs: one process per --runs subset, in one experiment folder (the
     train stage's lock is shared); a run given to two processes is trained by the one that took it first."""
-    path = write_config("runs:\n  a: {train: {epochs: 60}}\n  b: {train: {epochs: 60, lr: 0.1}}\n")
+    path = write_config("runs:\n  a: {train: {epochs: 30}}\n  b: {train: {epochs: 5, lr: 0.1}}\n")
     args = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "train", "--output", str(tmp_path)]
     workers = [subprocess.Popen(args + ["--runs", name], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for name in ("a", "b", "a")]

@@ -42,6 +42,15 @@ def _holder(path: Path) -> dict | None:
         return None
 
 
+def _take_over(holder_path: Path) -> None:
+    """Called with the lock held: a holder note found then was left by a process that died holding it."""
+    stale = _holder(holder_path)
+    if stale:
+        print(f"warning: took over the lock of {holder_path.parent} left by {_describe(stale)}, which is no longer "
+              "running", file=sys.stderr)
+        holder_path.unlink(missing_ok=True)
+
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -70,10 +79,7 @@ def experiment_lock(folder: str | Path, shared: bool = False):
     except OSError as err:
         raise output_error(err, folder / LOCK_FILE) or err from None
     try:
-        stale = _holder(holder_path)
-        if stale:
-            print(f"warning: took over the lock of {folder} left by {_describe(stale)}, which is no longer running",
-                  file=sys.stderr)
+        _take_over(holder_path)
         write_json(holder_path, {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                                  "command": " ".join(sys.argv)})
         yield
@@ -95,6 +101,7 @@ def _shared_lock(folder: Path):
             holder = _holder(folder / HOLDER_FILE)
             who = _describe(holder) if holder else "another process"
             raise OutputError(f"{folder} is in use by {who}; wait for it to finish or stop it") from None
+        _take_over(folder / HOLDER_FILE)  # no exclusive holder can be alive while a shared one holds the lock
         yield
     finally:
         os.close(fd)  # releases the flock
