@@ -40,7 +40,7 @@ import yaml
 from utils.errors import ConfigError, UserError
 
 PRICES_FILE = Path(__file__).resolve().parents[1] / "config" / "prices.yaml"
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 # ----------------------------------------------------------------------------------------------
 # FLOPs of a step.
@@ -150,6 +150,8 @@ PEAK_FLOPS: dict[str, dict[str, float]] = {
     "RTX 3090": {"fp32": 35.6e12, "bf16": 71e12},      # NVIDIA Ampere GA102 architecture whitepaper
     "RTX 4090": {"fp32": 82.6e12, "bf16": 165.2e12},   # NVIDIA Ada Lovelace architecture whitepaper
 }
+for _peaks in PEAK_FLOPS.values():  # dense fp16 tensor peaks equal bf16's from Ampere on; V100's and T4's
+    _peaks["fp16"] = _peaks["bf16"]  # "bf16" figures above are their fp16 ones (they have no bf16 units)
 
 # torch.cuda.get_device_name patterns (case-insensitive) and their PEAK_FLOPS key, most specific first;
 # e.g. "NVIDIA H100 80GB HBM3" is the SXM card, "NVIDIA H100 PCIe" the PCIe one, "Tesla V100-SXM2-16GB".

@@ -101,6 +101,9 @@ def make_scheduler(optimizer, cfg, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+MIXED_PRECISION_DEVICES = ("cuda",)  # where train.precision bf16 and fp16 run (CPU autocast is slow)
+
+
 def rank_shares(batch: Batch, ranks: int) -> list[Batch]:
     """The global batch split into `ranks` shares (every ranks-th text, from each rank), each trimmed to its
     longest text; a share may be empty when the batch has fewer texts than there are ranks."""
@@ -170,8 +173,9 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             raise UserError(f"{label}: model.base_run {run.model.base_run}: {base_folder(run, run_dir)} holds no "
                             "trained run; train it first (a base run trains before the runs that start from it)")
     device = resolve_device(run.device)
-    if run.train.precision == "bf16" and device.type != "cuda":
-        raise UserError(f"{label}: train.precision bf16 needs a CUDA device (got {device}); use fp32 on CPU")
+    if run.train.precision != "fp32" and device.type not in MIXED_PRECISION_DEVICES:
+        raise UserError(f"{label}: train.precision {run.train.precision} needs a CUDA device (got {device}); "
+                        "use fp32 on CPU")
 
     last = run_dir / "last.pt"
     resume = None
@@ -285,10 +289,16 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
     log = open_log(run.logging.backend, run_dir, label, run.logging.project, run.to_dict(),
                    resume_step=start_epoch * steps_per_epoch)
     memory = PeakMemory(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=run.train.precision == "bf16")
+    low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision)
+    autocast = torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=run.train.precision == "fp16")  # fp16 gradients underflow
+    if resume is not None and "scaler" in resume:
+        scaler.load_state_dict(resume["scaler"])
     # In a torchrun job each rank takes its share of every global batch; DDP averages the gradients.
     ranks = distributed.world_size() if distributed.splits() else 1
     forward = model if ranks == 1 else DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if run.train.compile:
+        forward = torch.compile(forward)  # evaluation and Hessian work use the model itself
     for epoch in range(start_epoch, run.train.epochs):
         model.train()
         epoch_start, aside_s = time.perf_counter(), 0.0
@@ -309,10 +319,11 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             loss_sum = loss_sum * 0 if empty else loss_sum
             loss = loss_sum * ranks / n_targets  # DDP divides the summed gradients by the number of ranks
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()  # with fp32 and bf16, the scaler does nothing
             if rotated is not None:
                 rotated.pull_gradients()
             if run.train.grad_clip > 0:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, run.train.grad_clip)
             value = distributed.sum_floats(loss_sum.item())[0] if ranks > 1 else loss_sum.item()
             if not math.isfinite(value):
@@ -320,7 +331,8 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                 raise DivergedError(f"{label}: the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                                 f"stopped, {run_dir / kept} keeps the last good weights "
                                 "(lower train.lr or set train.grad_clip)")
-            optimizer.step()
+            scaler.step(optimizer)  # fp16: skipped (and the scale lowered) where a gradient overflowed
+            scaler.update()
             if rotated is not None:
                 rotated.push()
             scheduler.step()
@@ -381,7 +393,8 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             rng=_rng_state(device), history=history, train_time_s=train_time,
                             train_tokens=train_tokens, train_flops=train_flops,
-                            **({} if rotated is None else {"latent": [t.detach().cpu() for t in rotated.latent]}))
+                            **({} if rotated is None else {"latent": [t.detach().cpu() for t in rotated.latent]}),
+                            **({"scaler": scaler.state_dict()} if scaler.is_enabled() else {}))
 
     log.close()
     peak_memory = memory.stop()

@@ -74,8 +74,12 @@ def _weights(folder):
 @pytest.mark.parametrize("order, train, model", [
     ("random", "{epochs: 3}", "{}"), ("sorted", "{epochs: 3}", "{}"),
     ("random", "{epochs: 3, optimizer: adam, lr: 0.003, rotation: global}", "{}"),
-    ("random", "{epochs: 3, optimizer: adamw, lr: 0.01}", "{adapter: {type: lora, r: 2, dropout: 0.1}}")])
+    ("random", "{epochs: 3, optimizer: adamw, lr: 0.01}", "{adapter: {type: lora, r: 2, dropout: 0.1}}"),
+    ("random", "{epochs: 3, optimizer: adamw, lr: 0.01, precision: fp16, grad_clip: 1.0}", "{}")])
 def test_kill_and_resume_gives_bit_identical_weights(tiny_experiment, tmp_path, monkeypatch, order, train, model):
+    """fp16 (its gradient scaler's state resumed too) runs here on the CPU's autocast, which the pipeline refuses
+    to users as slow."""
+    monkeypatch.setattr(training, "MIXED_PRECISION_DEVICES", ("cuda", "cpu"))
     exp = tiny_experiment(f"train: {train}\ndata: {{order: {order}}}\nmodel: {model}\n")
     train_stage(exp, tmp_path / "straight", force=False)
 
@@ -143,10 +147,58 @@ def test_finished_runs_are_skipped_unless_forced_or_changed(tiny_experiment, tmp
     assert json.loads((folder / "metrics.json").read_text())["config"]["train"]["lr"] == 0.1
 
 
-def test_bf16_on_cpu_is_refused(tiny_experiment, tmp_path):
-    exp = tiny_experiment("train: {precision: bf16}\n")
-    with pytest.raises(UserError, match="bf16 needs a CUDA device"):
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_is_refused(tiny_experiment, tmp_path, precision):
+    exp = tiny_experiment(f"train: {{precision: {precision}}}\n")
+    with pytest.raises(UserError, match=f"{precision} needs a CUDA device"):
         train_stage(exp, tmp_path, force=False)
+
+
+def test_fp16_training_scales_its_gradients_and_follows_fp32(tiny_experiment, tmp_path, monkeypatch):
+    """fp16 autocast (the CPU's, here) with the gradient scaler: the scale starts at 2^16 and the loss curve
+    stays within 1% of fp32's; the fingerprint tells the two apart."""
+    monkeypatch.setattr(training, "MIXED_PRECISION_DEVICES", ("cuda", "cpu"))
+    scales = []
+    real_update = torch.amp.GradScaler.update
+
+    def recorded(self, *args):
+        if self.is_enabled():
+            scales.append(self.get_scale())
+        return real_update(self, *args)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "update", recorded)
+    curves = {}
+    for precision in ("fp32", "fp16"):
+        exp = tiny_experiment(f"train: {{epochs: 2, precision: {precision}}}\n")
+        train_stage(exp, tmp_path / precision, force=False)
+        curves[precision] = json.loads((run_dir(tmp_path / precision, exp, exp.runs[0]) / "metrics.json").read_text())
+    assert scales[0] == 2.0**16 and len(scales) == 12  # the fp16 run's 12 steps (fp32's scaler is off)
+    assert curves["fp16"]["val_loss"] == pytest.approx(curves["fp32"]["val_loss"], rel=1e-2)
+    assert curves["fp16"]["val_loss"] != curves["fp32"]["val_loss"]
+    assert curves["fp16"]["fingerprint"] != curves["fp32"]["fingerprint"]
+
+
+def test_a_compiled_model_trains_like_the_eager_one(tiny_experiment, tmp_path, monkeypatch):
+    """train.compile: torch.compile of the training forward, here with the aot_eager backend (TorchDynamo's graph
+    capture and AOTAutograd's backward, without inductor's minute of C++ compilation on this CPU); no dropout, so
+    the same losses to rounding, and the same fingerprint (the same computation)."""
+    calls = []
+    real_compile = torch.compile
+
+    def compile_for_the_test(module, **kwargs):
+        calls.append(module)
+        return real_compile(module, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_for_the_test)
+    curves = {}
+    for compiled in (False, True):
+        exp = tiny_experiment(f"train: {{epochs: 1, compile: {str(compiled).lower()}}}\n"
+                              "model: {config: {resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}}\n")
+        train_stage(exp, tmp_path / str(compiled), force=False)
+        curves[compiled] = json.loads((run_dir(tmp_path / str(compiled), exp, exp.runs[0]) / "metrics.json").read_text())
+    assert len(calls) == 1
+    assert curves[True]["step_loss"] == pytest.approx(curves[False]["step_loss"], rel=1e-5)
+    assert curves[True]["fingerprint"] == curves[False]["fingerprint"]
 
 
 def test_quickstart_config_leaves_every_training_file_for_both_runs(tmp_path):

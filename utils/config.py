@@ -117,7 +117,9 @@ class TrainConfig:
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)", ge=0)
     schedule: Literal["constant", "cosine"] = option("constant", "learning-rate schedule after warmup")
     warmup_steps: int = option(0, "linear warmup steps", ge=0)
-    precision: Literal["fp32", "bf16"] = option("fp32", "bf16 autocast needs CUDA")
+    precision: Literal["fp32", "bf16", "fp16"] = option(
+        "fp32", "training autocast on CUDA: bf16, or fp16 with a gradient scaler (measurements stay fp32)")
+    compile: bool = option(False, "torch.compile the model for training steps (not evaluation or Hessian work)")
     eval_batch_size: int = option(16, "texts per batch for validation and test", ge=1)
     track: TrackConfig = field(default_factory=TrackConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)

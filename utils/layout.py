@@ -98,6 +98,7 @@ def training_fingerprint(run: RunConfig) -> str:
     """Hash of everything that determines the trained weights (not the device or later stages), and of what the
     train stage measures along the way when asked (train.track and its measurement set, train.trajectory)."""
     train, defaults = asdict(run.train), asdict(TrainConfig())
+    del train["compile"]  # the same computation, compiled or not
     unused = {"betas", "eps"} if run.train.optimizer in ("sgd", "signsgd") else set()
     if run.train.rotation == "none":
         unused.add("rotation_seed")
