@@ -18,6 +18,8 @@ def write_manifest(experiment: Experiment, output: Path, trial: tuple[RunConfig,
     and resolved configs, so readers of the results (report, notebook) need not re-read the YAML files.
     Runs trained by earlier invocations (`--runs`) stay listed. A search's templates are not runs; its
     trained trials are (`trial`: a trial's config and its template's name), listed under "trials" too."""
+    if not distributed.writes():  # torchrun: rank 0 writes it
+        return
     folder = experiment_dir(output, experiment)
     with manifest_lock(folder):  # search workers add their trials side by side
         earlier = read_own_output(folder / MANIFEST, label=experiment.name) or {}
