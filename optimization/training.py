@@ -286,8 +286,8 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
 
     budget = run.train.budget
     stopped_by = None  # "seconds" or "flops" once train.budget is spent, "pruner" when stop_after says so
-    log = open_log(run.logging.backend, run_dir, label, run.logging.project, run.to_dict(),
-                   resume_step=start_epoch * steps_per_epoch)
+    log = open_log(run.logging.backend if distributed.writes() else "none", run_dir, label, run.logging.project,
+                   run.to_dict(), resume_step=start_epoch * steps_per_epoch)  # torchrun: rank 0 logs
     memory = PeakMemory(device)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision)
     autocast = torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None)

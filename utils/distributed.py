@@ -82,7 +82,7 @@ def collective():
 @contextmanager
 def alone():
     """Within the block, this rank works on whole sets again (no `shard`, no sums): for work split by other
-    means, such as the points of a landscape grid (`split_points`)."""
+    means, such as the points of a landscape grid (visualization.surface.fill_surface)."""
     before, _state["collective"] = _state["collective"], False
     try:
         yield

@@ -57,7 +57,7 @@ def fill_surface(objectives: dict[str, Objective], directions: tuple[torch.Tenso
                     row[:, k] = [objective.loss() for objective in objectives.values()]
                     bar.update()
             if split:  # each point was evaluated by one rank, zeros elsewhere: the sum is the row
-                row = distributed.all_reduce_sum(torch.from_numpy(row)).numpy()
+                row = np.reshape(distributed.sum_floats(*row.ravel().tolist()), row.shape)
             for values, name in zip(row, objectives):
                 grids[name][i, todo] = values
             done[i, todo] = True
