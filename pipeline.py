@@ -40,7 +40,7 @@ from visualization.stage import landscape_stage
 # Processes given other --runs (or search workers) run these side by side in one experiment folder.
 SHARED_STAGES = ("train", "search")
 # Under torchrun every rank runs these, splitting the work (utils.distributed); rank 0 runs the others alone.
-COLLECTIVE_STAGES = ("train", "sharpness", "landscape")
+COLLECTIVE_STAGES = ("train", "sharpness", "geometry", "landscape")
 STAGES = {"train": train_stage, "search": search_stage, "sharpness": sharpness_stage, "geometry": geometry_stage,
           "landscape": landscape_stage, "prune": prune_stage, "correlate": correlate_stage, "report": report_stage}
 

@@ -34,6 +34,7 @@ import torch
 
 from models.parameters import parameter_kind, parameter_layer
 from optimization.curvature import lanczos, rademacher
+from utils import distributed
 from utils.errors import CorruptFileError
 from utils.io import new_memmap, read_json, remove, write_json
 
@@ -64,7 +65,8 @@ def rademacher_vector(dim: int, seed: int, index: int, like: torch.Tensor) -> to
 
 def cauchy_sketch(matvec: MatVec, like: torch.Tensor, k: int, seed: int, path: Path, stamp: str,
                   progress=None) -> np.ndarray:
-    """The k × d matrix whose row j is H·cⱼ, in a float32 memory-mapped .npy at `path`.
+    """The k × d matrix whose row j is H·cⱼ, in a float32 memory-mapped .npy at `path` (None on the ranks of a
+    torchrun job but rank 0, which compute the products with it).
 
     `path`.json records how many rows are done and for which settings (`stamp`); a file of other settings,
     or one that cannot be read, is started over. A row is flushed before it is counted, so a killed
@@ -73,8 +75,9 @@ def cauchy_sketch(matvec: MatVec, like: torch.Tensor, k: int, seed: int, path: P
     state_path = path.with_name(path.name + ".json")
     done = 0
     sketch = None
+    writer = distributed.writes()  # in a torchrun job, rank 0 keeps the sketch; every rank computes each H·cⱼ
     try:
-        state = read_json(state_path) if state_path.is_file() and path.is_file() else None
+        state = read_json(state_path) if writer and state_path.is_file() and path.is_file() else None
         if state is not None and state.get("stamp") == stamp:
             sketch = np.lib.format.open_memmap(path, mode="r+")
             if sketch.shape != (k, dim) or sketch.dtype != np.float32:
@@ -84,17 +87,20 @@ def cauchy_sketch(matvec: MatVec, like: torch.Tensor, k: int, seed: int, path: P
     except (CorruptFileError, ValueError, OSError) as err:
         print(f"warning: the unfinished sketch {path} cannot be read ({err}); starting it over")
         sketch = None
-    if sketch is None:  # the old record goes first: a kill must not leave it beside a fresh, empty file
+    if sketch is None and writer:  # the old record goes first: a kill must not leave it beside a fresh, empty file
         done = 0
         remove(state_path)
         sketch = new_memmap(path, np.float32, (k, dim))
         write_json(state_path, {"stamp": stamp, "done": 0})
+    done = distributed.broadcast_object(done)
     if progress is not None:
         progress.update(done)
     for index in range(done, k):
-        sketch[index] = matvec(cauchy_vector(dim, seed, index, like)).float().cpu().numpy()
-        sketch.flush()
-        write_json(state_path, {"stamp": stamp, "done": index + 1})
+        row = matvec(cauchy_vector(dim, seed, index, like))
+        if writer:
+            sketch[index] = row.float().cpu().numpy()
+            sketch.flush()
+            write_json(state_path, {"stamp": stamp, "done": index + 1})
         if progress is not None:
             progress.update(1)
     return sketch
@@ -296,7 +302,9 @@ def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: 
     with bar(cfg.cauchy_vectors, f"{label} Cauchy sketches") as progress:
         sketch = cauchy_sketch(counted, like, cfg.cauchy_vectors, cfg.seed, sketch_path, stamp, progress)
     with bar(math.ceil(dim / CHUNK), f"{label} row norms") as progress:
-        stats = row_norm_statistics(sketch, numels, cfg.bootstrap, cfg.confidence, cfg.seed, progress)
+        stats = None if sketch is None else row_norm_statistics(sketch, numels, cfg.bootstrap, cfg.confidence,
+                                                                cfg.seed, progress)
+    stats = distributed.broadcast_object(stats)  # torchrun: computed by rank 0, which holds the sketch
     del sketch
     with bar(eigen_cfg.max_iter, f"{label} ‖H‖₂") as progress:
         spectral = spectral_norm(counted, like, eigen_cfg.max_iter, eigen_cfg.tol, eigen_cfg.seed, progress)

@@ -27,6 +27,7 @@ data: {n_train: 41}
 model: {config: {resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}}
 train: {epochs: 1}
 sharpness: {max_iter: 20, tol: 1.0e-4, random_directions: 2, worst_case_steps: 2, trace_samples: 4}
+geometry: {cauchy_vectors: 10, bootstrap: 20, frobenius_probes: 6}
 landscape: {resolution: 5, points: 5, eval_batches: 3, eval_batch_size: 4}
 """
 
@@ -65,10 +66,11 @@ def test_the_objective_and_sharpness_on_two_ranks_equal_one_process(tmp_path):
 
 
 def test_a_torchrun_job_trains_and_measures_as_one_process(write_config, tmp_path):
-    """train, sharpness, landscape and report under torchrun with 2 ranks: the weights equal one process's to 1e-6,
-    λ_max, the trace and the 2D grid to 1e-5 relative; the files are the same ones, written once."""
+    """train, sharpness, geometry, landscape and report under torchrun with 2 ranks: the weights equal one
+    process's to 1e-6; λ_max, the trace, the (1,1)-norm and ‖H‖_F estimates and the 2D grid to 1e-5 relative;
+    the files are the same ones, written once."""
     path = write_config(DDP)
-    args = ["--config", str(path), "--stages", "train,sharpness,landscape,report"]
+    args = ["--config", str(path), "--stages", "train,sharpness,geometry,landscape,report"]
     assert run.main(args + ["--output", str(tmp_path / "one")]) == 0
     log = finished(torchrun(str(ROOT / "run.py"), *args, "--output", str(tmp_path / "two")))
     assert log.count(": done; test loss") == 1  # rank 0 speaks for the job
@@ -86,6 +88,11 @@ def test_a_torchrun_job_trains_and_measures_as_one_process(write_config, tmp_pat
     sharpness = [json.loads((folder / seed / "sharpness.json").read_text()) for folder in (one, two)]
     assert sharpness[1]["lambda_max"] == pytest.approx(sharpness[0]["lambda_max"], rel=1e-5)
     assert sharpness[1]["trace"]["mean"] == pytest.approx(sharpness[0]["trace"]["mean"], rel=1e-5)
+    geometry = [json.loads((folder / seed / "geometry.json").read_text())["frames"]["original"] for folder in (one, two)]
+    assert geometry[1]["l11"]["median"]["total"] == pytest.approx(geometry[0]["l11"]["median"]["total"], rel=1e-5)
+    assert geometry[1]["linf"]["median"] == pytest.approx(geometry[0]["linf"]["median"], rel=1e-5)
+    for key in ("spectral", "frobenius"):
+        assert geometry[1][key]["value"] == pytest.approx(geometry[0][key]["value"], rel=1e-5), key
     grids = [np.load(folder / seed / "landscape_2d.npz")["train_loss"] for folder in (one, two)]
     assert np.allclose(grids[1], grids[0], rtol=1e-5)
 

@@ -119,6 +119,15 @@ def any_rank(flag: bool) -> bool:
     return bool(value.item())
 
 
+def broadcast_object(value):
+    """Rank 0's `value` on every rank (`value` itself when not splitting): what rank 0 alone read or computed."""
+    if not splits():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def gather_objects(value) -> list:
     """`value` of every rank, in rank order, on every rank ([value] when not splitting)."""
     if not splits():
