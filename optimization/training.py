@@ -255,6 +255,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         tracker = SharpnessTracker(run.train.track, run.train, None if resume is None else resume["track"])
         track_batches = [to_device(b, device) for b in
                          measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches]
+    damaged = None
     if run.train.trajectory.every and distributed.writes():  # in a torchrun job, rank 0 records
         weights = [p for p in model.parameters() if p.requires_grad]
         init = flatten(weights).cpu() if resume is None else _flat_init(model, run_dir / "init.pt")
@@ -263,8 +264,10 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                                           None if resume is None else resume["trajectory_rows"])
             del init
         except CorruptFileError as err:
-            print(f"{label}: warning: {err}; starting over")
-            return train_run(run, run_dir, force=True, label=label)
+            damaged = err
+    if distributed.any_rank(damaged is not None):  # torchrun: every rank starts over with rank 0
+        print(f"{label}: warning: {damaged}; starting over")
+        return train_run(run, run_dir, force=True, label=label)
 
     def along_the_way(step: int) -> float:
         """Track the Hessian and record the weights at `step` (optimizer steps so far) where asked; the seconds."""
