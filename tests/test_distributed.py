@@ -51,10 +51,11 @@ def files_under(folder: Path) -> list[str]:
 def test_the_objective_and_sharpness_on_two_ranks_equal_one_process(tmp_path):
     """Loss, gradient, H·v, λ_max, λ_min, Hutchinson's trace, ε-sharpness and worst-case sharpness of a float64
     model on 5 batches (shares of 3 and 2): all-reduced sums equal one process's to rounding."""
-    script = str(ROOT / "tests" / "distributed_check.py")
+    from tests.distributed_check import main as check
+
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, script, str(one)], env=ENV, check=True, capture_output=True, timeout=240)
-    finished(torchrun(script, str(two)))
+    check(one)  # here, as one process
+    finished(torchrun(str(ROOT / "tests" / "distributed_check.py"), str(two)))
     single, split = json.loads(one.read_text()), json.loads(two.read_text())
     assert (single["world_size"], split["world_size"]) == (1, 2) and split["local_batches"] == 3
     for key in ("loss", "evaluate", "lambda_max", "lambda_min", "trace", "eps_sharpness", "worst_case"):

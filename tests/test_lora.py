@@ -55,7 +55,7 @@ def test_adapter_hvp_is_the_hessian_block_of_the_adapter_weights(tiny_model_and_
 
     model, tokenizer = _adapted(tiny_model_and_tokenizer, torch.float64, targets=("c_attn",), r=2)
     objective = Objective(model, _batches(tokenizer))
-    extra = "base_model.model.transformer.h.0.attn.c_attn.base_layer.weight"  # a frozen weight, also in the Hessian
+    extra = "base_model.model.transformer.h.0.attn.c_attn.base_layer.bias"  # a frozen weight, also in the Hessian
     names = list(objective.names) + [extra]
     shapes = [dict(model.named_parameters())[n].shape for n in names]
     start = torch.cat([dict(model.named_parameters())[n].detach().reshape(-1) for n in names])

@@ -188,11 +188,12 @@ def test_workers_that_create_the_database_together_all_open_it(tmp_path):
               "start = float(sys.argv[1]); time.sleep(max(0.0, start - time.time())); "
               "_open_storage(S(name='x', search=S(storage='')), Path(sys.argv[2])); print('opened')")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for attempt in range(2):
-        folder = tmp_path / f"exp{attempt}"
+    folders = [tmp_path / "exp0", tmp_path / "exp1"]  # two databases, four openers each, all at one instant
+    for folder in folders:
         folder.mkdir()
-        start = time.time() + 8  # after every process has imported Optuna
-        openers = [subprocess.Popen([sys.executable, "-c", opener, str(start), str(folder)], env=env,
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
-        logs = [p.communicate(timeout=120)[0] for p in openers]
-        assert [p.returncode for p in openers] == [0] * 4, logs
+    start = time.time() + 10  # after every process has imported Optuna
+    openers = [subprocess.Popen([sys.executable, "-c", opener, str(start), str(folder)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for folder in folders for _ in range(4)]
+    logs = [p.communicate(timeout=120)[0] for p in openers]
+    assert [p.returncode for p in openers] == [0] * 8, logs

@@ -251,6 +251,8 @@ def verify(path: str | Path) -> None:
 def save_torch(path: str | Path, obj) -> None:
     # Through a Python file: torch.save given a path writes from C++ and a full disk then raises a bare
     # RuntimeError instead of OSError(ENOSPC).
+    if not writes():  # not even serialized: a checkpoint can be large
+        return
     with _verified_beside(Path(path)) as tmp, open(tmp, "wb") as handle:
         torch.save(obj, handle)
 
@@ -266,6 +268,8 @@ def load_torch(path: str | Path) -> dict:
 
 
 def save_npz(path: str | Path, **arrays) -> None:
+    if not writes():
+        return
     with _verified_beside(Path(path)) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
 
@@ -297,6 +301,8 @@ def read_own_output(path: str | Path, reader=None, label: str = ""):
 
 def save_figure(path: str | Path, figure, dpi: int = 150) -> None:
     """A matplotlib figure, in the format its suffix names (png, pdf, ...)."""
+    if not writes():  # not even rendered
+        return
     buffer = io.BytesIO()
     figure.savefig(buffer, format=Path(path).suffix[1:], dpi=dpi)
     write_bytes(path, buffer.getvalue())
