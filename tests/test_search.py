@@ -116,17 +116,22 @@ def test_a_changed_search_is_one_clear_error(write_config, tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own trial, drawn with study.ask()
+def opened_study(write_config, tmp_path, n_trials: int):
+    """(the experiment of SEARCH with n_trials, its output folder, its study opened as a worker would)."""
+    experiment = load_experiment(write_config(SEARCH.replace("n_trials: 4", f"n_trials: {n_trials}")))
+    folder = tmp_path / "out" / "exp"
+    folder.mkdir(parents=True)
+    return experiment, tmp_path / "out", search._open_study(experiment, experiment.runs[0], folder)
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_draw_past_n_trials_is_surplus_and_trains_nothing(write_config, tmp_path, monkeypatch):
     """When another worker holds the last trial, a worker's draw past n_trials is marked surplus, trains
     nothing and does not count."""
     import optuna
 
-    path = write_config(SEARCH.replace("n_trials: 4", "n_trials: 1"))
-    experiment = load_experiment(path)
-    out = tmp_path / "out"
+    experiment, out, other = opened_study(write_config, tmp_path, n_trials=1)
     folder = out / "exp"
-    folder.mkdir(parents=True)
-    other = search._open_study(experiment, experiment.runs[0], folder)
     other.ask()  # trial 0, running in "another worker"
     monkeypatch.setattr(search, "_counted", lambda study: 0)  # as if this worker looked before trial 0 existed
     search.run_study(experiment, experiment.runs[0], out)
@@ -142,12 +147,8 @@ def test_a_killed_trial_is_retried_in_its_own_folder(write_config, tmp_path, mon
     its original run name, so it resumes from its folder; it is counted once."""
     monkeypatch.setattr(search, "HEARTBEAT_S", 1)
     monkeypatch.setattr(search, "GRACE_S", 1)
-    path = write_config(SEARCH.replace("n_trials: 4", "n_trials: 2"))
-    experiment = load_experiment(path)
-    out = tmp_path / "out"
+    experiment, out, study = opened_study(write_config, tmp_path, n_trials=2)
     folder = out / "exp"
-    folder.mkdir(parents=True)
-    study = search._open_study(experiment, experiment.runs[0], folder)
     dead = study.ask()
     study._storage.record_heartbeat(dead._trial_id)  # its worker beat once, then died
     time.sleep(2.5)  # past the grace period, at the storage clock's whole seconds
