@@ -328,7 +328,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
             if run.train.grad_clip > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(trainable, run.train.grad_clip)
-            value = distributed.sum_floats(loss_sum.item())[0] if ranks > 1 else loss_sum.item()
+            value = distributed.sum_floats(loss_sum.item())[0]  # of the global batch
             if not math.isfinite(value):
                 kept = "last.pt" if last.is_file() else "init.pt"
                 raise DivergedError(f"{label}: the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "

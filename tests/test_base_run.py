@@ -97,3 +97,16 @@ def test_base_run_enters_the_fingerprint_only_when_set(write_config):
     plain = load_experiment(write_config("data: {n_train: 64}\n")).runs[0]
     assert training_fingerprint(by_name["base"]) == training_fingerprint(plain)
     assert training_fingerprint(by_name["full"]) != training_fingerprint(load_experiment(write_config()).runs[0])
+
+
+def test_lines_between_runs_that_see_other_texts_are_listed_not_drawn(write_config, tmp_path):
+    """base trains on 64 texts, the runs on it on 48: their measurement texts differ, so the landscape stage draws
+    the line between full and lora, lists the pairs with base as incomparable, and the report names them."""
+    path = write_config(RUNS + "landscape: {resolution: 3, points: 3, eval_batches: 2, eval_batch_size: 4}\n")
+    run_experiment(load_experiment(path), ["train", "landscape", "report"], tmp_path)
+    lines = json.loads((tmp_path / "exp" / "interpolation.json").read_text())
+    assert [pair["runs"] for pair in lines["pairs"]] == [["full", "lora"]]
+    assert sorted(pair["runs"] for pair in lines["incomparable"]) == [["full", "base"], ["lora", "base"]]
+    report = (tmp_path / "exp" / "report.md").read_text()
+    assert "No line between runs that see different texts" in report and "full → base, seed 42" in report
+    assert "interpolation full → base" not in report  # not listed as missing

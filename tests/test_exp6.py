@@ -26,6 +26,7 @@ def test_exp6_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
     folder = out / "exp6-peft-small"
     report = (folder / "report.md").read_text()
     assert "## Missing" not in report
+    assert json.loads((folder / "full" / "seed-42" / "metrics.json").read_text())["started_from"]["run"] == "base"
     section = report.split("## Parameter-efficient fine-tuning")[1].split("\n## ")[0]
     for text in ("figures/perplexity_vs_budget.png", "figures/perplexity_vs_pruned.png", "λ_max (merged)",
                  "LoRA r=2", "LoRA r=8", "full fine-tuning", "val ppl, random"):

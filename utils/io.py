@@ -182,9 +182,6 @@ def _verified_beside(path: Path):
     first and the new one comes last, so a kill in between leaves a file without a record (checked by
     parsing alone), never an intact file with a record that does not match it."""
     record = path.with_name(path.name + CHECKSUM_SUFFIX)
-    if not writes():
-        yield Path(os.devnull)
-        return
     with _temporary_beside(path) as tmp:
         yield tmp
         digest = sha256_of(tmp)
