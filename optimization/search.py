@@ -5,11 +5,18 @@ A trial draws the values of search.space, trains as the run <run>-t<NNN> (t<NNN>
 ends with the objective read from its metrics.json. The study lives in search.storage (by default the
 SQLite file <experiment>/search.db), so N processes started with `--stages search`, on one machine or on
 many that share an RDB, are N workers of one study: the storage numbers the trials, each trial is trained
-by the worker that drew it, and the workers stop at search.n_trials trials in all (a worker that draws
-one more marks it `surplus` and trains nothing). A trial whose loss diverges fails and counts; a worker
-killed mid-trial stops its RDB heartbeat, and after GRACE_S the next trial started retries it under the
-same run name, resuming from its last.pt. Optuna's journal file has no heartbeat: a killed trial stays
-"running" there.
+by the worker that claimed it, and the workers stop at search.n_trials trials in all (a worker that draws
+one more, racing a worker of another results folder, marks it `surplus` and trains nothing). A trial whose
+loss diverges fails and counts.
+
+A trial's worker holds its run folder's lock (utils.lock.run_lock) until the trial's result is in the
+study, and the workers of one results folder create and claim trials only under the experiment's manifest
+lock. So, under that lock, a running trial of this folder whose run lock is free has lost its worker
+(killed, interrupted, stopped by an error): the next worker to look claims it and resumes it in its folder,
+with the values it drew and under its number, so a search killed and rerun trains the same trials as one
+never interrupted. A trial is seeded by its number, so with the same finished trials it draws the same
+values whichever worker draws it. Trials of workers in another results folder (or on another host) are
+theirs: rerunning there resumes them.
 
 Writes <experiment>/search.json: each study's settings, trials (number, run, state, params, value,
 seconds) and best trial. Trained trials join experiment.json, so later stages measure them (--runs
@@ -19,22 +26,23 @@ picks some).
 from __future__ import annotations
 
 import dataclasses
+import socket
 import time
-import warnings
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from optimization.experiments import write_manifest
 from optimization.training import train_run
 from utils.config import Experiment, RunConfig, SearchConfig, search_axes, with_values
-from utils.errors import ConfigError, DivergedError, UserError
+from utils.errors import ConfigError, CorruptFileError, DivergedError, OutputError
 from utils.io import read_own_output, write_json
 from utils.layout import experiment_dir, run_dir, run_label, training_fingerprint
-from utils.lock import manifest_lock
+from utils.lock import manifest_lock, run_lock
 from utils.space import Axis
 
 SEARCH_FILE = "search.json"
-HEARTBEAT_S, GRACE_S = 20, 60  # an RDB trial with no heartbeat for GRACE_S is failed and retried
 OPEN_ATTEMPTS = 4  # opening a database that another worker is creating
+WORKER = "worker"  # a trial's system attribute: the host and experiment folder of the worker that trains it
 
 
 def search_stage(experiment: Experiment, output: Path, force: bool) -> None:
@@ -56,57 +64,114 @@ def run_study(experiment: Experiment, template: RunConfig, output: Path, force: 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
-    cfg, folder = template.search, experiment_dir(output, experiment)
-    study = _open_study(experiment, template, folder)
-    axes = search_axes(template)
-    base = dataclasses.replace(template, search=SearchConfig())  # a trial is a plain run
-    finished = False
-
-    def objective(trial) -> float:
-        nonlocal finished
-        trials = study.get_trials(deepcopy=False)
-        if sum(1 for t in trials if t.number < trial.number and _counts(t)) >= cfg.n_trials:  # another worker took the last
-            trial.set_user_attr("surplus", True)
-            finished = True
-            raise optuna.TrialPruned()
-        retried = next(t for t in trials if t.number == trial.number).system_attrs.get("failed_trial")
-        number = trial.number if retried is None else retried  # a retry resumes the killed trial's folder
-        values = {axis.key: _suggest(trial, axis) for axis in axes}
-        run = with_values(base, values, trial_name(template, number), f"{experiment.source}: {template.name} search")
-        trial.set_user_attr("run", run.name)
-        label = run_label(experiment, run)
-        print(f"{label}: trial {trial.number} of study {study.study_name}: "
-              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
-
-        def report(epoch: int, val_loss: float) -> bool:
-            trial.report(val_loss, epoch)
-            return cfg.pruner != "none" and trial.should_prune()
-
-        start = time.perf_counter()
-        try:
-            metrics = train_run(run, run_dir(output, experiment, run), force=force, label=label, stop_after=report)
-        except DivergedError as err:
-            trial.set_user_attr("error", str(err))
-            raise
-        trial.set_user_attr("seconds", time.perf_counter() - start)
-        write_manifest(experiment, output, trial=(run, template.name))
-        if "pruned" in metrics:
-            raise optuna.TrialPruned()
-        return objective_value(metrics, cfg.objective)
-
-    while not finished and _counted(study) < cfg.n_trials:
-        if cfg.sampler != "grid":  # each trial's draws seeded by its place in the study (one worker: reproducible)
-            study.sampler = _sampler(template, cfg.seed * 1_000_003 + len(study.get_trials(deepcopy=False)))
-        study.optimize(objective, n_trials=1, catch=(DivergedError,), gc_after_trial=False)
-    summary = study_summary(study, template, folder)
+    folder = experiment_dir(output, experiment)
+    with _damage_named(template, folder):
+        study = _open_study(experiment, template, folder)
+        while True:
+            with ExitStack() as held:  # the trial's run lock, released once its result is in the study
+                trial = _next_trial(study, template, folder, held)
+                if trial is None:
+                    break
+                _train_trial(study, trial, experiment, template, output, force)
+        summary = study_summary(study, template, folder)
     with manifest_lock(folder):
         path = folder / SEARCH_FILE
         earlier = read_own_output(path, label=experiment.name) or {"studies": {}}
         earlier["studies"][template.name] = summary
         write_json(path, earlier)
     best = summary["best"]
+    running = [trial_name(template, t["number"]) for t in summary["trials"] if t["state"] == "running"]
     print(f"{experiment.name}/{template.name}: study {study.study_name} has {summary['counted']} trials; best "
-          + (f"{cfg.objective} {best['value']:.4f} ({best['run']})" if best else "none finished"))
+          + (f"{template.search.objective} {best['value']:.4f} ({best['run']})" if best else "none finished")
+          + (f"; still running in other workers: {', '.join(running)}" if running else ""))
+
+
+def _next_trial(study, template: RunConfig, folder: Path, held: ExitStack):
+    """The trial this worker trains next, its run folder locked until `held` closes: a trial of this folder whose
+    worker is gone, resumed, else a new one while the study has fewer than search.n_trials; None once it has
+    them all."""
+    import optuna
+    from optuna.trial import TrialState
+
+    here, wanted = _whereabouts(folder), template.search.n_trials
+    with manifest_lock(folder):  # every worker of this folder creates and claims trials under it
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.system_attrs.get(WORKER) != here:
+                continue  # a trial of another results folder: a rerun there resumes it
+            # A free run lock: its worker was killed, interrupted or stopped by an error (a held one is let go
+            # with `held`).
+            if held.enter_context(run_lock(_trial_dir(folder, template, frozen.number))):
+                print(f"{folder.name}/{trial_name(template, frozen.number)}/seed-{template.seed}: "
+                      f"trial {frozen.number} lost its worker; resuming it")
+                return _seeded_trial(study, template, frozen._trial_id, frozen.number)
+        if _counted(study) >= wanted:
+            return None
+        storage = study._storage  # a trial made with its whereabouts at once: never running without them
+        trial_id = storage.create_new_trial(study._study_id, template_trial=optuna.trial.create_trial(
+            state=TrialState.RUNNING, system_attrs={WORKER: here}))
+        number = storage.get_trial_number_from_id(trial_id)
+        if sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and _counts(t)) >= wanted:
+            storage.set_trial_user_attr(trial_id, "surplus", True)  # a worker of another folder took the last one
+            storage.set_trial_state_values(trial_id, TrialState.PRUNED)
+            return None
+        if not held.enter_context(run_lock(_trial_dir(folder, template, number))):
+            raise OutputError(f"{_trial_dir(folder, template, number)} is in use by another process (another study "
+                              "with the same run names?); set search.study to a study of its own")
+        return _seeded_trial(study, template, trial_id, number)
+
+
+def _whereabouts(folder: Path) -> dict:
+    return {"host": socket.gethostname(), "folder": str(folder.resolve())}
+
+
+def _trial_dir(folder: Path, template: RunConfig, number: int) -> Path:
+    return folder / trial_name(template, number) / f"seed-{template.seed}"
+
+
+def _seeded_trial(study, template: RunConfig, trial_id: int, number: int):
+    """The trial, its draws seeded by its number: the same values for the same finished trials, whichever
+    worker draws them. A grid trial's point is its number (in the grid's order, which search.seed shuffles)."""
+    import optuna
+
+    if template.search.sampler != "grid":
+        study.sampler = _sampler(template, template.search.seed * 1_000_003 + number)
+    return optuna.Trial(study, trial_id)
+
+
+def _train_trial(study, trial, experiment: Experiment, template: RunConfig, output: Path, force: bool) -> None:
+    """Draw the trial's values (a resumed trial keeps those it drew), train its run and tell the study its result.
+    Anything else that ends the training (Ctrl-C, a kill, a full disk) leaves the trial running, for a later
+    worker to resume."""
+    from optuna.trial import TrialState
+
+    values = {axis.key: _suggest(trial, axis) for axis in search_axes(template)}
+    base = dataclasses.replace(template, search=SearchConfig())  # a trial is a plain run
+    run = with_values(base, values, trial_name(template, trial.number), f"{experiment.source}: {template.name} search")
+    trial.set_user_attr("run", run.name)
+    label = run_label(experiment, run)
+    print(f"{label}: trial {trial.number} of study {study.study_name}: "
+          + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()))
+    reported = set(study._storage.get_trial(trial._trial_id).intermediate_values)  # by the worker it resumes
+
+    def report(epoch: int, val_loss: float) -> bool:
+        if epoch not in reported:  # a resumed trial trains again the epoch after its last.pt
+            trial.report(val_loss, epoch)
+        return template.search.pruner != "none" and trial.should_prune()
+
+    start = time.perf_counter()
+    try:
+        metrics = train_run(run, run_dir(output, experiment, run), force=force, label=label, stop_after=report)
+    except DivergedError as err:
+        trial.set_user_attr("error", str(err))
+        study.tell(trial, state=TrialState.FAIL)
+        print(f"{label}: trial {trial.number} failed and counts as a trial: {err}")
+        return
+    trial.set_user_attr("seconds", time.perf_counter() - start)
+    write_manifest(experiment, output, trial=(run, template.name))
+    if "pruned" in metrics:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, objective_value(metrics, template.search.objective))
 
 
 def objective_value(metrics: dict, objective: str) -> float:
@@ -116,7 +181,8 @@ def objective_value(metrics: dict, objective: str) -> float:
 
 
 def _counts(trial) -> bool:
-    """Whether a trial counts toward search.n_trials: all but surplus draws and killed trials (which are retried)."""
+    """Whether a trial counts toward search.n_trials: all but surplus draws and trials failed without an error
+    (by an older version, which failed a killed trial and drew another in its place)."""
     from optuna.trial import TrialState
 
     if trial.user_attrs.get("surplus"):
@@ -140,11 +206,15 @@ def _suggest(trial, axis: Axis):
 def _sampler(template: RunConfig, seed: int):
     import optuna
 
+    class _GridSampler(optuna.samplers.GridSampler):
+        def after_trial(self, *args) -> None:
+            """Nothing: run_study stops at search.n_trials itself (Optuna's grid would stop an optimize loop)."""
+
     cfg = template.search
     if cfg.sampler == "grid":
         space = {axis.key: [v if not isinstance(v, tuple) else str(list(v)) for v in axis.grid(cfg.grid_points)]
                  for axis in search_axes(template)}
-        return optuna.samplers.GridSampler(space, seed=seed)
+        return _GridSampler(space, seed=seed)
     if cfg.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.sampler == "cmaes":
@@ -175,8 +245,7 @@ def storage_url(template: RunConfig, folder: Path) -> str:
 
 
 def _open_storage(template: RunConfig, folder: Path):
-    import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
     url = storage_url(template, folder)
@@ -185,19 +254,45 @@ def _open_storage(template: RunConfig, folder: Path):
         try:
             if url.startswith("journal:"):
                 return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-            with warnings.catch_warnings():  # Optuna marks heartbeats and retries experimental
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                retry = RetryHeartbeatStaleTrialCallback(max_retry=3, inherit_intermediate_values=True)
-                return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
-                                  heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
+            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None)
         except ModuleNotFoundError as err:
-            raise UserError(f"{where}: its database driver is not installed ({err.name}); e.g. pip install "
-                            "psycopg2-binary for postgresql://") from None
+            raise ConfigError(f"{where}: its database driver is not installed ({err.name}); e.g. pip install "
+                              "psycopg2-binary for postgresql://") from None
         except Exception as err:  # a bad URL, an unreachable server, a locked file: SQLAlchemy has many kinds
+            if _damaged(err, url):
+                raise  # for _damage_named
             # Workers that start together race to create the tables; the losers find them made on a second look.
             if attempt + 1 == OPEN_ATTEMPTS or type(err).__name__ not in ("IntegrityError", "OperationalError"):
-                raise UserError(f"{where} cannot be opened: {str(err).splitlines()[0]}") from None
+                raise ConfigError(f"{where} cannot be opened: {str(err).splitlines()[0]}") from None
             time.sleep(1.0 + attempt)
+
+
+def _damaged(err: Exception, url: str) -> bool:
+    """Whether a storage error says that its file is damaged (not that it is locked, say, or unreachable)."""
+    import json
+    import sqlite3
+
+    if url.startswith("journal:"):  # a line that is not JSON (Optuna skips only a half-written last one)
+        return isinstance(err, (json.JSONDecodeError, UnicodeDecodeError))
+    cause = getattr(err, "orig", err)  # SQLAlchemy's error wraps the driver's
+    return isinstance(cause, sqlite3.DatabaseError) and not isinstance(cause, sqlite3.OperationalError)
+
+
+@contextmanager
+def _damage_named(template: RunConfig, folder: Path):
+    """A damaged storage, whenever it is read, is one sentence naming it and the way forward."""
+    try:
+        yield
+    except Exception as err:
+        url = storage_url(template, folder)
+        if not _damaged(err, url):
+            raise
+        ours = url.startswith(("sqlite:///", "journal:"))
+        where = url.split("sqlite:///", 1)[-1].removeprefix("journal:") if ours else f"the database {_redacted(url)}"
+        raise CorruptFileError(where, str(getattr(err, "orig", err)).splitlines()[0],
+                               f"{'remove it' if ours else 'delete its study'} to start the search over (search.storage "
+                               f"of run {template.name}): a new trial that draws the values of a run folder trained "
+                               "before uses it without training again") from None
 
 
 def _redacted(url: str) -> str:
@@ -234,10 +329,10 @@ def _open_study(experiment: Experiment, template: RunConfig, folder: Path):
             changed = sorted(k for k in set(made_with["search"]) | set(settings["search"])
                              if made_with["search"].get(k) != settings["search"].get(k))
             what = f"search.{', search.'.join(changed)}" if changed else "the run's training settings"
-            raise UserError(f"study {name} in {_redacted(storage_url(template, folder))} was made with other "
+            raise ConfigError(f"study {name} in {_redacted(storage_url(template, folder))} was made with other "
                             f"{what}; set search.study to start another study, or delete the old one")
     if study.direction.name.lower() != template.search.direction:
-        raise UserError(f"study {name} in storage seeks to {study.direction.name.lower()}, not "
+        raise ConfigError(f"study {name} in storage seeks to {study.direction.name.lower()}, not "
                         f"{template.search.direction}; set search.study to start another study")
     return study
 

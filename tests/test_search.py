@@ -115,7 +115,6 @@ def test_a_changed_search_is_one_clear_error(write_config, tmp_path):
     assert [t["run"] for t in trials_of(out / "exp")] == ["t000", "t001"]
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the test's own trial, drawn with study.ask()
 def opened_study(write_config, tmp_path, n_trials: int):
     """(the experiment of SEARCH with n_trials, its output folder, its study opened as a worker would)."""
     experiment = load_experiment(write_config(SEARCH.replace("n_trials: 4", f"n_trials: {n_trials}")))
@@ -124,7 +123,6 @@ def opened_study(write_config, tmp_path, n_trials: int):
     return experiment, tmp_path / "out", search._open_study(experiment, experiment.runs[0], folder)
 
 
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_a_draw_past_n_trials_is_surplus_and_trains_nothing(write_config, tmp_path, monkeypatch):
     """When another worker holds the last trial, a worker's draw past n_trials is marked surplus, trains
     nothing and does not count."""
@@ -139,25 +137,6 @@ def test_a_draw_past_n_trials_is_surplus_and_trains_nothing(write_config, tmp_pa
     assert trials[1].user_attrs["surplus"] and trials[1].state.name == "PRUNED" and "run" not in trials[1].user_attrs
     assert not (folder / "t001").exists()
     assert read_json(folder / "search.json")["studies"]["default"]["counted"] == 1
-
-
-@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_a_killed_trial_is_retried_in_its_own_folder(write_config, tmp_path, monkeypatch):
-    """A trial whose worker died (its RDB heartbeat stopped) is failed after the grace period and retried under
-    its original run name, so it resumes from its folder; it is counted once."""
-    monkeypatch.setattr(search, "HEARTBEAT_S", 1)
-    monkeypatch.setattr(search, "GRACE_S", 1)
-    experiment, out, study = opened_study(write_config, tmp_path, n_trials=2)
-    folder = out / "exp"
-    dead = study.ask()
-    study._storage.record_heartbeat(dead._trial_id)  # its worker beat once, then died
-    time.sleep(2.5)  # past the grace period, at the storage clock's whole seconds
-    search.run_study(experiment, experiment.runs[0], out)
-    trials = trials_of(folder)
-    assert trials[0]["state"] == "fail" and not trials[0]["counted"]
-    retry = next(t for t in trials if t["state"] == "complete" and t["run"] == "t000")
-    assert retry["number"] > 0
-    assert sum(t["counted"] for t in trials) == 2 and sorted(t["run"] for t in trials if t["counted"]) == ["t000", "t002"]
 
 
 @pytest.mark.parametrize("storage", ["", "journal:search.journal"])

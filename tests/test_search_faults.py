@@ -1,0 +1,194 @@
+"""Faults of the search stage and of run.py around it: a worker killed or interrupted mid-trial, a damaged study
+database, bad storage URLs, Ctrl-C while run.py starts, two configs on one experiment folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+
+import optimization.search as search
+import run
+from pipeline import run_experiment
+from utils.config import load_experiment
+from utils.io import read_json
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+# TPE after two random trials; three epochs, so that a trial stopped in its second has a last.pt to resume from.
+SEARCH = """
+train: {epochs: 3}
+search:
+  n_trials: 4
+  startup_trials: 2
+  space:
+    train.lr: {loguniform: [0.01, 1.0]}
+    train.batch_size: [4, 8]
+"""
+GRID = SEARCH.replace("{loguniform: [0.01, 1.0]}", "[0.03, 0.3]") + "  sampler: grid\n"
+
+
+def trials_of(out: Path) -> list[dict]:
+    return read_json(out / "exp" / "search.json")["studies"]["default"]["trials"]
+
+
+def outcome(out: Path) -> list[tuple]:
+    """(number, run, state, params, value) of every trial: what an interrupted search must end with, as one that
+    never was."""
+    return [(t["number"], t["run"], t["state"], t["params"], t["value"]) for t in trials_of(out)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The trials of SEARCH and of GRID, each run without interruption."""
+    from tests.conftest import TINY
+
+    results = {}
+    for name, text in (("search", SEARCH), ("grid", GRID)):
+        folder = tmp_path_factory.mktemp(name)
+        (folder / "tiny.yaml").write_text(TINY)
+        (folder / "exp.yaml").write_text("extends: tiny.yaml\n" + text)
+        run_experiment(load_experiment(folder / "exp.yaml"), ["search"], folder / "out")
+        results[name] = outcome(folder / "out")
+    return results
+
+
+def interrupt_trial(monkeypatch, run_name: str, epoch: int) -> None:
+    """Ctrl-C in trial `run_name` after validating its epoch `epoch` (0-based), before that epoch's last.pt."""
+    train = search.train_run
+
+    def interrupted(run, folder, stop_after, **kwargs):
+        def stop(at, val_loss):
+            decision = stop_after(at, val_loss)
+            if run.name == run_name and at == epoch:
+                raise KeyboardInterrupt
+            return decision
+
+        return train(run, folder, stop_after=stop, **kwargs)
+
+    monkeypatch.setattr(search, "train_run", interrupted)
+
+
+@pytest.mark.parametrize("storage", ["", "journal:search.journal", "rdb"])
+def test_an_interrupted_trial_is_resumed_in_its_folder(write_config, tmp_path, monkeypatch, capsys, storage, reference):
+    """Ctrl-C in trial 2 (drawn by TPE) leaves it to the next worker, which resumes it in its folder from its
+    last.pt, under its number and with its values: the search ends with the trials, values included, of a search
+    never interrupted, on SQLite, an RDB URL and the journal."""
+    url = f"sqlite:///{tmp_path / 'elsewhere.db'}" if storage == "rdb" else storage
+    path = write_config(SEARCH + f"  storage: '{url}'\n")
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        interrupt_trial(patch, "t002", epoch=1)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(load_experiment(path), ["search"], out)
+    assert (out / "exp" / "t002" / "seed-42" / "last.pt").is_file()
+    capsys.readouterr()
+    run_experiment(load_experiment(path), ["search"], out)
+    log = capsys.readouterr().out
+    assert "exp/t002/seed-42: trial 2 lost its worker; resuming it" in log
+    assert "exp/t002/seed-42: resuming after epoch 1 of 3" in log
+    assert outcome(out) == reference["search"]
+
+
+def test_an_interrupted_grid_search_covers_its_grid(write_config, tmp_path, monkeypatch, reference):
+    """A grid search interrupted in trial 1 and rerun tries every point of its grid once, all of them counted."""
+    path = write_config(GRID)
+    out = tmp_path / "out"
+    with monkeypatch.context() as patch:
+        interrupt_trial(patch, "t001", epoch=0)
+        with pytest.raises(KeyboardInterrupt):
+            run_experiment(load_experiment(path), ["search"], out)
+    run_experiment(load_experiment(path), ["search"], out)
+    trials = trials_of(out)
+    grid = sorted((lr, size) for lr in (0.03, 0.3) for size in (4, 8))
+    assert sorted((t["params"]["train.lr"], t["params"]["train.batch_size"]) for t in trials) == grid
+    assert all(t["state"] == "complete" and t["counted"] for t in trials)
+    assert outcome(out) == reference["grid"]
+
+
+def test_a_trial_of_a_live_worker_is_left_to_it(write_config, tmp_path, capsys):
+    """A running trial whose run lock another worker holds is that worker's: the search trains the others, says
+    which trial still runs, and claims it only once its worker is gone."""
+    experiment = load_experiment(write_config(SEARCH.replace("n_trials: 4", "n_trials: 2")))
+    template, out = experiment.runs[0], tmp_path / "out"
+    folder = out / "exp"
+    folder.mkdir(parents=True)
+    with ExitStack() as worker:  # another worker of this folder, busy with trial 0
+        study = search._open_study(experiment, template, folder)
+        assert search._next_trial(study, template, folder, worker).number == 0
+        search.run_study(experiment, template, out)
+        assert [(t["run"], t["state"]) for t in trials_of(out)] == [(None, "running"), ("t001", "complete")]
+        assert "still running in other workers: t000" in capsys.readouterr().out
+        assert not (folder / "t000" / "seed-42" / "metrics.json").exists()
+    search.run_study(experiment, template, out)  # its worker is gone (its lock free)
+    assert [(t["run"], t["state"]) for t in trials_of(out)] == [("t000", "complete"), ("t001", "complete")]
+    assert "trial 0 lost its worker; resuming it" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_worker_killed_or_interrupted_mid_trial_is_resumed_by_the_rerun(write_config, tmp_path, sig, reference):
+    """kill -9 or Ctrl-C of a worker in trial 1 (after its first epoch's last.pt): Ctrl-C ends it with one line and
+    exit 130; the rerun resumes trial 1 in its folder and ends with the trials of a search never interrupted."""
+    path = write_config(SEARCH)
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "search", "--output", str(out)]
+    worker = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = out / "exp" / "t001" / "seed-42" / "last.pt"
+    while not last.is_file() and worker.poll() is None:
+        time.sleep(0.01)
+    worker.send_signal(sig)
+    _, err = worker.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert worker.returncode == 130 and err.strip() == "interrupted: rerun the same command to resume", err
+    rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "exp/t001/seed-42: trial 1 lost its worker; resuming it" in rerun.stdout
+    assert "exp/t001/seed-42: resuming after epoch" in rerun.stdout
+    assert outcome(out) == reference["search"]
+
+
+def cli(config: Path, out: Path, capsys, *args: str) -> tuple[int, list[str]]:
+    """run.py's main on `config`: (exit code, the lines of stderr)."""
+    code = run.main(["--config", str(config), "--output", str(out), *args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("damage", ["overwritten", "truncated"])
+def test_a_damaged_study_database_is_one_line_with_the_way_forward(write_config, tmp_path, capsys, damage):
+    """A search.db with overwritten bytes or cut short: one line naming it and how to start over (exit 2), every
+    time; that way forward works and reuses the trained trials."""
+    path = write_config(SEARCH.replace("n_trials: 4", "n_trials: 2"))
+    out = tmp_path / "out"
+    assert cli(path, out, capsys, "--stages", "search")[0] == 0
+    database = out / "exp" / "search.db"
+    data = bytearray(database.read_bytes())
+    if damage == "overwritten":
+        data[4096:len(data):8192] = b"\xa5" * len(data[4096:len(data):8192])  # a byte of every other page
+        data[100:4096] = bytes(3996)
+    else:
+        data = data[:len(data) // 3]
+    database.write_bytes(bytes(data))
+    for _ in range(2):
+        code, lines = cli(path, out, capsys, "--stages", "search")
+        assert code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith(f"error: {database} is corrupt (") and "remove it to start the search over" in lines[0]
+    database.unlink()
+    assert run.main(["--config", str(path), "--output", str(out), "--stages", "search"]) == 0
+    assert capsys.readouterr().out.count("already trained with this config; skipping") == 2
+
+
+@pytest.mark.parametrize("url", ["foo://x", "not a url", "postgresql://lab:secret@127.0.0.1:1/optuna",
+                                 "journal:/nonexistent/folder/search.journal"])
+def test_a_bad_storage_url_is_a_user_error(write_config, tmp_path, capsys, url):
+    """An unknown scheme, no URL at all, a database whose driver is missing, a journal in no folder: exit 2 with
+    one line naming the storage, its password hidden."""
+    code, lines = cli(write_config(SEARCH + f"  storage: '{url}'\n"), tmp_path / "out", capsys, "--stages", "search")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: search.storage of run default (") and "secret" not in lines[0]
