@@ -6,16 +6,27 @@
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
-from pathlib import Path
 
-from pipeline import DEFAULT_STAGES, STAGES, experiment_stages, run_experiment
-from utils import distributed
-from utils.config import Experiment, load_experiment
-from utils.errors import UserError
-from utils.io import output_error
+
+def interrupted() -> int:
+    """Ctrl-C, at any point: one line, and the exit code of a shell's SIGINT."""
+    print("interrupted: rerun the same command to resume", file=sys.stderr)
+    return 130
+
+
+try:  # the libraries take seconds to load (tens on a loaded machine): a Ctrl-C then is one line too
+    import argparse
+    import os
+    from pathlib import Path
+
+    from pipeline import DEFAULT_STAGES, STAGES, experiment_stages, run_experiment
+    from utils import distributed
+    from utils.config import Experiment, load_experiment
+    from utils.errors import UserError
+    from utils.io import output_error
+except KeyboardInterrupt:
+    sys.exit(interrupted())
 
 
 def parse_args(argv):
@@ -81,12 +92,14 @@ def main(argv=None) -> int:
         print(f"error: {problem}", file=sys.stderr)
         return problem.exit_code
     except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+        return interrupted()
     finally:
         distributed.stop()
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # outside main's handlers: parsing the arguments, the last clean-up
+        sys.exit(interrupted())

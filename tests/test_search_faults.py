@@ -192,3 +192,22 @@ def test_a_bad_storage_url_is_a_user_error(write_config, tmp_path, capsys, url):
     code, lines = cli(write_config(SEARCH + f"  storage: '{url}'\n"), tmp_path / "out", capsys, "--stages", "search")
     assert code == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: search.storage of run default (") and "secret" not in lines[0]
+
+
+@pytest.mark.parametrize("module", ["pipeline", "torch", "scipy"])
+def test_ctrl_c_while_run_py_loads_its_libraries_is_one_line(write_config, tmp_path, module):
+    """SIGINT while run.py imports `module` (what takes its first seconds): one line and exit 130, no traceback."""
+    starter = ("import builtins, os, runpy, signal, sys\n"
+               "load = builtins.__import__\n"
+               "def importing(name, *args, **kwargs):\n"
+               f"    if name == {module!r}:\n"
+               "        os.kill(os.getpid(), signal.SIGINT)\n"
+               "    return load(name, *args, **kwargs)\n"
+               "builtins.__import__ = importing\n"
+               f"sys.argv = ['run.py', '--config', {str(write_config(SEARCH))!r}, '--output', {str(tmp_path / 'out')!r},"
+               " '--stages', 'search']\n"
+               "runpy.run_path('run.py', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", starter], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert (done.returncode, done.stderr) == (130, "interrupted: rerun the same command to resume\n")
+    assert not (tmp_path / "out").exists()
