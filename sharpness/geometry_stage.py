@@ -6,8 +6,9 @@ measurement set (data.measurement.measurement_set: the same texts as sharpness.j
 eigen-solver settings.
 
 Work survives a kill at two levels: while a frame's Cauchy sketch is computed, geometry_sketch_<frame>.npy
-(and its .json state) hold the finished rows; a finished frame is kept in geometry.partial.json until the
-run's geometry.json is written. Each frame records the settings it depends on (`stamp`), so a frame whose
+(and its .json state, with a checksum per finished row, verified on resuming) hold the finished rows; a
+finished frame is kept in geometry.partial.json until the run's geometry.json is written; `hvps` and
+`hvp_total` count the work behind the figures, whichever run did it. Each frame records the settings it depends on (`stamp`), so a frame whose
 settings did not change, for instance the original frame after geometry.rotation changed, is not measured
 again.
 """
@@ -105,16 +106,17 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
             write_json(folder / PARTIAL, {"frames": result})
         timings = {f"{frame}_s": result[frame]["time_s"] for frame in frames}
         timings["total_s"] = time.perf_counter() - start
+        hvps = sum(result[frame]["hvps"] for frame in frames)  # kept frames' too: all the work behind the file
         write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
                                  "settings": settings, "device": str(device), "dim": objective.dim,
                                  "n_tokens": objective.n_tokens, "texts": texts.counts(),
                                  "measurement_indices": measurement.indices, "frames": result,
-                                 "hvp_total": objective.hvp_count, "timings": timings})
+                                 "hvp_total": hvps, "timings": timings})
         remove(folder / PARTIAL)
         line = ", ".join(f"{frame}: ‖H‖₁,₁/d {result[frame]['l11']['median']['per_coordinate']:.3g}, "
                          f"‖H‖₂ {result[frame]['spectral']['value']:.3g}, ratio {result[frame]['ratio']['median']:.3g}"
                          for frame in frames)
-        print(f"{label}: {line}; {objective.hvp_count} HVPs, {timings['total_s']:.1f} s")
+        print(f"{label}: {line}; {hvps} HVPs, {timings['total_s']:.1f} s")
         del objective, trained
         if device.type == "cuda":
             torch.cuda.empty_cache()
