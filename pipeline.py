@@ -80,7 +80,8 @@ def run_experiment(experiment: Experiment, stages: list[str], output: Path, forc
             distributed.barrier()  # rank 0 does this stage alone
             continue
         # Rank 0 holds the lock for the whole job: the other ranks write nothing.
-        with experiment_lock(folder, shared=stage in SHARED_STAGES) if distributed.writes() else nullcontext():
+        lock = experiment_lock(folder, shared=stage in SHARED_STAGES, stage=stage)
+        with lock if distributed.writes() else nullcontext():
             if stage not in SHARED_STAGES and not cleaned:
                 for leftover in remove_interrupted_writes(folder):
                     print(f"{experiment.name}: removed {leftover}, left by an interrupted write")

@@ -8,6 +8,7 @@ from pathlib import Path
 from optimization.training import train_run
 from utils import distributed
 from utils.config import Experiment, RunConfig
+from utils.errors import OutputError
 from utils.io import read_own_output, write_json
 from utils.layout import MANIFEST, experiment_dir, run_dir, run_label
 from utils.lock import manifest_lock, run_lock
@@ -16,13 +17,19 @@ from utils.lock import manifest_lock, run_lock
 def write_manifest(experiment: Experiment, output: Path, trial: tuple[RunConfig, str] | None = None) -> None:
     """<output>/<experiment>/experiment.json: the runs (in config order), seeds, the config's `stages:`
     and resolved configs, so readers of the results (report, notebook) need not re-read the YAML files.
+    An experiment folder is one config file's: another file with the same experiment name is refused (OutputError).
     Runs trained by earlier invocations (`--runs`) stay listed. A search's templates are not runs; its
     trained trials are (`trial`: a trial's config and its template's name), listed under "trials" too."""
     if not distributed.writes():  # torchrun: rank 0 writes it
         return
     folder = experiment_dir(output, experiment)
+    config_path = str(Path(experiment.source).resolve())
     with manifest_lock(folder):  # search workers add their trials side by side
         earlier = read_own_output(folder / MANIFEST, label=experiment.name) or {}
+        if earlier.get("config_path", config_path) != config_path:  # its runs' folders are another config's
+            raise OutputError(f"{folder} holds the experiment {experiment.name} of another config, "
+                              f"{earlier['config_path']} (experiment.json); give {experiment.source} another "
+                              "`experiment:` name or --output")
         configs, trials = earlier.get("configs", {}), earlier.get("trials", {})
         configs.update({run.name: run.to_dict() for run in experiment.runs if not run.search.n_trials})
         if trial is not None:
@@ -31,6 +38,7 @@ def write_manifest(experiment: Experiment, output: Path, trial: tuple[RunConfig,
         write_json(folder / MANIFEST, {
             "experiment": experiment.name,
             "config_file": str(experiment.source),
+            "config_path": config_path,
             "seeds": experiment.seeds,
             "stages": experiment.stages,
             "runs": list(configs),

@@ -211,3 +211,58 @@ def test_ctrl_c_while_run_py_loads_its_libraries_is_one_line(write_config, tmp_p
                           timeout=120)
     assert (done.returncode, done.stderr) == (130, "interrupted: rerun the same command to resume\n")
     assert not (tmp_path / "out").exists()
+
+
+# ---- one experiment folder, one config
+
+def two_configs(tmp_path: Path) -> list[Path]:
+    """Two config files of one experiment name (exp), with other learning rates."""
+    from tests.conftest import TINY
+
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    paths = []
+    for name, lr in (("a", 0.3), ("b", 0.1)):
+        (tmp_path / name).mkdir()
+        paths.append(tmp_path / name / "exp.yaml")
+        paths[-1].write_text(f"extends: ../tiny.yaml\ntrain: {{epochs: 1, lr: {lr}}}\n")
+    return paths
+
+
+def test_two_configs_run_together_on_one_experiment_folder(tmp_path):
+    """Two configs named alike, trained at once into one --output: one trains, the other stops with one line
+    naming the first (exit 2), and experiment.json describes the checkpoints that are there."""
+    out = tmp_path / "out"
+    commands = [[sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "train", "--output", str(out)]
+                for path in two_configs(tmp_path)]
+    workers = [subprocess.Popen(c, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for c in commands]
+    ends = [(w.wait(timeout=300), w.stderr.read().strip().splitlines()) for w in workers]
+    assert sorted(code for code, _ in ends) == [0, 2], ends
+    trained = [code for code, _ in ends].index(0)
+    refused = ends[1 - trained][1]
+    assert len(refused) == 1 and f"holds the experiment exp of another config, {commands[trained][3]}" in refused[0]
+    manifest = read_json(out / "exp" / "experiment.json")
+    assert manifest["config_path"] == commands[trained][3]
+    metrics = read_json(out / "exp" / "default" / "seed-42" / "metrics.json")
+    assert manifest["configs"]["default"]["train"]["lr"] == metrics["config"]["train"]["lr"] == [0.3, 0.1][trained]
+
+
+def test_a_refused_process_is_told_which_stage_holds_the_folder(tmp_path, capsys):
+    """The report stage, refused while a train stage holds the folder's lock (shared), names that process and
+    its stage."""
+    first, _ = two_configs(tmp_path)
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from utils.lock import experiment_lock\n"
+         f"with experiment_lock({str(out / 'exp')!r}, shared=True, stage='train'):\n"
+         "    print('held', flush=True); time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        (out / "exp" / "experiment.json").write_text("{}")
+        code, lines = cli(first, out, capsys, "--stages", "report")
+        assert code == 2 and len(lines) == 1, lines
+        assert f"in use by pid {holder.pid} on host {os.uname().nodename} (the train stage, started" in lines[0]
+        assert "search workers" not in lines[0]
+    finally:
+        holder.kill()
+        holder.wait()
