@@ -121,3 +121,34 @@ def test_adamw_decays_decoupled_by_hand():
     v_hat = (1 - beta2) * g**2 / (1 - beta2)
     expected = w0 * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
     assert torch.allclose(history[0][0], expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "adasgd", "blockadam"])
+@pytest.mark.parametrize("taken", [1, 4, 20])
+def test_the_preconditioner_divides_the_next_steps_momentum_bias_correction_included(name, taken):
+    """P = (1 − β₁^(t+1))·(√v̂ + ε) after t steps: the next step moves θ by η·m/P, m the momentum after it.
+    A next gradient with g² = v̂ (blockwise for BlockAdam) leaves v̂ unchanged, so that step shows P exactly."""
+    from optimization.optimizers import diagonal_preconditioner
+
+    torch.manual_seed(taken)
+    weights = [torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64)),
+               torch.nn.Parameter(torch.randn(5, dtype=torch.float64))]
+    beta1, beta2, lr = 0.9, 0.999, 0.1
+    optimizer = make_optimizer(weights, TrainConfig(optimizer=name, lr=lr, betas=[beta1, beta2], weight_decay=0.0))
+    for _ in range(taken):
+        for w in weights:
+            w.grad = torch.randn_like(w)
+        optimizer.step()
+    preconditioner = diagonal_preconditioner(optimizer, weights)
+    eps = optimizer.param_groups[0]["eps"]
+    v_hat = ((preconditioner / (1 - beta1 ** (taken + 1)) - eps) ** 2).split([12, 5])
+    before = [w.detach().clone() for w in weights]
+    momentum = []
+    for w, v in zip(weights, v_hat):
+        w.grad = v.sqrt().reshape(w.shape).clone()
+        momentum.append(beta1 * optimizer.state[w]["exp_avg"] + (1 - beta1) * w.grad)
+    optimizer.step()
+    moved = torch.cat([(b - w.detach()).reshape(-1) for b, w in zip(before, weights)])
+    assert torch.allclose(moved, lr * torch.cat([m.reshape(-1) for m in momentum]) / preconditioner, rtol=1e-9)
+    assert torch.allclose(diagonal_preconditioner(optimizer, weights) / (1 - beta1 ** (taken + 2)),
+                          preconditioner / (1 - beta1 ** (taken + 1)), rtol=1e-9)  # √v̂ + ε itself unchanged
