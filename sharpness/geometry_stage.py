@@ -15,10 +15,12 @@ again.
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
 
+import psutil
 import torch
 
 from data.corpus import load_texts
@@ -26,9 +28,10 @@ from data.measurement import measurement_set
 from models.checkpoint import load_trained
 from optimization.objective import Objective
 from optimization.rotation import build_rotation
-from sharpness.geometry import measure_frame, remove_sketch
+from sharpness.geometry import CHUNK, measure_frame, remove_sketch
 from utils.config import Experiment, RunConfig
 from utils.device import resolve_device
+from utils.errors import ConfigError
 from utils.io import fingerprint, read_own_output, remove, write_json
 from utils.layout import run_label, trained_runs, trained_with
 from utils.progress import progress
@@ -51,6 +54,22 @@ def frame_stamps(run: RunConfig, checkpoint: str, frame: str) -> tuple[str, str]
     results = {**sketch, "bootstrap": g.bootstrap, "confidence": g.confidence, "frobenius_probes": g.frobenius_probes,
                "eigen": [s.max_iter, s.tol]}
     return fingerprint(results), fingerprint(sketch)
+
+
+def check_sketch_fits(k: int, dim: int, sketches: list[Path], label: str) -> None:
+    """Refuse, before any file is made, a Cauchy sketch (k × d float32 on disk, for each of the frames still to
+    measure, whose `sketches` are made one at a time and each removed when done) that the disk cannot hold, or
+    whose statistics (a few k × CHUNK float64 arrays at a time) the memory cannot."""
+    if not sketches:
+        return
+    folder = sketches[0].parent
+    disk = 4 * k * dim
+    free = shutil.disk_usage(folder).free + max(p.stat().st_size if p.is_file() else 0 for p in sketches)
+    memory, available = 4 * 8 * k * min(dim, CHUNK), psutil.virtual_memory().available  # row_estimates' copies
+    if disk > free or memory > available:
+        raise ConfigError(f"{label}: geometry.cauchy_vectors {k} needs a {k} × {dim} float32 sketch ({disk / 1e9:.3g} GB "
+                          f"on disk, {memory / 1e9:.3g} GB of memory), but {folder} has {free / 1e9:.3g} GB free and "
+                          f"{available / 1e9:.3g} GB of memory are available; lower geometry.cauchy_vectors")
 
 
 def _bar(total: int, desc: str):
@@ -83,6 +102,8 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
         measurement = measurement_set(texts.train, run.sharpness, trained.tokenizer, run.data.max_length)
         objective = Objective(trained.model, measurement.batches, hvp_mode=run.sharpness.hvp)
         names, numels = list(objective.names), [p.numel() for p in objective.params]
+        check_sketch_fits(run.geometry.cauchy_vectors, objective.dim,
+                          [folder / f"geometry_sketch_{frame}.npy" for frame in frames if frame not in finished], label)
         start = time.perf_counter()
         result = {}
         for frame in frames:
