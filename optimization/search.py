@@ -275,7 +275,7 @@ def _damaged(err: Exception, url: str) -> bool:
     if url.startswith("journal:"):  # a line that is not JSON (Optuna skips only a half-written last one)
         return isinstance(err, (json.JSONDecodeError, UnicodeDecodeError))
     cause = getattr(err, "orig", err)  # SQLAlchemy's error wraps the driver's
-    return isinstance(cause, sqlite3.DatabaseError) and not isinstance(cause, sqlite3.OperationalError)
+    return isinstance(cause, sqlite3.DatabaseError) and cause.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
 
 
 @contextmanager
