@@ -46,27 +46,37 @@ from utils.config import RunConfig
 from utils.device import PeakMemory, device_name, resolve_device
 from utils.errors import CorruptFileError, DivergedError, UserError
 from utils.io import atomic_dir, make_dir, read_json, remove, verify, versions, write_json
-from utils.layout import TRAJECTORY, base_folder, base_weights, started_from, training_fingerprint
+from utils.layout import TRAJECTORY, TRAJECTORY_INDEX, base_folder, base_weights, started_from, training_fingerprint
 from utils.progress import progress
 
 
 def is_trained(run: RunConfig, run_dir: Path, label: str = "") -> bool:
-    """Whether run_dir holds the finished training of this config, intact. A corrupt metrics.json,
-    init.pt, checkpoint.pt or tokenizer/ is reported and counts as not trained, so the run is trained again."""
+    """Whether run_dir holds the finished training of this config, intact. Only the train stage writes metrics.json,
+    init.pt, checkpoint.pt, tokenizer/ and what it measures along the way (track.json, the trajectory), so any of them
+    missing, corrupt, or (track.json) of another training counts as not trained, and the run is trained again."""
     metrics, weights = run_dir / "metrics.json", [run_dir / "init.pt", run_dir / "checkpoint.pt"]
-    extras = [run_dir / name for name, on in (("track.json", run.train.track.every),
-                                              (TRAJECTORY, run.train.trajectory.every)) if on]
-    if not (metrics.is_file() and all(w.is_file() for w in weights + extras)):
+    track, (rows, steps) = run_dir / "track.json", (run_dir / TRAJECTORY, run_dir / TRAJECTORY_INDEX)
+    along = ([track] if run.train.track.every else []) + ([rows, steps] if run.train.trajectory.every else [])
+    absent = [path.name for path in [metrics, *weights, *along] if not path.is_file()]
+    if absent:
+        if metrics.is_file():  # a finished run that lost a file, not one that never finished
+            print(f"{label}: {', '.join(absent)} missing; training again")
         return False
     try:
-        if read_json(metrics).get("fingerprint") != training_fingerprint(run):
+        trained = read_json(metrics).get("fingerprint")
+        if trained != training_fingerprint(run):
             return False
         if run.model.base_run and started_from(run_dir) != base_weights(run, run_dir):
             print(f"{label}: its base run {run.model.base_run} holds other weights now; training again")
             return False
-        for path in weights + [run_dir / TOKENIZER_DIR]:
+        for path in weights + [run_dir / TOKENIZER_DIR] + ([rows] if rows in along else []):
             if path.exists():
                 verify(path)
+        if steps in along:
+            read_json(steps)
+        if track in along and read_json(track).get("fingerprint") != trained:
+            print(f"{label}: {track} was measured along another training; training again")
+            return False
     except CorruptFileError as err:
         print(f"{label}: warning: {err}; training again")
         return False

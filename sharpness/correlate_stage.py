@@ -7,6 +7,10 @@ loss − training loss, both at the final weights in eval mode), its test loss, 
 a bootstrap interval over the points, and, where the points form a full grid of the varied settings, Jiang
 et al.'s (2020) granulated Kendall coefficient per setting. Writes <experiment>/correlation.json; the
 report draws it (one scatter per measure, coloured by a varied setting: correlate.color_by).
+
+A damaged input (metrics.json, sharpness.json, geometry.json) stops the stage with the command that makes it
+again; a listed (run, seed) that is not trained as listed is left out, named on the console and in
+correlation.json's `left_out`, with why.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from pathlib import Path
 from sharpness.correlation import granulated_kendall, is_grid, rank_correlations
 from utils.config import Experiment
 from utils.errors import UserError
-from utils.layout import experiment_dir
+from utils.layout import experiment_dir, stage_command
 from utils.io import write_json
-from utils.results import CORRELATION_FILE, correlation_points, load_results, points_fingerprint
+from utils.results import CORRELATION_FILE, correlation_points, load_results, points_fingerprint, redo_stages
+
+POINT_STAGES = ("train", "sharpness", "geometry")  # the stages whose files the points are read from
 
 
 def correlate(points: dict, resamples: int, confidence: float, seed: int) -> dict:
@@ -40,7 +46,13 @@ def correlate(points: dict, resamples: int, confidence: float, seed: int) -> dic
 
 def correlate_stage(experiment: Experiment, output: Path, force: bool) -> None:
     results = load_results(output, experiment.name)
+    damaged = [(err, stage) for err, stage in results.corrupt if stage in POINT_STAGES]
+    if damaged:  # a point without its numbers would silently change every statistic
+        stages = redo_stages([stage for _, stage in damaged], results.stages)
+        raise damaged[0][0].needing(f"regenerate it with: {stage_command(experiment, output, stages)}")
     points = correlation_points(results)
+    for point in points["left_out"]:
+        print(f"{experiment.name}: note: {point['run']}/seed-{point['seed']} left out ({point['why']})")
     if len(points["points"]) < 3:
         raise UserError(f"{experiment.name}: correlate needs at least 3 trained runs (or seeds), found "
                         f"{len(points['points'])}; train more (a `sweep:` makes many)")
@@ -61,7 +73,7 @@ def correlate_stage(experiment: Experiment, output: Path, force: bool) -> None:
                       "gap": "test loss − training loss, both at the final weights (metrics.json)",
                       "settings": {"resamples": settings.resamples, "confidence": settings.confidence,
                                    "seed": settings.seed, "color_by": color_by},
-                      **stats, "points": points["points"]})
+                      **stats, "points": points["points"], "left_out": points["left_out"]})
     strongest = sorted(stats["measures"].items(), key=lambda kv: -abs(kv[1]["vs_gap"]["kendall_tau"])
                        if kv[1]["vs_gap"]["kendall_tau"] == kv[1]["vs_gap"]["kendall_tau"] else 0)[:3]
     print(f"{experiment.name}: strongest with the gap: " + ", ".join(

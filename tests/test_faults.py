@@ -367,7 +367,7 @@ def test_the_report_names_a_corrupt_result_and_the_command_that_regenerates_it(d
     assert main(config, out, "--stages", "report") == 2
     line = error_line(capsys)
     assert f"{out / RUN / 'sharpness.json'} is corrupt" in line
-    assert f"--config {config} --stages sharpness --output {out}" in line
+    assert f"--config {config} --stages sharpness,report --output {out}" in line  # the report made again too
     results = load_results(out, "exp")  # what the notebook shows instead of failing
     assert any("sharpness.json is corrupt" in item for item in results.missing)
     assert "a" not in results.sharpness

@@ -67,10 +67,10 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
     intact (metrics.json parses; init.pt, checkpoint.pt and tokenizer/ match their checksums)."""
     jobs = [(run, run_dir(output, experiment, run)) for run in experiment.jobs()]
     for run, folder in jobs:
-        for name in ("checkpoint.pt", "metrics.json"):
+        for name in ("checkpoint.pt", "metrics.json", "init.pt"):  # init.pt: θ₀, and a LoRA run's frozen weights
             if not (folder / name).is_file():
-                raise UserError(f"{folder / name} not found: run the train stage first "
-                                f"(--stages train) for {run_label(experiment, run)}")
+                raise UserError(f"{folder / name} not found: run the train stage first, with: "
+                                f"{stage_command(experiment, output, 'train', run)}")
         try:
             trained = read_json(folder / "metrics.json").get("fingerprint")
             for name in ("init.pt", "checkpoint.pt", "tokenizer"):

@@ -49,13 +49,21 @@ class ExperimentResults:
     correlation: dict | None = None      # <experiment>/correlation.json, while computed from the current results
     figures: dict[str, Path] = field(default_factory=dict)  # stem -> PNG drawn from the current data
     missing: list[str] = field(default_factory=list)
+    redo: list[str] = field(default_factory=list)           # the stages that make what is missing
+    left_out: list[dict] = field(default_factory=list)      # {"run", "seed", "why"}: listed, but not trained as listed
     ignored: list[str] = field(default_factory=list)        # what is on disk but not used, and why
     corrupt: list[tuple[CorruptFileError, str]] = field(default_factory=list)  # damaged files, the stage to redo
+
+    def lack(self, what: str, stage: str) -> None:
+        """A result that is missing or not current, which running `stage` makes."""
+        self.missing.append(what)
+        if stage not in self.redo:
+            self.redo.append(stage)
 
     def absent(self, stage: str, what: str) -> None:
         """A result that was never made: missing if the experiment runs `stage`, else not expected."""
         if stage in self.stages:
-            self.missing.append(what)
+            self.lack(what, stage)
 
     def read(self, path: Path, stage: str, reader=read_json):
         """`reader(path)`, or None for a corrupt file, which is recorded with the stage that writes it."""
@@ -63,8 +71,17 @@ class ExperimentResults:
             return reader(path)
         except CorruptFileError as err:
             self.corrupt.append((err, stage))
-            self.missing.append(f"{path.relative_to(self.folder)} is corrupt (run the {stage} stage again)")
+            self.lack(f"{path.relative_to(self.folder)} is corrupt (run the {stage} stage again)", stage)
             return None
+
+
+def redo_stages(stages: list[str], experiment_stages: list[str]) -> str:
+    """--stages for a command that makes what `stages` make and leaves every result current: a retraining replaces
+    the run's later results (so all of the experiment's stages run), and the correlation and the report read every
+    result. Each stage redoes only what is missing or not current."""
+    needed = {*stages, "report"} | (set(experiment_stages) if "train" in stages else set()) | \
+        ({"correlate"} & set(experiment_stages))
+    return ",".join(dict.fromkeys(s for s in [*experiment_stages, *stages, "report"] if s in needed))
 
 
 def find_experiments(output: str | Path) -> list[str]:
@@ -122,23 +139,30 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
         results.seeds[run] = []
         for seed, fingerprint in expected[run].items():
             seed_dir, label = folder / run / f"seed-{seed}", f"{run}/seed-{seed}"
-            if not (seed_dir / "metrics.json").is_file() or not (seed_dir / "checkpoint.pt").is_file():
-                results.missing.append(f"training of {label} (no metrics.json or checkpoint.pt)")
+            absent = [name for name in ("metrics.json", "checkpoint.pt") if not (seed_dir / name).is_file()]
+            if absent:
+                results.left_out.append({"run": run, "seed": seed, "why": f"not trained (no {' or '.join(absent)})"})
+                results.lack(f"training of {label} (no {' or '.join(absent)}; run the train stage)", "train")
                 continue
             metrics = results.read(seed_dir / "metrics.json", "train")
             if metrics is None:
+                results.left_out.append({"run": run, "seed": seed, "why": "its metrics.json is corrupt"})
                 continue
             if metrics.get("fingerprint") != fingerprint:
+                results.left_out.append({"run": run, "seed": seed, "why": "trained with other settings than "
+                                                                          "experiment.json lists"})
                 results.ignored.append(f"{label} (trained with other settings than experiment.json lists)")
-                results.missing.append(f"training of {label} with the settings of experiment.json "
-                                       "(run the train stage)")
+                results.lack(f"training of {label} with the settings of experiment.json (run the train stage)", "train")
                 continue
+            if not (seed_dir / "init.pt").is_file():  # its results stand, but no later stage can load the run
+                results.lack(f"init.pt of {label}, the weights before training that later stages load (run the "
+                             "train stage)", "train")
             results.seeds[run].append(seed)
             results.trained_with.setdefault(run, {})[seed] = trained_with(seed_dir)
             results.metrics.setdefault(run, {})[seed] = metrics
             sources.update(_load_run_files(results, run, seed, seed_dir))
         if not results.seeds[run]:
-            results.missing.append(f"training of run {run} (no finished seed)")
+            results.lack(f"training of run {run} (no finished seed; run the train stage)", "train")
     sources.update(_load_pairs(results))
     search = folder / "search.json"
     results.search = results.read(search, "search") if search.is_file() else None
@@ -147,8 +171,8 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
         if drawn_from(folder / "figures", stem, source):
             results.figures[stem] = folder / "figures" / f"{stem}.png"
         else:
-            results.missing.append(f"figure {stem} (not drawn from the current {source.name}; "
-                                   "run the landscape stage)")
+            results.lack(f"figure {stem} (not drawn from the current {source.name}; run the landscape stage)",
+                         "landscape")
     return results
 
 
@@ -183,14 +207,14 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
         if data is None:
             results.absent(stage, f"{what} of {label} (no {path.name})")
         elif data.get("checkpoint") != fingerprint:
-            results.missing.append(f"{what} of {label} (measured on other weights; run the {stage} stage)")
+            results.lack(f"{what} of {label} (measured on other weights; run the {stage} stage)", stage)
         else:
             store.setdefault(run, {})[seed] = data
     if config["train"].get("track", {}).get("every"):
         path = seed_dir / "track.json"
         data = results.read(path, "train") if path.is_file() else None
         if data is None or data.get("fingerprint") != results.metrics[run][seed]["fingerprint"]:
-            results.missing.append(f"sharpness along training of {label} (no current track.json; run the train stage)")
+            results.lack(f"sharpness along training of {label} (no current track.json; run the train stage)", "train")
         else:
             results.track.setdefault(run, {})[seed] = data
 
@@ -199,8 +223,8 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     if data is None:
         results.absent("landscape", f"init-to-final interpolation of {label} (no interpolation.json)")
     elif data.get("checkpoint") != fingerprint:
-        results.missing.append(f"init-to-final interpolation of {label} (computed from other weights; "
-                               "run the landscape stage)")
+        results.lack(f"init-to-final interpolation of {label} (computed from other weights; run the landscape "
+                     "stage)", "landscape")
     else:
         results.init_to_final.setdefault(run, {})[seed] = data
         sources[f"init_to_final_{name}"] = line
@@ -213,11 +237,11 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
     if data is None:
         return sources
     if "done" not in data or str(data.get("checkpoint")) != fingerprint:
-        results.missing.append(f"2D surface of {label} (computed from other weights or by an older version; "
-                               "run the landscape stage)")
+        results.lack(f"2D surface of {label} (computed from other weights or by an older version; run the "
+                     "landscape stage)", "landscape")
     elif not data["done"].all():
-        results.missing.append(f"2D surface of {label} (unfinished: {int(data['done'].sum())} of "
-                               f"{data['done'].size} points; run the landscape stage)")
+        results.lack(f"2D surface of {label} (unfinished: {int(data['done'].sum())} of {data['done'].size} "
+                     "points; run the landscape stage)", "landscape")
     else:
         results.surfaces.setdefault(run, {})[seed] = data
         sources.update({f"surface_2d_{name}": surface, f"surface_3d_{name}": surface})
@@ -235,8 +259,8 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
         if [results.trained_with.get(run, {}).get(seed) for run in (a, b)] == pair.get("checkpoints"):
             current.append(pair)
         else:
-            results.missing.append(f"interpolation {a} → {b}, seed {seed} (computed from other weights than "
-                                   "the current checkpoints)")
+            results.lack(f"interpolation {a} → {b}, seed {seed} (computed from other weights than the current "
+                         "checkpoints; run the landscape stage)", "landscape")
     found = {(tuple(pair["runs"]), pair["seed"]) for pair in data["pairs"] + data.get("incomparable", [])}
     results.incomparable = [f"{pair['runs'][0]} → {pair['runs'][1]}, seed {pair['seed']}"
                             for pair in data.get("incomparable", [])]
@@ -771,7 +795,8 @@ def _flat_config(config: dict, prefix: str = "") -> dict:
 
 def correlation_points(results: ExperimentResults) -> dict:
     """Every trained (run, seed) as a point: its settings that vary between points (the axes, plus `seed`
-    when several), its generalization gap (test − final train loss) and test loss, and each measure."""
+    when several), its generalization gap (test − final train loss) and test loss, and each measure; and the
+    listed (run, seed) pairs left out, with why."""
     quantities = run_quantities(results)
     names = [name for name in quantities if name.split("@")[0] in CORRELATED]
     points = []
@@ -789,7 +814,7 @@ def correlation_points(results: ExperimentResults) -> dict:
     for point in points:
         point["axes"] = {key: point["settings"].get(key) for key in axes}
         del point["settings"]
-    return {"axes": axes, "points": points,
+    return {"axes": axes, "points": points, "left_out": results.left_out,
             "measures": [name for name in names if sum(p["measures"][name] is not None for p in points) >= 3]}
 
 
@@ -806,8 +831,8 @@ def _load_correlation(results: ExperimentResults) -> dict[str, Path]:
         results.absent("correlate", f"the correlation of the measures with generalization (no {CORRELATION_FILE})")
         return {}
     if data.get("inputs") != points_fingerprint(correlation_points(results)):
-        results.missing.append(f"{CORRELATION_FILE} (computed from other results than the current ones; run the "
-                               "correlate stage)")
+        results.lack(f"{CORRELATION_FILE} (computed from other results than the current ones; run the correlate "
+                     "stage)", "correlate")
         return {}
     results.correlation = data
     return {}

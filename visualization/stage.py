@@ -206,9 +206,10 @@ def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.
     and the path on them: its coordinates (θ_t − θ_f)·dᵢ, the steps they were saved at, the explained variance."""
     rows_path, index_path = job.folder / TRAJECTORY, job.folder / TRAJECTORY_INDEX
     retrain = job.retrain
-    if not (rows_path.is_file() and index_path.is_file()):
-        raise UserError(f"{job.label}: landscape.directions is pca but {rows_path} does not exist; train the run with "
-                        f"train.trajectory.every > 0 ({retrain})")
+    absent = [path.name for path in (rows_path, index_path) if not path.is_file()]
+    if absent:  # the train stage, which writes both, trains a run again that lacks either
+        raise UserError(f"{job.label}: landscape.directions is pca but {job.folder} has no {' or '.join(absent)}; "
+                        f"train the run with train.trajectory.every > 0 ({retrain})")
     try:
         verify(rows_path)
         steps = read_json(index_path)["steps"]
