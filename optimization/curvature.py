@@ -24,6 +24,9 @@ yet. On 400 runs on quadratics with clustered negative spectra (tol 1e-2 and 1e-
 alone stopped with λ_min off by more than tol·s 22 times (up to 11 tol·s); this rule once (by 1.09 tol·s),
 for 18 instead of 9 HVPs on average.
 
+The residuals in the loop come from the Lanczos recurrence; `true_residuals` measures each one as ‖Hx − θx‖
+after the loop (one product per estimate): what the sharpness stage and the tracker record.
+
 Both record the λ_max estimate after every product, so their cost to a given accuracy can be compared.
 """
 
@@ -99,14 +102,21 @@ def power_iteration(matvec: MatVec, dim: int, *, max_iter: int, tol: float, seed
 
 def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, seed: int = 0, device="cpu",
             dtype=torch.float32, progress=None, start: torch.Tensor | None = None, stable_steps: int = MIN_STABLE_STEPS,
-            bottom: bool = True, residual_test: bool = True) -> EigenResult:
+            bottom: bool = True, residual_test: bool = True, true_residuals: bool = False) -> EigenResult:
     """`start`: the first Krylov vector (e.g. the top eigenvector of a nearby matrix, a warm start that
     converges in a few products); a random one drawn from `seed` when None. `stable_steps`: the shortest
     window over which a converged Ritz value must have stayed put (see the module's docstring). `bottom`:
     whether the smallest eigenvalue is estimated too (and must converge before Lanczos stops).
     `residual_test`: whether a converged Ritz value's residual must also be within tol·s (without it, a value
     that stayed put converges: an eigenvalue's error is about the residual squared over the gap, so a warm
-    start near the eigenvector has its value long before its residual is small)."""
+    start near the eigenvector has its value long before its residual is small). Every stage and the tracker
+    use these two at their defaults, the rule of the module's docstring; bench/tracking_misses.py sets them
+    to the tracker's old rule for its "before" column. `true_residuals`: whether every
+    estimate (the top k and the smallest) carries ‖Hx − θx‖ measured with one more product each, instead of
+    the recurrence's β·|last component of the Ritz vector|: the two agree in exact arithmetic, but the
+    recurrence's keeps falling (to 1e-22 and below) where a float32 product cannot show a residual below
+    about 1e-7·‖H‖. Either way the stopping rule uses the recurrence's (it is free at every step); the extra
+    products are not in `matvecs` (one per Lanczos step, as `history`)."""
     basis: list[torch.Tensor] = []
     alphas: list[float] = []
     betas: list[float] = []
@@ -139,9 +149,19 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
             break
         betas.append(beta)
         q = w / beta
-    coefficients = ritz_vectors[:, -1].to(device=device, dtype=dtype)
-    eigenvector = sum(c * b for c, b in zip(coefficients, basis))
-    return EigenResult(top, smallest[0] if bottom else None, eigenvector / eigenvector.norm(), len(alphas), history)
+
+    def ritz_vector(column: int) -> torch.Tensor:
+        x = sum(c * b for c, b in zip(ritz_vectors[:, column].to(device=device, dtype=dtype), basis))
+        return x / x.norm()
+
+    def measured(estimate: Estimate, x: torch.Tensor) -> Estimate:
+        return Estimate(estimate.value, float((matvec(x) - estimate.value * x).norm()), estimate.converged)
+
+    if true_residuals:
+        top = [measured(estimate, ritz_vector(-1 - rank)) for rank, estimate in enumerate(top)]
+        smallest = [measured(estimate, ritz_vector(0)) for estimate in smallest]
+    eigenvector = ritz_vector(-1)
+    return EigenResult(top, smallest[0] if bottom else None, eigenvector, len(alphas), history)
 
 
 def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: int, tolerance: float,

@@ -163,6 +163,32 @@ def test_lanczos_flags_lambda_max_and_lambda_min_separately_with_their_residuals
         assert min(abs(estimate.value - s) for s in spectrum) <= estimate.residual * (1 + 1e-9) + 1e-12
 
 
+def test_lanczos_records_the_true_residual_where_its_recurrence_falls_below_float32():
+    """A float32 quadratic with a known spectrum: the recurrence's residual of a converged top pair falls far
+    below what a float32 product can show; the recorded one is ‖Hx − θx‖ (one more product per estimate)."""
+    spectrum = [10.0, 9.0, 7.0] + torch.linspace(-2.0, 3.0, 37).tolist()
+    matrix, _ = _quadratic(spectrum)
+    matrix32 = matrix.float()
+    kw = dict(k=2, max_iter=40, tol=1e-6, seed=3, dtype=torch.float32)
+    recurrence = lanczos(lambda v: matrix32 @ v, len(spectrum), **kw)
+    products = {"n": 0}
+
+    def counted(v):
+        products["n"] += 1
+        return matrix32 @ v
+
+    measured = lanczos(counted, len(spectrum), true_residuals=True, **kw)
+    assert products["n"] == measured.matvecs + 2 + 1  # the Lanczos steps, then one per top-k estimate and λ_min
+    assert measured.eigenvalues == recurrence.eigenvalues and measured.lambda_min == recurrence.lambda_min
+    assert [e.converged for e in measured.top] == [e.converged for e in recurrence.top]
+    x = measured.eigenvector.double()
+    exact_residual = float((matrix @ x - measured.lambda_max * x).norm())
+    assert measured.top[0].residual == pytest.approx(exact_residual, rel=0.5, abs=1e-5)
+    assert recurrence.top[0].residual < 1e-3 * measured.top[0].residual  # the recurrence's: no float32 HVP shows it
+    for estimate in measured.top + [measured.bottom]:  # each residual proves an eigenvalue within it
+        assert min(abs(estimate.value - s) for s in spectrum) <= estimate.residual + 1e-5
+
+
 def test_power_iteration_converged_means_a_small_relative_residual():
     """Eigenvalues 1 and 0.99: the estimate creeps up by less than tol per step long before it is within tol."""
     spectrum = [1.0, 0.99] + torch.linspace(0.0, 0.9, 58).tolist()
@@ -274,7 +300,8 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
         assert result["lambda_max"] == result["eigenvalues"][0] and result["lambda_max_residual"] == result["eigenvalue_residuals"][0]
         assert result["converged"] == (all(result["eigenvalues_converged"]) and result["lambda_min_converged"])
         assert result["hvp_count"] == len(result["eigen_history"]) <= 8
-        assert result["hvp_total"] == result["hvp_count"] + 1 + 2 + 3  # the solver, vᵀHv, 2 random dᵀHd, the trace
+        # the solver, ‖Hx − θx‖ of its 3 + 1 estimates, vᵀHv, 2 random dᵀHd, the trace
+        assert result["hvp_total"] == result["hvp_count"] + 4 + 1 + 2 + 3
         status = {True: "converged", False: "NOT converged"}
         assert (f"{run.name}/seed-42: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), "
                 f"lambda_min {result['lambda_min']:.4g} ({status[result['lambda_min_converged']]})") in printed
