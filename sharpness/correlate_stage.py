@@ -31,6 +31,8 @@ def correlate(points: dict, resamples: int, confidence: float, seed: int) -> dic
     """correlation.json's statistics from correlation_points' output."""
     axes = points["axes"]
     grid = bool(axes) and is_grid({axis: [p["axes"][axis] for p in points["points"]] for axis in axes})
+    # Jiang et al. average ψ over hyper-parameter axes only: the seed is held fixed within a group, not an axis
+    hyper, held = [a for a in axes if a != "seed"], [a for a in axes if a == "seed"]
     measures = {}
     for name in points["measures"]:
         values = [p["measures"][name] for p in points["points"]]
@@ -39,7 +41,9 @@ def correlate(points: dict, resamples: int, confidence: float, seed: int) -> dic
             "vs_test_loss": rank_correlations(values, [p["test_loss"] for p in points["points"]], resamples,
                                               confidence, seed),
             "granulated": granulated_kendall(values, [p["gap"] for p in points["points"]],
-                                             {a: [p["axes"][a] for p in points["points"]] for a in axes}) if grid else None,
+                                             {a: [p["axes"][a] for p in points["points"]] for a in hyper},
+                                             {a: [p["axes"][a] for p in points["points"]] for a in held})
+            if grid and hyper else None,
         }
     return {"axes": axes, "grid": grid, "measures": measures}
 

@@ -107,7 +107,7 @@ def measure_sharpness(objective: Objective, cfg: SharpnessConfig, label: str = "
 
 def measure_density(objective: Objective, cfg: DensityConfig, label: str = "") -> dict:
     """The SLQ spectral density of the objective's Hessian, as written to density.json: the Ritz nodes and
-    weights of every probe, the moments and negative mass, and a smoothed density on a grid (for plots; the
+    weights of every probe, the moments and mass below −τ, and a smoothed density on a grid (for plots; the
     nodes and weights redraw it at any smoothing)."""
     dtype = objective.base.dtype
     full = lanczos_memory_bytes(objective.dim, cfg.steps, True, dtype)
@@ -200,7 +200,7 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
             print(f"{label}: spectral density from {density['matvecs']} HVPs in {density['seconds']:.1f} s "
                   f"({'full' if density['reorthogonalized'] else 'no'} reorthogonalization, "
                   f"{density['lanczos_memory_mb']:.0f} MiB of Lanczos vectors); trace {density['trace']:.4g}, "
-                  f"negative mass {density['negative_mass']:.3f}")
+                  f"mass below −τ {density['mass_below_minus_tau']:.3f} (τ = σ = {density['tau']:.3g})")
         if merged_todo:
             del objective, trained
             trained = load_trained(folder / "checkpoint.pt", device, "merged")

@@ -172,3 +172,39 @@ def test_granulated_kendall_drops_missing_points_and_checks_lengths():
         granulated_kendall([1, 2, 3], [0.1, 0.2, 0.3, 0.4], axes)
     with pytest.raises(ValueError):
         granulated_kendall([1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4], {"lr": ["a", "b", "a", "b"], "bs": [4, 8, 4]})
+
+
+def test_the_seed_is_held_fixed_in_each_group_but_is_no_axis_of_psi():
+    """Jiang et al. average ψ over hyper-parameter axes. 2 learning rates × 2 seeds: ψ_lr is the mean over the
+    two seeds of τ within a seed (seed 1: +1, seed 2: −1 → 0), and Ψ = ψ_lr, with no ψ_seed (here +1, which
+    would have made Ψ = 0.5)."""
+    from sharpness.correlate_stage import correlate
+
+    rows = [("a", 1, 1.0, 0.10), ("b", 1, 2.0, 0.20), ("a", 2, 3.0, 0.50), ("b", 2, 4.0, 0.40)]  # lr, seed, m, gap
+    points = {"axes": ["train.lr", "seed"], "measures": ["m"],
+              "points": [{"run": lr, "seed": seed, "gap": gap, "test_loss": gap, "measures": {"m": m},
+                          "axes": {"train.lr": lr, "seed": seed}} for lr, seed, m, gap in rows]}
+    granulated = correlate(points, resamples=20, confidence=0.95, seed=0)["measures"]["m"]["granulated"]
+    assert set(granulated["per_axis"]) == {"train.lr"}
+    assert granulated["per_axis"]["train.lr"] == {"psi": pytest.approx(0.0), "groups": 2, "used": 2}
+    assert granulated["overall"] == pytest.approx(0.0)
+    seeds_only = {**points, "axes": ["seed"], "points": [{**p, "axes": {"seed": p["seed"]}} for p in points["points"][:2]]
+                  + [{**p, "axes": {"seed": 3}} for p in points["points"][2:3]]}
+    assert correlate(seeds_only, resamples=20, confidence=0.95, seed=0)["measures"]["m"]["granulated"] is None
+
+
+@pytest.mark.parametrize("n, r", [(16, 0.5), (40, 0.0)])
+def test_the_bootstrap_intervals_cover_95_percent(n, r):
+    """200 samples of n runs from a bivariate normal with correlation r, whose population τ = (2/π)·asin(r) and
+    ρ = (6/π)·asin(r/2) are known: each 95 % interval holds them in 90–99 % of the samples (exp8 has 16 runs)."""
+    truth = {kendall_tau: 2 / math.pi * math.asin(r), spearman_rho: 6 / math.pi * math.asin(r / 2)}
+    generator = np.random.default_rng(0)
+    hits = {statistic: 0 for statistic in truth}
+    for draw in range(200):
+        x = generator.normal(size=n)
+        y = r * x + math.sqrt(1 - r * r) * generator.normal(size=n)
+        for statistic, value in truth.items():
+            low, high = bootstrap_interval(x, y, statistic, resamples=100, confidence=0.95, seed=draw)
+            hits[statistic] += low <= value <= high
+    for statistic, count in hits.items():
+        assert 0.90 <= count / 200 <= 0.99, (statistic.__name__, count / 200)

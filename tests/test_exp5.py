@@ -29,7 +29,7 @@ def test_exp5_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
     assert "## Missing" not in report
     section = report.split("## Along training")[1].split("\n## ")[0]
     for text in ("figures/sharpness_along_training.png", "figures/spectral_density.png", "2/η",
-                 "figures/surface_2d_sgd_seed-42.png", "figures/surface_2d_adam_seed-42.png", "mass below 0"):
+                 "figures/surface_2d_sgd_seed-42.png", "figures/surface_2d_adam_seed-42.png", "mass below −τ (τ = σ)"):
         assert text in section, text
     for name in ("sharpness_along_training", "spectral_density", "surface_2d_sgd_seed-42", "surface_2d_adam_seed-42"):
         assert (folder / "figures" / f"{name}.png").is_file()
@@ -44,7 +44,8 @@ def test_exp5_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
             assert track["points"][-1]["preconditioned_threshold"] == pytest.approx(38 / lr)
             assert track["points"][-1]["preconditioned_lambda_max"] > track["points"][-1]["lambda_max"]
         density = json.loads((seed_dir / "density.json").read_text())
-        assert density["probes"] == 2 and density["matvecs"] == 24 and 0 <= density["negative_mass"] <= 1
+        assert density["probes"] == 2 and density["matvecs"] == 24 and 0 <= density["mass_below_minus_tau"] <= 1
+        assert density["tau"] == density["sigma"] > 0
         sharpness = json.loads((seed_dir / "sharpness.json").read_text())
         assert density["nodes"][0][-1] == pytest.approx(sharpness["lambda_max"], rel=0.05)  # the top outlier
         surface = np.load(seed_dir / "landscape_2d.npz")
@@ -60,8 +61,8 @@ def test_exp5_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
     assert quantities["adam"]["quantities"]["track_preconditioned_edge_ratio"]["mean"] == \
         pytest.approx(adam_last["preconditioned_lambda_max"] / adam_last["preconditioned_threshold"])
     assert quantities["adam"]["quantities"]["track_edge_ratio"]["mean"] is None  # Adam has no line for λ_max(H)
-    assert quantities["sgd"]["quantities"]["density_negative_mass"]["mean"] == pytest.approx(
-        json.loads((folder / "sgd" / "seed-42" / "density.json").read_text())["negative_mass"])
+    assert quantities["sgd"]["quantities"]["density_mass_below_minus_tau"]["mean"] == pytest.approx(
+        json.loads((folder / "sgd" / "seed-42" / "density.json").read_text())["mass_below_minus_tau"])
     metrics = json.loads((folder / "adam" / "seed-42" / "metrics.json").read_text())
     assert metrics["track"]["points"] == 5 and metrics["trajectory"]["rows"] == 9
 
@@ -69,4 +70,4 @@ def test_exp5_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_pat
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     tables = "\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {}))
-    assert "÷ (2+2β)/η" in tables and "mass below 0" in tables
+    assert "÷ (2+2β)/η" in tables and "mass below −τ (τ = σ)" in tables

@@ -370,7 +370,8 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
             "track_time_s": ("track", "seconds"),
         })
     if results.density:
-        quantities.update({"density_negative_mass": ("density", "negative_mass"), "density_trace": ("density", "trace"),
+        quantities.update({"density_mass_below_minus_tau": ("density", "mass_below_minus_tau"),
+                           "density_trace": ("density", "trace"),
                            "density_hvps": ("density", "matvecs"), "density_time_s": ("density", "seconds")})
     if results.sharpness_merged:
         quantities.update({"merged_lambda_max": ("sharpness_merged", "lambda_max"),
@@ -604,15 +605,15 @@ def geometry_columns() -> list[tuple[str, str]]:
 
 
 def _interval(estimate: dict) -> str:
-    """'total [low, high]' of one (1,1)-norm estimator; the interval is the bootstrap's over the k sketches."""
+    """'total [low, high]' of one estimate with an interval ("ci"), or the total alone."""
     ci = estimate.get("ci")
     text = format_number(estimate["total"])
     return f"{text} [{format_number(ci[0])}, {format_number(ci[1])}]" if ci else text
 
 
 def geometry_detail_table(results: ExperimentResults) -> str:
-    """One row per run, seed and frame: both (1,1) estimators with their intervals, ‖·‖∞, ‖·‖₂ and ‖·‖_F."""
-    lines = ["| run | seed | frame | ‖·‖₁,₁ by median [CI] | ‖·‖₁,₁ by half-IQR [CI] | ‖·‖∞ (median) | ‖·‖₂ | ‖·‖_F | d |",
+    """One row per run, seed and frame: both (1,1) estimators with their intervals, ‖·‖∞, ‖·‖₂ and ‖·‖_F with its."""
+    lines = ["| run | seed | frame | ‖·‖₁,₁ by median [CI] | ‖·‖₁,₁ by half-IQR [CI] | ‖·‖∞ (median) | ‖·‖₂ | ‖·‖_F [CI] | d |",
              "|---|---|---|---|---|---|---|---|---|"]
     for run, by_seed in results.geometry.items():
         for seed, data in sorted(by_seed.items()):
@@ -624,8 +625,7 @@ def geometry_detail_table(results: ExperimentResults) -> str:
                 spectral = values["spectral"]
                 norm_2 = format_number(spectral["value"]) + ("" if spectral["converged"] else " (not converged)")
                 frobenius = values["frobenius"]
-                norm_f = "–" if frobenius is None else format_number(frobenius["value"]) + (
-                    f" ± {format_number(frobenius['stderr'], 2)}" if math.isfinite(float(frobenius["stderr"])) else "")
+                norm_f = "–" if frobenius is None else _interval({"total": frobenius["value"], "ci": frobenius.get("ci")})
                 lines.append(f"| {run} | {seed} | {name} | {_interval(values['l11']['median'])} | "
                              f"{_interval(values['l11']['half_iqr'])} | {format_number(values['linf']['median'])} | "
                              f"{norm_2} | {norm_f} | {data['dim']} |")
@@ -695,7 +695,7 @@ def track_columns() -> list[tuple[str, str]]:
 
 
 def density_columns() -> list[tuple[str, str]]:
-    return [("density_negative_mass", "mass below 0"), ("density_trace", "tr(H) (SLQ)"), ("lambda_max", "λ_max"),
+    return [("density_mass_below_minus_tau", "mass below −τ (τ = σ)"), ("density_trace", "tr(H) (SLQ)"), ("lambda_max", "λ_max"),
             ("density_hvps", "HVPs"), ("density_time_s", "seconds")]
 
 
@@ -845,7 +845,8 @@ def correlation_table(correlation: dict) -> str:
         value, (low, high) = stats[key], stats[key.replace("tau", "interval").replace("rho", "interval")]
         return f"{format_number(value, 3)} [{format_number(low, 2)}, {format_number(high, 2)}]"
 
-    axes = correlation["axes"] if correlation.get("grid") else []
+    axes = next((list(data["granulated"]["per_axis"]) for data in correlation["measures"].values()
+                 if data.get("granulated")), [])  # the hyper-parameter axes ψ is averaged over (not the seed)
     header = "| measure | n | τ with gap | ρ with gap | τ with test loss |" + "".join(f" ψ {a} |" for a in axes) + \
         (" Ψ |" if axes else "")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]

@@ -260,15 +260,17 @@ def tracked_sharpness_figure(runs: dict[str, dict], title: str) -> Figure:
 
 def spectral_density_figure(runs: dict[str, dict], title: str) -> Figure:
     """One panel per run: the Hessian's spectral density (SLQ, Gaussian-smoothed) on a log scale, one line per
-    seed, with the fraction of its mass below zero in the legend. `runs[name]` = {seed: density.json}."""
+    seed, with its smoothing width σ and the fraction of its mass below −τ (τ = σ) in the legend, and −τ marked.
+    `runs[name]` = {seed: density.json}."""
     fig = Figure(figsize=(4.4 * len(runs), 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(runs), squeeze=False)[0])
     for ax, (name, by_seed) in zip(axes, runs.items()):
         for seed, data in by_seed.items():
             density = np.asarray(data["density"], dtype=float)
             floor = density.max() * 1e-8  # log scale: the smoothed tails fall to exactly 0
-            ax.plot(data["grid"], np.maximum(density, floor),
-                    label=f"seed {seed}: {data['negative_mass']:.1%} of the mass < 0")
+            line, = ax.plot(data["grid"], np.maximum(density, floor),
+                            label=f"seed {seed}: τ = σ = {data['tau']:.2g}, {data['mass_below_minus_tau']:.1%} of the mass < −τ")
+            ax.axvline(-data["tau"], color=line.get_color(), linewidth=0.6, linestyle="--")
         ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
         ax.set_yscale("log")
         ax.set_xlabel("eigenvalue")

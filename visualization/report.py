@@ -349,14 +349,14 @@ def _geometry_sections(results: ExperimentResults, summary: dict, figures: dict)
         "‖H‖₁,₁ and at most d‖H‖₂ (what ℓ2 smoothness gives), so a ratio well below 1 means a loss much smoother in "
         "ℓ∞ than ℓ2 predicts, which coordinate-wise methods (Adam, SignSGD) can exploit and SGD cannot. Both frames: "
         "the loss's own coordinates, and after a random rotation R, which leaves ‖H‖₂ and ‖H‖_F unchanged (their "
-        "estimates differ by the estimators' noise: ‖H‖_F's standard error is in the per-seed table below). The "
-        "intervals of ‖H‖₁,₁ are wide at the paper's k = 50: every row shares the same k vectors, so the rows' "
-        "errors do not average out.",
+        "estimates differ by the estimators' noise: ‖H‖_F's interval is in the per-seed table below). The "
+        "intervals of ‖H‖₁,₁ are wide at the paper's k = 50 when the rows are alike: every row shares the same k "
+        "vectors, so the errors of alike rows do not average out.",
         markdown_table(summary, geometry_columns()),
         _image(figures.get("geometry_norms"), "Hessian norms"),
     ]
     if results.geometry:
-        sections += ["Each seed and frame, with the bootstrap intervals over the Cauchy sketches:",
+        sections += ["Each seed and frame, with the intervals over the Cauchy sketches (random halves of them) and Hutch++'s:",
                      geometry_detail_table(results), "Settings:", geometry_settings_table(results)]
     return sections
 
@@ -376,9 +376,10 @@ def _dynamics_sections(results: ExperimentResults, summary: dict, figures: dict)
     if results.density:
         sections += [
             "Spectral density of the Hessian at the final weights (stochastic Lanczos quadrature, Gaussian-smoothed, "
-            "log scale; sharpness.density): a bulk near zero and a few outliers is the usual shape. The mass below 0 "
-            "counts the quadrature weight on negative nodes, including nodes of the bulk that sit just below 0: "
-            "compare it between runs, and read the figure for clearly negative curvature.",
+            "log scale; sharpness.density): a bulk near zero and a few outliers is the usual shape. The mass below −τ "
+            "counts the quadrature weight on nodes below −τ, τ = σ the smoothing width (in the legend): curvature "
+            "clearly negative at the figure's resolution (at 0 itself one node of a cluster of eigenvalues near 0 "
+            "can hold half the weight, on either side).",
             _image(figures.get("spectral_density"), "spectral density"),
             markdown_table(summary, density_columns())]
     pca = pca_surfaces(results)
