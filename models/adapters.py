@@ -15,7 +15,9 @@ import sys
 import torch
 
 from utils.config import AdapterConfig
-from utils.errors import UserError
+from utils.errors import ConfigError
+
+ADAPTABLE = ("Linear", "Conv1D", "Conv1d", "Conv2d", "Embedding")  # the layer types peft's LoRA wraps
 
 
 def is_adapted(model) -> bool:
@@ -23,9 +25,23 @@ def is_adapted(model) -> bool:
     return "peft" in sys.modules and isinstance(model, sys.modules["peft"].PeftModel)
 
 
+def check_targets(model, targets: list[str]) -> None:
+    """Every entry of model.adapter.target_modules must name some module, as peft matches a list: the module's
+    name or its last dotted parts (peft alone adapts whatever matches and ignores the rest)."""
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [t for t in targets if not any(name == t or name.endswith(f".{t}") for name in names)]
+    if unmatched:
+        candidates = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if type(module).__name__ in ADAPTABLE})
+        raise ConfigError(f"model.adapter.target_modules: {', '.join(unmatched)} match{'es' if len(unmatched) == 1 else ''} "
+                          f"no module of the model (its layers LoRA can adapt: {', '.join(candidates)})")
+
+
 def add_adapter(model, cfg: AdapterConfig, seed: int):
     """The model wrapped with fresh LoRA layers drawn from `seed`; only their weights require a gradient."""
     from peft import LoraConfig, get_peft_model
+
+    check_targets(model, cfg.target_modules)
 
     config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
                         fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores W as [in, out]
@@ -34,7 +50,7 @@ def add_adapter(model, cfg: AdapterConfig, seed: int):
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        raise UserError(f"model.adapter.target_modules {cfg.target_modules}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"model.adapter.target_modules {cfg.target_modules}: {str(err).splitlines()[0]}") from None
 
 
 def trainable_names(model) -> list[str]:

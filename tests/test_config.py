@@ -39,6 +39,10 @@ def run_cli(args, tmp_path, capsys):
     ("train:\n  betas: [0.9, 1.0]\n", "train.betas: must be < 1"),
     ("train:\n  rotation: random\n", "train.rotation: must be one of 'none', 'global', 'per-layer'"),
     ("geometry:\n  bootstrap: 1\n", "geometry.bootstrap: one resample has no spread"),
+    ("geometry:\n  cauchy_vectors: 4611686018427387904\n", "geometry.cauchy_vectors: must be <= 100000"),  # 2^62
+    ("geometry:\n  cauchy_vectors: 1000000000000\n", "geometry.cauchy_vectors: must be <= 100000"),
+    ("geometry:\n  cauchy_vectors: 1.0e+20\n", "geometry.cauchy_vectors: expected an integer"),
+    ("geometry:\n  cauchy_vectors: 1e12\n", "geometry.cauchy_vectors: expected an integer"),
 ])
 def test_bad_config_exits_2_naming_file_and_key(write_config, tmp_path, capsys, body, expected):
     path = write_config(body)

@@ -102,3 +102,43 @@ def test_notebook_shows_the_table_and_figure(exp8):
     cell = next(c for c in notebook.cells if c.get("id") == "e8c3d0b2")  # the flatness cell
     assert any("ψ train.batch_size" in o.get("data", {}).get("text/markdown", "") for o in cell.outputs)
     assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Its input: no run is left out silently.
+
+FOUR_RUNS = """
+stages: [train, correlate, report]
+train: {epochs: 1}
+correlate: {resamples: 20}
+runs: {a: {train: {lr: 0.1}}, b: {train: {lr: 0.2}}, c: {train: {lr: 0.3}}, d: {train: {lr: 0.4}}}
+"""
+
+
+def test_a_damaged_input_stops_correlate_with_the_command_and_a_left_out_run_is_named(write_config, tmp_path, capsys):
+    import shlex
+
+    import run
+
+    config, out = write_config(FOUR_RUNS), tmp_path / "out"
+    assert run.main(["--config", str(config), "--output", str(out), "--stages", "train"]) == 0
+    metrics = out / "exp" / "d" / "seed-42" / "metrics.json"
+    metrics.write_text('{"fingerprint": ')
+    capsys.readouterr()
+    assert run.main(["--config", str(config), "--output", str(out), "--stages", "correlate"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{metrics} is corrupt" in err[0] and "--stages train,correlate,report" in err[0]
+    assert not (out / "exp" / "correlation.json").exists()
+    command = err[0].split("regenerate it with: python run.py ")[1].split(" (with the same")[0]
+    assert run.main(shlex.split(command)) == 0  # what the line says: every run again in the correlation
+    assert len(read_json(out / "exp" / "correlation.json")["points"]) == 4
+
+    for name in ("metrics.json", "checkpoint.pt"):  # a run not trained (diverged, say) is left out, by name
+        (metrics.parent / name).unlink()
+    capsys.readouterr()
+    assert run.main(["--config", str(config), "--output", str(out), "--stages", "correlate,report"]) == 0
+    assert "d/seed-42 left out (not trained (no metrics.json or checkpoint.pt))" in capsys.readouterr().out
+    data = read_json(out / "exp" / "correlation.json")
+    assert len(data["points"]) == 3
+    assert data["left_out"] == [{"run": "d", "seed": 42, "why": "not trained (no metrics.json or checkpoint.pt)"}]
+    assert "Left out of the correlation: d/seed-42 (not trained" in (out / "exp" / "report.md").read_text()

@@ -162,3 +162,17 @@ runs:
     assert {tuple(p["runs"]) for p in between["pairs"]} == {("full", "lora"), ("full", "lora-merged"), ("lora", "lora-merged")}
     report = (tmp_path / exp.name / "report.md").read_text()
     assert "perplexity_vs_pruned" in report
+
+
+@pytest.mark.parametrize("targets, unmatched", [("[c_attn, nope]", "nope"), ("[q_proj, v_proj]", "q_proj, v_proj")])
+def test_every_target_module_must_match_and_a_miss_exits_2(write_config, tmp_path, capsys, targets, unmatched):
+    """peft adapts what matches and ignores the rest: [c_attn, nope] would silently adapt c_attn alone."""
+    import run
+
+    code = run.main(["--config", str(write_config(LORA)), "--output", str(tmp_path / "out"), "--stages", "train",
+                     "--set", f"model.adapter.target_modules={targets}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert f"model.adapter.target_modules: {unmatched} match" in err[0]
+    assert "(its layers LoRA can adapt: c_attn, c_fc, c_proj, lm_head, wpe, wte)" in err[0]
+    assert not list((tmp_path / "out").rglob("*.pt"))

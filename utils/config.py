@@ -157,7 +157,8 @@ class SharpnessConfig:
 
 @dataclass
 class GeometryConfig:
-    cauchy_vectors: int = option(50, "Cauchy sketches of the Hessian's row ℓ1 norms (k)", ge=5)
+    cauchy_vectors: int = option(50, "Cauchy sketches of the Hessian's row ℓ1 norms (k; each one HVP and 4·d bytes of "
+                                 "disk)", ge=5, le=100_000)
     bootstrap: int = option(100, "bootstrap resamples of the k sketches for the intervals (0: off, else at least 2)", ge=0)
     confidence: float = option(0.95, "confidence level of the intervals", gt=0, lt=1)
     frobenius_probes: int = option(30, "Hutch++ Rademacher probes for ‖H‖_F (0: off)", ge=0)
