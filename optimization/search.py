@@ -260,22 +260,27 @@ def _open_storage(template: RunConfig, folder: Path):
                               "psycopg2-binary for postgresql://") from None
         except Exception as err:  # a bad URL, an unreachable server, a locked file: SQLAlchemy has many kinds
             if _damaged(err, url):
-                raise  # for _damage_named
+                raise  # _damage_named says so
             # Workers that start together race to create the tables; the losers find them made on a second look.
             if attempt + 1 == OPEN_ATTEMPTS or type(err).__name__ not in ("IntegrityError", "OperationalError"):
                 raise ConfigError(f"{where} cannot be opened: {str(err).splitlines()[0]}") from None
             time.sleep(1.0 + attempt)
 
 
-def _damaged(err: Exception, url: str) -> bool:
-    """Whether a storage error says that its file is damaged (not that it is locked, say, or unreachable)."""
+def _damaged(err: Exception, url: str) -> BaseException | None:
+    """The error that says the storage's file is damaged (not that it is locked, say, or unreachable), if `err`
+    is or wraps one (Optuna wraps SQLAlchemy's, which wraps the driver's)."""
     import json
     import sqlite3
 
-    if url.startswith("journal:"):  # a line that is not JSON (Optuna skips only a half-written last one)
-        return isinstance(err, (json.JSONDecodeError, UnicodeDecodeError))
-    cause = getattr(err, "orig", err)  # SQLAlchemy's error wraps the driver's
-    return isinstance(cause, sqlite3.DatabaseError) and cause.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+    while err is not None:
+        if url.startswith("journal:"):  # a line that is not JSON (Optuna skips only a half-written last one)
+            if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
+                return err
+        elif isinstance(err, sqlite3.DatabaseError) and err.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 @contextmanager
@@ -285,11 +290,12 @@ def _damage_named(template: RunConfig, folder: Path):
         yield
     except Exception as err:
         url = storage_url(template, folder)
-        if not _damaged(err, url):
+        damage = _damaged(err, url)
+        if damage is None:
             raise
         ours = url.startswith(("sqlite:///", "journal:"))
         where = url.split("sqlite:///", 1)[-1].removeprefix("journal:") if ours else f"the database {_redacted(url)}"
-        raise CorruptFileError(where, str(getattr(err, "orig", err)).splitlines()[0],
+        raise CorruptFileError(where, str(damage).splitlines()[0],
                                f"{'remove it' if ours else 'delete its study'} to start the search over (search.storage "
                                f"of run {template.name}): a new trial that draws the values of a run folder trained "
                                "before uses it without training again") from None

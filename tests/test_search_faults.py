@@ -160,18 +160,20 @@ def cli(config: Path, out: Path, capsys, *args: str) -> tuple[int, list[str]]:
     return code, capsys.readouterr().err.strip().splitlines()
 
 
-@pytest.mark.parametrize("damage", ["overwritten", "truncated"])
+@pytest.mark.parametrize("damage", ["header", "page", "truncated"])
 def test_a_damaged_study_database_is_one_line_with_the_way_forward(write_config, tmp_path, capsys, damage):
-    """A search.db with overwritten bytes or cut short: one line naming it and how to start over (exit 2), every
-    time; that way forward works and reuses the trained trials."""
+    """A search.db with overwritten bytes (in its header: it does not open; in a table's page: Optuna's first
+    write fails) or cut short: one line naming it and how to start over (exit 2), every time; that way forward
+    works and reuses the trained trials."""
     path = write_config(SEARCH.replace("n_trials: 4", "n_trials: 2"))
     out = tmp_path / "out"
     assert cli(path, out, capsys, "--stages", "search")[0] == 0
     database = out / "exp" / "search.db"
     data = bytearray(database.read_bytes())
-    if damage == "overwritten":
-        data[4096:len(data):8192] = b"\xa5" * len(data[4096:len(data):8192])  # a byte of every other page
+    if damage == "header":
         data[100:4096] = bytes(3996)
+    elif damage == "page":
+        data[2 * 4096:3 * 4096] = b"Z" * 4096
     else:
         data = data[:len(data) // 3]
     database.write_bytes(bytes(data))
