@@ -17,12 +17,15 @@ Full fine-tuning therefore costs exactly 6·N·B·T + 12·L·B·T²·d, N the ma
 (lm_head included) and L the layers: the familiar 6·N·tokens plus attention. These are the counts of
 torch.utils.flop_counter.FlopCounterMode, which tests/test_cost.py checks them against.
 
-MFU (model FLOPs utilisation) = FLOPs / seconds / peak. A GPU's peak is its datasheet's dense number
-(PEAK_FLOPS); the CPU's is measured once per process and thread count with an fp32 matmul probe, so a
-CPU run's MFU is against what this machine's BLAS attains, not a theoretical peak.
+MFU (model FLOPs utilisation) = FLOPs / (seconds × peak × devices): the job's FLOPs over what its devices
+could have done in its time, so a torchrun job of N ranks (N devices) is measured per device, like one
+process. A GPU's peak is its datasheet's dense number (PEAK_FLOPS); the CPU's is measured once per process
+and thread count with an fp32 matmul probe, so a CPU run's MFU is against what this machine's BLAS attains,
+not a theoretical peak (a CPU torchrun job's devices are its ranks, each with its threads).
 
-Prices (config/prices.yaml) turn seconds into dollars, and extrapolate a run's FLOPs to a device it did
-not run on at the file's assumed MFU.
+Prices (config/prices.yaml) turn seconds into dollars (price × devices × hours), and extrapolate a run's
+FLOPs to a device it did not run on at the file's assumed MFU: seconds on one device, which N devices
+would divide by N at the same dollars.
 """
 
 from __future__ import annotations
@@ -224,11 +227,12 @@ def device_peak_flops(device: torch.device, precision: str) -> tuple[float | Non
     return None, f"no peak known for {device.type} devices"
 
 
-def mfu(flops: float, seconds: float, peak: float | None) -> float | None:
-    """Model FLOPs utilisation: the share of the peak the run's FLOPs used; None without a peak."""
+def mfu(flops: float, seconds: float, peak: float | None, devices: int = 1) -> float | None:
+    """Model FLOPs utilisation: the share of its devices' peak (`peak` each) that a job's FLOPs used in `seconds`;
+    None without a peak."""
     if peak is None or seconds <= 0:
         return None
-    return flops / seconds / peak
+    return flops / (seconds * peak * devices)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,8 +294,9 @@ def load_prices(path: Path = PRICES_FILE) -> Prices:
     return Prices(float(assumed), devices)
 
 
-def usd(seconds: float, usd_per_hour: float) -> float:
-    return seconds / 3600 * usd_per_hour
+def usd(seconds: float, usd_per_hour: float, devices: int = 1) -> float:
+    """What `devices` devices at `usd_per_hour` each cost for `seconds`."""
+    return seconds / 3600 * usd_per_hour * devices
 
 
 def extrapolated_seconds(total_flops: float, peak_flops: float, mfu: float) -> float:

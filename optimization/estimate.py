@@ -9,7 +9,8 @@ cache or hub). Every step is counted at its largest shape, batch_size texts of d
 FLOPs are an upper bound: real batches are padded only to their longest text (the measured train_flops of a
 run says by how much). Steps: epochs × ⌈n_train / batch_size⌉ (n_train is itself an upper bound on the texts
 the filter keeps), or the step that spends train.budget.flops if that comes first. Seconds on a device:
-FLOPs / (its peak at the run's precision × the price table's assumed_mfu).
+FLOPs / (its peak at the run's precision × the price table's assumed_mfu); the FLOPs are the run's whole, so a
+torchrun job of N such devices takes 1/N of those hours at the same dollars (optimization.cost).
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv=None) -> int:
         gpus = {name: price for name, price in prices.devices.items() if price.peak}
         print(f"{experiment.name}: training FLOPs at most (every batch at data.max_length) of each run at one seed "
               f"(the config lists {len(experiment.seeds)}), priced at assumed_mfu {prices.assumed_mfu:g} of each "
-              "device's peak")
+              "device's peak; hours on one device (N devices: 1/N of them, the same dollars)")
         print("| run | steps | FLOPs | " + " | ".join(gpus) + " |")
         print("|" + "---|" * (3 + len(gpus)))
         for run in experiment.runs:

@@ -7,8 +7,9 @@ Files in the run folder <output>/<experiment>/<run>/seed-<seed>/:
                   an interrupted run continues from it with bit-identical results on CPU (the data
                   order is a pure function of seed and epoch)
   checkpoint.pt   the final weights (last.pt is then removed)
-  metrics.json    learning curves, test loss, cost (optimization.cost: steps, tokens, FLOPs, utilisation,
-                  memory, seconds) and provenance
+  metrics.json    learning curves, test loss, cost (optimization.cost: steps, tokens, the job's FLOPs,
+                  utilisation per device, memory, seconds), the devices it ran on (world_size: a torchrun
+                  job's ranks) and provenance
   track.json      with train.track: the Hessian measured along training (optimization.tracking)
   trajectory.npy  with train.trajectory: θ − θ₀ every N steps, float16 (optimization.trajectory), and
                   trajectory.json, the steps of its rows
@@ -256,7 +257,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         print(f"{label}: resuming after epoch {start_epoch} of {run.train.epochs}")
     else:
         save_checkpoint(run_dir / "init.pt", model, run, 0, tokenizer_ref, fingerprint)
-        torch.manual_seed(run.seed)  # dropout draws do not depend on how the model was built
+        torch.manual_seed(distributed.rank_seed(run.seed))  # dropout draws do not depend on how the model was built
         history["init_val_loss"] = evaluate(model, val_batches, device)
 
     # Along the way (train.track, train.trajectory): measured between steps, outside the training time.
@@ -451,9 +452,11 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         "tokens_per_s": train_tokens / max(train_time, 1e-9),
         "train_flops": train_flops if counted else None,
         "flops_per_s": train_flops / max(train_time, 1e-9) if counted else None,
-        "device_peak_flops": peak_flops,
+        "device_peak_flops": peak_flops,  # of one device
         "device_peak_source": peak_source,
-        "mfu": mfu(train_flops, train_time, peak_flops) if counted else None,
+        "mfu": mfu(train_flops, train_time, peak_flops, ranks) if counted else None,  # per device
+        "world_size": ranks,  # the processes that trained, a device each: dollars are price × world_size × hours
+        "devices": distributed.gather_objects(device_name(device)),  # each rank's, in rank order
         "peak_memory_mb": peak_memory,
         "device": str(device),
         "device_name": device_name(device),

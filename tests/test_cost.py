@@ -165,6 +165,8 @@ def test_peak_table_is_complete():
 def test_mfu():
     assert cost.mfu(3e12, 2.0, 6e12) == 0.25
     assert cost.mfu(3e12, 2.0, None) is None
+    # A job of 2 ranks: its FLOPs over 2 devices' peak, per device as one process's
+    assert cost.mfu(3e12, 2.0, 6e12, devices=2) == 0.125
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,4 +223,24 @@ def test_missing_price_file_is_a_user_error(tmp_path):
 
 def test_dollars_and_extrapolated_seconds():
     assert cost.usd(1800, 3.0) == 1.5
+    assert cost.usd(1800, 3.0, devices=2) == 3.0  # every device of a torchrun job is paid for
     assert cost.extrapolated_seconds(7e15, 1e13, 0.35) == pytest.approx(2000.0, rel=1e-12)
+
+
+def test_the_dollar_table_pays_for_every_rank_of_a_torchrun_job():
+    """Two seeds of one run on the CPU, one as a single process and one as 2 ranks, each an hour of wall time and
+    half an hour to its best validation: $1×, $2× the price and their mean; the FLOPs elsewhere are priced alike."""
+    from visualization.report import dollar_table
+
+    prices = cost.load_prices()
+    price = prices.devices["cpu-2vcpu"].usd_per_hour
+    metrics = {1: {"device": "cpu", "device_name": "cpu", "world_size": 1},
+               2: {"device": "cpu", "device_name": "cpu", "world_size": 2}}
+    results = SimpleNamespace(runs=["r"], seeds={"r": [1, 2]}, metrics={"r": metrics},
+                              configs={"r": {"train": {"precision": "fp32"}}})
+    seconds = {"wall_time_s": 3600.0, "seconds_to_best": 1800.0, "train_flops": 1e15}
+    summary = {"runs": {"r": {"quantities": {name: {"per_seed": {"1": value, "2": value}, "mean": value}
+                                             for name, value in seconds.items()}}}}
+    row = dollar_table(results, summary, prices).splitlines()[2].split(" | ")
+    assert row[1] == f"cpu × 1/2 (cpu-2vcpu, ${price:g}/h each)"
+    assert row[2] == f"${1.5 * price:.3g}" and row[3] == f"${0.75 * price:.3g}"

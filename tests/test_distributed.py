@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import run
+from models.checkpoint import read_checkpoint
 from utils.io import load_npz, save_npz, verify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,6 +85,12 @@ def test_a_torchrun_job_trains_and_measures_as_one_process(write_config, tmp_pat
     for key in ("optimizer_steps", "train_tokens"):
         assert metrics[1][key] == metrics[0][key], key
     assert metrics[1]["train_flops"] <= metrics[0]["train_flops"]  # each share is padded to its own longest text
+    # The job records its devices, and its MFU is per device: its FLOPs over 2 devices' peak in its time
+    assert [(m["world_size"], m["devices"]) for m in metrics] == [(1, [metrics[0]["device_name"]]),
+                                                                   (2, [metrics[0]["device_name"]] * 2)]
+    for m in metrics:
+        assert m["mfu"] == pytest.approx(m["train_flops"] / (m["train_time_s"] * m["device_peak_flops"] * m["world_size"]),
+                                         rel=1e-12)
     assert metrics[1]["step_loss"] == pytest.approx(metrics[0]["step_loss"], rel=1e-6)
     assert metrics[1]["test_loss"] == pytest.approx(metrics[0]["test_loss"], rel=1e-6)
     sharpness = [json.loads((folder / seed / "sharpness.json").read_text()) for folder in (one, two)]
@@ -124,6 +131,10 @@ def test_a_killed_rank_ends_the_job_and_the_last_checkpoint_resumes(write_config
     log = job.communicate(timeout=120)[0]
     assert job.returncode != 0, log
     verify(last)  # its checksum matches: nothing half-written
+    # Each rank has its own dropout stream (utils.distributed.rank_seed), kept for its resume: not one set of masks
+    # drawn again on every rank's texts
+    ranks = read_checkpoint(last)["rng"]["ranks"]
+    assert len(ranks) == 2 and not torch.equal(ranks[0]["torch"], ranks[1]["torch"])
     assert run.main(args) == 0
     metrics = json.loads((last.parent / "metrics.json").read_text())
     assert metrics["epochs"] == 40 and not last.exists()

@@ -15,6 +15,7 @@ import os
 from contextlib import contextmanager
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -62,6 +63,14 @@ def is_main() -> bool:
 def writes() -> bool:
     """Whether this process writes files: rank 0 of a job, or a single process."""
     return is_main()
+
+
+def rank_seed(seed: int) -> int:
+    """This rank's seed for its random draws (dropout masks): `seed` itself on rank 0 and in a single process, and
+    on every other rank of a splitting job its own seed derived from (seed, rank), so that the ranks' shares of a
+    batch get independent masks, as the texts of one process's batch do, not every rank the same ones."""
+    here = rank() if splits() else 0
+    return seed if here == 0 else int(np.random.SeedSequence([seed, here]).generate_state(1)[0])
 
 
 def splits() -> bool:

@@ -22,7 +22,7 @@ from utils.errors import CorruptFileError, UserError
 from utils.io import save_figure, write_json, write_text
 from utils.layout import experiment_dir, stage_command
 from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, density_columns, density_runs,
-                           format_value,
+                           format_value, mean_and_stderr,
                            dynamics_section_applies, eps_columns, epsilons, generalization_columns, geometry_columns,
                            geometry_detail_table, geometry_norms, geometry_section_applies, geometry_settings_table,
                            landscape_settings_table, load_results, markdown_table, pairs_table, pca_surfaces, redo_stages,
@@ -100,7 +100,8 @@ def _image(path: Path | None, alt: str) -> str:
 
 
 def dollar_table(results: ExperimentResults, summary: dict, prices: Prices) -> str:
-    """What each run cost where it ran and what its FLOPs would cost on each priced GPU (means over seeds)."""
+    """What each run cost where it ran (on all its devices: a torchrun job's world_size of them) and what its FLOPs
+    would cost on each priced GPU (means over seeds)."""
     gpus = {name: price for name, price in prices.devices.items() if price.peak}
     lines = ["| run | ran on | train stage $ | $ to best val ppl | " + " | ".join(f"on {name}" for name in gpus) + " |",
              "|" + "---|" * (4 + len(gpus))]
@@ -113,8 +114,11 @@ def dollar_table(results: ExperimentResults, summary: dict, prices: Prices) -> s
         match = price_for_device(prices, device)
 
         def dollars(name: str, usd_per_hour: float) -> str:
-            seconds = quantities[name]["mean"]
-            return "–" if seconds is None else f"${usd(seconds, usd_per_hour):.3g}"
+            per_seed = quantities[name]["per_seed"]
+            spent = mean_and_stderr([None if per_seed.get(str(seed)) is None else
+                                     usd(per_seed[str(seed)], usd_per_hour, results.metrics[run][seed].get("world_size", 1))
+                                     for seed in results.seeds[run]])["mean"]
+            return "–" if spent is None else f"${spent:.3g}"
 
         here = ["–", "–"] if match is None else [dollars("wall_time_s", match[1].usd_per_hour),
                                                  dollars("seconds_to_best", match[1].usd_per_hour)]
@@ -128,8 +132,9 @@ def dollar_table(results: ExperimentResults, summary: dict, prices: Prices) -> s
                 continue
             seconds = extrapolated_seconds(flops, peak, prices.assumed_mfu)
             elsewhere.append(f"${usd(seconds, price.usd_per_hour):.3g} ({seconds:.3g} s)")
-        where = seeds[0].get("device_name", seeds[0]["device"]) + ("" if match is None else f" ({match[0]}, "
-                                                                   f"${match[1].usd_per_hour:g}/h)")
+        ranks = sorted({m.get("world_size", 1) for m in seeds})
+        where = seeds[0].get("device_name", seeds[0]["device"]) + ("" if ranks == [1] else f" × {'/'.join(map(str, ranks))}") \
+            + ("" if match is None else f" ({match[0]}, ${match[1].usd_per_hour:g}/h each)")
         lines.append(f"| {run} | {where} | " + " | ".join(here + elsewhere) + " |")
     return "\n".join(lines)
 
@@ -191,8 +196,9 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict, pric
     sections += ["## Cost", "Training time covers the optimizer steps (not validation, tracking or checkpoints); the "
                  "train stage's wall time all of it, in the invocation that finished the run; tokens/s counts "
                  "non-padding input tokens; FLOPs are the analytic count of optimization.cost (padded positions "
-                 "included) and MFU their rate over the device's peak (a datasheet's for GPUs, a matmul probe's for "
-                 "the CPU); peak memory is GPU memory allocated on CUDA, the process's largest resident set on CPU.",
+                 "included) and MFU their rate over the peak of the devices that trained (one device's peak × a "
+                 "torchrun job's ranks; a datasheet's for GPUs, a matmul probe's for the CPU); peak memory is GPU "
+                 "memory allocated on CUDA, the process's largest resident set on CPU.",
                  markdown_table(summary, cost_columns(summary)),
                  "Before a run, `python -m optimization.estimate --config FILE` prices it from its config alone (every "
                  "step at batch_size × data.max_length tokens, so at most what it will spend); against what the runs "
@@ -201,8 +207,10 @@ def render_report(results: ExperimentResults, summary: dict, figures: dict, pric
     if prices is not None:
         sections += [f"In dollars, from {PRICES_FILE.name} (each price's date and source are in the file; prices "
                      "change, check them): the train stage's wall time and the training time until the best "
-                     "validation perplexity, at the price of the device the run used (– where it is not priced), "
-                     "and the run's training FLOPs on each priced GPU at the run's precision, at its peak × "
+                     "validation perplexity, at the price of the device the run used times the devices it used (a "
+                     "torchrun job's ranks, “× N”; – where it is not priced), and the run's training FLOPs on each "
+                     "priced GPU at the run's precision (seconds on one GPU; N GPUs take 1/N of them for the same "
+                     "dollars), at its peak × "
                      f"assumed_mfu = {prices.assumed_mfu:g}. A run's own config sets its scale: the paper-scale "
                      "configs (e.g. config/exp6-peft.yaml) give paper-scale dollars.",
                      dollar_table(results, summary, prices)]
