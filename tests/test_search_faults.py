@@ -251,7 +251,7 @@ def test_two_configs_run_together_on_one_experiment_folder(tmp_path):
 
 def test_a_refused_process_is_told_which_stage_holds_the_folder(tmp_path, capsys):
     """The report stage, refused while a train stage holds the folder's lock (shared), names that process and
-    its stage."""
+    its stage, and not a shared holder killed earlier whose note outlived it."""
     first, _ = two_configs(tmp_path)
     out = tmp_path / "out"
     holder = subprocess.Popen(
@@ -261,10 +261,16 @@ def test_a_refused_process_is_told_which_stage_holds_the_folder(tmp_path, capsys
     try:
         assert holder.stdout.readline().strip() == "held"
         (out / "exp" / "experiment.json").write_text("{}")
+        killed = subprocess.Popen(["true"])
+        killed.wait()
+        host = os.uname().nodename
+        (out / "exp" / f".lock.holder.{host}.{killed.pid}.json").write_text(
+            f'{{"pid": {killed.pid}, "host": "{host}", "started": 0, "command": "run.py", "stage": "search"}}')
         code, lines = cli(first, out, capsys, "--stages", "report")
         assert code == 2 and len(lines) == 1, lines
-        assert f"in use by pid {holder.pid} on host {os.uname().nodename} (the train stage, started" in lines[0]
-        assert "search workers" not in lines[0]
+        assert lines[0].startswith(f"error: {out / 'exp'} is in use by pid {holder.pid} on host {host} (the train "
+                                   "stage, started ") and lines[0].endswith("; wait for it to finish or stop it")
+        assert "search" not in lines[0] and f"pid {killed.pid}" not in lines[0]
     finally:
         holder.kill()
         holder.wait()
