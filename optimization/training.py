@@ -138,13 +138,17 @@ def _rng_state(device: torch.device) -> dict:
     return state if len(states) == 1 else {**states[0], "ranks": states}
 
 
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    ranks = state.get("ranks", [])
-    if distributed.splits() and len(ranks) == distributed.world_size():
-        state = ranks[distributed.rank()]
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
+def _set_rng_state(state: dict, device: torch.device, seed: int, epoch: int) -> None:
+    """Each rank's saved random state; a rank that last.pt has none for (a job of more ranks than the one that wrote
+    it) starts a stream of its own from (seed, its rank, epoch), so that no two ranks draw the same dropout masks."""
+    saved = state.get("ranks", [state])
+    here = distributed.rank() if distributed.splits() else 0
+    if here >= len(saved):
+        torch.manual_seed(distributed.rank_seed(seed, epoch))
+        return
+    torch.set_rng_state(saved[here]["torch"])
+    if device.type == "cuda" and "cuda" in saved[here]:
+        torch.cuda.set_rng_state(saved[here]["cuda"], device)
 
 
 def _starting_point(run: RunConfig, run_dir: Path, train_texts: list[str], resuming: bool):
@@ -253,7 +257,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
         history = resume["history"]
         train_time, train_tokens, start_epoch = resume["train_time_s"], resume["train_tokens"], resume["epoch"]
         train_flops = resume.get("train_flops", 0)  # a last.pt of an older version counted none
-        _set_rng_state(resume["rng"], device)
+        _set_rng_state(resume["rng"], device, run.seed, start_epoch)
         print(f"{label}: resuming after epoch {start_epoch} of {run.train.epochs}")
     else:
         save_checkpoint(run_dir / "init.pt", model, run, 0, tokenizer_ref, fingerprint)

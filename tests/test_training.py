@@ -258,3 +258,25 @@ def test_step_losses_are_the_token_mean_loss_of_each_step(tiny_experiment, tmp_p
     train_stage(exp, tmp_path, force=False)
     metrics = json.loads((run_dir(tmp_path, exp, exp.runs[0]) / "metrics.json").read_text())
     assert metrics["step_loss"] == metrics["train_loss"] and len(metrics["step_loss"]) == 3
+
+
+def test_each_rank_of_a_resumed_torchrun_job_draws_its_own_dropout_masks(monkeypatch):
+    """last.pt of 2 ranks gives each rank its own random state back; last.pt of one process resumed by 2 ranks gives
+    rank 0 that process's state and rank 1 a stream of its own (not rank 0's: the same masks on both shares), the
+    same one on every resume."""
+    from utils import distributed
+
+    monkeypatch.setattr(distributed, "splits", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+
+    def resumed(rank: int, saved: dict) -> torch.Tensor:
+        monkeypatch.setattr(distributed, "rank", lambda: rank)
+        training._set_rng_state(saved, torch.device("cpu"), seed=42, epoch=3)
+        return torch.get_rng_state()
+
+    with torch.random.fork_rng():
+        one = {"torch": torch.manual_seed(0).get_state()}
+        two = {**one, "ranks": [one, {"torch": torch.manual_seed(1).get_state()}]}
+        assert torch.equal(resumed(0, two), one["torch"]) and torch.equal(resumed(1, two), two["ranks"][1]["torch"])
+        assert torch.equal(resumed(0, one), one["torch"])
+        assert not torch.equal(resumed(1, one), one["torch"]) and torch.equal(resumed(1, one), resumed(1, one))

@@ -65,12 +65,12 @@ def writes() -> bool:
     return is_main()
 
 
-def rank_seed(seed: int) -> int:
+def rank_seed(seed: int, *also: int) -> int:
     """This rank's seed for its random draws (dropout masks): `seed` itself on rank 0 and in a single process, and
-    on every other rank of a splitting job its own seed derived from (seed, rank), so that the ranks' shares of a
-    batch get independent masks, as the texts of one process's batch do, not every rank the same ones."""
+    on every other rank of a splitting job its own seed derived from (seed, rank, *also), so that the ranks' shares
+    of a batch get independent masks, as the texts of one process's batch do, not every rank the same ones."""
     here = rank() if splits() else 0
-    return seed if here == 0 else int(np.random.SeedSequence([seed, here]).generate_state(1)[0])
+    return seed if here == 0 else int(np.random.SeedSequence([seed, here, *also]).generate_state(1)[0])
 
 
 def splits() -> bool:
