@@ -260,7 +260,7 @@ def _load_pairs(results: ExperimentResults) -> dict[str, Path]:
             current.append(pair)
         else:
             results.lack(f"interpolation {a} → {b}, seed {seed} (computed from other weights than the current "
-                         "checkpoints; run the landscape stage)", "landscape")
+                         "checkpoints)", "landscape")
     found = {(tuple(pair["runs"]), pair["seed"]) for pair in data["pairs"] + data.get("incomparable", [])}
     results.incomparable = [f"{pair['runs'][0]} → {pair['runs'][1]}, seed {pair['seed']}"
                             for pair in data.get("incomparable", [])]
