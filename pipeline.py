@@ -57,12 +57,13 @@ def parse_stages(stages: str | list[str], origin: str = "--stages") -> list[str]
 
 
 def experiment_stages(experiment: Experiment, requested: str | None) -> list[str]:
-    """--stages if given, else the experiment file's `stages:`, else DEFAULT_STAGES."""
+    """--stages if given, else the experiment file's `stages:`, else DEFAULT_STAGES (and search, for a file with
+    searches: their trials are the runs the later stages measure)."""
     if requested is not None:
         return parse_stages(requested)
     if experiment.stages:
         return parse_stages(experiment.stages, f"{experiment.source}: stages")
-    return list(DEFAULT_STAGES)
+    return parse_stages(DEFAULT_STAGES + ["search"] if experiment.studies() else DEFAULT_STAGES)
 
 
 def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:

@@ -148,7 +148,9 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         result_path, density_path = folder / "sharpness.json", folder / "density.json"
         merged_path = folder / "sharpness_merged.json"
         measurement_keys = {key: settings[key] for key in MEASUREMENT_KEYS}
-        density_stamp = fingerprint({"density": density_settings, "measurement": measurement_keys, "checkpoint": checkpoint})
+        # "reports" names what density.json holds, so one written before the mass below −τ is measured again
+        density_stamp = fingerprint({"density": density_settings, "measurement": measurement_keys, "checkpoint": checkpoint,
+                                     "reports": "mass_below_minus_tau"})
         sharpness_todo = not _current(result_path, stamp, checkpoint, force, label)
         density_todo = cfg.density.probes > 0 and not _current(density_path, density_stamp, checkpoint, force, label)
         merged_asked = cfg.merged and run.model.adapter.type != "none"

@@ -126,6 +126,8 @@ def test_stages_come_from_the_command_line_else_the_config_else_the_default(writ
     assert experiment_stages(listed, None) == ["train", "geometry", "report"]  # the registry's order
     assert experiment_stages(listed, "train") == ["train"]
     assert load_experiment(write_config(), ["stages=[train,geometry]"]).stages == ["train", "geometry"]
+    searching = load_experiment(write_config("search: {n_trials: 2, space: {train.lr: [0.1, 0.2]}}\n"))
+    assert experiment_stages(searching, None) == ["train", "search", "sharpness", "landscape", "report"]
 
 
 def test_runs_trained_before_the_new_training_keys_keep_their_fingerprints():

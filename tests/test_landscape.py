@@ -378,6 +378,8 @@ def test_a_retrained_run_gets_new_interpolations_and_figures(landscaped, tmp_pat
     figures = experiment_dir(out, experiment) / "figures"
     index = json.loads((figures / "index.json").read_text())
     retrained = make_experiment(tmp_path, text=LANDSCAPE.replace("batch_size: 16}", "batch_size: 16, lr: 0.1}"))
+    manifest = experiment_dir(out, experiment) / "experiment.json"  # the config edited where it lies: still its file's
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "config_path": str(retrained.source.resolve())}))
     train_stage(retrained, out, force=False)
     capsys.readouterr()
     stage.landscape_stage(retrained, out, force=False)

@@ -267,6 +267,8 @@ def test_the_report_shows_no_interpolation_or_figure_of_other_weights(results, t
     experiment, out = copy_of(results, tmp_path)
     folder = out / "small"
     retrained = small_experiment(tmp_path, SMALL.replace("batch_size: 16}", "batch_size: 16, lr: 0.1}"))
+    # The config edited where it lies: the folder is still its file's (another file is refused, test_search_faults)
+    rewrite_json(folder / "experiment.json", lambda d: d.update({"config_path": str(retrained.source.resolve())}))
     run_experiment(retrained, ["train", "report"], out)  # large is retrained; nothing measured on it yet
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["pairs"] == [] and summary["runs"]["large"]["seeds"] == [1, 2]

@@ -83,8 +83,10 @@ class TrackConfig:
     metrics: list[Literal["lambda_max", "preconditioned_lambda_max", "trace"]] = option(
         ["lambda_max", "preconditioned_lambda_max"],
         "lambda_max | preconditioned_lambda_max (of P^-1/2 H P^-1/2, Adam family only) | trace (Hutchinson)")
-    iters: int = option(40, "Lanczos steps per point at most (each one HVP; warm-started from the last point)", ge=2)
-    tol: float = option(1e-3, "stop when λ moved by at most tol·|λ_max| over the last half of the Lanczos steps", gt=0)
+    iters: int = option(40, "Lanczos steps per point at most (each one HVP; 3 points in 4 warm-started from the last "
+                              "point; at most 10 cannot converge)", ge=2)
+    tol: float = option(1e-3, "a λ has converged when its residual is within tol·|λ_max| and it moved by at most that "
+                              "over max(10, m/2) of its m Lanczos steps (the sharpness stage's rule)", gt=0)
     trace_samples: int = option(10, "Hutchinson samples per point (metric trace)", ge=1)
     seed: int = option(0, "draws the first Lanczos start and the Hutchinson vectors", ge=0)
 
@@ -159,7 +161,7 @@ class SharpnessConfig:
 class GeometryConfig:
     cauchy_vectors: int = option(50, "Cauchy sketches of the Hessian's row ℓ1 norms (k; each one HVP and 4·d bytes of "
                                  "disk)", ge=5, le=100_000)
-    bootstrap: int = option(100, "bootstrap resamples of the k sketches for the intervals (0: off, else at least 2)", ge=0)
+    bootstrap: int = option(100, "random halves of the k sketches drawn for the intervals' standard errors (0: off, else at least 2)", ge=0)
     confidence: float = option(0.95, "confidence level of the intervals", gt=0, lt=1)
     frobenius_probes: int = option(30, "Hutch++ Rademacher probes for ‖H‖_F (0: off)", ge=0)
     rotation: Literal["none", "global", "per-layer"] = option(

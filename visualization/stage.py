@@ -115,8 +115,7 @@ def landscape_stage(experiment: Experiment, output: Path, force: bool) -> None:
 
 
 def check_shared_settings(jobs: list[Job]) -> None:
-    first = jobs[0]
-    for job in jobs[1:]:
+    for first, job in zip(jobs, jobs[1:]):  # no job at all (a search's templates only): nothing to check
         for key in LINE_KEYS:
             if getattr(job.run.landscape, key) != getattr(first.run.landscape, key):
                 raise UserError(f"landscape.{key} differs between runs {first.run.name} and {job.run.name}; "
