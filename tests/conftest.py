@@ -63,3 +63,21 @@ def tiny_model_and_tokenizer():
     tokenizer = byte_tokenizer()
     cfg = ModelConfig(init="scratch", config={"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64})
     return build_model(cfg, tokenizer, seed=0), tokenizer
+
+
+@pytest.fixture(scope="module")
+def figures_not_drawn():
+    """For a module whose tests are not about figures: each figure's files are still written (the report links
+    them, the landscape stage checks they exist), but as a placeholder, not drawn. Matplotlib's layout took ~0.6 s a
+    figure, most of such a module's time; test_report and test_landscape check what the figures show."""
+    import visualization.report
+    import visualization.stage
+    from utils.io import write_bytes
+
+    def placeholder(path, figure, dpi=150):
+        write_bytes(path, b"figure not drawn in this test")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (visualization.report, visualization.stage):
+            patch.setattr(module, "save_figure", placeholder)
+        yield

@@ -27,6 +27,7 @@ runs:
 """
 FULL, LORA = Path("exp/full/seed-42"), Path("exp/lora/seed-42")
 COMMAND = re.compile(r"python run\.py (.+?) \(with the same --set options as before\)")
+pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # each test writes the report 3 or 4 times
 
 
 def main(*args) -> int:
