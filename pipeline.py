@@ -19,30 +19,23 @@ runs the experiment file's `stages:` list, or DEFAULT_STAGES.
 
 from __future__ import annotations
 
+import importlib
 from contextlib import nullcontext
 from pathlib import Path
 
-from optimization.experiments import train_stage
-from optimization.prune_stage import prune_stage
-from optimization.search import search_stage
-from sharpness.correlate_stage import correlate_stage
-from sharpness.geometry_stage import geometry_stage
-from sharpness.stage import sharpness_stage
-from utils import distributed
-from utils.config import Experiment
+from utils.config import DEFAULT_STAGES, Experiment
 from utils.errors import ConfigError, UserError
-from utils.io import remove_interrupted_writes
-from utils.layout import DEFAULT_STAGES, MANIFEST, experiment_dir, with_trials
-from utils.lock import experiment_lock
-from visualization.report import report_stage
-from visualization.stage import landscape_stage
 
 # Processes given other --runs (or search workers) run these side by side in one experiment folder.
 SHARED_STAGES = ("train", "search")
 # Under torchrun every rank runs these, splitting the work (utils.distributed); rank 0 runs the others alone.
 COLLECTIVE_STAGES = ("train", "sharpness", "geometry", "landscape")
-STAGES = {"train": train_stage, "search": search_stage, "sharpness": sharpness_stage, "geometry": geometry_stage,
-          "landscape": landscape_stage, "prune": prune_stage, "correlate": correlate_stage, "report": report_stage}
+# Each stage's (module, handler), imported when the stage runs: the stages load torch, transformers, optuna and
+# matplotlib (seconds, tens on a busy CPU), which `run.py --help`, `--list` and a config error do without.
+STAGES = {"train": ("optimization.experiments", "train_stage"), "search": ("optimization.search", "search_stage"),
+          "sharpness": ("sharpness.stage", "sharpness_stage"), "geometry": ("sharpness.geometry_stage", "geometry_stage"),
+          "landscape": ("visualization.stage", "landscape_stage"), "prune": ("optimization.prune_stage", "prune_stage"),
+          "correlate": ("sharpness.correlate_stage", "correlate_stage"), "report": ("visualization.report", "report_stage")}
 
 
 def parse_stages(stages: str | list[str], origin: str = "--stages") -> list[str]:
@@ -69,6 +62,13 @@ def experiment_stages(experiment: Experiment, requested: str | None) -> list[str
 def run_experiment(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
     """Run `stages` in order, each holding the experiment folder's lock (shared by the train and search stages of
     several processes); first clear what killed writes left, while no one else writes there."""
+    from utils import distributed  # these load torch: imported here, as the stages are (STAGES)
+    from utils.io import remove_interrupted_writes
+    from utils.layout import MANIFEST, experiment_dir, with_trials
+    from utils.lock import experiment_lock
+
+    # Loaded before anything is made: a Ctrl-C or a broken install meanwhile leaves no folder behind.
+    handlers = {stage: getattr(importlib.import_module(STAGES[stage][0]), STAGES[stage][1]) for stage in stages}
     folder = experiment_dir(output, experiment)
     if not {"train", "search"} & set(stages) and not (folder / MANIFEST).is_file():  # and no empty folder left behind
         raise UserError(f"{folder / MANIFEST} not found: run the train stage first (--stages train)")
@@ -88,6 +88,6 @@ def run_experiment(experiment: Experiment, stages: list[str], output: Path, forc
                     print(f"{experiment.name}: removed {leftover}, left by an interrupted write")
                 cleaned = True
             with distributed.collective() if stage in COLLECTIVE_STAGES else nullcontext():
-                STAGES[stage](experiment if stage in ("train", "search") else with_trials(experiment, output),
-                              Path(output), force)
+                handlers[stage](experiment if stage in ("train", "search") else with_trials(experiment, output),
+                                Path(output), force)
         distributed.barrier()  # the next stage reads what this one wrote

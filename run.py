@@ -15,16 +15,14 @@ def interrupted() -> int:
     return 130
 
 
-try:  # the libraries take seconds to load (tens on a loaded machine): a Ctrl-C then is one line too
+try:  # a Ctrl-C while these load is one line too (torch and the stages' libraries load later: run_stages)
     import argparse
     import os
     from pathlib import Path
 
     from pipeline import DEFAULT_STAGES, STAGES, experiment_stages, run_experiment
-    from utils import distributed
     from utils.config import Experiment, load_experiment
     from utils.errors import UserError
-    from utils.io import output_error
 except KeyboardInterrupt:
     sys.exit(interrupted())
 
@@ -46,10 +44,13 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def headline(experiment: Experiment) -> str:
+    return f"{experiment.name}: {len(experiment.runs)} run(s), seeds {', '.join(map(str, experiment.seeds))}"
+
+
 def describe_runs(experiment: Experiment) -> str:
     """What `--list` prints: each run with the values its sweep gave it, and each search's study."""
-    seeds = ", ".join(map(str, experiment.seeds))
-    lines = [f"{experiment.name}: {len(experiment.runs)} run(s), seeds {seeds}"]
+    lines = [headline(experiment)]
     if experiment.requested:
         lines.append(f"  (not runs of the file; trials of its searches? {', '.join(experiment.requested)})")
     width = max((len(run.name) for run in experiment.runs), default=0)
@@ -63,6 +64,30 @@ def describe_runs(experiment: Experiment) -> str:
     return "\n".join(lines)
 
 
+def run_stages(experiment: Experiment, stages: list[str], output: str, force: bool) -> None:
+    """Join the torchrun job (if any), choose torch's threads and run the stages. torch loads here, once the
+    config is known to be good (seconds; `--help`, `--list` and a config error answer without it)."""
+    from utils import distributed
+    from utils.device import use_threads
+    from utils.io import output_error
+
+    distributed.start(experiment.runs[0].device if experiment.runs else "auto")
+    try:
+        if not distributed.is_main():
+            sys.stdout = open(os.devnull, "w")  # rank 0 reports for the job; errors still reach stderr
+        use_threads(experiment.threads)
+        run_experiment(experiment, stages, output, force=force)
+    except RuntimeError as err:
+        if distributed.world_size() > 1 and output_error(err, Path(output)) is None:
+            # gloo and NCCL fail a collective when another rank died or hung; torchrun then ends the job
+            raise UserError(f"rank {distributed.rank()} lost the other processes of the torchrun job "
+                            f"({str(err).splitlines()[0][:200]}); the checkpoints written so far are intact: rerun "
+                            "the same command to resume") from None
+        raise
+    finally:
+        distributed.stop()
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
@@ -72,29 +97,22 @@ def main(argv=None) -> int:
             print(describe_runs(experiment))
             return 0
         stages = experiment_stages(experiment, args.stages)
-        distributed.start(experiment.runs[0].device if experiment.runs else "auto")
-        if not distributed.is_main():
-            sys.stdout = open(os.devnull, "w")  # rank 0 reports for the job; errors still reach stderr
-        run_experiment(experiment, stages, args.output, force=args.force)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for the job
+            print(f"{headline(experiment)}; stages {', '.join(stages)}", flush=True)  # before torch loads
+        run_stages(experiment, stages, args.output, args.force)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except (OSError, RuntimeError) as err:  # outside utils.io: a library's own save or read, say
+        from utils.io import output_error
+
         problem = output_error(err, Path(getattr(err, "filename", None) or args.output), action="access")
-        if problem is None and isinstance(err, RuntimeError) and distributed.world_size() > 1:
-            # gloo and NCCL fail a collective when another rank died or hung; torchrun then ends the job
-            print(f"error: rank {distributed.rank()} lost the other processes of the torchrun job "
-                  f"({str(err).splitlines()[0][:200]}); the checkpoints written so far are intact: rerun the same "
-                  "command to resume", file=sys.stderr)
-            return 1
         if problem is None:
             raise
         print(f"error: {problem}", file=sys.stderr)
         return problem.exit_code
     except KeyboardInterrupt:
         return interrupted()
-    finally:
-        distributed.stop()
     return 0
 
 

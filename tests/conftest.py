@@ -8,6 +8,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the network
 os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # run.py's threads: auto keeps the one thread set below
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -259,13 +259,17 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stages without --stages or `stages:`
+
+
 @dataclass
 class Experiment:
     name: str
     source: Path
     seeds: list[int]
     runs: list[RunConfig]  # one per run name, with seed = seeds[0]; a run with search.n_trials is a study's template
-    stages: list[str] = field(default_factory=list)  # what run.py does without --stages ([]: pipeline's default)
+    stages: list[str] = field(default_factory=list)  # what run.py does without --stages ([]: DEFAULT_STAGES)
+    threads: int | str = "auto"  # torch's intra-op threads in each process: a count, or "auto" (utils.device.threads_for)
     swept: dict[str, dict] = field(default_factory=dict)  # run name -> the `sweep:` values it was made with
     requested: list[str] = field(default_factory=list)  # --runs names that are no run of the file: trials of a search?
     trials: list[RunConfig] = field(default_factory=list)  # the search's trained trials (utils.layout.with_trials)
@@ -283,7 +287,8 @@ class Experiment:
 # ----------------------------------------------------------------------------------------------
 # Reading files: the tree of raw values, each leaf remembering where it was written.
 
-_EXPERIMENT_KEYS = {"extends", "experiment", "seeds", "stages", "runs", "sweep"}
+_EXPERIMENT_VALUES = ("experiment", "seeds", "stages", "threads")  # keys of the experiment, not of its runs
+_EXPERIMENT_KEYS = {"extends", *_EXPERIMENT_VALUES, "runs", "sweep"}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MADE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")  # names made from values (sweeps, trials)
 
@@ -387,7 +392,7 @@ def _load_layers(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict, 
         if not isinstance(parent, str):
             raise ConfigError(f"{source}: extends: expected a file name, got {parent!r}")
         flat, meta, runs = _load_layers(path.parent / parent, chain + (path,))
-    for key in ("experiment", "seeds", "stages"):
+    for key in _EXPERIMENT_VALUES:
         if key in raw:
             origin = f"{source}: {key}"
             meta[key] = (_experiment_value(key, raw[key], origin), origin)
@@ -528,8 +533,12 @@ def _typed(dotted: str, value, origin: str):
 
 
 def _experiment_value(key: str, value, origin: str):
-    """`seeds`, `stages` or `experiment` as written in one layer, typed and checked (stage names are
+    """`seeds`, `stages`, `threads` or `experiment` as written in one layer, typed and checked (stage names are
     checked against the registry by the pipeline, which utils may not import)."""
+    if key == "threads":
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{origin}: expected auto or a number of threads (1 or more), got {value!r}")
+        return value
     if key == "stages":
         stages = _coerce(value, list[str], origin)
         if len(set(stages)) != len(stages):
@@ -611,7 +620,7 @@ def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
     for text in overrides:
         key, value = parse_override(text)
         origin = f"--set {key}"
-        if key in ("seeds", "experiment", "stages"):
+        if key in _EXPERIMENT_VALUES:
             meta[key] = (_experiment_value(key, value, origin), origin)
         elif key.startswith("model.config."):
             flat.setdefault("model.config", ({}, origin))
@@ -619,7 +628,7 @@ def _apply_overrides(flat: dict, meta: dict, overrides: list[str]) -> None:
             merged[key[len("model.config."):]] = value
             flat["model.config"] = (merged, origin)
         elif key not in keys:
-            raise _unknown_key("--set", key, keys + ["seeds", "experiment", "stages"])
+            raise _unknown_key("--set", key, keys + list(_EXPERIMENT_VALUES))
         else:
             flat[key] = (_typed(key, value, origin), origin)
 
@@ -715,7 +724,9 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
         configs.append(run)
     _check_base_runs(configs, wheres)
     stages = meta["stages"][0] if "stages" in meta else []
-    experiment = Experiment(name=name, source=path, seeds=seeds, runs=configs, stages=stages, swept=swept)
+    threads = meta["threads"][0] if "threads" in meta else "auto"
+    experiment = Experiment(name=name, source=path, seeds=seeds, runs=configs, stages=stages, threads=threads,
+                            swept=swept)
     return _select(experiment, runs, made_from) if runs else experiment
 
 

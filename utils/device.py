@@ -1,4 +1,4 @@
-"""Device choice, its name, and the peak memory of a stretch of work."""
+"""Device choice, its name, torch's threads on the CPU, and the peak memory of a stretch of work."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import torch
 from utils.distributed import launched
 from utils.errors import UserError
 
+_threads = {"count": None}  # what use_threads last chose in this process
+
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> the first CUDA device if there is one, else the CPU. In a torchrun job, 'auto' and 'cuda' are the
@@ -23,6 +25,34 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and launched():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+def threads_for(setting: int | str) -> tuple[int, str]:
+    """torch's intra-op threads for this process, and the line that says why. `setting` is the experiment's
+    `threads`: a count, or "auto": OMP_NUM_THREADS when the user set it, else the cores this process may run on
+    less the 1-minute load average (rounded; at least 1), shared among the local ranks of a torchrun job. Threads
+    beyond the free cores wait on each other: at load 5-11 on 2 cores one HVP took ~10x longer with 2 threads
+    than with 1 (bench/threads.py)."""
+    if setting != "auto":
+        return setting, f"threads: {setting} (the experiment's `threads`)"
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    if asked.isdigit() and int(asked) > 0 and not launched():  # torchrun sets it to 1 for its ranks itself
+        return int(asked), f"threads: {int(asked)} (OMP_NUM_THREADS)"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
+    count = max(1, round(cores - load) // ranks)
+    each = f" in each of {ranks} ranks" if ranks > 1 else ""
+    return count, f"threads: {count}{each} of {cores} cores (load {load:.1f}); set `threads:` to choose"
+
+
+def use_threads(setting: int | str) -> None:
+    """Set torch's intra-op threads (threads_for) before the work; say so once, unless the count changes."""
+    count, line = threads_for(setting)
+    if count != _threads["count"]:
+        torch.set_num_threads(count)
+        print(line, flush=True)
+        _threads["count"] = count
 
 
 def device_name(device: torch.device) -> str:

@@ -19,7 +19,6 @@ from utils.io import fingerprint, read_json, recorded_sha256, verify
 MANIFEST = "experiment.json"
 MEASUREMENT_KEYS = ("batches", "batch_size", "seed")  # the sharpness settings that pick the measurement set
 TRAJECTORY, TRAJECTORY_INDEX = "trajectory.npy", "trajectory.json"  # train.trajectory's rows and their steps
-DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stages without --stages or `stages:`
 
 
 def with_trials(experiment: Experiment, output: Path) -> Experiment:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.config import run_config_from_dict
+from utils.config import DEFAULT_STAGES, run_config_from_dict
 from utils.errors import CorruptFileError
 from utils.io import fingerprint, load_npz, read_json, sha256_of, write_json
-from utils.layout import DEFAULT_STAGES, MANIFEST, trained_with, training_fingerprint
+from utils.layout import MANIFEST, trained_with, training_fingerprint
 
 
 @dataclass
