@@ -133,9 +133,11 @@ def test_a_trial_of_a_live_worker_is_left_to_it(write_config, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_a_worker_killed_or_interrupted_mid_trial_is_resumed_by_the_rerun(write_config, tmp_path, sig, reference):
+def test_a_worker_killed_or_interrupted_mid_trial_is_resumed_by_the_rerun(write_config, tmp_path, capsys, sig,
+                                                                          reference):
     """kill -9 or Ctrl-C of a worker in trial 1 (after its first epoch's last.pt): Ctrl-C ends it with one line and
-    exit 130; the rerun resumes trial 1 in its folder and ends with the trials of a search never interrupted."""
+    exit 130; the rerun (run.py's main in this process: a second interpreter would only add its start-up) resumes
+    trial 1 in its folder and ends with the trials of a search never interrupted."""
     path = write_config(SEARCH)
     out = tmp_path / "out"
     command = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "search", "--output", str(out)]
@@ -147,10 +149,11 @@ def test_a_worker_killed_or_interrupted_mid_trial_is_resumed_by_the_rerun(write_
     _, err = worker.communicate(timeout=120)
     if sig == signal.SIGINT:
         assert worker.returncode == 130 and err.strip() == "interrupted: rerun the same command to resume", err
-    rerun = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    assert "exp/t001/seed-42: trial 1 lost its worker; resuming it" in rerun.stdout
-    assert "exp/t001/seed-42: resuming after epoch" in rerun.stdout
+    capsys.readouterr()
+    assert run.main(command[2:]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "exp/t001/seed-42: trial 1 lost its worker; resuming it" in printed
+    assert "exp/t001/seed-42: resuming after epoch" in printed
     assert outcome(out) == reference["search"]
 
 
