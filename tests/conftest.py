@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the network
@@ -66,11 +67,12 @@ def tiny_model_and_tokenizer():
     return build_model(cfg, tokenizer, seed=0), tokenizer
 
 
-@pytest.fixture(scope="module")
-def figures_not_drawn():
-    """For a module whose tests are not about figures: each figure's files are still written (the report links
-    them, the landscape stage checks they exist), but as a placeholder, not drawn. Matplotlib's layout took ~0.6 s a
-    figure, most of such a module's time; test_report and test_landscape check what the figures show."""
+@contextmanager
+def placeholder_figures():
+    """For tests that are not about figures: each figure's files are still written (the report links them, the
+    landscape stage checks they exist), but as a placeholder, not drawn. Matplotlib's layout takes ~0.6 s a figure,
+    most of the time of a test that writes a report several times; test_report and test_landscape check what the
+    figures show."""
     import visualization.report
     import visualization.stage
     from utils.io import write_bytes
@@ -81,4 +83,11 @@ def figures_not_drawn():
     with pytest.MonkeyPatch.context() as patch:
         for module in (visualization.report, visualization.stage):
             patch.setattr(module, "save_figure", placeholder)
+        yield
+
+
+@pytest.fixture(scope="module")
+def figures_not_drawn():
+    """placeholder_figures for every test of a module (its module-scoped fixtures included)."""
+    with placeholder_figures():
         yield

@@ -15,6 +15,7 @@ from utils.errors import ConfigError, UserError
 from utils.layout import run_dir, trained_runs, trained_with, training_fingerprint
 
 # Listed before their base, which must still train first; the base has other texts than the runs on it.
+pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # what the figures show is test_report's to check
 RUNS = """
 runs:
   full: {model: {base_run: base}}

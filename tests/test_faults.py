@@ -25,6 +25,7 @@ from utils.config import (DataConfig, LandscapeConfig, ModelConfig, SharpnessCon
                           load_experiment)
 from utils.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # what the figures show is test_report's to check
 REPO = Path(__file__).resolve().parents[1]
 
 

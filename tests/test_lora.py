@@ -20,6 +20,7 @@ from utils.io import save_torch
 from utils.layout import run_dir, training_fingerprint
 
 LORA = "model: {adapter: {type: lora, r: 4, alpha: 8}}\ntrain: {optimizer: adamw, lr: 0.01, epochs: 2}\n"
+pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # what the figures show is test_report's to check
 TEXTS = ["the cat sat on the mat", "a dog ran in the park today", "loss landscapes of language models", "lo ra"]
 
 
