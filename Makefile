@@ -29,6 +29,7 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/sharpness_speed.py --arch both
 	HF_HUB_OFFLINE=1 $(PY) bench/geometry_speed.py --arch both
 	HF_HUB_OFFLINE=1 $(PY) bench/tracking_speed.py
+	HF_HUB_OFFLINE=1 env -u OMP_NUM_THREADS $(PY) bench/threads.py
 
 clean:
 	rm -rf results .pytest_cache
