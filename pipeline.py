@@ -11,7 +11,7 @@
 
 Each handler takes (experiment, output folder, force), reads only files that earlier stages wrote
 (utils.layout says where) and writes files under the output folder. This module sits at the top:
-it imports the stages, and none of them imports it. One process at a time works in an experiment
+it imports the stages (when they run), and none of them imports it. One process at a time works in an experiment
 folder (utils.lock), but for the train and search stages of processes that train other runs. Under torchrun,
 every rank runs the COLLECTIVE_STAGES and rank 0 the others (utils.distributed). Without --stages, run.py
 runs the experiment file's `stages:` list, or DEFAULT_STAGES.
