@@ -199,7 +199,7 @@ def test_a_bad_storage_url_is_a_user_error(write_config, tmp_path, capsys, url):
     assert lines[0].startswith("error: search.storage of run default (") and "secret" not in lines[0]
 
 
-@pytest.mark.parametrize("module", ["pipeline", "torch", "scipy"])
+@pytest.mark.parametrize("module", ["pipeline", "torch", "transformers"])
 def test_ctrl_c_while_run_py_loads_its_libraries_is_one_line(write_config, tmp_path, module):
     """SIGINT while run.py imports `module` (what takes its first seconds): one line and exit 130, no traceback."""
     starter = ("import builtins, os, runpy, signal, sys\n"
