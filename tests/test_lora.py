@@ -54,7 +54,7 @@ def test_adapter_hvp_is_the_hessian_block_of_the_adapter_weights(tiny_model_and_
     what the adapter-space Objective's HVP multiplies by."""
     from torch.func import functional_call
 
-    model, tokenizer = _adapted(tiny_model_and_tokenizer, torch.float64, targets=("c_attn",), r=2)
+    model, tokenizer = _adapted(tiny_model_and_tokenizer, torch.float64, targets=("c_attn",), r=1)
     objective = Objective(model, _batches(tokenizer))
     extra = "base_model.model.transformer.h.0.attn.c_attn.base_layer.bias"  # a frozen weight, also in the Hessian
     names = list(objective.names) + [extra]
