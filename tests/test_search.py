@@ -164,16 +164,19 @@ def test_workers_that_create_the_database_together_all_open_it(tmp_path):
     the losers' UNIQUE-constraint failure is retried, so every one opens it (without the retry, about one
     start in three lost a worker here)."""
     opener = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from types import SimpleNamespace as S; "
-              "from pathlib import Path; from optimization.search import _open_storage; "
-              "start = float(sys.argv[1]); time.sleep(max(0.0, start - time.time())); "
+              "from pathlib import Path; from optimization.search import _open_storage; import optuna.storages; "
+              "print('ready', flush=True); go = Path(sys.argv[1])\n"
+              "while not go.exists(): time.sleep(0.001)\n"
               "_open_storage(S(name='x', search=S(storage='')), Path(sys.argv[2])); print('opened')")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     folders = [tmp_path / "exp0", tmp_path / "exp1"]  # two databases, four openers each, all at one instant
     for folder in folders:
         folder.mkdir()
-    start = time.time() + 10  # after every process has imported Optuna
-    openers = [subprocess.Popen([sys.executable, "-c", opener, str(start), str(folder)], env=env,
+    go = tmp_path / "go"
+    openers = [subprocess.Popen([sys.executable, "-c", opener, str(go), str(folder)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for folder in folders for _ in range(4)]
+    assert [p.stdout.readline() for p in openers] == ["ready\n"] * 8  # every one has imported Optuna: go at once
+    go.touch()
     logs = [p.communicate(timeout=120)[0] for p in openers]
     assert [p.returncode for p in openers] == [0] * 8, logs
