@@ -51,8 +51,9 @@ def frame_stamps(run: RunConfig, checkpoint: str, frame: str) -> tuple[str, str]
               "measurement": [s.batches, s.batch_size, s.seed, s.hvp]}
     if frame == "rotated":
         sketch["rotation"] = [g.rotation, g.rotation_seed]
+    # "intervals" names how they are made, so a geometry.json of the bootstrap's too-wide ones is measured again
     results = {**sketch, "bootstrap": g.bootstrap, "confidence": g.confidence, "frobenius_probes": g.frobenius_probes,
-               "eigen": [s.max_iter, s.tol]}
+               "eigen": [s.max_iter, s.tol], "intervals": "half-samples; Cox for ‖H‖_F"}
     return fingerprint(results), fingerprint(sketch)
 
 
