@@ -11,7 +11,7 @@ import torch
 
 from data.corpus import load_texts
 from models.models import byte_tokenizer, load_tokenizer
-from utils.config import DataConfig
+from config.schema import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

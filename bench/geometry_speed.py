@@ -36,7 +36,7 @@ from optimization.evaluation import summed_token_loss  # noqa: E402
 from optimization.objective import Objective, flatten  # noqa: E402
 from optimization.rotation import RotatedWeights  # noqa: E402
 from sharpness.geometry import cauchy_sketch, row_norm_statistics  # noqa: E402
-from utils.config import ModelConfig  # noqa: E402
+from config.schema import ModelConfig  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
 

@@ -41,7 +41,7 @@ from data.measurement import fixed_set  # noqa: E402
 from models.models import build_model  # noqa: E402
 from optimization.evaluation import evaluate  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
-from utils.config import ModelConfig  # noqa: E402
+from config.schema import ModelConfig  # noqa: E402
 from visualization.directions import conv1d_weight_names, random_directions  # noqa: E402
 
 SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 128}

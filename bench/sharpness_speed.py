@@ -30,7 +30,7 @@ from models.models import build_model, byte_tokenizer  # noqa: E402
 from optimization.evaluation import summed_token_loss  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
 from optimization.curvature import lanczos, power_iteration  # noqa: E402
-from utils.config import ModelConfig  # noqa: E402
+from config.schema import ModelConfig  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
 SHAPES = {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "distilgpt2": {}}

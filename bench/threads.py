@@ -30,7 +30,7 @@ from bench.common import bench_texts, machine, timed  # noqa: E402
 from bench.sharpness_speed import full_batch  # noqa: E402
 from models.models import build_model  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
-from utils.config import ModelConfig  # noqa: E402
+from config.schema import ModelConfig  # noqa: E402
 
 SHAPES = {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "small": {"n_layer": 4, "n_embd": 256, "n_head": 4}}
 

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from optimization.curvature import lanczos  # noqa: E402
 from optimization.tracking import COLD_EVERY, SharpnessTracker  # noqa: E402
-from utils.config import TrackConfig, TrainConfig  # noqa: E402
+from config.schema import TrackConfig, TrainConfig  # noqa: E402
 
 DIM, BULK = 300, 290
 TOL = 1e-3

@@ -32,7 +32,7 @@ from optimization.evaluation import summed_token_loss  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
 from optimization.tracking import SharpnessTracker  # noqa: E402
 from sharpness.density import lanczos_memory_bytes, slq  # noqa: E402
-from utils.config import ModelConfig, TrackConfig, TrainConfig  # noqa: E402
+from config.schema import ModelConfig, TrackConfig, TrainConfig  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
 

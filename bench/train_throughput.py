@@ -35,7 +35,7 @@ from bench.common import bench_texts, machine  # noqa: E402
 from data.batches import batches_in_order, epoch_order, to_device, tokenize  # noqa: E402
 from models.models import build_model  # noqa: E402
 from optimization.evaluation import summed_token_loss  # noqa: E402
-from utils.config import ModelConfig, check_scratch_config  # noqa: E402
+from config.schema import ModelConfig, check_scratch_config  # noqa: E402
 from utils.device import resolve_device  # noqa: E402
 
 SMALL_SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 4}

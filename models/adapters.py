@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from utils.config import AdapterConfig
+from config.schema import AdapterConfig
 from utils.errors import ConfigError
 
 ADAPTABLE = ("Linear", "Conv1D", "Conv1d", "Conv2d", "Embedding")  # the layer types peft's LoRA wraps

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
 
-from utils.config import ARCH_PRESETS, ModelConfig
+from config.schema import ARCH_PRESETS, ModelConfig
 from utils.errors import UserError
 from utils.hub import load_from_hub
 

@@ -29,10 +29,10 @@ from optimization.curvature import lanczos
 from optimization.evaluation import perplexity
 from optimization.objective import Objective
 from optimization.pruning import flat_mask, magnitude_masks, pruned_fraction, random_masks, retrain_masked
-from utils.config import Experiment, RunConfig
+from config.schema import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, write_json
-from utils.layout import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
+from models.runs import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
 from utils.progress import progress
 
 LANCZOS_KEYS = MEASUREMENT_KEYS + ("max_iter", "tol")  # the sharpness settings behind lambda_max

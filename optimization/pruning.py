@@ -17,7 +17,7 @@ import torch
 from data.batches import batches_in_order, epoch_order, to_device
 from optimization.evaluation import summed_token_loss
 from optimization.optimizers import make_optimizer
-from utils.config import TrainConfig
+from config.schema import TrainConfig
 from utils.progress import progress
 
 

@@ -44,7 +44,7 @@ import torch
 
 from optimization.optimizers import ADAM_FAMILY
 from optimization.curvature import hutchinson_trace, lanczos
-from utils.config import TrackConfig, TrainConfig
+from config.schema import TrackConfig, TrainConfig
 
 WARM_NOISE = 1.0  # the warm start's share of a random unit vector: room for a direction that overtook the old top one
 COLD_EVERY = 4  # every this many points (the first too), Lanczos starts from the random vector alone

@@ -43,11 +43,11 @@ from optimization.rotation import RotatedWeights
 from optimization.tracking import SharpnessTracker
 from optimization.trajectory import TrajectoryRecorder
 from utils import distributed
-from utils.config import RunConfig
+from config.schema import RunConfig
 from utils.device import PeakMemory, device_name, resolve_device
 from utils.errors import CorruptFileError, DivergedError, UserError
 from utils.io import atomic_dir, make_dir, read_json, remove, verify, versions, write_json
-from utils.layout import TRAJECTORY, TRAJECTORY_INDEX, base_folder, base_weights, started_from, training_fingerprint
+from models.runs import TRAJECTORY, TRAJECTORY_INDEX, base_folder, base_weights, started_from, training_fingerprint
 from utils.progress import progress
 
 

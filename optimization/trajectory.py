@@ -19,7 +19,7 @@ import torch
 from optimization.objective import flatten
 from utils.errors import CorruptFileError
 from utils.io import new_memmap, seal, write_json
-from utils.layout import TRAJECTORY, TRAJECTORY_INDEX
+from models.runs import TRAJECTORY, TRAJECTORY_INDEX
 
 
 def recorded_steps(every: int, total_steps: int) -> list[int]:

@@ -29,11 +29,11 @@ from models.checkpoint import load_trained
 from optimization.objective import Objective
 from optimization.rotation import build_rotation
 from sharpness.geometry import CHUNK, measure_frame, remove_sketch
-from utils.config import Experiment, RunConfig
+from config.schema import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.errors import ConfigError
 from utils.io import fingerprint, read_own_output, remove, write_json
-from utils.layout import run_label, trained_runs, trained_with
+from models.runs import run_label, trained_runs, trained_with
 from utils.progress import progress
 
 EIGEN_KEYS = ("batches", "batch_size", "seed", "max_iter", "tol", "hvp")  # the sharpness settings it uses

@@ -48,7 +48,7 @@ def write_config(tmp_path):
 
 @pytest.fixture
 def tiny_experiment(write_config):
-    from utils.config import load_experiment
+    from config.schema import load_experiment
 
     def make(text: str = "", overrides=()):
         return load_experiment(write_config(text), list(overrides))
@@ -60,7 +60,7 @@ def tiny_experiment(write_config):
 def tiny_model_and_tokenizer():
     """A 2-layer, 32-wide GPT-2 with a byte-level tokenizer (random weights, seeded)."""
     from models.models import build_model, byte_tokenizer
-    from utils.config import ModelConfig
+    from config.schema import ModelConfig
 
     tokenizer = byte_tokenizer()
     cfg = ModelConfig(init="scratch", config={"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64})
@@ -73,15 +73,15 @@ def placeholder_figures():
     landscape stage checks they exist), but as a placeholder, not drawn. Matplotlib's layout takes ~0.6 s a figure,
     most of the time of a test that writes a report several times; test_report and test_landscape check what the
     figures show."""
-    import visualization.report
-    import visualization.stage
+    import report.report_stage
+    import visualization.landscape_stage
     from utils.io import write_bytes
 
     def placeholder(path, figure, dpi=150):
         write_bytes(path, b"figure not drawn in this test")
 
     with pytest.MonkeyPatch.context() as patch:
-        for module in (visualization.report, visualization.stage):
+        for module in (report.report_stage, visualization.landscape_stage):
             patch.setattr(module, "save_figure", placeholder)
         yield
 

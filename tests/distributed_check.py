@@ -18,9 +18,9 @@ from data.corpus import builtin_lines  # noqa: E402
 from models.models import build_model, byte_tokenizer  # noqa: E402
 from optimization.evaluation import evaluate  # noqa: E402
 from optimization.objective import Objective  # noqa: E402
-from sharpness.stage import measure_sharpness  # noqa: E402
+from sharpness.sharpness_stage import measure_sharpness  # noqa: E402
 from utils import distributed  # noqa: E402
-from utils.config import ModelConfig, SharpnessConfig  # noqa: E402
+from config.schema import ModelConfig, SharpnessConfig  # noqa: E402
 from utils.io import save_torch, write_json  # noqa: E402
 
 

@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from optimization.experiments import train_stage
+from optimization.train_stage import train_stage
 from pipeline import run_experiment
-from utils.config import load_experiment
+from config.schema import load_experiment
 from utils.errors import ConfigError, UserError
-from utils.layout import run_dir, trained_runs, trained_with, training_fingerprint
+from models.runs import run_dir, trained_runs, trained_with, training_fingerprint
 
 # Listed before their base, which must still train first; the base has other texts than the runs on it.
 pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # what the figures show is test_report's to check

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from optimization.cost import step_flops
-from optimization.experiments import train_stage
+from optimization.train_stage import train_stage
 from pipeline import run_experiment
-from utils.layout import run_dir, training_fingerprint
+from models.runs import run_dir, training_fingerprint
 
 RUNS = """
 train: {optimizer: adamw, lr: 0.01, epochs: 4}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import run
-from utils.config import load_experiment
+from config.schema import load_experiment
 from utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +110,7 @@ def test_config_error_is_a_config_error(write_config):
 
 
 def test_readme_documents_every_config_key():
-    from utils.config import all_keys
+    from config.schema import all_keys
 
     readme = (REPO / "README.md").read_text()
     missing = [key for key in all_keys() if f"`{key}`" not in readme]
@@ -135,7 +135,7 @@ def test_runs_trained_before_the_new_training_keys_keep_their_fingerprints():
     fingerprint as it was, so finished runs are not trained again (values of the version before them)."""
     from dataclasses import replace
 
-    from utils.layout import training_fingerprint
+    from models.runs import training_fingerprint
 
     runs = load_experiment(REPO / "config/exp1.yaml").jobs()
     assert [training_fingerprint(run) for run in runs] == ["fd0786f44be77610", "5b0802d26bb77956"]

@@ -10,9 +10,9 @@ import pytest
 
 from pipeline import run_experiment
 from sharpness.correlation import kendall_tau, rank_correlations
-from utils.config import load_experiment
+from config.schema import load_experiment
 from utils.io import read_json, write_json
-from utils.results import load_results
+from report.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["train.epochs=2", "train.warmup_steps=0", "data.n_train=48", "sharpness.batches=1", "sharpness.max_iter=12",

@@ -178,7 +178,7 @@ def test_the_seed_is_held_fixed_in_each_group_but_is_no_axis_of_psi():
     """Jiang et al. average ψ over hyper-parameter axes. 2 learning rates × 2 seeds: ψ_lr is the mean over the
     two seeds of τ within a seed (seed 1: +1, seed 2: −1 → 0), and Ψ = ψ_lr, with no ψ_seed (here +1, which
     would have made Ψ = 0.5)."""
-    from sharpness.correlate_stage import correlate
+    from report.correlate_stage import correlate
 
     rows = [("a", 1, 1.0, 0.10), ("b", 1, 2.0, 0.20), ("a", 2, 3.0, 0.50), ("b", 2, 4.0, 0.40)]  # lr, seed, m, gap
     points = {"axes": ["train.lr", "seed"], "measures": ["m"],

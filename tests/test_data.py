@@ -13,7 +13,7 @@ from data.batches import collate, count_targets, epoch_order, fixed_batches, tok
 from data.corpus import BUILTIN_LONGEST_TEXT, builtin_lines, filter_texts, load_texts
 from models.models import byte_tokenizer, train_bpe_tokenizer
 from optimization.evaluation import evaluate, summed_token_loss
-from utils.config import DataConfig
+from config.schema import DataConfig
 
 
 def test_filter_strips_drops_headings_and_short_lines_and_takes_the_first_n():

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 import run
-from optimization.experiments import train_stage
-from sharpness.stage import sharpness_stage
-from utils.config import RunConfig
+from optimization.train_stage import train_stage
+from sharpness.sharpness_stage import sharpness_stage
+from config.schema import RunConfig
 from utils.errors import UserError
-from utils.layout import run_dir
-from visualization.stage import SURFACE_KEYS, landscape_settings, landscape_stage
+from models.runs import run_dir
+from visualization.landscape_stage import SURFACE_KEYS, landscape_settings, landscape_stage
 
 CHEAP = """
 sharpness: {batches: 2, batch_size: 4, max_iter: 6, epsilons: [1.0e-3], random_directions: 1, worst_case_steps: 1,
@@ -106,8 +106,8 @@ def test_random_planes_keep_their_fingerprints():
 
 @pytest.mark.parametrize("dim, full", [(1000, True), (5000, False)])
 def test_auto_reorthogonalizes_only_when_the_lanczos_basis_fits(dim, full):
-    from sharpness.stage import measure_density
-    from utils.config import DensityConfig
+    from sharpness.sharpness_stage import measure_density
+    from config.schema import DensityConfig
 
     class Diagonal:  # what measure_density needs of an Objective
         def __init__(self):

@@ -38,11 +38,11 @@ def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(w
     """The builtin corpus's texts are longer than the tiny max_length (32 tokens), so no batch is padded: the
     estimate's steps and FLOPs are then exactly those training counts, for full fine-tuning and LoRA, with and
     without a FLOP budget; the report shows the two side by side."""
-    from optimization.experiments import train_stage
-    from utils.config import load_experiment
-    from utils.layout import run_dir
-    from utils.results import load_results
-    from visualization.report import estimate_table
+    from optimization.train_stage import train_stage
+    from config.schema import load_experiment
+    from models.runs import run_dir
+    from report.results import load_results
+    from report.report_stage import estimate_table
 
     path = write_config("runs:\n  full: {}\n  lora: {model: {adapter: {type: lora, r: 2}}}\n"
                         "  budgeted: {train: {budget: {flops: 3.0e+8}}}\n")

@@ -21,7 +21,7 @@ import pytest
 import run
 from data.corpus import BUILTIN_LONGEST_TEXT, filter_texts, load_texts
 from tests.conftest import TINY
-from utils.config import (DataConfig, LandscapeConfig, ModelConfig, SharpnessConfig, TrainConfig, all_keys,
+from config.schema import (DataConfig, LandscapeConfig, ModelConfig, SharpnessConfig, TrainConfig, all_keys,
                           load_experiment)
 from utils.errors import ConfigError
 
@@ -361,7 +361,7 @@ def test_a_corrupt_manifest_is_written_again(damaged, capsys):
 
 
 def test_the_report_names_a_corrupt_result_and_the_command_that_regenerates_it(damaged, capsys):
-    from utils.results import load_results
+    from report.results import load_results
 
     config, out = damaged
     garble(out / RUN / "sharpness.json")

@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-import visualization.stage as stage
+import visualization.landscape_stage as stage
 from data.batches import collate, tokenize
 from data.corpus import load_texts
 from data.measurement import fixed_set
 from models.checkpoint import load_trained
 from models.models import build_model
-from optimization.experiments import train_stage
+from optimization.train_stage import train_stage
 from utils.io import load_torch
-from utils.layout import experiment_dir, run_dir
+from models.runs import experiment_dir, run_dir
 from optimization.objective import Objective
 from tests.conftest import TINY
-from utils.config import ModelConfig, load_experiment
+from config.schema import ModelConfig, load_experiment
 from utils.errors import UserError
-from utils.layout import trained_with
+from models.runs import trained_with
 from visualization.directions import conv1d_weight_names, directions_for, random_directions
 from visualization.interpolation import barrier, interpolate, interpolation_alphas, weights_in
 from visualization.plots import surface_3d_figure, surface_contour_figure, surfaces_figure
@@ -132,7 +132,7 @@ def test_directions_are_seeded(tiny_objective):
 # Interpolation.
 
 def test_alphas_hold_both_endpoints_and_the_barrier_is_the_excess_over_the_chord():
-    from utils.config import LandscapeConfig
+    from config.schema import LandscapeConfig
 
     alphas = interpolation_alphas(LandscapeConfig())
     assert len(alphas) == 33 and alphas[0] == -0.5 and alphas[-1] == 1.5 and {0.0, 1.0} <= set(alphas)

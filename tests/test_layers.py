@@ -1,4 +1,4 @@
-"""Data flows one way: config -> data -> models -> optimization -> sharpness / visualization -> pipeline.
+"""Data flows one way: config -> data -> models -> optimization -> sharpness / visualization -> report -> pipeline.
 
 Read from the source (no imports run): every project import, at module level or inside a function,
 must point to the same layer or a lower one, and no two modules may import each other in a circle."""
@@ -9,8 +9,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYERS = {"utils": 0, "data": 1, "models": 2, "optimization": 3, "sharpness": 4, "visualization": 4,
-          "pipeline": 5, "run": 6}
+LAYERS = {"utils": 0, "config": 1, "data": 2, "models": 3, "optimization": 4, "sharpness": 5, "visualization": 5,
+          "report": 6, "pipeline": 7, "run": 8}
 
 
 def project_imports(path: Path) -> set[str]:

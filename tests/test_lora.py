@@ -11,13 +11,13 @@ import torch
 from data.batches import fixed_batches, tokenize
 from models.adapters import add_adapter, merged
 from models.checkpoint import load_trained
-from optimization.experiments import train_stage
+from optimization.train_stage import train_stage
 from optimization.objective import Objective
 from pipeline import run_experiment
-from utils.config import AdapterConfig
+from config.schema import AdapterConfig
 from utils.errors import CorruptFileError, UserError
 from utils.io import save_torch
-from utils.layout import run_dir, training_fingerprint
+from models.runs import run_dir, training_fingerprint
 
 LORA = "model: {adapter: {type: lora, r: 4, alpha: 8}}\ntrain: {optimizer: adamw, lr: 0.01, epochs: 2}\n"
 pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # what the figures show is test_report's to check

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from optimization.optimizers import BlockAdam, SignSGD, make_optimizer
-from utils.config import TrainConfig
+from config.schema import TrainConfig
 
 GRADIENTS = [torch.tensor([[0.5, -2.0], [0.0, 1.0]]), torch.tensor([[-1.0, 1.0], [3.0, 0.5]])]
 BIAS = [torch.tensor([0.2, -0.1]), torch.tensor([0.4, 0.3])]

@@ -15,10 +15,10 @@ from nbclient import NotebookClient
 
 from pipeline import run_experiment
 from tests.conftest import TINY
-from utils.config import load_experiment
+from config.schema import load_experiment
 from utils.io import save_npz
-from utils.layout import run_dir
-from utils.results import BELOW_RESOLUTION, format_value, mean_and_stderr
+from models.runs import run_dir
+from report.results import BELOW_RESOLUTION, format_value, mean_and_stderr
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from models.checkpoint import load_trained
-from optimization.experiments import train_stage
+from optimization.train_stage import train_stage
 from optimization.rotation import DENSE, build_rotation
-from utils.layout import run_dir
+from models.runs import run_dir
 
 NAMES = ["transformer.wte.weight", "transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.bias",
          "transformer.h.1.ln_1.weight", "transformer.ln_f.bias"]

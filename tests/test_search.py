@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-import optimization.search as search
+import optimization.search_stage as search
 from pipeline import run_experiment
-from utils.config import load_experiment
+from config.schema import load_experiment
 from utils.errors import ConfigError, UserError
 from utils.io import read_json
-from utils.layout import with_trials
+from models.runs import with_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_workers_that_create_the_database_together_all_open_it(tmp_path):
     the losers' UNIQUE-constraint failure is retried, so every one opens it (without the retry, about one
     start in three lost a worker here)."""
     opener = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from types import SimpleNamespace as S; "
-              "from pathlib import Path; from optimization.search import _open_storage; import optuna.storages; "
+              "from pathlib import Path; from optimization.search_stage import _open_storage; import optuna.storages; "
               "print('ready', flush=True); go = Path(sys.argv[1])\n"
               "while not go.exists(): time.sleep(0.001)\n"
               "_open_storage(S(name='x', search=S(storage='')), Path(sys.argv[2])); print('opened')")

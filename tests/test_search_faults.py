@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-import optimization.search as search
+import optimization.search_stage as search
 import run
 from pipeline import run_experiment
-from utils.config import load_experiment
+from config.schema import load_experiment
 from utils.io import read_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ from optimization.objective import Objective
 from optimization.curvature import hutchinson_trace, lanczos, power_iteration
 from sharpness.sharpness import (MEASURED, curvatures, eps_sharpness, loss_resolution_pct,
                                  random_unit_directions, relative_increase_pct, taylor_check, worst_case)
-from sharpness.stage import measure_sharpness
-from utils.config import SharpnessConfig
+from sharpness.sharpness_stage import measure_sharpness
+from config.schema import SharpnessConfig
 
 
 @pytest.fixture(scope="module")
@@ -267,8 +267,8 @@ def test_hutchinson_trace_is_within_three_standard_errors(tiny):
 
 def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(tiny_experiment, tmp_path, capsys):
     from pipeline import run_experiment
-    from utils.layout import run_dir
-    from utils.results import curvature_columns, eps_columns, load_results, markdown_table, summarize
+    from models.runs import run_dir
+    from report.results import curvature_columns, eps_columns, load_results, markdown_table, summarize
 
     exp = tiny_experiment("""
         train: {epochs: 1}

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 import run
-from utils.config import SearchConfig, load_experiment, with_values
+from config.schema import SearchConfig, load_experiment, with_values
 from utils.errors import ConfigError
 
 GRID = """
@@ -317,9 +317,9 @@ def test_grid_sampler_with_enough_points_loads(tiny_experiment):
 
 def test_runs_naming_a_trial_selects_that_trial(write_config, tmp_path):
     """--runs naming a trained trial of a search makes that trial a job (the docstring of _select)."""
-    from optimization.experiments import write_manifest
-    from optimization.search import trial_name
-    from utils.layout import with_trials
+    from optimization.train_stage import write_manifest
+    from optimization.search_stage import trial_name
+    from models.runs import with_trials
 
     path = write_config(SEARCH)
     full = load_experiment(path)

@@ -11,12 +11,12 @@ import torch
 
 import optimization.training as training
 from bench.tracking_misses import MatrixObjective, crossing
-from optimization.experiments import train_stage
+from optimization.train_stage import train_stage
 from optimization.optimizers import BlockAdam, diagonal_preconditioner
 from optimization.rotation import build_rotation
 from optimization.tracking import COLD_EVERY, SharpnessTracker, adam_threshold, gd_threshold
-from utils.config import TrackConfig, TrainConfig
-from utils.layout import run_dir, training_fingerprint
+from config.schema import TrackConfig, TrainConfig
+from models.runs import run_dir, training_fingerprint
 
 
 def _spectrum(dim=200, seed=0, bulk_top=3.0):

@@ -14,8 +14,8 @@ import run
 from data.batches import tokenize
 from data.corpus import load_texts
 from models.checkpoint import load_trained
-from optimization.experiments import train_stage
-from utils.layout import run_dir
+from optimization.train_stage import train_stage
+from models.runs import run_dir
 from utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def test_quickstart_config_leaves_every_training_file_for_both_runs(tmp_path):
 
 
 def test_optimizers_and_schedules_follow_the_config():
-    from utils.config import TrainConfig
+    from config.schema import TrainConfig
 
     params = [torch.nn.Parameter(torch.zeros(3))]
     sgd = training.make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))

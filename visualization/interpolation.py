@@ -14,7 +14,7 @@ import torch
 
 from optimization.objective import Objective
 from utils.progress import progress
-from utils.config import LandscapeConfig
+from config.schema import LandscapeConfig
 from utils.errors import UserError
 
 

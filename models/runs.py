@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from utils.config import Experiment, RunConfig, TrainConfig, run_config_from_dict
+from config.schema import Experiment, RunConfig, TrainConfig, run_config_from_dict
 from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 

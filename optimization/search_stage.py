@@ -31,14 +31,14 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from optimization.experiments import write_manifest
+from optimization.train_stage import write_manifest
 from optimization.training import train_run
-from utils.config import Experiment, RunConfig, SearchConfig, search_axes, with_values
+from config.schema import Experiment, RunConfig, SearchConfig, search_axes, with_values
 from utils.errors import ConfigError, CorruptFileError, DivergedError, OutputError
 from utils.io import read_own_output, write_json
-from utils.layout import experiment_dir, run_dir, run_label, training_fingerprint
+from models.runs import experiment_dir, run_dir, run_label, training_fingerprint
 from utils.lock import manifest_lock, run_lock
-from utils.space import Axis
+from config.space import Axis
 
 SEARCH_FILE = "search.json"
 OPEN_ATTEMPTS = 4  # opening a database that another worker is creating

@@ -1,7 +1,7 @@
 """The `report` stage: <output>/<experiment>/report.md and summary.json, from saved results only.
 
 Both show exactly the (run, seed) pairs that experiment.json lists, with results computed from their
-current checkpoints (utils.results decides, and names what it leaves out). report.md holds the
+current checkpoints (report.results decides, and names what it leaves out). report.md holds the
 study's tables (generalization, sharpness), the settings each run was measured with, the barriers,
 the cost of every run and links to the figures; summary.json holds the numbers behind them (per run:
 per-seed values, mean, standard error, n and the values left out). Two figures that need every run at
@@ -17,11 +17,11 @@ from pathlib import Path
 from optimization.cost import PEAK_FLOPS, PRICES_FILE, Prices, extrapolated_seconds, load_prices, price_for_device, usd
 from optimization.estimate import estimate
 from optimization.experiment_log import open_log
-from utils.config import Experiment, run_config_from_dict
+from config.schema import Experiment, run_config_from_dict
 from utils.errors import CorruptFileError, UserError
 from utils.io import save_figure, write_json, write_text
-from utils.layout import experiment_dir, stage_command
-from utils.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, density_columns, density_runs,
+from models.runs import experiment_dir, stage_command
+from report.results import (NOTATION, ExperimentResults, cost_columns, curvature_columns, density_columns, density_runs,
                            format_value, mean_and_stderr,
                            dynamics_section_applies, eps_columns, epsilons, generalization_columns, geometry_columns,
                            geometry_detail_table, geometry_norms, geometry_section_applies, geometry_settings_table,

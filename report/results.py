@@ -18,10 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.config import DEFAULT_STAGES, run_config_from_dict
+from config.schema import run_config_from_dict
 from utils.errors import CorruptFileError
-from utils.io import fingerprint, load_npz, read_json, sha256_of, write_json
-from utils.layout import MANIFEST, trained_with, training_fingerprint
+from utils.io import fingerprint, load_npz, read_json
+from visualization.figure_index import drawn_from
+from models.runs import MANIFEST, trained_with, training_fingerprint
+
+
+# The stages of an experiment whose experiment.json has an empty `stages` (written before the pipeline recorded its
+# default stages there): run.py's defaults then.
+UNRECORDED_STAGES = ("train", "sharpness", "landscape", "report")
 
 
 @dataclass
@@ -40,7 +46,7 @@ class ExperimentResults:
     geometry: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> geometry.json
     density: dict[str, dict[int, dict]] = field(default_factory=dict)      # run -> seed -> density.json
     track: dict[str, dict[int, dict]] = field(default_factory=dict)        # run -> seed -> track.json
-    stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # the experiment's: only their files are missing
+    stages: list[str] = field(default_factory=lambda: list(UNRECORDED_STAGES))  # the experiment's: only their files are missing
     surfaces: dict[str, dict[int, dict]] = field(default_factory=dict)     # run -> seed -> landscape_2d.npz (finished)
     init_to_final: dict[str, dict[int, dict]] = field(default_factory=dict)  # run -> seed -> interpolation.json
     interpolation: dict | None = None    # <experiment>/interpolation.json: alphas and the pairs of current checkpoints
@@ -93,31 +99,6 @@ def find_experiments(output: str | Path) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures: figures/index.json maps each figure the landscape stage drew to the fingerprint of the
-# file it was drawn from, so a figure counts as current only while that file is unchanged.
-
-FIGURE_INDEX = "index.json"
-
-
-def _figure_index(figures: Path) -> dict:
-    """{stem: fingerprint of its data}; empty when missing or corrupt (every figure is then redrawn)."""
-    try:
-        return read_json(figures / FIGURE_INDEX)
-    except (FileNotFoundError, CorruptFileError):
-        return {}
-
-
-def record_figure(figures: Path, stem: str, source: Path) -> None:
-    write_json(figures / FIGURE_INDEX, {**_figure_index(figures), stem: sha256_of(source)})
-
-
-def drawn_from(figures: Path, stem: str, source: Path) -> bool:
-    """Whether figures/<stem>.png and .pdf exist and were drawn from what `source` holds now."""
-    return all((figures / f"{stem}.{ext}").is_file() for ext in ("png", "pdf")) and \
-        _figure_index(figures).get(stem) == sha256_of(source)
-
-
-# ----------------------------------------------------------------------------------------------
 # Loading: the manifest's (run, seed) pairs, their files, and whatever else lies in the folder.
 
 def load_results(output: str | Path, experiment: str) -> ExperimentResults:
@@ -130,7 +111,7 @@ def load_results(output: str | Path, experiment: str) -> ExperimentResults:
         raise err.needing("run the train stage again (--stages train): it writes the file anew") from None
     results = ExperimentResults(name=experiment, folder=folder, runs=list(manifest["runs"]), seeds={},
                                 configs=manifest["configs"], listed_seeds=list(manifest["seeds"]),
-                                stages=manifest.get("stages") or list(DEFAULT_STAGES))
+                                stages=manifest.get("stages") or list(UNRECORDED_STAGES))
     expected = {run: {seed: training_fingerprint(replace(run_config_from_dict(results.configs[run]), seed=seed))
                       for seed in manifest["seeds"]} for run in results.runs}
     results.ignored += _unlisted_folders(folder, expected)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from optimization.training import train_run
 from utils import distributed
-from utils.config import Experiment, RunConfig
+from config.schema import Experiment, RunConfig
 from utils.errors import OutputError
 from utils.io import read_own_output, write_json
-from utils.layout import MANIFEST, experiment_dir, run_dir, run_label
+from models.runs import MANIFEST, experiment_dir, run_dir, run_label
 from utils.lock import manifest_lock, run_lock
 
 
@@ -64,7 +64,7 @@ def in_training_order(jobs: list[RunConfig]) -> list[RunConfig]:
     """The jobs with every run after the run it starts from (model.base_run), otherwise in their order."""
     bases = {run.name: run.model.base_run for run in jobs}
 
-    def depth(name: str) -> int:  # a chain of bases; utils.config refused circles
+    def depth(name: str) -> int:  # a chain of bases; config.schema refused circles
         return 1 + depth(bases[name]) if bases.get(name) else 0
 
     return sorted(jobs, key=lambda run: depth(run.name))

@@ -67,7 +67,7 @@ def rounded(value: float) -> float:
 
 def parse_space(space, origin: str, typed: Callable[[str, Any, str], Any], keys: list[str]) -> list[Axis]:
     """The axes of a space as written at `origin` (e.g. 'exp.yaml: sweep.grid'). `typed(key, value, origin)`
-    types and bounds one value of a key (utils.config's schema); `keys` are the settable keys."""
+    types and bounds one value of a key (config.schema's schema); `keys` are the settable keys."""
     if not isinstance(space, dict) or not space:
         raise ConfigError(f"{origin}: expected a mapping of dotted keys to values, e.g. {{train.lr: [0.001, 0.01]}}")
     axes = []

@@ -24,10 +24,10 @@ from optimization.objective import Objective
 from sharpness.density import lanczos_memory_bytes, slq
 from sharpness.sharpness import (curvatures, eps_sharpness, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
-from utils.config import DensityConfig, Experiment, SharpnessConfig
+from config.schema import DensityConfig, Experiment, SharpnessConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, save_torch, write_json
-from utils.layout import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
+from models.runs import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
 from utils.progress import progress
 
 

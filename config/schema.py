@@ -30,7 +30,7 @@ from typing import Any, Literal
 import yaml
 
 from utils.errors import ConfigError
-from utils.space import format_value, grid_points, grid_size, parse_space, point_name, random_points
+from config.space import format_value, grid_points, grid_size, parse_space, point_name, random_points
 
 
 def option(default, doc: str = "", *, ge=None, gt=None, le=None, lt=None):
@@ -259,20 +259,17 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-DEFAULT_STAGES = ["train", "sharpness", "landscape", "report"]  # run.py's stages without --stages or `stages:`
-
-
 @dataclass
 class Experiment:
     name: str
     source: Path
     seeds: list[int]
     runs: list[RunConfig]  # one per run name, with seed = seeds[0]; a run with search.n_trials is a study's template
-    stages: list[str] = field(default_factory=list)  # what run.py does without --stages ([]: DEFAULT_STAGES)
+    stages: list[str] = field(default_factory=list)  # what run.py does without --stages ([]: pipeline's defaults)
     threads: int | str = "auto"  # torch's intra-op threads in each process: a count, or "auto" (utils.device.threads_for)
     swept: dict[str, dict] = field(default_factory=dict)  # run name -> the `sweep:` values it was made with
     requested: list[str] = field(default_factory=list)  # --runs names that are no run of the file: trials of a search?
-    trials: list[RunConfig] = field(default_factory=list)  # the search's trained trials (utils.layout.with_trials)
+    trials: list[RunConfig] = field(default_factory=list)  # the search's trained trials (models.runs.with_trials)
 
     def jobs(self) -> list[RunConfig]:
         """Every (run, seed) pair to train and measure, runs outermost, then the search's trials."""
@@ -776,7 +773,7 @@ def _expand_sweep(run_layers: dict, sweep: tuple | None) -> tuple[dict, dict, di
 def _select(experiment: Experiment, names: list[str], made_from: dict[str, str]) -> Experiment:
     """The runs named by --runs: a run, or a run of the file that a sweep expanded (all its points). In an
     experiment that searches, other names may be trials: they are kept in `requested` until the trials are
-    known (utils.layout.with_trials)."""
+    known (models.runs.with_trials)."""
     unknown = [n for n in names if n not in made_from and n not in made_from.values()]
     if unknown and not experiment.studies():
         known = [run.name for run in experiment.runs]
@@ -789,7 +786,7 @@ def _select(experiment: Experiment, names: list[str], made_from: dict[str, str])
 
 
 def search_axes(run: RunConfig) -> list:
-    """The axes (utils.space.Axis) of run.search.space, typed by the schema."""
+    """The axes (config.space.Axis) of run.search.space, typed by the schema."""
     return parse_space(run.search.space, f"run {run.name}: search.space", _typed,
                        [key for key in all_keys() if not key.startswith("search.")])
 

@@ -36,13 +36,13 @@ from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import TrainedModel, load_trained
 from optimization.objective import Objective
 from utils import distributed
-from utils.config import Experiment, RunConfig
+from config.schema import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.errors import CorruptFileError, UserError
 from utils.io import (fingerprint, load_npz, load_torch, read_json, read_own_output, save_figure, save_npz, verify,
                       write_json)
-from utils.layout import TRAJECTORY, TRAJECTORY_INDEX, experiment_dir, run_label, stage_command, trained_runs, trained_with
-from utils.results import drawn_from, record_figure
+from models.runs import TRAJECTORY, TRAJECTORY_INDEX, experiment_dir, run_label, stage_command, trained_runs, trained_with
+from visualization.figure_index import drawn_from, record_figure
 from visualization.directions import conv1d_weight_names, directions_for, random_directions, save_directions
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
 from visualization.pca import trajectory_pca
@@ -62,7 +62,7 @@ class Job:
     run: RunConfig
     folder: Path
     label: str
-    trained_with: str  # which weights: utils.layout.trained_with
+    trained_with: str  # which weights: models.runs.trained_with
     retrain: str       # the command that trains the run again
 
 
