@@ -22,7 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from utils.config import DataConfig
+from config.schema import DataConfig
 from utils.errors import ConfigError, UserError
 from utils.hub import require_hub
 
