@@ -33,9 +33,12 @@ from utils.errors import ConfigError
 from config.space import format_value, grid_points, grid_size, parse_space, point_name, random_points
 
 
-def option(default, doc: str = "", *, ge=None, gt=None, le=None, lt=None):
-    """A schema field with a default, a one-line description and optional numeric bounds."""
-    metadata = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt}
+def option(default, doc: str = "", *, ge=None, gt=None, le=None, lt=None, result: bool = True, added: bool = False):
+    """A schema field with a default, a one-line description and optional numeric bounds. `result=False`: the field
+    cannot change any result (how work is logged or compiled), so no fingerprint holds it; `added=True`: the field
+    came after results existed, so a fingerprint holds it only when it is set to another value than its default
+    (results made before it existed, with what is now its default, stay current)."""
+    metadata = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "result": result, "added": added}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -121,7 +124,8 @@ class TrainConfig:
     warmup_steps: int = option(0, "linear warmup steps", ge=0)
     precision: Literal["fp32", "bf16", "fp16"] = option(
         "fp32", "training autocast on CUDA: bf16, or fp16 with a gradient scaler (measurements stay fp32)")
-    compile: bool = option(False, "torch.compile the model for training steps (not evaluation or Hessian work)")
+    compile: bool = option(False, "torch.compile the model for training steps (not evaluation or Hessian work)",
+                           result=False)
     eval_batch_size: int = option(16, "texts per batch for validation and test", ge=1)
     track: TrackConfig = field(default_factory=TrackConfig)
     trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
@@ -206,9 +210,10 @@ class PruneConfig:
 @dataclass
 class LoggingConfig:
     backend: Literal["none", "tensorboard", "wandb"] = option(
-        "none", "experiment tracker: tensorboard (event files in the run folder) or wandb (offline unless WANDB_MODE says otherwise)")
-    every: int = option(10, "log the step loss, lr and tokens/s every N optimizer steps", ge=1)
-    project: str = option("", "wandb project ('' : loss-landscape-lab)")
+        "none", "experiment tracker: tensorboard (event files in the run folder) or wandb (offline unless WANDB_MODE "
+                "says otherwise)", result=False)
+    every: int = option(10, "log the step loss, lr and tokens/s every N optimizer steps", ge=1, result=False)
+    project: str = option("", "wandb project ('' : loss-landscape-lab)", result=False)
 
 
 @dataclass
@@ -257,6 +262,24 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def section_settings(run: RunConfig, *sections: str) -> dict:
+    """{section: its settings} for the named sections of `run` (e.g. "sharpness", "landscape"): every field that can
+    change a result, nested sections included, so that a result stamped with them is redone when any of them
+    changes, a field added to a section included. Left out: fields marked result=False, and fields marked added
+    that hold their default."""
+    def settings(section) -> dict:
+        kept = {}
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if not f.metadata.get("result", True) or (f.metadata.get("added") and value == default):
+                continue
+            kept[f.name] = settings(value) if dataclasses.is_dataclass(value) else value
+        return kept
+
+    return {name: settings(getattr(run, name)) for name in sections}
 
 
 @dataclass
