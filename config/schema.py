@@ -33,12 +33,15 @@ from utils.errors import ConfigError
 from config.space import format_value, grid_points, grid_size, parse_space, point_name, random_points
 
 
-def option(default, doc: str = "", *, ge=None, gt=None, le=None, lt=None, result: bool = True, added: bool = False):
+def option(default, doc: str = "", *, ge=None, gt=None, le=None, lt=None, result: bool = True, added: bool = False,
+           measurement_set: bool = False):
     """A schema field with a default, a one-line description and optional numeric bounds. `result=False`: the field
     cannot change any result (how work is logged or compiled), so no fingerprint holds it; `added=True`: the field
     came after results existed, so a fingerprint holds it only when it is set to another value than its default
-    (results made before it existed, with what is now its default, stay current)."""
-    metadata = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "result": result, "added": added}
+    (results made before it existed, with what is now its default, stay current); `measurement_set=True`: the field
+    picks the texts of the measurement set, which results outside its section (a tracked training) depend on."""
+    metadata = {"doc": doc, "ge": ge, "gt": gt, "le": le, "lt": lt, "result": result, "added": added,
+                "measurement_set": measurement_set}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -144,9 +147,9 @@ class DensityConfig:
 
 @dataclass
 class SharpnessConfig:
-    batches: int = option(3, "batches in the measurement set", ge=1)
-    batch_size: int = option(4, "training texts per measurement batch", ge=1)
-    seed: int = option(0, "draws the measurement texts (the same for every run and seed)", ge=0)
+    batches: int = option(3, "batches in the measurement set", ge=1, measurement_set=True)
+    batch_size: int = option(4, "training texts per measurement batch", ge=1, measurement_set=True)
+    seed: int = option(0, "draws the measurement texts (the same for every run and seed)", ge=0, measurement_set=True)
     method: Literal["lanczos", "power"] = option("lanczos", "top-eigenvalue solver")
     top_k: int = option(3, "eigenvalues reported by Lanczos", ge=1)
     max_iter: int = option(40, "Lanczos steps / power iterations (each one HVP)", ge=2)
@@ -280,6 +283,12 @@ def section_settings(run: RunConfig, *sections: str) -> dict:
         return kept
 
     return {name: settings(getattr(run, name)) for name in sections}
+
+
+def measurement_set_settings(run: RunConfig) -> dict:
+    """The sharpness settings that pick the measurement set's texts (marked measurement_set in the schema)."""
+    return {f.name: getattr(run.sharpness, f.name) for f in dataclasses.fields(SharpnessConfig)
+            if f.metadata.get("measurement_set")}
 
 
 @dataclass

@@ -12,12 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from config.schema import Experiment, RunConfig, TrainConfig, run_config_from_dict
+from config.schema import Experiment, RunConfig, TrainConfig, measurement_set_settings, run_config_from_dict
 from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 
 MANIFEST = "experiment.json"
-MEASUREMENT_KEYS = ("batches", "batch_size", "seed")  # the sharpness settings that pick the measurement set
 TRAJECTORY, TRAJECTORY_INDEX = "trajectory.npy", "trajectory.json"  # train.trajectory's rows and their steps
 
 
@@ -116,7 +115,7 @@ def training_fingerprint(run: RunConfig) -> str:
         del model["base_run"]
     settings = {"seed": run.seed, "data": asdict(run.data), "model": model, "train": train}
     if run.train.track.every:  # the track is measured on the sharpness stage's measurement set
-        settings["measurement"] = {key: getattr(run.sharpness, key) for key in MEASUREMENT_KEYS}
+        settings["measurement"] = measurement_set_settings(run)
     return fingerprint(settings)
 
 

@@ -32,10 +32,10 @@ from optimization.pruning import flat_mask, magnitude_masks, pruned_fraction, ra
 from config.schema import Experiment, RunConfig
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, write_json
-from models.runs import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
+from models.runs import run_label, trained_runs, trained_with
 from utils.progress import progress
 
-LANCZOS_KEYS = MEASUREMENT_KEYS + ("max_iter", "tol")  # the sharpness settings behind lambda_max
+LANCZOS_KEYS = ("batches", "batch_size", "seed", "max_iter", "tol")  # the sharpness settings behind lambda_max
 
 
 def prune_stage(experiment: Experiment, output: Path, force: bool) -> None:

@@ -24,10 +24,10 @@ from optimization.objective import Objective
 from sharpness.density import lanczos_memory_bytes, slq
 from sharpness.sharpness import (curvatures, eps_sharpness, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
-from config.schema import DensityConfig, Experiment, SharpnessConfig
+from config.schema import DensityConfig, Experiment, SharpnessConfig, measurement_set_settings
 from utils.device import resolve_device
 from utils.io import fingerprint, read_own_output, save_torch, write_json
-from models.runs import MEASUREMENT_KEYS, run_label, trained_runs, trained_with
+from models.runs import run_label, trained_runs, trained_with
 from utils.progress import progress
 
 
@@ -147,9 +147,8 @@ def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
         merged_stamp = fingerprint({"sharpness": settings, "space": "merged", "checkpoint": checkpoint})
         result_path, density_path = folder / "sharpness.json", folder / "density.json"
         merged_path = folder / "sharpness_merged.json"
-        measurement_keys = {key: settings[key] for key in MEASUREMENT_KEYS}
         # "reports" names what density.json holds, so one written before the mass below −τ is measured again
-        density_stamp = fingerprint({"density": density_settings, "measurement": measurement_keys, "checkpoint": checkpoint,
+        density_stamp = fingerprint({"density": density_settings, "measurement": measurement_set_settings(run), "checkpoint": checkpoint,
                                      "reports": "mass_below_minus_tau"})
         sharpness_todo = not _current(result_path, stamp, checkpoint, force, label)
         density_todo = cfg.density.probes > 0 and not _current(density_path, density_stamp, checkpoint, force, label)

@@ -40,3 +40,9 @@ def test_nested_sections_and_result_free_fields():
     assert section_settings(run, "sharpness")["sharpness"]["density"]["steps"] == 80
     assert "compile" not in section_settings(run, "train")["train"]
     assert section_settings(run, "logging") == {"logging": {}}
+
+
+def test_the_measurement_set_is_named_by_its_marks():
+    from config.schema import measurement_set_settings
+
+    assert measurement_set_settings(RunConfig()) == {"batches": 3, "batch_size": 4, "seed": 0}
