@@ -34,7 +34,7 @@ def run_cli(args, env_updates, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
     env.update({"HF_HOME": str(tmp_path / "hf-home"), "PYTHONPATH": str(hook), **env_updates})
     done = subprocess.run([sys.executable, "run.py", *args, "--output", str(tmp_path / "out")], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=900)
     slept = sum(float(line) for line in sleeps.read_text().split()) if sleeps.exists() else 0.0
     return done, slept
 

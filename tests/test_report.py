@@ -106,7 +106,7 @@ def execute_notebook(output: Path) -> nbformat.NotebookNode:
     notebook = nbformat.read(REPO / "results.ipynb", as_version=4)
     assert notebook.cells[1].source.startswith('OUTPUT = "results"')
     notebook.cells[1].source = f"OUTPUT = {str(output)!r}\nEXPERIMENTS = None"
-    NotebookClient(notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     return notebook
 
 

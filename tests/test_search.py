@@ -149,7 +149,7 @@ def test_two_workers_share_one_study(write_config, tmp_path, storage):
     command = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "search", "--output", str(out)]
     workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for _ in range(2)]
-    logs = [w.communicate(timeout=300)[0] for w in workers]
+    logs = [w.communicate(timeout=900)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs
     trials = [t for t in trials_of(out / "exp") if t["counted"]]
     assert len(trials) == 6 and all(t["state"] == "complete" for t in trials)
@@ -178,5 +178,5 @@ def test_workers_that_create_the_database_together_all_open_it(tmp_path):
                for folder in folders for _ in range(4)]
     assert [p.stdout.readline() for p in openers] == ["ready\n"] * 8  # every one has imported Optuna: go at once
     go.touch()
-    logs = [p.communicate(timeout=120)[0] for p in openers]
+    logs = [p.communicate(timeout=900)[0] for p in openers]
     assert [p.returncode for p in openers] == [0] * 8, logs

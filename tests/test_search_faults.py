@@ -146,7 +146,7 @@ def test_a_worker_killed_or_interrupted_mid_trial_is_resumed_by_the_rerun(write_
     while not last.is_file() and worker.poll() is None:
         time.sleep(0.01)
     worker.send_signal(sig)
-    _, err = worker.communicate(timeout=120)
+    _, err = worker.communicate(timeout=900)
     if sig == signal.SIGINT:
         assert worker.returncode == 130 and err.strip() == "interrupted: rerun the same command to resume", err
     capsys.readouterr()
@@ -213,7 +213,7 @@ def test_ctrl_c_while_run_py_loads_its_libraries_is_one_line(write_config, tmp_p
                " '--stages', 'search']\n"
                "runpy.run_path('run.py', run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-c", starter], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=900)
     assert (done.returncode, done.stderr) == (130, "interrupted: rerun the same command to resume\n")
     assert not (tmp_path / "out").exists()
 
@@ -241,7 +241,7 @@ def test_two_configs_run_together_on_one_experiment_folder(tmp_path):
                 for path in two_configs(tmp_path)]
     workers = [subprocess.Popen(c, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for c in commands]
-    ends = [(w.wait(timeout=300), w.stderr.read().strip().splitlines()) for w in workers]
+    ends = [(w.wait(timeout=900), w.stderr.read().strip().splitlines()) for w in workers]
     assert sorted(code for code, _ in ends) == [0, 2], ends
     trained = [code for code, _ in ends].index(0)
     refused = ends[1 - trained][1]

@@ -34,7 +34,7 @@ def run_py(*args: str, importing_torch: str = "") -> subprocess.CompletedProcess
              "finally:\n"
              f"    print('loaded:', *[m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)\n")
     return subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=ENV, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=900)
 
 
 @pytest.mark.parametrize("args, code, first_line", [
