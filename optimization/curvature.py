@@ -6,6 +6,12 @@ power    the study's method: random start, v <- Hv/||Hv||. Finds the eigenvalue 
 lanczos  Lanczos with full reorthogonalization (twice, against every earlier basis vector): the top-k
          Ritz values and the smallest one from the same Krylov space.
 
+Both `lanczos` and the spectral density (sharpness.density's SLQ) run the one recurrence of `lanczos_steps`,
+which yields the tridiagonal matrix T after every step and leaves the caller to decide when to stop (the
+eigen-solver: when its estimates converge; SLQ: after a fixed number of steps). It breaks down, and stops by
+itself, when β ≤ BREAKDOWN·eps(dtype)·s, s the largest |α| or β so far (an estimate of ‖T‖): the Krylov space
+is invariant up to rounding (n small, or few distinct eigenvalues), and T's Ritz values are exact eigenvalues.
+
 Convergence. For a unit vector x and θ = xᵀHx, the residual r = ||Hx − θx|| proves that SOME eigenvalue
 lies within r of θ (within r²/γ when no other eigenvalue lies within γ of θ), not that θ is near the
 extreme one: a Krylov space that has not yet met the bottom of a spectrum gives a small residual to a
@@ -34,13 +40,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 MIN_STABLE_STEPS = 10  # Lanczos: a converged Ritz value moved by at most tol·s over max(10, m/2) of its m steps
+BREAKDOWN = 100  # the recurrence stops when β <= BREAKDOWN·eps(dtype)·‖T‖: its Krylov space is invariant
 
 
 @dataclass
@@ -100,6 +108,77 @@ def power_iteration(matvec: MatVec, dim: int, *, max_iter: int, tol: float, seed
     return EigenResult([Estimate(estimate, residual, converged)], None, v, len(history), history)
 
 
+@dataclass
+class Tridiagonal:
+    """The Lanczos tridiagonal matrix T so far: its diagonal (`alphas`) and off-diagonal (`betas`, one fewer),
+    the Lanczos vectors (`basis`, kept only with reorthogonalization), and β = ‖w‖ of the step just run (the
+    next off-diagonal; β·|last component| of a Ritz vector is its residual)."""
+
+    alphas: list[float] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)
+    basis: list[torch.Tensor] = field(default_factory=list)
+    beta: float = 0.0
+    invariant: bool = False  # β broke down: the Krylov space is invariant and the Ritz values are exact
+
+    @property
+    def steps(self) -> int:
+        return len(self.alphas)
+
+    def eigh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return tridiagonal_eigh(self.alphas, self.betas)
+
+    def quadrature(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Gauss quadrature of the start vector's spectral measure: the Ritz values (nodes, ascending) and
+        the squared first components of T's eigenvectors (weights, summing to 1), float64."""
+        values, vectors = self.eigh()
+        return values.numpy(), (vectors[0, :] ** 2).numpy()
+
+
+def lanczos_steps(matvec: MatVec, start: torch.Tensor, steps: int, *, reorthogonalize: bool = True,
+                  progress=None) -> Iterator[Tridiagonal]:
+    """The Lanczos recurrence from the unit vector `start`: yields T (the same object, grown) after each of at
+    most `steps` steps; the caller stops by leaving the loop. It stops by itself on breakdown (`invariant`).
+
+    `reorthogonalize`: orthogonalize each new vector against every earlier one (twice, enough in floating
+    point; it removes the α and β terms too), holding all of them; without it, the plain three-term recurrence
+    holds three vectors, and T may hold ghost copies of converged eigenvalues (see sharpness.density).
+    `matvec` must return a new tensor (it is updated in place). `progress.update(1)` after every product."""
+    t = Tridiagonal()
+    q, previous, scale = start, None, 0.0
+    breakdown = BREAKDOWN * torch.finfo(start.dtype).eps
+    for step in range(steps):
+        w = matvec(q)
+        alpha = float(q @ w)
+        t.alphas.append(alpha)
+        if reorthogonalize:
+            t.basis.append(q)
+            for _ in range(2):
+                for b in t.basis:
+                    w -= (b @ w) * b
+        else:
+            w -= alpha * q
+            if previous is not None:
+                w -= t.beta * previous
+        t.beta = float(w.norm())
+        scale = max(scale, abs(alpha), t.beta)
+        t.invariant = t.beta <= breakdown * scale
+        if progress is not None:
+            progress.update(1)
+        yield t
+        if t.invariant or step == steps - 1:
+            return
+        t.betas.append(t.beta)
+        w /= t.beta  # in place: without reorthogonalization only q, previous and w are held
+        previous, q = q, w
+
+
+def lanczos_tridiagonal(matvec: MatVec, start: torch.Tensor, steps: int, *, reorthogonalize: bool = True,
+                        progress=None) -> Tridiagonal:
+    """T after `steps` Lanczos steps from the unit vector `start` (fewer on breakdown): `lanczos_steps` run out."""
+    for t in lanczos_steps(matvec, start, steps, reorthogonalize=reorthogonalize, progress=progress):
+        pass
+    return t
+
 def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, seed: int = 0, device="cpu",
             dtype=torch.float32, progress=None, start: torch.Tensor | None = None, stable_steps: int = MIN_STABLE_STEPS,
             bottom: bool = True, residual_test: bool = True, true_residuals: bool = False) -> EigenResult:
@@ -117,41 +196,25 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
     recurrence's keeps falling (to 1e-22 and below) where a float32 product cannot show a residual below
     about 1e-7·‖H‖. Either way the stopping rule uses the recurrence's (it is free at every step); the extra
     products are not in `matvecs` (one per Lanczos step, as `history`)."""
-    basis: list[torch.Tensor] = []
-    alphas: list[float] = []
-    betas: list[float] = []
     history: list[float] = []
     ritz_by_step: list[torch.Tensor] = []  # ascending Ritz values after every step, for the stability test
     q = _start_vector(dim, seed, device, dtype) if start is None else (start / start.norm()).to(device=device, dtype=dtype)
-    for _ in range(min(max_iter, dim)):
-        basis.append(q)
-        w = matvec(q)
-        alphas.append(float(q @ w))
-        for _ in range(2):  # full reorthogonalization; twice is enough in floating point
-            for b in basis:
-                w -= (b @ w) * b
-        beta = float(w.norm())
-        ritz_values, ritz_vectors = tridiagonal_eigh(alphas, betas)
+    for t in lanczos_steps(matvec, q, min(max_iter, dim), progress=progress):
+        ritz_values, ritz_vectors = t.eigh()
         ritz_by_step.append(ritz_values)
         history.append(float(ritz_values[-1]))
-        if progress is not None:
-            progress.update(1)
-        residuals = beta * ritz_vectors[-1, :].abs()  # ||Hx − θx|| of each Ritz pair
-        scale = float(ritz_values.abs().max())
-        tolerance = tol * scale
-        exact = beta <= 1e-12 * max(scale, 1e-30)  # an invariant subspace: the Ritz values are exact
+        residuals = t.beta * ritz_vectors[-1, :].abs()  # ||Hx − θx|| of each Ritz pair
+        tolerance = tol * float(ritz_values.abs().max())
         residual_tolerance = tolerance if residual_test else float("inf")
-        top = [_estimate(ritz_by_step, residuals, rank, tolerance, residual_tolerance, exact, stable_steps, from_top=True)
-               for rank in range(min(k, len(alphas)))]
-        smallest = [_estimate(ritz_by_step, residuals, 0, tolerance, residual_tolerance, exact, stable_steps,
+        top = [_estimate(ritz_by_step, residuals, rank, tolerance, residual_tolerance, t.invariant, stable_steps,
+                         from_top=True) for rank in range(min(k, t.steps))]
+        smallest = [_estimate(ritz_by_step, residuals, 0, tolerance, residual_tolerance, t.invariant, stable_steps,
                               from_top=False)] if bottom else []
-        if exact or (len(alphas) > k and all(e.converged for e in top + smallest)):
+        if t.steps > k and all(e.converged for e in top + smallest):
             break
-        betas.append(beta)
-        q = w / beta
 
     def ritz_vector(column: int) -> torch.Tensor:
-        x = sum(c * b for c, b in zip(ritz_vectors[:, column].to(device=device, dtype=dtype), basis))
+        x = sum(c * b for c, b in zip(ritz_vectors[:, column].to(device=device, dtype=dtype), t.basis))
         return x / x.norm()
 
     def measured(estimate: Estimate, x: torch.Tensor) -> Estimate:
@@ -161,7 +224,7 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
         top = [measured(estimate, ritz_vector(-1 - rank)) for rank, estimate in enumerate(top)]
         smallest = [measured(estimate, ritz_vector(0)) for estimate in smallest]
     eigenvector = ritz_vector(-1)
-    return EigenResult(top, smallest[0] if bottom else None, eigenvector, len(alphas), history)
+    return EigenResult(top, smallest[0] if bottom else None, eigenvector, t.steps, history)
 
 
 def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: int, tolerance: float,

@@ -11,16 +11,15 @@ tr(Hᵖ) ≈ n · mean of Σⱼ wⱼ θⱼᵖ (Hutchinson's estimator with the q
 fraction of the spectrum below −τ (τ = σ, the smoothing width: see mass_below), and a Gaussian-smoothed
 density for plots.
 
-Reorthogonalization. `reorthogonalize=True` orthogonalizes every new Lanczos vector against all earlier
-ones (twice, as optimization/curvature.py does). `False` runs the plain three-term recurrence. In floating point
-its vectors lose orthogonality once a Ritz value converges, and T then holds ghost copies of isolated
-eigenvalues (the top one several times) that split its weight between them; the quadrature is still that
-of a nearby measure, so the moments and the density stay valid (Paige 1980; Greenbaum 1989), only the
-nodes' multiplicities do not mean anything. It is the choice when steps·n floats do not fit in memory.
-
-A probe stops early when β ≤ BREAKDOWN·eps(dtype)·s, s the largest |α| or β so far (an estimate of ‖T‖):
-its Krylov space is invariant up to rounding (e.g. n small, or few distinct eigenvalues), and its Ritz
-values and weights are then the exact measure of that probe. At most n steps are run.
+Lanczos. Every probe runs optimization.curvature's `lanczos_steps`, the recurrence the eigen-solver runs, for a
+fixed number of steps. `reorthogonalize=True` orthogonalizes every new Lanczos vector against all earlier ones
+(twice). `False` runs the plain three-term recurrence. In floating point its vectors lose orthogonality once a
+Ritz value converges, and T then holds ghost copies of isolated eigenvalues (the top one several times) that
+split its weight between them; the quadrature is still that of a nearby measure, so the moments and the density
+stay valid (Paige 1980; Greenbaum 1989), only the nodes' multiplicities do not mean anything. It is the choice
+when steps·n floats do not fit in memory. A probe stops early when the recurrence breaks down (its Krylov space
+is invariant up to rounding: n small, or few distinct eigenvalues); its Ritz values and weights are then the
+exact measure of that probe. At most n steps are run.
 
 Cost: probes·steps matrix-vector products (HVPs), plus O(steps²·n) per probe for reorthogonalization
 (O(steps·n) without it) and O(steps²) for the eigen-decomposition of T (float64).
@@ -36,9 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from optimization.curvature import MatVec, rademacher, tridiagonal_eigh
+from optimization.curvature import MatVec, lanczos_tridiagonal, rademacher
 
-BREAKDOWN = 100  # a probe stops when β <= BREAKDOWN·eps(dtype)·‖T‖: its Krylov space is invariant
 SIGMA_FRACTION = 2e-3  # default smoothing width, as a fraction of the span of the nodes (see default_grid)
 
 
@@ -134,43 +132,11 @@ def slq(matvec: MatVec, dim: int, *, probes: int, steps: int, seed: int = 0, reo
     matvecs = 0
     for _ in range(probes):
         start = rademacher(dim, generator, like)
-        alphas, betas = _lanczos(matvec, start / start.norm(), min(steps, dim), reorthogonalize, progress)
-        matvecs += len(alphas)
-        values, vectors = tridiagonal_eigh(alphas, betas)
-        nodes.append(values.numpy())
-        weights.append((vectors[0, :] ** 2).numpy())
+        t = lanczos_tridiagonal(matvec, start / start.norm(), min(steps, dim), reorthogonalize=reorthogonalize,
+                                progress=progress)
+        matvecs += t.steps
+        probe_nodes, probe_weights = t.quadrature()
+        nodes.append(probe_nodes)
+        weights.append(probe_weights)
     return SpectralDensity(nodes, weights, dim, matvecs)
 
-
-def _lanczos(matvec: MatVec, q: torch.Tensor, steps: int, reorthogonalize: bool, progress) -> tuple[list, list]:
-    """The diagonal (alphas) and off-diagonal (betas) of T after at most `steps` Lanczos steps from unit q."""
-    alphas: list[float] = []
-    betas: list[float] = []
-    basis: list[torch.Tensor] = []  # every Lanczos vector, kept only to reorthogonalize against
-    previous, beta, scale = None, 0.0, 0.0
-    breakdown = BREAKDOWN * torch.finfo(q.dtype).eps
-    for step in range(steps):
-        w = matvec(q)
-        alpha = float(q @ w)
-        alphas.append(alpha)
-        if reorthogonalize:
-            basis.append(q)
-            for _ in range(2):  # full reorthogonalization (removes the α and β terms too); twice is enough
-                for b in basis:
-                    w -= (b @ w) * b
-        else:
-            w -= alpha * q
-            if previous is not None:
-                w -= beta * previous
-        if progress is not None:
-            progress.update(1)
-        if step == steps - 1:
-            break
-        beta = float(w.norm())
-        scale = max(scale, abs(alpha), beta)
-        if beta <= breakdown * scale:
-            break
-        betas.append(beta)
-        w /= beta  # in place: only q, previous and w are held without reorthogonalization
-        previous, q = q, w
-    return alphas, betas
