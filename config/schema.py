@@ -313,11 +313,25 @@ class Experiment:
         return [run for run in self.runs if run.search.n_trials]
 
 
+# The keys of an experiment file that belong to the experiment, not to its runs: (default, meaning).
+EXPERIMENT_KEYS = {
+    "extends": ("none", "a file (relative to this one) whose settings this file overrides, e.g. base.yaml"),
+    "experiment": ("the file name", "the name of the experiment's output folder"),
+    "seeds": ("`[42]`", "every run is repeated once per seed (distinct non-negative integers)"),
+    "runs": ("one run, default", "named runs, each a mapping of the settings it overrides"),
+    "sweep": ("none", "`grid: {key: [values], ...}` or `random: {n, seed, space}`: one run per point, crossed "
+                      "with `runs`"),
+    "stages": ("`[]`", "the stages run.py runs without --stages ([]: the pipeline's default stages)"),
+    "threads": ("`auto`", "torch's intra-op threads in each process: a number, or auto (OMP_NUM_THREADS if set, else "
+                        "the cores the load average leaves free; shared among the local ranks under torchrun)"),
+}
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading files: the tree of raw values, each leaf remembering where it was written.
 
 _EXPERIMENT_VALUES = ("experiment", "seeds", "stages", "threads")  # keys of the experiment, not of its runs
-_EXPERIMENT_KEYS = {"extends", *_EXPERIMENT_VALUES, "runs", "sweep"}
+_EXPERIMENT_KEYS = set(EXPERIMENT_KEYS)
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _MADE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")  # names made from values (sweeps, trials)
 
