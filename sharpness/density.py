@@ -117,6 +117,13 @@ def lanczos_memory_bytes(dim: int, steps: int, reorthogonalize: bool, dtype=torc
     return vectors * dim * torch.empty(0, dtype=dtype).element_size()
 
 
+def reorthogonalizes(choice: str, dim: int, steps: int, memory_mb: float, dtype=torch.float32) -> bool:
+    """Whether `slq` reorthogonalizes for sharpness.density.reorthogonalize `choice`: "full", "none", or "auto"
+    (full when its Lanczos basis fits in `memory_mb` MiB)."""
+    if choice not in ("auto", "full", "none"):
+        raise ValueError(f"reorthogonalize must be 'auto', 'full' or 'none', got {choice!r}")
+    return choice == "full" or (choice == "auto" and lanczos_memory_bytes(dim, steps, True, dtype) <= memory_mb * 2**20)
+
 def slq(matvec: MatVec, dim: int, *, probes: int, steps: int, seed: int = 0, reorthogonalize: bool = True,
         device="cpu", dtype=torch.float32, progress=None) -> SpectralDensity:
     """Stochastic Lanczos quadrature with `probes` Rademacher start vectors and `steps` Lanczos steps each.
