@@ -21,7 +21,7 @@ from data.measurement import FixedSet, measurement_set, same_texts
 from models.checkpoint import load_trained
 from optimization.curvature import MIN_STABLE_STEPS, hutchinson_trace, lanczos, power_iteration
 from optimization.objective import Objective
-from sharpness.density import lanczos_memory_bytes, slq
+from sharpness.density import lanczos_memory_bytes, reorthogonalizes, slq
 from sharpness.sharpness import (curvatures, eps_sharpness, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
 from config.schema import DensityConfig, Experiment, SharpnessConfig, measurement_set_settings
@@ -110,8 +110,7 @@ def measure_density(objective: Objective, cfg: DensityConfig, label: str = "") -
     weights of every probe, the moments and mass below −τ, and a smoothed density on a grid (for plots; the
     nodes and weights redraw it at any smoothing)."""
     dtype = objective.base.dtype
-    full = lanczos_memory_bytes(objective.dim, cfg.steps, True, dtype)
-    reorthogonalize = cfg.reorthogonalize == "full" or (cfg.reorthogonalize == "auto" and full <= cfg.memory_mb * 2**20)
+    reorthogonalize = reorthogonalizes(cfg.reorthogonalize, objective.dim, cfg.steps, cfg.memory_mb, dtype)
     start = time.perf_counter()
     with progress(total=cfg.probes * cfg.steps, desc=f"{label} density") as bar:
         density = slq(objective.hvp, objective.dim, probes=cfg.probes, steps=cfg.steps, seed=cfg.seed,
