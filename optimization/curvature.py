@@ -179,6 +179,7 @@ def lanczos_tridiagonal(matvec: MatVec, start: torch.Tensor, steps: int, *, reor
         pass
     return t
 
+
 def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, seed: int = 0, device="cpu",
             dtype=torch.float32, progress=None, start: torch.Tensor | None = None, stable_steps: int = MIN_STABLE_STEPS,
             bottom: bool = True, residual_test: bool = True, true_residuals: bool = False) -> EigenResult:

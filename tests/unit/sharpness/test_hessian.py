@@ -135,3 +135,16 @@ def test_batches_are_token_ids_or_a_tokenizers_output():
         as_batch(torch.tensor([1, 2, 3]))
     with pytest.raises(ValueError, match="at least one batch"):
         Hessian(tiny_llama(), [])
+
+
+def test_the_documented_lines_run_on_a_tokenizers_padded_output(tiny_model_and_tokenizer):
+    """docs/python.md's example, on a scratch model: a tokenizer's padded output is one batch, and its padding
+    changes nothing (the same H·v as the two texts unpadded, in batches of their own)."""
+    model, tokenizer = tiny_model_and_tokenizer
+    texts = ["Some text.", "Some more text, longer."]
+    h = Hessian(model, [tokenizer(texts, return_tensors="pt", padding=True)])
+    unpadded = Hessian(model, [tokenizer([text], return_tensors="pt") for text in texts])
+    v = torch.randn(h.dim, generator=torch.Generator().manual_seed(6))
+    assert torch.allclose(h.hvp(v), unpadded.hvp(v), rtol=1e-4, atol=1e-6)
+    assert len(h.eigenvalues(k=3, max_iter=8).eigenvalues) == 3
+    assert h.trace(samples=2)["samples"] == 2 and h.density(probes=1, steps=4).matvecs == 4
