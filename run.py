@@ -21,7 +21,8 @@ try:  # a Ctrl-C while these load is one line too (torch and the stages' librari
     from pathlib import Path
 
     from pipeline import DEFAULT_STAGES, STAGES, experiment_stages, run_experiment
-    from config.schema import Experiment, load_experiment
+    from config.loading import load_experiment
+    from config.schema import Experiment
     from utils.errors import UserError
 except KeyboardInterrupt:
     sys.exit(interrupted())

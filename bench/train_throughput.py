@@ -22,21 +22,18 @@ import copy
 import datetime
 import itertools
 import os
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils.data import DataLoader, Dataset
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
-
-from bench.common import bench_texts, machine  # noqa: E402
-from data.batches import batches_in_order, epoch_order, to_device, tokenize  # noqa: E402
-from models.models import build_model  # noqa: E402
-from optimization.evaluation import summed_token_loss  # noqa: E402
-from config.schema import ModelConfig, check_scratch_config  # noqa: E402
-from utils.device import resolve_device  # noqa: E402
+from bench.common import bench_texts, machine
+from data.batches import batches_in_order, epoch_order, to_device, tokenize
+from models.models import build_model
+from optimization.evaluation import summed_token_loss
+from config.checks import check_scratch_config
+from config.schema import ModelConfig
+from utils.device import resolve_device
 
 SMALL_SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 4}
 

@@ -22,7 +22,8 @@ import torch
 
 from models.adapters import add_adapter, is_adapted, merged, trainable_names
 from models.models import load_tokenizer, model_config_dict, model_from_config_dict
-from config.schema import RunConfig, run_config_from_dict
+from config.loading import run_config_from_dict
+from config.schema import RunConfig
 from utils.errors import CorruptFileError, UserError
 from utils.io import load_torch, recorded_sha256, save_torch
 

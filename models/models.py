@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
 
-from config.schema import ARCH_PRESETS, ModelConfig
+from config.checks import ARCH_PRESETS
+from config.schema import ModelConfig
 from utils.errors import UserError
 from utils.hub import load_from_hub
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from config.schema import Experiment, RunConfig, TrainConfig, measurement_set_settings, run_config_from_dict
+from config.loading import run_config_from_dict
+from config.schema import Experiment, RunConfig, TrainConfig, measurement_set_settings
 from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 

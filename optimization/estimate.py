@@ -4,7 +4,7 @@ priced on every device of config/prices.yaml (paper-scale dollars without a pape
     python -m optimization.estimate --config config/exp6-peft.yaml [--set key=value ...] [--runs NAME ...]
 
 The model is built on PyTorch's meta device (shapes, no weights, no memory): GPT-2-family shapes come from
-config.schema.ARCH_PRESETS (distilgpt2 and gpt2 need no download), other hub models from their config (local
+config.checks.ARCH_PRESETS (distilgpt2 and gpt2 need no download), other hub models from their config (local
 cache or hub). Every step is counted at its largest shape, batch_size texts of data.max_length tokens, so the
 FLOPs are an upper bound: real batches are padded only to their longest text (the measured train_flops of a
 run says by how much). Steps: epochs × ⌈n_train / batch_size⌉ (n_train is itself an upper bound on the texts
@@ -23,7 +23,9 @@ import torch
 
 from models.adapters import add_adapter
 from optimization.cost import PEAK_FLOPS, extrapolated_seconds, load_prices, step_flops, usd
-from config.schema import ARCH_PRESETS, RunConfig, load_experiment
+from config.checks import ARCH_PRESETS
+from config.loading import load_experiment
+from config.schema import RunConfig
 from utils.errors import UserError
 
 GPT2_VOCABULARY = 50257

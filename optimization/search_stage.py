@@ -33,7 +33,8 @@ from pathlib import Path
 
 from optimization.train_stage import write_manifest
 from optimization.training import train_run
-from config.schema import Experiment, RunConfig, SearchConfig, search_axes, with_values
+from config.loading import search_axes, with_values
+from config.schema import Experiment, RunConfig, SearchConfig
 from utils.errors import ConfigError, CorruptFileError, DivergedError, OutputError
 from utils.io import read_own_output, write_json
 from models.runs import experiment_dir, run_dir, run_label, training_fingerprint

@@ -48,7 +48,7 @@ def write_config(tmp_path):
 
 @pytest.fixture
 def tiny_experiment(write_config):
-    from config.schema import load_experiment
+    from config.loading import load_experiment
 
     def make(text: str = "", overrides=()):
         return load_experiment(write_config(text), list(overrides))

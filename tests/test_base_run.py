@@ -10,7 +10,7 @@ import torch
 
 from optimization.train_stage import train_stage
 from pipeline import run_experiment
-from config.schema import load_experiment
+from config.loading import load_experiment
 from utils.errors import ConfigError, UserError
 from models.runs import run_dir, trained_runs, trained_with, training_fingerprint
 

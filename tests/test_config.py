@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import run
-from config.schema import load_experiment
+from config.loading import load_experiment
 from utils.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import run_experiment
 from sharpness.correlation import kendall_tau, rank_correlations
-from config.schema import load_experiment
+from config.loading import load_experiment
 from utils.io import read_json, write_json
 from report.results import load_results
 

@@ -39,7 +39,7 @@ def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(w
     estimate's steps and FLOPs are then exactly those training counts, for full fine-tuning and LoRA, with and
     without a FLOP budget; the report shows the two side by side."""
     from optimization.train_stage import train_stage
-    from config.schema import load_experiment
+    from config.loading import load_experiment
     from models.runs import run_dir
     from report.results import load_results
     from report.report_stage import estimate_table

@@ -21,8 +21,8 @@ import pytest
 import run
 from data.corpus import BUILTIN_LONGEST_TEXT, filter_texts, load_texts
 from tests.conftest import TINY
-from config.schema import (DataConfig, LandscapeConfig, ModelConfig, SharpnessConfig, TrainConfig, all_keys,
-                          load_experiment)
+from config.loading import load_experiment
+from config.schema import DataConfig, LandscapeConfig, ModelConfig, SharpnessConfig, TrainConfig, all_keys
 from utils.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # what the figures show is test_report's to check

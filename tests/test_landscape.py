@@ -24,7 +24,8 @@ from utils.io import load_torch
 from models.runs import experiment_dir, run_dir
 from optimization.objective import Objective
 from tests.conftest import TINY
-from config.schema import ModelConfig, load_experiment
+from config.loading import load_experiment
+from config.schema import ModelConfig
 from utils.errors import UserError
 from models.runs import trained_with
 from visualization.directions import conv1d_weight_names, directions_for, random_directions

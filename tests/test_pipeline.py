@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import DEFAULT_STAGES, STAGES, parse_stages, with_stages
-from config.schema import load_experiment
+from config.loading import load_experiment
 from utils.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ from nbclient import NotebookClient
 
 from pipeline import run_experiment
 from tests.conftest import TINY
-from config.schema import load_experiment
+from config.loading import load_experiment
 from utils.io import save_npz
 from models.runs import run_dir
 from report.results import BELOW_RESOLUTION, format_value, mean_and_stderr

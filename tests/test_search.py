@@ -12,7 +12,7 @@ import pytest
 
 import optimization.search_stage as search
 from pipeline import run_experiment
-from config.schema import load_experiment
+from config.loading import load_experiment
 from utils.errors import ConfigError, UserError
 from utils.io import read_json
 from models.runs import with_trials
@@ -163,7 +163,7 @@ def test_workers_that_create_the_database_together_all_open_it(tmp_path):
     """Four processes opening one new SQLite study database at the same instant race to create its tables;
     the losers' UNIQUE-constraint failure is retried, so every one opens it (without the retry, about one
     start in three lost a worker here)."""
-    opener = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from types import SimpleNamespace as S; "
+    opener = ("import sys, time; from types import SimpleNamespace as S; "
               "from pathlib import Path; from optimization.search_stage import _open_storage; import optuna.storages; "
               "print('ready', flush=True); go = Path(sys.argv[1])\n"
               "while not go.exists(): time.sleep(0.001)\n"

@@ -16,7 +16,7 @@ import pytest
 import optimization.search_stage as search
 import run
 from pipeline import run_experiment
-from config.schema import load_experiment
+from config.loading import load_experiment
 from utils.io import read_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -128,7 +128,7 @@ def test_the_choice_is_applied_and_said_once(capsys, monkeypatch):
 
 
 def test_threads_is_a_key_of_the_experiment(write_config):
-    from config.schema import load_experiment
+    from config.loading import load_experiment
     from utils.errors import ConfigError
 
     path = write_config("threads: 3\n")

@@ -9,7 +9,8 @@ import dataclasses
 import pytest
 
 import run
-from config.schema import SearchConfig, load_experiment, with_values
+from config.loading import load_experiment, with_values
+from config.schema import SearchConfig
 from utils.errors import ConfigError
 
 GRID = """

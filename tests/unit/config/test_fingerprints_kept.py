@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from config.schema import load_experiment
+from config.loading import load_experiment
 from models.runs import training_fingerprint
 
 REPO = Path(__file__).resolve().parents[3]
