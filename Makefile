@@ -1,7 +1,8 @@
 # make demo   the quickstart on a fresh machine (no network, CPU): config/quickstart.yaml -> results/
 # make test   the test suite (what CI runs)
 # make bench  the benchmarks of bench/ (prints figures; see bench/README.md)
-# Each target installs what it needs into .venv first (torch==2.13.0 before everything else).
+# Each target installs what it needs into .venv first: torch==2.13.0 before everything else, then requirements.txt,
+# then the lab itself as an editable install without dependencies (pyproject.toml declares none).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,10 +10,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: install demo test bench clean
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 install: $(VENV)/.installed

@@ -25,24 +25,19 @@ import copy
 import datetime
 import os
 import statistics
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.nn.utils import parameters_to_vector, vector_to_parameters  # noqa: E402
-
-from bench.common import bench_texts, machine, timed  # noqa: E402
-from data.batches import to_device  # noqa: E402
-from data.measurement import fixed_set  # noqa: E402
-from models.models import build_model  # noqa: E402
-from optimization.evaluation import evaluate  # noqa: E402
-from optimization.objective import Objective  # noqa: E402
-from config.schema import ModelConfig  # noqa: E402
-from visualization.directions import conv1d_weight_names, random_directions  # noqa: E402
+from bench.common import bench_texts, machine, timed
+from data.batches import to_device
+from data.measurement import fixed_set
+from models.models import build_model
+from optimization.evaluation import evaluate
+from optimization.objective import Objective
+from config.schema import ModelConfig
+from visualization.directions import conv1d_weight_names, random_directions
 
 SMALL_SHAPE = {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_positions": 128}
 

@@ -17,21 +17,17 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import bench_texts, machine, timed  # noqa: E402
-from data.batches import collate, to_device, tokenize  # noqa: E402
-from models.models import build_model, byte_tokenizer  # noqa: E402
-from optimization.evaluation import summed_token_loss  # noqa: E402
-from optimization.objective import Objective  # noqa: E402
-from optimization.curvature import lanczos, power_iteration  # noqa: E402
-from config.schema import ModelConfig  # noqa: E402
-from utils.device import resolve_device  # noqa: E402
+from bench.common import bench_texts, machine, timed
+from data.batches import collate, to_device, tokenize
+from models.models import build_model, byte_tokenizer
+from optimization.evaluation import summed_token_loss
+from optimization.objective import Objective
+from optimization.curvature import lanczos, power_iteration
+from config.schema import ModelConfig
+from utils.device import resolve_device
 
 SHAPES = {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "distilgpt2": {}}
 

@@ -19,18 +19,14 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import bench_texts, machine, timed  # noqa: E402
-from bench.sharpness_speed import full_batch  # noqa: E402
-from models.models import build_model  # noqa: E402
-from optimization.objective import Objective  # noqa: E402
-from config.schema import ModelConfig  # noqa: E402
+from bench.common import bench_texts, machine, timed
+from bench.sharpness_speed import full_batch
+from models.models import build_model
+from optimization.objective import Objective
+from config.schema import ModelConfig
 
 SHAPES = {"tiny": {"n_layer": 2, "n_embd": 64, "n_head": 2}, "small": {"n_layer": 4, "n_embd": 256, "n_head": 4}}
 

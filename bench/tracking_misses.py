@@ -24,17 +24,12 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from optimization.curvature import lanczos  # noqa: E402
-from optimization.tracking import COLD_EVERY, SharpnessTracker  # noqa: E402
-from config.schema import TrackConfig, TrainConfig  # noqa: E402
+from optimization.curvature import lanczos
+from optimization.tracking import COLD_EVERY, SharpnessTracker
+from config.schema import TrackConfig, TrainConfig
 
 DIM, BULK = 300, 290
 TOL = 1e-3

@@ -16,24 +16,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import bench_texts, machine, timed  # noqa: E402
-from bench.sharpness_speed import SHAPES, full_batch  # noqa: E402
-from data.batches import to_device  # noqa: E402
-from models.models import build_model  # noqa: E402
-from optimization.evaluation import summed_token_loss  # noqa: E402
-from optimization.objective import Objective  # noqa: E402
-from optimization.tracking import SharpnessTracker  # noqa: E402
-from sharpness.density import lanczos_memory_bytes, slq  # noqa: E402
-from config.schema import ModelConfig, TrackConfig, TrainConfig  # noqa: E402
-from utils.device import resolve_device  # noqa: E402
+from bench.common import bench_texts, machine, timed
+from bench.sharpness_speed import SHAPES, full_batch
+from data.batches import to_device
+from models.models import build_model
+from optimization.evaluation import summed_token_loss
+from optimization.objective import Objective
+from optimization.tracking import SharpnessTracker
+from sharpness.density import lanczos_memory_bytes, slq
+from config.schema import ModelConfig, TrackConfig, TrainConfig
+from utils.device import resolve_device
 
 
 def main() -> None:

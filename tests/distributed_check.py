@@ -11,17 +11,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.batches import fixed_batches, tokenize  # noqa: E402
-from data.corpus import builtin_lines  # noqa: E402
-from models.models import build_model, byte_tokenizer  # noqa: E402
-from optimization.evaluation import evaluate  # noqa: E402
-from optimization.objective import Objective  # noqa: E402
-from sharpness.sharpness_stage import measure_sharpness  # noqa: E402
-from utils import distributed  # noqa: E402
-from config.schema import ModelConfig, SharpnessConfig  # noqa: E402
-from utils.io import save_torch, write_json  # noqa: E402
+from data.batches import fixed_batches, tokenize
+from data.corpus import builtin_lines
+from models.models import build_model, byte_tokenizer
+from optimization.evaluation import evaluate
+from optimization.objective import Objective
+from sharpness.sharpness_stage import measure_sharpness
+from utils import distributed
+from config.schema import ModelConfig, SharpnessConfig
+from utils.io import save_torch, write_json
 
 
 def main(out: Path) -> None:
