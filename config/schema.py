@@ -95,12 +95,13 @@ class TrainConfig:
         "sgd", "sgd | adam | adamw | signsgd (signum) | adasgd (one second moment per group) | blockadam (one per tensor)")
     lr: float = option(1e-3, "learning rate", gt=0)
     momentum: float = option(0.0, "momentum of sgd and signsgd", ge=0, lt=1)
-    betas: list[float] = option([0.9, 0.999], "first- and second-moment decay of the Adam family", ge=0, lt=1)
-    eps: float = option(1e-8, "added to the Adam family's root second moment", gt=0)
+    betas: list[float] = option([0.9, 0.999], "first- and second-moment decay of the Adam family", ge=0, lt=1,
+                                added=True)
+    eps: float = option(1e-8, "added to the Adam family's root second moment", gt=0, added=True)
     weight_decay: float = option(0.0, "weight decay (L2 in the gradient for sgd and adam; decoupled for the others)", ge=0)
     rotation: Literal["none", "global", "per-layer"] = option(
-        "none", "train θ̃ with θ = Rθ̃ for a random rotation R of all weights (global) or of each layer's")
-    rotation_seed: int = option(0, "draws the training rotation", ge=0)
+        "none", "train θ̃ with θ = Rθ̃ for a random rotation R of all weights (global) or of each layer's", added=True)
+    rotation_seed: int = option(0, "draws the training rotation", ge=0, added=True)
     batch_size: int = option(8, "texts per step", ge=1)
     epochs: int = option(60, "passes over the training texts", ge=1)
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)", ge=0)

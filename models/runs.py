@@ -9,11 +9,11 @@ only files, so no stage imports another.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from config.loading import run_config_from_dict
-from config.schema import Experiment, RunConfig, TrainConfig, measurement_set_settings
+from config.schema import Experiment, RunConfig, measurement_set_settings, section_settings
 from utils.errors import CorruptFileError, UserError
 from utils.io import fingerprint, read_json, recorded_sha256, verify
 
@@ -87,34 +87,28 @@ def trained_runs(experiment: Experiment, output: Path) -> list[tuple[RunConfig, 
     return jobs
 
 
-# Training settings added after results existed: hashed only where they change the weights (or, for
-# train.track, train.trajectory, train.budget and model.adapter, when they are on), so that runs trained
-# before they existed (with what are now their defaults) keep their fingerprints and results.
-_ADDED_TRAIN_KEYS = ("betas", "eps", "rotation", "rotation_seed")
-
-
 def training_fingerprint(run: RunConfig) -> str:
     """Hash of everything that determines the trained weights (not the device or later stages), and of what the
-    train stage measures along the way when asked (train.track and its measurement set, train.trajectory)."""
-    train, defaults = asdict(run.train), asdict(TrainConfig())
-    del train["compile"]  # the same computation, compiled or not
+    train stage measures along the way when asked (train.track and its measurement set, train.trajectory).
+
+    The data, model and train sections count as the schema marks them (config.schema.section_settings: not
+    train.compile; train.betas, eps, rotation and rotation_seed, which came later, only when set). A setting is
+    also left out while it is unused (betas and eps by sgd and signsgd, rotation_seed without a rotation) or off
+    (track, trajectory, budget, adapter, base_run), so that runs trained before it existed keep their fingerprints."""
+    settings = {"seed": run.seed, **section_settings(run, "data", "model", "train")}
+    train, model = settings["train"], settings["model"]
     unused = {"betas", "eps"} if run.train.optimizer in ("sgd", "signsgd") else set()
     if run.train.rotation == "none":
         unused.add("rotation_seed")
-    for key in _ADDED_TRAIN_KEYS:
-        if key in unused or train[key] == defaults[key]:
-            del train[key]
-    for key in ("track", "trajectory"):  # what training writes besides the weights, when asked for
-        if not train[key]["every"]:
-            del train[key]
+    unused |= {key for key in ("track", "trajectory") if not getattr(run.train, key).every}
     if not (run.train.budget.seconds or run.train.budget.flops):
-        del train["budget"]
-    model = asdict(run.model)
+        unused.add("budget")
+    for key in unused:
+        train.pop(key, None)
     if run.model.adapter.type == "none":
         del model["adapter"]
     if not run.model.base_run:
         del model["base_run"]
-    settings = {"seed": run.seed, "data": asdict(run.data), "model": model, "train": train}
     if run.train.track.every:  # the track is measured on the sharpness stage's measurement set
         settings["measurement"] = measurement_set_settings(run)
     return fingerprint(settings)

@@ -46,3 +46,19 @@ def test_the_measurement_set_is_named_by_its_marks():
     from config.schema import measurement_set_settings
 
     assert measurement_set_settings(RunConfig()) == {"batches": 3, "batch_size": 4, "seed": 0}
+
+
+def test_a_field_added_to_train_changes_the_training_fingerprint_unless_marked_added_at_its_default():
+    from config.schema import TrainConfig
+    from models.runs import training_fingerprint
+
+    def train_with(**field_options):
+        return dataclasses.make_dataclass("TrainConfig", [("new", int, option(7, "a new setting", **field_options))],
+                                          bases=(TrainConfig,))
+
+    run = RunConfig()
+    before = training_fingerprint(run)
+    assert training_fingerprint(dataclasses.replace(run, train=train_with()())) != before
+    assert training_fingerprint(dataclasses.replace(run, train=train_with(added=True)())) == before
+    assert training_fingerprint(dataclasses.replace(run, train=train_with(added=True)(new=8))) != before
+    assert training_fingerprint(dataclasses.replace(run, train=train_with(result=False)(new=8))) == before
