@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import optimization.train_state as train_state
 import optimization.training as training
 import run
 from data.batches import tokenize
 from data.corpus import load_texts
 from models.checkpoint import load_trained
+from optimization.optimizers import make_optimizer
 from optimization.train_stage import train_stage
 from models.runs import run_dir
 from utils.errors import UserError
@@ -217,14 +219,14 @@ def test_optimizers_and_schedules_follow_the_config():
     from config.schema import TrainConfig
 
     params = [torch.nn.Parameter(torch.zeros(3))]
-    sgd = training.make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))
+    sgd = make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4))
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9 and sgd.defaults["weight_decay"] == 1e-4
-    adamw = training.make_optimizer(params, TrainConfig(optimizer="adamw", lr=1e-4, weight_decay=5e-4))
+    adamw = make_optimizer(params, TrainConfig(optimizer="adamw", lr=1e-4, weight_decay=5e-4))
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 5e-4
 
     def lrs(cfg, total):
         optimizer = torch.optim.SGD(params, lr=1.0)
-        scheduler = training.make_scheduler(optimizer, cfg, total)
+        scheduler = train_state.make_scheduler(optimizer, cfg, total)
         values = []
         for _ in range(total):
             values.append(scheduler.get_last_lr()[0])
@@ -271,7 +273,7 @@ def test_each_rank_of_a_resumed_torchrun_job_draws_its_own_dropout_masks(monkeyp
 
     def resumed(rank: int, saved: dict) -> torch.Tensor:
         monkeypatch.setattr(distributed, "rank", lambda: rank)
-        training._set_rng_state(saved, torch.device("cpu"), seed=42, epoch=3)
+        train_state._set_rng_state(saved, torch.device("cpu"), seed=42, epoch=3)
         return torch.get_rng_state()
 
     with torch.random.fork_rng():
