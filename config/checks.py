@@ -107,7 +107,7 @@ def typed_value(dotted: str, value, origin: str):
 
 def experiment_value(key: str, value, origin: str):
     """`seeds`, `stages`, `threads` or `experiment` as written in one layer, typed and checked (stage names are
-    checked against the registry by the pipeline, which utils may not import)."""
+    checked against the registry by the pipeline, which config may not import)."""
     if key == "threads":
         if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ConfigError(f"{origin}: expected auto or a number of threads (1 or more), got {value!r}")

@@ -35,7 +35,7 @@ from utils.errors import ConfigError
 # ----------------------------------------------------------------------------------------------
 # Reading files: the tree of raw values, each leaf remembering where it was written.
 
-_EXPERIMENT_VALUES = ("experiment", "seeds", "stages", "threads")  # keys of the experiment, not of its runs
+_EXPERIMENT_VALUES = ("experiment", "seeds", "stages", "threads")  # the experiment keys that hold one typed value
 _EXPERIMENT_KEYS = set(EXPERIMENT_KEYS)
 
 
