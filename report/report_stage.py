@@ -17,7 +17,8 @@ from pathlib import Path
 from optimization.cost import PEAK_FLOPS, PRICES_FILE, Prices, extrapolated_seconds, load_prices, price_for_device, usd
 from optimization.estimate import estimate
 from optimization.experiment_log import open_log
-from config.schema import Experiment, run_config_from_dict
+from config.loading import run_config_from_dict
+from config.schema import Experiment
 from utils.errors import CorruptFileError, UserError
 from utils.io import save_figure, write_json, write_text
 from models.runs import experiment_dir, stage_command

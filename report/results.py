@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from config.schema import run_config_from_dict
+from config.loading import run_config_from_dict
 from utils.errors import CorruptFileError
 from utils.io import fingerprint, load_npz, read_json
 from visualization.figure_index import drawn_from
