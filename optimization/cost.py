@@ -304,6 +304,26 @@ def extrapolated_seconds(total_flops: float, peak_flops: float, mfu: float) -> f
     return total_flops / (peak_flops * mfu)
 
 
+def priced_gpus(prices: Prices) -> list[str]:
+    """The GPUs of the price table (entries with a peak), in the file's order."""
+    return [name for name, price in prices.devices.items() if price.peak]
+
+
+def on_priced_gpus(prices: Prices, flops: float | None, precision: str) -> dict[str, tuple[float, float] | None]:
+    """{GPU: (seconds on one such GPU, dollars)} for `flops` at `precision`, at its peak × assumed_mfu, for each of
+    priced_gpus; None where there are no FLOPs or the GPU has no peak at that precision."""
+    priced = {}
+    for name in priced_gpus(prices):
+        price = prices.devices[name]
+        peak = PEAK_FLOPS[price.peak].get(precision)
+        if flops is None or not peak:
+            priced[name] = None
+            continue
+        seconds = extrapolated_seconds(flops, peak, prices.assumed_mfu)
+        priced[name] = (seconds, usd(seconds, price.usd_per_hour))
+    return priced
+
+
 def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z0-9]+", text.lower()))
 

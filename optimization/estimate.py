@@ -22,7 +22,7 @@ import sys
 import torch
 
 from models.adapters import add_adapter
-from optimization.cost import PEAK_FLOPS, extrapolated_seconds, load_prices, step_flops, usd
+from optimization.cost import load_prices, on_priced_gpus, priced_gpus, step_flops
 from config.checks import ARCH_PRESETS
 from config.loading import load_experiment
 from config.schema import RunConfig
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     try:
         experiment = load_experiment(args.config, args.overrides, args.runs)
         prices = load_prices()
-        gpus = {name: price for name, price in prices.devices.items() if price.peak}
+        gpus = priced_gpus(prices)
         print(f"{experiment.name}: training FLOPs at most (every batch at data.max_length) of each run at one seed "
               f"(the config lists {len(experiment.seeds)}), priced at assumed_mfu {prices.assumed_mfu:g} of each "
               "device's peak; hours on one device (N devices: 1/N of them, the same dollars)")
@@ -80,11 +80,8 @@ def main(argv=None) -> int:
         print("|" + "---|" * (3 + len(gpus)))
         for run in experiment.runs:
             cost = estimate(run)
-            cells = []
-            for price in gpus.values():
-                peak = PEAK_FLOPS[price.peak].get(run.train.precision)
-                seconds = extrapolated_seconds(cost["flops"], peak, prices.assumed_mfu) if peak else None
-                cells.append("–" if seconds is None else f"${usd(seconds, price.usd_per_hour):.3g} ({seconds / 3600:.2g} h)")
+            cells = ["–" if priced is None else f"${priced[1]:.3g} ({priced[0] / 3600:.2g} h)"
+                     for priced in on_priced_gpus(prices, cost["flops"], run.train.precision).values()]
             name = run.name if not run.search.n_trials else \
                 f"{run.name} (a search: each of {run.search.n_trials} trials, at the values its space leaves)"
             print(f"| {name} | {cost['steps']} | {cost['flops']:.3g} | " + " | ".join(cells) + " |")

@@ -1,6 +1,6 @@
 """The `correlate` stage: does flatness predict generalization, over all runs of an experiment?
 
-Every trained (run, seed) is one point (report.results.correlation_points): its generalization gap (test
+Every trained (run, seed) is one point (report.summary.correlation_points): its generalization gap (test
 loss − training loss, both at the final weights in eval mode), its test loss, and each measure it has
 (λ_max, trace, ε-sharpness, worst-case sharpness per ε, ‖H‖₁,₁/d, the final training loss, ‖θ‖,
 ‖θ − θ₀‖). For each measure: Kendall's τ and Spearman's ρ with the gap and with the test loss, each with
@@ -22,7 +22,8 @@ from config.schema import Experiment
 from utils.errors import UserError
 from models.runs import experiment_dir, stage_command
 from utils.io import write_json
-from report.results import CORRELATION_FILE, correlation_points, load_results, points_fingerprint, redo_stages
+from report.reader import load_results, redo_stages
+from report.summary import CORRELATION_FILE, correlation_points, points_fingerprint
 
 POINT_STAGES = ("train", "sharpness", "geometry")  # the stages whose files the points are read from
 

@@ -12,7 +12,7 @@ from pipeline import run_experiment
 from sharpness.correlation import kendall_tau, rank_correlations
 from config.loading import load_experiment
 from utils.io import read_json, write_json
-from report.results import load_results
+from report.reader import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SHORT = ["train.epochs=2", "train.warmup_steps=0", "data.n_train=48", "sharpness.batches=1", "sharpness.max_iter=12",
@@ -99,9 +99,8 @@ def test_notebook_shows_the_table_and_figure(exp8):
     notebook = execute_notebook(exp8.parent)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    cell = next(c for c in notebook.cells if c.get("id") == "e8c3d0b2")  # the flatness cell
-    assert any("ψ train.batch_size" in o.get("data", {}).get("text/markdown", "") for o in cell.outputs)
-    assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+    assert any("ψ train.batch_size" in o.get("data", {}).get("text/markdown", "") for o in outputs)
+    assert any(o.get("metadata", {}).get("figure") == "correlation" for o in outputs if "image/png" in o.get("data", {}))
 
 
 # ----------------------------------------------------------------------------------------------

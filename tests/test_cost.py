@@ -230,7 +230,7 @@ def test_dollars_and_extrapolated_seconds():
 def test_the_dollar_table_pays_for_every_rank_of_a_torchrun_job():
     """Two seeds of one run on the CPU, one as a single process and one as 2 ranks, each an hour of wall time and
     half an hour to its best validation: $1×, $2× the price and their mean; the FLOPs elsewhere are priced alike."""
-    from report.report_stage import dollar_table
+    from report.tables import dollar_table
 
     prices = cost.load_prices()
     price = prices.devices["cpu-2vcpu"].usd_per_hour
@@ -244,3 +244,19 @@ def test_the_dollar_table_pays_for_every_rank_of_a_torchrun_job():
     row = dollar_table(results, summary, prices).splitlines()[2].split(" | ")
     assert row[1] == f"cpu × 1/2 (cpu-2vcpu, ${price:g}/h each)"
     assert row[2] == f"${1.5 * price:.3g}" and row[3] == f"${0.75 * price:.3g}"
+
+
+def test_flops_are_priced_on_every_gpu_of_the_table_at_its_peak_and_the_assumed_mfu():
+    """The one pricing of FLOPs (the estimate and the report's dollar table): 1e15 FLOPs on an A100 at fp32
+    (19.5e12 FLOP/s) × assumed_mfu 0.5 take 1e15 / 9.75e12 s, at $2/h; the CPU entry is not a GPU; no peak at the
+    precision, or no FLOPs: no price."""
+    prices = cost.Prices(0.5, {"a100": cost.DevicePrice(2.0, "2025-01-01", "test", "A100"),
+                               "cpu": cost.DevicePrice(0.1, "2025-01-01", "test", None),
+                               "t4": cost.DevicePrice(0.5, "2025-01-01", "test", "T4")})
+    assert cost.priced_gpus(prices) == ["a100", "t4"]
+    seconds = 1e15 / (19.5e12 * 0.5)
+    priced = cost.on_priced_gpus(prices, 1e15, "fp32")
+    assert priced["a100"] == (pytest.approx(seconds, rel=1e-15), pytest.approx(seconds / 3600 * 2.0, rel=1e-15))
+    assert priced["t4"][0] == pytest.approx(1e15 / (8.1e12 * 0.5), rel=1e-15)
+    assert cost.on_priced_gpus(prices, 1e15, "fp8") == {"a100": None, "t4": None}  # no peak at that precision
+    assert cost.on_priced_gpus(prices, None, "fp32") == {"a100": None, "t4": None}

@@ -41,8 +41,8 @@ def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(w
     from optimization.train_stage import train_stage
     from config.loading import load_experiment
     from models.runs import run_dir
-    from report.results import load_results
-    from report.report_stage import estimate_table
+    from report.reader import load_results
+    from report.tables import estimate_table
 
     path = write_config("runs:\n  full: {}\n  lora: {model: {adapter: {type: lora, r: 2}}}\n"
                         "  budgeted: {train: {budget: {flops: 3.0e+8}}}\n")

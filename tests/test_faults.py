@@ -362,7 +362,7 @@ def test_a_corrupt_manifest_is_written_again(damaged, capsys):
 
 
 def test_the_report_names_a_corrupt_result_and_the_command_that_regenerates_it(damaged, capsys):
-    from report.results import load_results
+    from report.reader import load_results
 
     config, out = damaged
     garble(out / RUN / "sharpness.json")

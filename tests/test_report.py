@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +19,8 @@ from tests.conftest import TINY
 from config.loading import load_experiment
 from utils.io import save_npz
 from models.runs import run_dir
-from report.results import BELOW_RESOLUTION, format_value, mean_and_stderr
+from report.summary import BELOW_RESOLUTION, mean_and_stderr
+from report.tables import format_value
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -121,6 +123,26 @@ def test_notebook_runs_clean_and_shows_every_figure_and_table(results):
     for text in ("val perplexity", "ε-sharpness, eigenvector %", "λ_max", "barrier (train)", "tokens/s", " ± ",
                  "(n=2)", "random directions", "5 × 5 over"):
         assert text in tables
+
+
+def shown_in(markdown: str) -> dict[str, list[str]]:
+    """The headings, tables and images (figure stems) of Markdown text, in order."""
+    paragraphs = [paragraph.strip() for paragraph in markdown.split("\n\n")]
+    return {"headings": [p for p in paragraphs if p.startswith("#")],
+            "tables": [p for p in paragraphs if p.startswith("|")],
+            "figures": re.findall(r"!\[[^]]*\]\(figures/([^)]+)\.png\)", markdown)}
+
+
+def test_the_notebook_shows_the_reports_sections_tables_and_figures(results):
+    _, out = results
+    report = shown_in((out / "small" / "report.md").read_text())
+    notebook = execute_notebook(out)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    shown = shown_in("\n\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})))
+    assert shown["headings"] == report["headings"] and len(report["headings"]) == 7
+    assert shown["tables"] == report["tables"] and len(report["tables"]) == 12
+    assert [o.metadata["figure"] for o in outputs if "image/png" in o.get("data", {})] == report["figures"] == \
+        ["learning_curves", "interpolation", "surfaces_2d"]
 
 
 def test_notebook_names_what_is_missing_without_a_traceback(tmp_path):

@@ -268,7 +268,9 @@ def test_hutchinson_trace_is_within_three_standard_errors(tiny):
 def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(tiny_experiment, tmp_path, capsys):
     from pipeline import run_experiment
     from models.runs import run_dir
-    from report.results import curvature_columns, eps_columns, load_results, markdown_table, summarize
+    from report.reader import load_results
+    from report.summary import summarize
+    from report.tables import curvature_columns, eps_columns, quantities_table
 
     exp = tiny_experiment("""
         train: {epochs: 1}
@@ -316,7 +318,7 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
         sets.append(measurement["indices"])
     assert sets[0] == sets[1]
     summary = summarize(load_results(tmp_path, exp.name))
-    table = markdown_table(summary, eps_columns("0.01") + curvature_columns())
+    table = quantities_table(summary, eps_columns("0.01") + curvature_columns())
     assert "symmetric, eigenvector %" in table and "½ε²vᵀHv %" in table and "λ_min converged" in table
     quantities = summary["runs"]["a"]["quantities"]
     assert quantities["eps_sharpness_eigvec_symmetric_predicted@0.01"]["mean"] == pytest.approx(

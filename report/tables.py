@@ -1,0 +1,404 @@
+"""Every table of report.md and results.ipynb, in Markdown (the report's sections place them): every number is
+formatted here, and every table is drawn by md_table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from config.loading import run_config_from_dict
+from optimization.cost import Prices, on_priced_gpus, price_for_device, priced_gpus, usd
+from optimization.estimate import estimate
+from report.experiment_results import ExperimentResults
+from report.summary import GEOMETRY_FRAMES, mean_and_stderr, prune_runs
+from utils.errors import UserError
+
+NOTATION = ("Numbers are the mean ± standard error over seeds; (n=…) counts the seeds in the mean, shown "
+            "whenever it is not a single value with nothing left out. Values left out of a mean are named: "
+            "“diverged” counts NaN or infinite values, “below resolution” differences of losses too small "
+            "for the loss's numerical resolution to tell from 0 (sharpness.json's loss_resolution_pct), "
+            "“missing” values that were not measured; < res. marks a quantity whose every value is below "
+            "resolution, – one with no value at all.")
+
+
+def format_number(value: float | str | None, digits: int = 4) -> str:
+    """One number: – when not measured, nan/inf/-inf when not finite."""
+    if value is None:
+        return "–"
+    value = float(value)
+    return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
+
+
+def format_value(stats: dict, digits: int = 4) -> str:
+    """Mean ± stderr of a quantity over seeds, e.g. "3.21 ± 0.05 (n=3)", "3.2 (n=1, 1 diverged)", "3.2",
+    "< res." (every value below the loss's resolution)."""
+    n, diverged, below, missing = stats["n"], stats["non_finite"], stats["below_resolution"], stats["missing"]
+    if n == diverged == 0 and below:
+        return "< res." + (f" (n={below}, {missing} missing)" if missing else "")
+    text = format_number(stats["mean"], digits)
+    if stats["stderr"] is not None:
+        text += f" ± {stats['stderr']:.2g}"
+    notes = ([f"{diverged} diverged"] if diverged else []) + ([f"{below} below resolution"] if below else []) + \
+        ([f"{missing} missing"] if missing and n + diverged + below else [])
+    if n > 1 or notes:
+        notes.insert(0, f"n={n}")
+    return f"{text} ({', '.join(notes)})" if notes else text
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the header, its rule, one line per row (each as many cells as the header)."""
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def quantities_table(summary: dict, columns: list[tuple[str, str]]) -> str:
+    """One row per run, a column per (quantity, title): the quantity's mean ± standard error over seeds."""
+    return md_table(["run", *(title for _, title in columns)],
+                    [[run, *(format_value(data["quantities"][name]) if name in data["quantities"] else "–"
+                             for name, _ in columns)] for run, data in summary["runs"].items()])
+
+
+def settings_table(by_run: dict[str, dict[int, dict]], columns: list[tuple[str, Callable[[dict], str]]]) -> str:
+    """One row per run, each column `describe(file of one seed)`; where the seeds differ, each seed's value."""
+    rows = []
+    for run, by_seed in by_run.items():
+        cells = []
+        for _, describe in columns:
+            values = {seed: describe(data) for seed, data in by_seed.items()}
+            cells.append(next(iter(values.values())) if len(set(values.values())) == 1
+                         else " / ".join(f"{value} (seed {seed})" for seed, value in values.items()))
+        rows.append([run, *cells])
+    return md_table(["run", *(title for title, _ in columns)], rows)
+
+
+def runs_table(results: ExperimentResults) -> str:
+    """How each run trains, and the seeds it has."""
+    rows = []
+    for run in results.runs:
+        cfg = results.configs.get(run, {})
+        train, data = cfg.get("train", {}), cfg.get("data", {})
+        seeds = ", ".join(str(s) for s in results.seeds.get(run, [])) or "–"
+        rows.append([run, str(train.get("optimizer")), f"{train.get('lr'):g}", str(train.get("batch_size")),
+                     f"{train.get('weight_decay'):g}", str(train.get("rotation", "none")), str(data.get("order")),
+                     str(train.get("epochs")), seeds])
+    return md_table(["run", "optimizer", "lr", "batch size", "weight decay", "rotation", "order", "epochs", "seeds"],
+                    rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generalization, sharpness and the landscape.
+
+def generalization_columns() -> list[tuple[str, str]]:
+    return [("val_perplexity", "val perplexity"), ("test_perplexity", "test perplexity"), ("val_loss", "val loss"),
+            ("test_loss", "test loss")]
+
+
+def epsilons(summary: dict) -> list[str]:
+    names = next(iter(summary["runs"].values()), {"quantities": {}})["quantities"]
+    return sorted({n.split("@")[1] for n in names if "@" in n}, key=float)
+
+
+def eps_columns(eps: str) -> list[tuple[str, str]]:
+    """The study's Table I at one ε (values in %, the Taylor difference in percentage points), then the
+    symmetric differences, which measure curvature, each followed by its prediction ½ε²dᵀHd."""
+    return [(f"eps_sharpness_eigvec@{eps}", "ε-sharpness, eigenvector %"), (f"taylor_abs_diff@{eps}", "Taylor check Δ pp"),
+            (f"worst_case@{eps}", "worst case %"), (f"eps_sharpness_random_max@{eps}", "random directions, max %"),
+            (f"eps_sharpness_eigvec_symmetric@{eps}", "symmetric, eigenvector %"),
+            (f"eps_sharpness_eigvec_symmetric_predicted@{eps}", "½ε²vᵀHv %"),
+            (f"eps_sharpness_random_symmetric_mean@{eps}", "symmetric, random mean %"),
+            (f"eps_sharpness_random_symmetric_mean_predicted@{eps}", "½ε²dᵀHd mean %"),
+            (f"eps_sharpness_random_symmetric_max@{eps}", "symmetric, random max %"),
+            (f"eps_sharpness_random_symmetric_max_predicted@{eps}", "½ε²dᵀHd at max %")]
+
+
+def curvature_columns() -> list[tuple[str, str]]:
+    """λ_max and λ_min with their Ritz residuals and the share of seeds whose estimate converged."""
+    return [("lambda_max", "λ_max"), ("lambda_max_residual", "λ_max residual"), ("lambda_max_converged", "λ_max converged"),
+            ("lambda_min", "λ_min"), ("lambda_min_residual", "λ_min residual"), ("lambda_min_converged", "λ_min converged"),
+            ("trace", "trace of H"), ("base_loss", "loss on the set")]
+
+
+def sharpness_settings_table(results: ExperimentResults) -> str:
+    """The settings each run's sharpness.json was measured with (runs may override them)."""
+    measured = {run: {seed: {**data["settings"], "n_tokens": data["n_tokens"]} for seed, data in by_seed.items()}
+                for run, by_seed in results.sharpness.items()}
+    return settings_table(measured, [
+        ("measurement set", lambda d: f"{d['batches']} × {d['batch_size']} texts, {d['n_tokens']} tokens"),
+        ("eigenvalues", lambda d: f"{d['method']}, top {d['top_k']}, ≤ {d['max_iter']} HVPs, tol {d['tol']:g}"),
+        ("ε", lambda d: ", ".join(f"{eps:g}" for eps in d["epsilons"])),
+        ("worst case", lambda d: f"{d['ball']} ball, {d['worst_case_steps']} steps"),
+        ("random directions", lambda d: str(d["random_directions"])),
+        ("trace samples", lambda d: str(d["trace_samples"])),
+    ])
+
+
+def pairs_table(summary: dict) -> str:
+    """The barrier of the training loss along the line between two runs, per seed."""
+    return md_table(["runs", "seed", "barrier (train)", "at α"],
+                    [[f"{pair['runs'][0]} → {pair['runs'][1]}", str(pair["seed"]), format_number(pair["barrier"]),
+                      format_number(pair["barrier_alpha"], 2)] for pair in summary["pairs"]])
+
+
+def landscape_settings_table(results: ExperimentResults) -> str:
+    """The settings each run's 2D surface was computed with (runs may override them)."""
+    return settings_table(results.surfaces, [
+        ("directions", lambda d: f"{d['norm']}-normalised, landscape.seed {d['seed']}" + (", biasbn zeroed" if str(d["ignore"]) else "")),
+        ("grid", lambda d: f"{len(d['alphas'])} × {len(d['betas'])} over [−{float(d['range']):g}, {float(d['range']):g}]²"),
+        ("evaluation set", lambda d: f"{d['eval_batches']} × {d['eval_batch_size']} texts, {d['eval_tokens']} tokens "
+                                     f"(eval_seed {d['eval_seed']})"),
+        ("diverged points", lambda d: str(int((~np.isfinite(d["train_loss"])).sum()))),
+    ])
+
+
+# ----------------------------------------------------------------------------------------------
+# ℓ∞ geometry (geometry.json): the Hessian's (1,1)-norm against d·‖H‖₂, in the loss's own coordinates
+# and after a random rotation R (Xie, Mohamadi & Li, ICLR 2025).
+
+def has_geometry(summary: dict) -> bool:
+    return any("original_l11_per_coordinate" in data["quantities"] for data in summary["runs"].values())
+
+
+def geometry_columns() -> list[tuple[str, str]]:
+    """The final losses next to the (1,1)-norm per coordinate, the spectral norm and the paper's ratio, in both frames."""
+    return [("train_loss", "final train loss"), ("val_loss", "final val loss"),
+            ("original_l11_per_coordinate", "‖H‖₁,₁/d"), ("rotated_l11_per_coordinate", "‖RᵀHR‖₁,₁/d"),
+            ("original_spectral_norm", "‖H‖₂"), ("rotated_spectral_norm", "‖RᵀHR‖₂"),
+            ("original_l11_ratio", "‖H‖₁,₁/(d‖H‖₂)"), ("rotated_l11_ratio", "‖RᵀHR‖₁,₁/(d‖H‖₂)"),
+            ("original_frobenius", "‖H‖_F"), ("rotated_frobenius", "‖RᵀHR‖_F")]
+
+
+def _interval(estimate: dict) -> str:
+    """'total [low, high]' of one estimate with an interval ("ci"), or the total alone."""
+    ci = estimate.get("ci")
+    text = format_number(estimate["total"])
+    return f"{text} [{format_number(ci[0])}, {format_number(ci[1])}]" if ci else text
+
+
+def geometry_detail_table(results: ExperimentResults) -> str:
+    """One row per run, seed and frame: both (1,1) estimators with their intervals, ‖·‖∞, ‖·‖₂ and ‖·‖_F with its."""
+    rows = []
+    for run, by_seed in results.geometry.items():
+        for seed, data in sorted(by_seed.items()):
+            for frame in GEOMETRY_FRAMES:
+                values = data["frames"].get(frame)
+                if values is None:
+                    continue
+                name = frame if frame == "original" else f"{frame} ({values['rotation']}, seed {values['rotation_seed']})"
+                spectral = values["spectral"]
+                norm_2 = format_number(spectral["value"]) + ("" if spectral["converged"] else " (not converged)")
+                frobenius = values["frobenius"]
+                norm_f = "–" if frobenius is None else _interval({"total": frobenius["value"], "ci": frobenius.get("ci")})
+                rows.append([run, str(seed), name, _interval(values["l11"]["median"]),
+                             _interval(values["l11"]["half_iqr"]), format_number(values["linf"]["median"]), norm_2,
+                             norm_f, str(data["dim"])])
+    return md_table(["run", "seed", "frame", "‖·‖₁,₁ by median [CI]", "‖·‖₁,₁ by half-IQR [CI]", "‖·‖∞ (median)",
+                     "‖·‖₂", "‖·‖_F [CI]", "d"], rows)
+
+
+def geometry_settings_table(results: ExperimentResults) -> str:
+    """The settings each run's geometry.json was measured with."""
+    measured = {run: {seed: {**data["settings"]["geometry"], **data["settings"]["sharpness"], "n_tokens": data["n_tokens"]}
+                      for seed, data in by_seed.items()}
+                for run, by_seed in results.geometry.items()}
+    return settings_table(measured, [
+        ("measurement set", lambda d: f"{d['batches']} × {d['batch_size']} texts, {d['n_tokens']} tokens"),
+        ("(1,1) sketches", lambda d: f"{d['cauchy_vectors']} Cauchy vectors, {d['bootstrap']} bootstrap resamples, "
+                                     f"{d['confidence']:.0%} intervals"),
+        ("‖·‖_F", lambda d: f"Hutch++, {d['frobenius_probes']} probes" if d["frobenius_probes"] else "off"),
+        ("‖·‖₂", lambda d: f"Lanczos, ≤ {d['max_iter']} HVPs, tol {d['tol']:g}"),
+        ("rotation R", lambda d: "none" if d["rotation"] == "none" else f"{d['rotation']}, seed {d['rotation_seed']}"),
+    ])
+
+
+# ----------------------------------------------------------------------------------------------
+# Along training: the tracked sharpness (track.json) and the spectral density (density.json).
+
+def track_columns() -> list[tuple[str, str]]:
+    """The last tracked point of each run: λ_max and its ratio to 2/η, the preconditioned λ and its ratio to
+    Adam's threshold, and what tracking cost."""
+    return [("track_lambda_max", "λ_max (last point)"), ("track_edge_ratio", "÷ (2+2β)/η"),
+            ("track_preconditioned_lambda_max", "λ_max(P⁻¹ᐟ²HP⁻¹ᐟ²) (last)"),
+            ("track_preconditioned_edge_ratio", "÷ (2+2β₁)/((1−β₁)η)"),
+            ("track_hvps", "HVPs"), ("track_time_s", "seconds")]
+
+
+def density_columns() -> list[tuple[str, str]]:
+    return [("density_mass_below_minus_tau", "mass below −τ (τ = σ)"), ("density_trace", "tr(H) (SLQ)"), ("lambda_max", "λ_max"),
+            ("density_hvps", "HVPs"), ("density_time_s", "seconds")]
+
+
+# ----------------------------------------------------------------------------------------------
+# LoRA runs and budgets: what each run trains, the two weight spaces, pruning (prune.json).
+
+def adapter_table(results: ExperimentResults, summary: dict) -> str:
+    """What each run trains, and where a training budget (train.budget) stopped it."""
+    rows = []
+    for run in results.runs:
+        cfg = results.configs[run]
+        adapter, budget = cfg["model"].get("adapter", {"type": "none"}), cfg["train"].get("budget", {})
+        kind = "full fine-tuning" if adapter["type"] == "none" else (
+            f"LoRA r={adapter['r']}, α={adapter['alpha']:g}, on {', '.join(adapter['target_modules'])}")
+        if cfg["model"].get("base_run"):
+            kind += f", from run {cfg['model']['base_run']}'s weights"
+        elif adapter["type"] == "none" and cfg["model"].get("init") == "scratch":
+            kind = "full training from random weights"
+        limit = ", ".join(f"{value:.3g} {key}" for key, value in budget.items() if value) or "–"
+        stops = [results.metrics[run][seed].get("budget") for seed in results.seeds.get(run, [])]
+        stopped = ", ".join(f"step {b['step']} of {b['of_steps']}" if b.get("stopped_by") else "not reached"
+                            for b in stops if b) or "–"
+        rows.append([run, kind, format_value(summary["runs"][run]["quantities"]["trainable_parameters"]), limit,
+                     stopped])
+    return md_table(["run", "adapter", "trainable parameters", "budget", "stopped at"], rows)
+
+
+def budget_columns() -> list[tuple[str, str]]:
+    """The best validation perplexity and what training had spent to reach it, beside all it spent."""
+    return [("best_val_perplexity", "best val perplexity"), ("flops_to_best", "FLOPs to it"),
+            ("seconds_to_best", "seconds to it"), ("train_flops", "FLOPs in all")]
+
+
+def space_columns() -> list[tuple[str, str]]:
+    """λ and trace in the adapter's space (what the optimizer moves) and in the merged full model's."""
+    return [("sharpness_dimension", "d (adapter)"), ("lambda_max", "λ_max (adapter)"), ("trace", "trace (adapter)"),
+            ("merged_dimension", "d (merged)"), ("merged_lambda_max", "λ_max (merged)"),
+            ("merged_lambda_min", "λ_min (merged)"), ("merged_trace", "trace (merged)")]
+
+
+def prune_table(results: ExperimentResults) -> str:
+    """One row per run, seed and fraction: validation perplexity with the adapter pruned by magnitude, at random
+    (mean ± standard error over the masks), rewound and retrained, and λ_max of the magnitude-pruned adapter."""
+    rows = []
+    for run, by_seed in prune_runs(results).items():
+        for seed, data in by_seed.items():
+            rewound = {r["fraction"]: r for r in data.get("rewind", [])}
+            curvature = {p["fraction"]: p for p in data.get("lambda_max", [])}
+            for magnitude, random in zip(data["magnitude"], data["random"]):
+                fraction = magnitude["fraction"]
+                stats = mean_and_stderr([s["val_perplexity"] for s in random["seeds"]])
+                lambda_max = curvature.get(fraction)
+                rows.append([run, str(seed), f"{magnitude['pruned_fraction']:.1%}",
+                             format_number(magnitude["val_perplexity"]),
+                             format_value(stats) if random["seeds"] else "–",
+                             format_number(rewound[fraction]["val_perplexity"]) if fraction in rewound else "–",
+                             "–" if lambda_max is None else format_number(lambda_max["lambda_max"])])
+    return md_table(["run", "seed", "zeroed", "val ppl, magnitude", "val ppl, random", "val ppl, rewound + retrained",
+                     "λ_max"], rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# The searches and the correlation of the measures with generalization.
+
+def search_table(search: dict) -> str:
+    """Per study: sampler, seed, trials (complete / pruned / failed), the best value and its run, and the seconds
+    its trials trained."""
+    rows = []
+    for name, study in search["studies"].items():
+        counted = [t for t in study["trials"] if t["counted"]]
+        states = [t["state"] for t in counted]
+        best = study["best"] or {}
+        seconds = sum(t["seconds"] or 0 for t in counted)
+        rows.append([name, str(study["sampler"]), str(study["seed"]), str(len(counted)), str(states.count("complete")),
+                     str(states.count("pruned")), str(states.count("fail")), format_number(best.get("value")),
+                     best.get("run") or "–", f"{seconds:.1f}"])
+    return md_table(["study", "sampler", "seed", "trials", "complete", "pruned", "failed", "best", "best run",
+                     "trial seconds"], rows)
+
+
+def correlation_table(correlation: dict) -> str:
+    """One row per measure, strongest |τ| with the gap first: Kendall τ and Spearman ρ with the gap (95%
+    bootstrap intervals), τ with the test loss, and the granulated Kendall coefficient Ψ where the runs form a grid."""
+    def cell(stats: dict, key: str) -> str:
+        value, (low, high) = stats[key], stats[key.replace("tau", "interval").replace("rho", "interval")]
+        return f"{format_number(value, 3)} [{format_number(low, 2)}, {format_number(high, 2)}]"
+
+    def strength(item) -> float:
+        tau = float(item[1]["vs_gap"]["kendall_tau"])
+        return -abs(tau) if math.isfinite(tau) else 0
+
+    axes = next((list(data["granulated"]["per_axis"]) for data in correlation["measures"].values()
+                 if data.get("granulated")), [])  # the hyper-parameter axes ψ is averaged over (not the seed)
+    rows = []
+    for name, data in sorted(correlation["measures"].items(), key=strength):
+        granulated = data.get("granulated") or {}
+        rows.append([name, str(data["vs_gap"]["n"]), cell(data["vs_gap"], "kendall_tau"),
+                     cell(data["vs_gap"], "spearman_rho"), cell(data["vs_test_loss"], "kendall_tau"),
+                     *(format_number(granulated["per_axis"][a]["psi"], 3) for a in axes),
+                     *([format_number(granulated["overall"], 3)] if axes else [])])
+    return md_table(["measure", "n", "τ with gap", "ρ with gap", "τ with test loss", *(f"ψ {a}" for a in axes),
+                     *(["Ψ"] if axes else [])], rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Cost: what each run spent, the estimate before it ran, and both in dollars.
+
+def cost_columns(summary: dict) -> list[tuple[str, str]]:
+    """What each run cost: its parameters, steps and FLOPs, the seconds of every stage, utilisation and memory."""
+    columns = [("trainable_parameters", "trainable params"), ("n_parameters", "all params"),
+               ("optimizer_steps", "steps"), ("train_flops", "train FLOPs"), ("train_time_s", "train s"),
+               ("wall_time_s", "train stage wall s"), ("tokens_per_s", "tokens/s"), ("mfu", "MFU"),
+               ("peak_memory_mb", "peak MB"), ("sharpness_time_s", "sharpness s"), ("landscape_time_s", "2D surface s")]
+    if has_geometry(summary):
+        columns.insert(10, ("geometry_time_s", "geometry s"))
+    for name, title in (("track_time_s", "tracking s"), ("density_time_s", "density s"), ("prune_time_s", "pruning s")):
+        if any(data["quantities"].get(name, {}).get("n") for data in summary["runs"].values()):
+            columns.append((name, title))
+    return columns
+
+
+def estimate_table(results: ExperimentResults) -> str:
+    """The estimate that `python -m optimization.estimate` gives before a run, beside what the run measured (means
+    over seeds): it counts every step at batch_size × data.max_length, so measured / estimate is what padding only
+    to the longest text saved (1 when every text fills max_length and no budget stops the run early)."""
+    rows = []
+    for run in results.runs:
+        seeds = [results.metrics[run][seed] for seed in results.seeds.get(run, [])]
+        if not seeds:
+            continue
+        try:
+            predicted = estimate(run_config_from_dict(results.configs[run]))
+        except UserError as err:
+            rows.append([run, "–", "–", "–", "–", f"no estimate: {str(err).split(': ', 1)[-1]}"])
+            continue
+        steps = sum(m["optimizer_steps"] for m in seeds) / len(seeds)
+        counted = [m["train_flops"] for m in seeds if m.get("train_flops") is not None]
+        measured = sum(counted) / len(counted) if counted else None
+        ratio = "–" if measured is None else f"{measured / predicted['flops']:.3f}"
+        rows.append([run, str(predicted["steps"]), f"{steps:g}", f"{predicted['flops']:.3g}",
+                     "–" if measured is None else format(measured, ".3g"), ratio])
+    return md_table(["run", "steps estimated", "steps taken", "FLOPs at most", "FLOPs measured",
+                     "measured / estimate"], rows)
+
+
+def dollar_table(results: ExperimentResults, summary: dict, prices: Prices) -> str:
+    """What each run cost where it ran (on all its devices: a torchrun job's world_size of them) and what its FLOPs
+    would cost on each priced GPU (means over seeds)."""
+    rows = []
+    for run in results.runs:
+        seeds = [results.metrics[run][seed] for seed in results.seeds.get(run, [])]
+        if not seeds:
+            continue
+        quantities = summary["runs"][run]["quantities"]
+        device = seeds[0]["device"] if seeds[0]["device"] == "cpu" else seeds[0].get("device_name", "")
+        match = price_for_device(prices, device)
+
+        def dollars(name: str, usd_per_hour: float) -> str:
+            per_seed = quantities[name]["per_seed"]
+            spent = mean_and_stderr([None if per_seed.get(str(seed)) is None else
+                                     usd(per_seed[str(seed)], usd_per_hour, results.metrics[run][seed].get("world_size", 1))
+                                     for seed in results.seeds[run]])["mean"]
+            return "–" if spent is None else f"${spent:.3g}"
+
+        here = ["–", "–"] if match is None else [dollars("wall_time_s", match[1].usd_per_hour),
+                                                 dollars("seconds_to_best", match[1].usd_per_hour)]
+        precision = results.configs[run]["train"].get("precision", "fp32")
+        elsewhere = on_priced_gpus(prices, quantities["train_flops"]["mean"], precision)
+        ranks = sorted({m.get("world_size", 1) for m in seeds})
+        where = seeds[0].get("device_name", seeds[0]["device"]) + ("" if ranks == [1] else f" × {'/'.join(map(str, ranks))}") \
+            + ("" if match is None else f" ({match[0]}, ${match[1].usd_per_hour:g}/h each)")
+        rows.append([run, where, *here, *("–" if priced is None else f"${priced[1]:.3g} ({priced[0]:.3g} s)"
+                                          for priced in elsewhere.values())])
+    return md_table(["run", "ran on", "train stage $", "$ to best val ppl", *(f"on {name}" for name in priced_gpus(prices))],
+                    rows)
