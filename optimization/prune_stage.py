@@ -16,56 +16,49 @@ prune.json records its settings and weights and is computed again when they chan
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from data.batches import fixed_batches, tokenize
-from data.corpus import load_texts
-from data.measurement import measurement_set
-from models.checkpoint import load_trained
 from optimization.curvature import lanczos
 from optimization.evaluation import perplexity
+from optimization.measured_run import Result, TrainedRun, measure_runs, measured_runs, sharpness_settings
 from optimization.objective import Objective
 from optimization.pruning import flat_mask, magnitude_masks, pruned_fraction, random_masks, retrain_masked
-from config.schema import Experiment, RunConfig
-from utils.device import resolve_device
-from utils.io import fingerprint, read_own_output, write_json
-from models.runs import run_label, trained_runs, trained_with
+from config.schema import Experiment, section_settings
 from utils.progress import progress
 
-LANCZOS_KEYS = ("batches", "batch_size", "seed", "max_iter", "tol")  # the sharpness settings behind lambda_max
+
+def prune_results(trained: TrainedRun) -> list[Result]:
+    """prune.json of a LoRA run: it depends on the prune section and, as its λ_max is measured on the sharpness
+    measurement set with the sharpness solver settings, on those of sharpness.json."""
+    if trained.run.model.adapter.type == "none":
+        print(f"{trained.label}: not a LoRA run (model.adapter.type none); nothing to prune")
+        return []
+    settings = {**section_settings(trained.run, "prune"), "sharpness": sharpness_settings(trained.run)}
+    return [trained.result("prune.json", settings, "pruning")]
+
+
+def measure_pruning(trained: TrainedRun, result: Result) -> None:
+    start = time.perf_counter()
+    measured = prune_run(trained)
+    result.write({**measured, "seconds": time.perf_counter() - start})
+    worst = measured["magnitude"][-1]
+    print(f"{trained.label}: pruning done; val perplexity {measured['magnitude'][0]['val_perplexity']:.2f} unpruned, "
+          f"{worst['val_perplexity']:.2f} with {worst['pruned_fraction']:.0%} of the adapter zeroed by magnitude")
 
 
 def prune_stage(experiment: Experiment, output: Path, force: bool) -> None:
-    for run, folder in trained_runs(experiment, output):
-        label = run_label(experiment, run)
-        if run.model.adapter.type == "none":
-            print(f"{label}: not a LoRA run (model.adapter.type none); nothing to prune")
-            continue
-        checkpoint = trained_with(folder)
-        settings = {"prune": asdict(run.prune), "sharpness": {k: getattr(run.sharpness, k) for k in LANCZOS_KEYS}}
-        stamp = fingerprint({**settings, "checkpoint": checkpoint})
-        path = folder / "prune.json"
-        done = None if force else read_own_output(path, label=label)
-        if done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, checkpoint):
-            print(f"{label}: pruning already done with these settings; skipping (--force redoes it)")
-            continue
-        start = time.perf_counter()
-        result = prune_run(run, folder, label)
-        write_json(path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
-                          "settings": settings, **result, "seconds": time.perf_counter() - start})
-        worst = result["magnitude"][-1]
-        print(f"{label}: pruning done; val perplexity {result['magnitude'][0]['val_perplexity']:.2f} unpruned, "
-              f"{worst['val_perplexity']:.2f} with {worst['pruned_fraction']:.0%} of the adapter zeroed by magnitude")
+    measure_runs(measured_runs(experiment, output), force, prune_results,
+                 lambda trained, todo: measure_pruning(trained, todo[0]))
 
 
-def prune_run(run: RunConfig, folder: Path, label: str) -> dict:
-    device = resolve_device(run.device)
-    trained = load_trained(folder / "checkpoint.pt", device)
+def prune_run(trained_run: TrainedRun) -> dict:
+    run, label = trained_run.run, trained_run.label
+    trained = trained_run.load()
     tokenizer, pad_id = trained.tokenizer, trained.tokenizer.eos_token_id
-    texts = load_texts(run.data)
+    texts = trained_run.texts
     splits = {"val": texts.validation, "test": texts.test}
     evaluation = {name: Objective(trained.model, fixed_batches(tokenize(split, tokenizer, run.data.max_length),
                                                                 run.train.eval_batch_size, pad_id))
@@ -92,7 +85,8 @@ def prune_run(run: RunConfig, folder: Path, label: str) -> dict:
         result["random"].append({"fraction": fraction, "seeds": [
             {"seed": seed, **losses_with(random_masks(params, fraction, cfg.scope, seed))} for seed in range(cfg.random_seeds)]})
 
-    measurement = Objective(trained.model, measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches)
+    # reverse-over-reverse HVPs whatever sharpness.hvp says, as this stage has always taken them (the modes round apart)
+    measurement = Objective(trained.model, trained_run.measurement_set(tokenizer).batches)
     for fraction in cfg.lambda_max_fractions:
         masks = magnitude_masks(params, fraction, cfg.scope)
         with mover.moved([1.0], [zeroing(masks)]):
@@ -105,7 +99,7 @@ def prune_run(run: RunConfig, folder: Path, label: str) -> dict:
                                          "hvps": eigen.matvecs, "base_loss": measurement.loss()})
 
     if cfg.rewind:
-        init = load_trained(folder / "init.pt", device).model
+        init = trained_run.load(name="init.pt").model
         initial = mover.flatten([p.detach() for p in init.parameters() if p.requires_grad])
         sequences = tokenize(texts.train, tokenizer, run.data.max_length)
         for fraction in cfg.rewind_fractions:

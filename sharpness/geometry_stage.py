@@ -17,44 +17,37 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import psutil
-import torch
 
-from data.corpus import load_texts
-from data.measurement import measurement_set
-from models.checkpoint import load_trained
-from optimization.objective import Objective
+from optimization.measured_run import Result, TrainedRun, measure_runs, measured_runs, sharpness_settings
 from optimization.rotation import build_rotation
 from sharpness.geometry import CHUNK, measure_frame, remove_sketch
-from config.schema import Experiment, RunConfig
-from utils.device import resolve_device
+from config.schema import Experiment, RunConfig, section_settings
 from utils.errors import ConfigError
 from utils.io import fingerprint, read_own_output, remove, write_json
-from models.runs import run_label, trained_runs, trained_with
 from utils.progress import progress
 
-EIGEN_KEYS = ("batches", "batch_size", "seed", "max_iter", "tol", "hvp")  # the sharpness settings it uses
 PARTIAL = "geometry.partial.json"
+ROTATION_ONLY = ("rotation", "rotation_seed")  # the original frame is measured without R: they cannot change it
 
 
-def geometry_settings(run: RunConfig) -> dict:
-    return {"geometry": asdict(run.geometry), "sharpness": {key: getattr(run.sharpness, key) for key in EIGEN_KEYS}}
+def geometry_result(trained: TrainedRun) -> Result:
+    """geometry.json: it depends on the geometry section and, as it measures on the sharpness measurement set with
+    the sharpness solver settings, on those of sharpness.json."""
+    settings = {**section_settings(trained.run, "geometry"), "sharpness": sharpness_settings(trained.run)}
+    return trained.result("geometry.json", settings, "geometry")
 
 
-def frame_stamps(run: RunConfig, checkpoint: str, frame: str) -> tuple[str, str]:
-    """(the stamp of the frame's results, the stamp of its Cauchy sketch): the settings each depends on."""
-    g, s = run.geometry, run.sharpness
-    sketch = {"checkpoint": checkpoint, "frame": frame, "cauchy_vectors": g.cauchy_vectors, "seed": g.seed,
-              "measurement": [s.batches, s.batch_size, s.seed, s.hvp]}
-    if frame == "rotated":
-        sketch["rotation"] = [g.rotation, g.rotation_seed]
-    # "intervals" names how they are made, so a geometry.json of the bootstrap's too-wide ones is measured again
-    results = {**sketch, "bootstrap": g.bootstrap, "confidence": g.confidence, "frobenius_probes": g.frobenius_probes,
-               "eigen": [s.max_iter, s.tol], "intervals": "half-samples; Cox for ‖H‖_F"}
-    return fingerprint(results), fingerprint(sketch)
+def frame_stamp(result: Result, frame: str) -> str:
+    """The stamp of one frame's results and of its Cauchy sketch: the file's settings (the original frame's without
+    the rotation's), its weights and the frame."""
+    settings = result.settings
+    if frame == "original":
+        settings = {**settings, "geometry": {key: value for key, value in settings["geometry"].items()
+                                             if key not in ROTATION_ONLY}}
+    return fingerprint({"settings": settings, "checkpoint": result.checkpoint, "frame": frame})
 
 
 def check_sketch_fits(k: int, dim: int, sketches: list[Path], label: str) -> None:
@@ -78,67 +71,67 @@ def _bar(total: int, desc: str):
 
 
 def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
-    for run, folder in trained_runs(experiment, output):
-        label = run_label(experiment, run)
-        settings = geometry_settings(run)
-        checkpoint = trained_with(folder)
-        stamp = fingerprint({"settings": settings, "checkpoint": checkpoint})
-        result_path = folder / "geometry.json"
-        frames = ["original"] + ([] if run.geometry.rotation == "none" else ["rotated"])
-        stamps = {frame: frame_stamps(run, checkpoint, frame) for frame in frames}
-        for sketch in folder.glob("geometry_sketch_*.npy"):  # a frame no longer measured, or a forced redo
-            if force or sketch.stem.removeprefix("geometry_sketch_") not in frames:
+    def plan(trained: TrainedRun) -> list[Result]:
+        for sketch in trained.folder.glob("geometry_sketch_*.npy"):  # a frame no longer measured, or a forced redo
+            if force or sketch.stem.removeprefix("geometry_sketch_") not in frames(trained.run):
                 remove_sketch(sketch)
-        done = {} if force else read_own_output(result_path, label=label) or {}
-        partial = {} if force else read_own_output(folder / PARTIAL, label=label) or {}  # an interrupted run's frames
-        finished = {frame: data for frame, data in {**done.get("frames", {}), **partial.get("frames", {})}.items()
-                    if frame in stamps and data.get("stamp") == stamps[frame][0]}
-        if set(finished) == set(frames) and done.get("fingerprint") == stamp:
-            print(f"{label}: geometry already measured with these settings; skipping (--force redoes it)")
+        return [geometry_result(trained)]
+
+    measure_runs(measured_runs(experiment, output), force, plan,
+                 lambda trained, todo: measure_geometry(trained, todo[0], force))
+
+
+def frames(run: RunConfig) -> list[str]:
+    return ["original"] + ([] if run.geometry.rotation == "none" else ["rotated"])
+
+
+def finished_frames(trained: TrainedRun, result: Result, force: bool) -> dict:
+    """{frame: its results} of the frames already measured with these settings, in geometry.json or, for a run
+    that was interrupted, in geometry.partial.json."""
+    done = {} if force else read_own_output(result.path, label=trained.label) or {}
+    partial = {} if force else read_own_output(trained.folder / PARTIAL, label=trained.label) or {}
+    return {frame: data for frame, data in {**done.get("frames", {}), **partial.get("frames", {})}.items()
+            if frame in frames(trained.run) and data.get("stamp") == frame_stamp(result, frame)}
+
+
+def measure_geometry(trained: TrainedRun, result: Result, force: bool) -> None:
+    run, label, folder, geometry = trained.run, trained.label, trained.folder, trained.run.geometry
+    measuring = frames(run)
+    finished = finished_frames(trained, result, force)
+    opened = trained.open()
+    objective = opened.objective
+    names, numels = list(objective.names), [p.numel() for p in objective.params]
+    check_sketch_fits(geometry.cauchy_vectors, objective.dim,
+                      [folder / f"geometry_sketch_{frame}.npy" for frame in measuring if frame not in finished], label)
+    start = time.perf_counter()
+    measured = {}
+    for frame in measuring:
+        if frame in finished:
+            print(f"{label}: {frame} frame already measured with these settings; kept")
+            measured[frame] = finished[frame]
             continue
+        matvec = objective.hvp
+        if frame == "rotated":
+            rotation = build_rotation(geometry.rotation, names, numels, geometry.rotation_seed, objective.device,
+                                      objective.base.dtype)
 
-        device = resolve_device(run.device)
-        trained = load_trained(folder / "checkpoint.pt", device)
-        texts = load_texts(run.data)
-        measurement = measurement_set(texts.train, run.sharpness, trained.tokenizer, run.data.max_length)
-        objective = Objective(trained.model, measurement.batches, hvp_mode=run.sharpness.hvp)
-        names, numels = list(objective.names), [p.numel() for p in objective.params]
-        check_sketch_fits(run.geometry.cauchy_vectors, objective.dim,
-                          [folder / f"geometry_sketch_{frame}.npy" for frame in frames if frame not in finished], label)
-        start = time.perf_counter()
-        result = {}
-        for frame in frames:
-            if frame in finished:
-                print(f"{label}: {frame} frame already measured with these settings; kept")
-                result[frame] = finished[frame]
-                continue
-            matvec = objective.hvp
-            if frame == "rotated":
-                rotation = build_rotation(run.geometry.rotation, names, numels, run.geometry.rotation_seed,
-                                          objective.device, objective.base.dtype)
-
-                def matvec(v, rotation=rotation):  # the Hessian of θ̃ ↦ L(Rθ̃) is RᵀHR
-                    return rotation.transpose(objective.hvp(rotation.apply(v)))
-            result[frame] = measure_frame(matvec, objective.base, names, numels, run.geometry, run.sharpness,
-                                          folder / f"geometry_sketch_{frame}.npy", stamps[frame][1], _bar,
-                                          f"{label} {frame}")
-            result[frame]["stamp"] = stamps[frame][0]
-            if frame == "rotated":
-                result[frame].update(rotation=run.geometry.rotation, rotation_seed=run.geometry.rotation_seed)
-            write_json(folder / PARTIAL, {"frames": result})
-        timings = {f"{frame}_s": result[frame]["time_s"] for frame in frames}
-        timings["total_s"] = time.perf_counter() - start
-        hvps = sum(result[frame]["hvps"] for frame in frames)  # kept frames' too: all the work behind the file
-        write_json(result_path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
-                                 "settings": settings, "device": str(device), "dim": objective.dim,
-                                 "n_tokens": objective.n_tokens, "texts": texts.counts(),
-                                 "measurement_indices": measurement.indices, "frames": result,
-                                 "hvp_total": hvps, "timings": timings})
-        remove(folder / PARTIAL)
-        line = ", ".join(f"{frame}: ‖H‖₁,₁/d {result[frame]['l11']['median']['per_coordinate']:.3g}, "
-                         f"‖H‖₂ {result[frame]['spectral']['value']:.3g}, ratio {result[frame]['ratio']['median']:.3g}"
-                         for frame in frames)
-        print(f"{label}: {line}; {hvps} HVPs, {timings['total_s']:.1f} s")
-        del objective, trained
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            def matvec(v, rotation=rotation):  # the Hessian of θ̃ ↦ L(Rθ̃) is RᵀHR
+                return rotation.transpose(objective.hvp(rotation.apply(v)))
+        stamp = frame_stamp(result, frame)
+        measured[frame] = measure_frame(matvec, objective.base, names, numels, geometry, run.sharpness,
+                                        folder / f"geometry_sketch_{frame}.npy", stamp, _bar, f"{label} {frame}")
+        measured[frame]["stamp"] = stamp
+        if frame == "rotated":
+            measured[frame].update(rotation=geometry.rotation, rotation_seed=geometry.rotation_seed)
+        write_json(folder / PARTIAL, {"frames": measured})
+    timings = {f"{frame}_s": measured[frame]["time_s"] for frame in measuring}
+    timings["total_s"] = time.perf_counter() - start
+    hvps = sum(measured[frame]["hvps"] for frame in measuring)  # kept frames' too: all the work behind the file
+    result.write({"device": str(trained.device), "dim": objective.dim, "n_tokens": objective.n_tokens,
+                  "texts": trained.texts.counts(), "measurement_indices": opened.measurement.indices,
+                  "frames": measured, "hvp_total": hvps, "timings": timings})
+    remove(folder / PARTIAL)
+    line = ", ".join(f"{frame}: ‖H‖₁,₁/d {measured[frame]['l11']['median']['per_coordinate']:.3g}, "
+                     f"‖H‖₂ {measured[frame]['spectral']['value']:.3g}, ratio {measured[frame]['ratio']['median']:.3g}"
+                     for frame in measuring)
+    print(f"{label}: {line}; {hvps} HVPs, {timings['total_s']:.1f} s")

@@ -11,23 +11,17 @@ measured with and is measured again when they change, each on its own.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from data.corpus import load_texts
-from data.measurement import FixedSet, measurement_set, same_texts
-from models.checkpoint import load_trained
+from data.measurement import FixedSet, same_texts
 from optimization.curvature import MIN_STABLE_STEPS, hutchinson_trace, lanczos, power_iteration
+from optimization.measured_run import Result, TrainedRun, measure_runs, measured_runs, sharpness_settings
 from optimization.objective import Objective
 from sharpness.density import lanczos_memory_bytes, reorthogonalizes, slq
 from sharpness.sharpness import (curvatures, eps_sharpness, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
-from config.schema import DensityConfig, Experiment, SharpnessConfig, measurement_set_settings
-from utils.device import resolve_device
-from utils.io import fingerprint, read_own_output, save_torch, write_json
-from models.runs import run_label, trained_runs, trained_with
+from config.schema import DensityConfig, Experiment, SharpnessConfig, section_settings
+from utils.io import save_torch
 from utils.progress import progress
 
 
@@ -122,90 +116,69 @@ def measure_density(objective: Objective, cfg: DensityConfig, label: str = "") -
             "density": density.smoothed(grid, sigma).tolist()}
 
 
-def _current(path: Path, stamp: str, checkpoint: str, force: bool, label: str) -> bool:
-    """Whether `path` holds a result measured with these settings (stamp) on these weights."""
-    done = None if force else read_own_output(path, label=label)
-    # A file of an older version records no checkpoint (and fewer quantities): measured again.
-    return done is not None and (done.get("fingerprint"), done.get("checkpoint")) == (stamp, checkpoint)
+def sharpness_results(trained: TrainedRun) -> list[Result]:
+    """sharpness.json; density.json with sharpness.density.probes > 0; for a LoRA run with sharpness.merged,
+    sharpness_merged.json. Each is stamped on its own: sharpness.json (and the merged one) with the sharpness section
+    but its parts with files of their own; density.json with the whole section but sharpness.merged (its probes
+    measure the same operator: the measurement set, its HVP)."""
+    run, cfg = trained.run, trained.run.sharpness
+    if cfg.method == "lanczos" and cfg.max_iter <= MIN_STABLE_STEPS:
+        print(f"{trained.label}: warning: with sharpness.max_iter {cfg.max_iter} Lanczos cannot flag an eigenvalue "
+              f"converged (each must stay put for {MIN_STABLE_STEPS} steps); set at least {MIN_STABLE_STEPS + 1}")
+    settings = sharpness_settings(run)
+    results = [trained.result("sharpness.json", settings, "sharpness")]
+    if cfg.density.probes:
+        with_density = {**settings, "density": section_settings(run, "sharpness")["sharpness"]["density"]}
+        results.append(trained.result("density.json", with_density, "spectral density"))
+    if cfg.merged and run.model.adapter.type != "none":
+        results.append(trained.result("sharpness_merged.json", settings, "sharpness of the merged model"))
+    return results
+
+
+def measure_run(trained: TrainedRun, todo: list[Result], first_set: list[FixedSet]) -> None:
+    """Build the run's measurement set (saved as measurement.pt) and measure on it what `todo` names; `first_set`
+    holds the experiment's first measurement set, which every run's should equal."""
+    run, label, cfg = trained.run, trained.label, trained.run.sharpness
+    opened = trained.open()
+    if not first_set:
+        first_set.append(opened.measurement)
+    elif not same_texts(first_set[0], opened.measurement):
+        print(f"{label}: warning: the measurement set differs from the experiment's first run "
+              "(different data settings or tokenizer), so its numbers are not directly comparable")
+    save_torch(trained.folder / "measurement.pt", {**opened.measurement.to_dict(), "seed": cfg.seed})
+    todo_by_name = {result.path.name: result for result in todo}
+    space = "adapter" if run.model.adapter.type != "none" else "full"
+    if "sharpness.json" in todo_by_name:
+        write_sharpness(trained, todo_by_name["sharpness.json"], opened.objective, space)
+    if "density.json" in todo_by_name:
+        density = measure_density(opened.objective, cfg.density, label)
+        todo_by_name["density.json"].write({"device": str(trained.device), **density})
+        print(f"{label}: spectral density from {density['matvecs']} HVPs in {density['seconds']:.1f} s "
+              f"({'full' if density['reorthogonalized'] else 'no'} reorthogonalization, "
+              f"{density['lanczos_memory_mb']:.0f} MiB of Lanczos vectors); trace {density['trace']:.4g}, "
+              f"mass below −τ {density['mass_below_minus_tau']:.3f} (τ = σ = {density['tau']:.3g})")
+    if "sharpness_merged.json" in todo_by_name:
+        del opened  # one model at a time
+        merged = trained.open("merged")
+        write_sharpness(trained, todo_by_name["sharpness_merged.json"], merged.objective, "merged")
+
+
+def write_sharpness(trained: TrainedRun, result: Result, objective: Objective, space: str) -> None:
+    cfg, label = trained.run.sharpness, trained.label
+    measured = measure_sharpness(objective, cfg, f"{label} ({space})" if space != "full" else label)
+    result.write({"space": space, "dimension": objective.dim, "texts": trained.texts.counts(),
+                  "device": str(trained.device), **measured})
+    status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
+    lambda_min = "" if measured["lambda_min"] is None else f"{measured['lambda_min']:.4g} "
+    top = measured["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
+    print(f"{label}{'' if space == 'full' else f' ({space} space)'}: lambda_max {measured['lambda_max']:.4g} "
+          f"({status[measured['lambda_max_converged']]}), lambda_min {lambda_min}"
+          f"({status[measured['lambda_min_converged']]}), {measured['hvp_count']} HVPs, "
+          f"eps-sharpness@{cfg.epsilons[0]:g} {'below resolution' if top is None else f'{top:.4g}%'}, "
+          f"{measured['timings']['total_s']:.1f} s")
 
 
 def sharpness_stage(experiment: Experiment, output: Path, force: bool) -> None:
-    first_set: FixedSet | None = None
-    for run, folder in trained_runs(experiment, output):
-        label = run_label(experiment, run)
-        if run.sharpness.method == "lanczos" and run.sharpness.max_iter <= MIN_STABLE_STEPS:
-            print(f"{label}: warning: with sharpness.max_iter {run.sharpness.max_iter} Lanczos cannot flag an "
-                  f"eigenvalue converged (each must stay put for {MIN_STABLE_STEPS} steps); set at least "
-                  f"{MIN_STABLE_STEPS + 1}")
-        checkpoint = trained_with(folder)
-        cfg = run.sharpness
-        settings = asdict(cfg)
-        density_settings = settings.pop("density")  # density.json has its own stamp
-        settings.pop("merged")  # so has sharpness_merged.json
-        stamp = fingerprint({"sharpness": settings, "checkpoint": checkpoint})
-        merged_stamp = fingerprint({"sharpness": settings, "space": "merged", "checkpoint": checkpoint})
-        result_path, density_path = folder / "sharpness.json", folder / "density.json"
-        merged_path = folder / "sharpness_merged.json"
-        # "reports" names what density.json holds, so one written before the mass below −τ is measured again
-        density_stamp = fingerprint({"density": density_settings, "measurement": measurement_set_settings(run), "checkpoint": checkpoint,
-                                     "reports": "mass_below_minus_tau"})
-        sharpness_todo = not _current(result_path, stamp, checkpoint, force, label)
-        density_todo = cfg.density.probes > 0 and not _current(density_path, density_stamp, checkpoint, force, label)
-        merged_asked = cfg.merged and run.model.adapter.type != "none"
-        merged_todo = merged_asked and not _current(merged_path, merged_stamp, checkpoint, force, label)
-        if not sharpness_todo:
-            print(f"{label}: sharpness already measured with these settings; skipping (--force redoes it)")
-        if merged_asked and not merged_todo:
-            print(f"{label}: sharpness of the merged model already measured with these settings; skipping")
-        if cfg.density.probes and not density_todo:
-            print(f"{label}: spectral density already measured with these settings; skipping (--force redoes it)")
-        if not (sharpness_todo or density_todo or merged_todo):
-            continue
-
-        device = resolve_device(run.device)
-        trained = load_trained(folder / "checkpoint.pt", device)
-        texts = load_texts(run.data)
-        measurement = measurement_set(texts.train, cfg, trained.tokenizer, run.data.max_length)
-        if first_set is None:
-            first_set = measurement
-        elif not same_texts(first_set, measurement):
-            print(f"{label}: warning: the measurement set differs from the experiment's first run "
-                  "(different data settings or tokenizer), so its numbers are not directly comparable")
-        save_torch(folder / "measurement.pt", {**measurement.to_dict(), "seed": cfg.seed})
-
-        objective = Objective(trained.model, measurement.batches, hvp_mode=cfg.hvp)
-        space = "adapter" if run.model.adapter.type != "none" else "full"
-
-        def measure_into(path: Path, stamp: str, space: str) -> None:
-            result = measure_sharpness(objective, cfg, f"{label} ({space})" if space != "full" else label)
-            write_json(path, {"run": run.name, "seed": run.seed, "fingerprint": stamp, "checkpoint": checkpoint,
-                              "settings": settings, "space": space, "dimension": objective.dim, "texts": texts.counts(),
-                              "device": str(device), **result})
-            status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
-            lambda_min = "" if result["lambda_min"] is None else f"{result['lambda_min']:.4g} "
-            top = result["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]
-            print(f"{label}{'' if space == 'full' else f' ({space} space)'}: lambda_max {result['lambda_max']:.4g} "
-                  f"({status[result['lambda_max_converged']]}), lambda_min {lambda_min}"
-                  f"({status[result['lambda_min_converged']]}), {result['hvp_count']} HVPs, "
-                  f"eps-sharpness@{cfg.epsilons[0]:g} {'below resolution' if top is None else f'{top:.4g}%'}, "
-                  f"{result['timings']['total_s']:.1f} s")
-
-        if sharpness_todo:
-            measure_into(result_path, stamp, space)
-        if density_todo:
-            density = measure_density(objective, cfg.density, label)
-            write_json(density_path, {"run": run.name, "seed": run.seed, "fingerprint": density_stamp,
-                                      "checkpoint": checkpoint, "settings": density_settings, "device": str(device),
-                                      **density})
-            print(f"{label}: spectral density from {density['matvecs']} HVPs in {density['seconds']:.1f} s "
-                  f"({'full' if density['reorthogonalized'] else 'no'} reorthogonalization, "
-                  f"{density['lanczos_memory_mb']:.0f} MiB of Lanczos vectors); trace {density['trace']:.4g}, "
-                  f"mass below −τ {density['mass_below_minus_tau']:.3f} (τ = σ = {density['tau']:.3g})")
-        if merged_todo:
-            del objective, trained
-            trained = load_trained(folder / "checkpoint.pt", device, "merged")
-            objective = Objective(trained.model, measurement.batches, hvp_mode=cfg.hvp)
-            measure_into(merged_path, merged_stamp, "merged")
-        del objective, trained
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    first_set: list[FixedSet] = []
+    measure_runs(measured_runs(experiment, output), force, sharpness_results,
+                 lambda trained, todo: measure_run(trained, todo, first_set))

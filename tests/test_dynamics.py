@@ -12,10 +12,9 @@ import torch
 import run
 from optimization.train_stage import train_stage
 from sharpness.sharpness_stage import sharpness_stage
-from config.schema import RunConfig
 from utils.errors import UserError
 from models.runs import run_dir
-from visualization.landscape_stage import SURFACE_KEYS, landscape_settings, landscape_stage
+from visualization.landscape_stage import landscape_stage
 
 CHEAP = """
 sharpness: {batches: 2, batch_size: 4, max_iter: 6, epsilons: [1.0e-3], random_directions: 1, worst_case_steps: 1,
@@ -93,15 +92,6 @@ def test_a_damaged_trajectory_names_the_command_that_makes_it_again(tiny_experim
     rows.write_bytes(bytes(data))
     with pytest.raises(UserError, match=r"trajectory.npy.*--stages train.*--force"):
         landscape_stage(exp, tmp_path, force=False)
-
-
-def test_random_planes_keep_their_fingerprints():
-    """landscape.directions came later: at its default it is not part of the settings outputs were stamped with."""
-    assert "directions" not in landscape_settings(RunConfig(), SURFACE_KEYS)
-    from dataclasses import replace
-    pca = RunConfig()
-    pca = replace(pca, landscape=replace(pca.landscape, directions="pca"))
-    assert landscape_settings(pca, SURFACE_KEYS)["directions"] == "pca"
 
 
 @pytest.mark.parametrize("dim, full", [(1000, True), (5000, False)])

@@ -422,8 +422,8 @@ def test_other_weights_under_the_same_settings_redo_every_later_result(damaged, 
     assert main(config, out, "--stages", "sharpness,landscape,report") == 0
     printed = capsys.readouterr().out
     assert "exp/a/seed-42: sharpness already measured" not in printed
-    assert "exp/a/seed-42: init -> final interpolation already done" not in printed
-    assert "exp/a/seed-42: 2D landscape already done" not in printed
+    assert "exp/a/seed-42: init -> final interpolation already measured" not in printed
+    assert "exp/a/seed-42: 2D landscape already measured" not in printed
     assert "exp: a -> b, seed 42: barrier" in printed
     assert "exp/b/seed-42: sharpness already measured" in printed  # the other run is untouched
     assert "## Missing" not in (out / "exp" / "report.md").read_text()

@@ -337,7 +337,7 @@ def test_a_diverged_point_is_done_never_evaluated_again_and_drawn(trained, tmp_p
     again = patch_surface_loss(monkeypatch)
     capsys.readouterr()
     stage.landscape_stage(experiment, out, force=False)
-    assert again == [] and capsys.readouterr().out.count("2D landscape already done") == 2  # finished, NaN and all
+    assert again == [] and capsys.readouterr().out.count("2D landscape already measured") == 2  # finished, NaN and all
 
 
 def legend_texts(axes) -> list[str]:
@@ -385,8 +385,8 @@ def test_a_retrained_run_gets_new_interpolations_and_figures(landscaped, tmp_pat
     capsys.readouterr()
     stage.landscape_stage(retrained, out, force=False)
     printed = capsys.readouterr().out
-    assert "small/seed-42: 2D landscape already done" in printed
-    assert "large/seed-42: 2D landscape already done" not in printed and "small -> large, seed 42: barrier" in printed
+    assert "small/seed-42: 2D landscape already measured" in printed
+    assert "large/seed-42: 2D landscape already measured" not in printed and "small -> large, seed 42: barrier" in printed
     small, large = (run_dir(out, retrained, run) for run in retrained.runs)
     pair = json.loads((experiment_dir(out, retrained) / "interpolation.json").read_text())["pairs"][0]
     assert pair["checkpoints"] == [trained_with(small), trained_with(large)]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +34,15 @@ import torch
 from data.corpus import load_texts
 from data.measurement import FixedSet, fixed_set, same_texts
 from models.checkpoint import TrainedModel, load_trained
+from optimization.measured_run import Result, TrainedRun, measure_runs, measured_runs
 from optimization.objective import Objective
 from utils import distributed
-from config.schema import Experiment, RunConfig
+from config.schema import Experiment, RunConfig, section_settings
 from utils.device import resolve_device
 from utils.errors import CorruptFileError, UserError
 from utils.io import (fingerprint, load_npz, load_torch, read_json, read_own_output, save_figure, save_npz, verify,
                       write_json)
-from models.runs import TRAJECTORY, TRAJECTORY_INDEX, experiment_dir, run_label, stage_command, trained_runs, trained_with
+from models.runs import TRAJECTORY, TRAJECTORY_INDEX, experiment_dir
 from visualization.figure_index import drawn_from, record_figure
 from visualization.directions import conv1d_weight_names, directions_for, random_directions, save_directions
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
@@ -49,29 +50,22 @@ from visualization.pca import trajectory_pca
 from visualization.plots import interpolation_figure, surface_3d_figure, surface_contour_figure
 from visualization.surface import empty_grid, fill_surface, grid_axis
 
-DIRECTION_KEYS = ("space", "directions", "norm", "ignore", "seed")
 PATH_MARGIN = 1.2  # pca: the grid reaches this far beyond the path's extent (times landscape.range)
 PCA_CHUNK_BYTES = 1 << 28  # pca: float64 block of the trajectory read at a time
-SURFACE_KEYS = DIRECTION_KEYS + ("resolution", "range", "val_surface", "eval_batches", "eval_batch_size", "eval_seed")
-LINE_KEYS = ("points", "alpha_min", "alpha_max", "eval_batches", "eval_batch_size", "eval_seed")
-RUN_LINE_KEYS = ("space",) + LINE_KEYS  # init -> final is taken in the run's space; lines between runs merged
+# Each output depends on the whole landscape section but for the fields that shape only another output:
+LINE_ONLY = ("points", "alpha_min", "alpha_max")  # the 1D lines' points
+PLANE_ONLY = ("directions", "norm", "ignore", "seed", "resolution", "range", "val_surface")  # a run's 2D plane and grid
 
 
-@dataclass
-class Job:
-    run: RunConfig
-    folder: Path
-    label: str
-    trained_with: str  # which weights: models.runs.trained_with
-    retrain: str       # the command that trains the run again
+def landscape_settings(run: RunConfig, leave_out: tuple[str, ...]) -> dict:
+    """The landscape section (config.schema.section_settings) but the fields in `leave_out`."""
+    return {key: value for key, value in section_settings(run, "landscape")["landscape"].items() if key not in leave_out}
 
 
-def landscape_settings(run: RunConfig, keys) -> dict:
-    """The settings named by `keys`: landscape.directions only when not random and landscape.space only for a
-    LoRA run measured merged (outputs written before they existed were made so, and keep their fingerprints)."""
-    return {key: getattr(run.landscape, key) for key in keys
-            if not (key == "directions" and run.landscape.directions == "random")
-            and not (key == "space" and space(run) == "adapter")}
+def between_runs_settings(run: RunConfig) -> dict:
+    """What the lines between runs depend on, and what every run must share: they are taken on the merged weights
+    (landscape.space is the run's own) along the shared evaluation sets, on no plane."""
+    return landscape_settings(run, PLANE_ONLY + ("space",))
 
 
 def space(run: RunConfig) -> str:
@@ -79,9 +73,13 @@ def space(run: RunConfig) -> str:
     return run.landscape.space if run.model.adapter.type != "none" else "adapter"
 
 
-def job_fingerprint(job: Job, keys) -> str:
-    """What one run's output depends on: its weights and the landscape settings named by `keys`."""
-    return fingerprint({"checkpoint": job.trained_with, "landscape": landscape_settings(job.run, keys)})
+def landscape_results(trained: TrainedRun) -> list[Result]:
+    """interpolation.json (init -> final, in the run's space) and landscape_2d.npz (finished when every point is;
+    its directions, landscape_directions.pt, carry its stamp)."""
+    line = trained.result("interpolation.json", landscape_settings(trained.run, PLANE_ONLY), "init -> final interpolation")
+    surface = trained.result("landscape_2d.npz", landscape_settings(trained.run, LINE_ONLY), "2D landscape",
+                             read=load_npz, complete=lambda saved: bool(saved["done"].all()))
+    return [line, surface]
 
 
 class EvaluationSets:
@@ -90,7 +88,7 @@ class EvaluationSets:
     def __init__(self):
         self.texts, self.sets = {}, {}
 
-    def of(self, job: Job, tokenizer) -> tuple[FixedSet, FixedSet]:
+    def of(self, job: TrainedRun, tokenizer) -> tuple[FixedSet, FixedSet]:
         if job.label not in self.sets:
             run, cfg = job.run, job.run.landscape
             key = json.dumps({**asdict(run.data), "order": None}, sort_keys=True)  # the order picks no texts
@@ -104,20 +102,19 @@ class EvaluationSets:
 
 
 def landscape_stage(experiment: Experiment, output: Path, force: bool) -> None:
-    jobs = [Job(run, folder, run_label(experiment, run), trained_with(folder), stage_command(experiment, output, "train", run))
-            for run, folder in trained_runs(experiment, output)]
+    jobs = measured_runs(experiment, output)
     check_shared_settings(jobs)
     sets = EvaluationSets()
-    for job in jobs:
-        run_landscape(job, sets, force)
+    measure_runs(jobs, force, landscape_results, lambda job, todo: run_landscape(job, todo, sets, force))
     between_runs(experiment, jobs, experiment_dir(output, experiment), sets, force)
     draw_figures(jobs, experiment_dir(output, experiment), force)
 
 
-def check_shared_settings(jobs: list[Job]) -> None:
+def check_shared_settings(jobs: list[TrainedRun]) -> None:
     for first, job in zip(jobs, jobs[1:]):  # no job at all (a search's templates only): nothing to check
-        for key in LINE_KEYS:
-            if getattr(job.run.landscape, key) != getattr(first.run.landscape, key):
+        shared, own = between_runs_settings(first.run), between_runs_settings(job.run)
+        for key in dict.fromkeys([*shared, *own]):
+            if shared.get(key) != own.get(key):
                 raise UserError(f"landscape.{key} differs between runs {first.run.name} and {job.run.name}; "
                                 "the evaluation sets and interpolation points are shared by all runs of an experiment")
 
@@ -125,60 +122,33 @@ def check_shared_settings(jobs: list[Job]) -> None:
 # ----------------------------------------------------------------------------------------------
 # One run: init -> final, and the 2D surface.
 
-def run_landscape(job: Job, sets: EvaluationSets, force: bool) -> None:
-    line_path = job.folder / "interpolation.json"
-    line_print = job_fingerprint(job, RUN_LINE_KEYS)
-    line_done = None if force else read_own_output(line_path, label=job.label)
-    line_todo = line_done is None or (line_done.get("fingerprint"), line_done.get("checkpoint")) != \
-        (line_print, job.trained_with)  # a file of an older version records no checkpoint: made again
-    if not line_todo:
-        print(f"{job.label}: init -> final interpolation already done with these settings; "
-              "skipping (--force redoes it)")
-
-    surface_path = job.folder / "landscape_2d.npz"
-    surface_print = job_fingerprint(job, SURFACE_KEYS)
-    saved = None if force else saved_surface(surface_path, surface_print, job.label)
-    surface_todo = saved is None or not saved["done"].all()
-    if not surface_todo:
-        print(f"{job.label}: 2D landscape already done with these settings; skipping (--force redoes it)")
-
-    if not (line_todo or surface_todo):
-        return
-    device = resolve_device(job.run.device)
-    final = load_trained(job.folder / "checkpoint.pt", device, space(job.run))
+def run_landscape(job: TrainedRun, todo: list[Result], sets: EvaluationSets, force: bool) -> None:
+    final = job.load(space(job.run))
     train_set, val_set = sets.of(job, final.tokenizer)
-    if line_todo:
-        init_to_final(job, final, train_set, val_set, line_path, line_print)
-    if surface_todo:
-        surface_2d(job, final, train_set, val_set, surface_path, surface_print, saved, force)
+    for result in todo:
+        if result.path.name == "interpolation.json":
+            init_to_final(job, final, train_set, val_set, result)
+        else:
+            surface_2d(job, final, train_set, val_set, result, force)
 
 
-def init_to_final(job: Job, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, path: Path,
-                  line_print: str) -> None:
-    init = load_trained(job.folder / "init.pt", final.model.device, space(job.run))
+def init_to_final(job: TrainedRun, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, result: Result) -> None:
+    init = job.load(space(job.run), "init.pt")
     objectives = {"train": Objective(init.model, train_set.batches), "val": Objective(init.model, val_set.batches)}
     alphas = interpolation_alphas(job.run.landscape)
     theta1 = weights_in(objectives["train"], final.model, job.label)
     losses = interpolate(objectives, theta1, alphas, desc=f"{job.label} init -> final")
     record = curve_record(alphas, losses["train"], losses["val"])
-    write_json(path, {"alphas": alphas.tolist(), "endpoints": ["init", "final"], "seed": job.run.seed, **record,
-                      "eval_tokens": {"train": train_set.n_tokens, "validation": val_set.n_tokens},
-                      "checkpoint": job.trained_with, "fingerprint": line_print})
+    result.write({"alphas": alphas.tolist(), "endpoints": ["init", "final"], **record,
+                  "eval_tokens": {"train": train_set.n_tokens, "validation": val_set.n_tokens}})
     print(f"{job.label}: init -> final barrier {record['barrier']:.4f} at α = {record['barrier_alpha']:.2f}")
 
 
-def saved_surface(path: Path, surface_print: str, label: str) -> dict | None:
-    """The arrays of a 2D surface written with the same settings and weights, or None (also for a
-    corrupt file, or one of an older version without the `done` mask: it is computed again)."""
-    saved = read_own_output(path, load_npz, label)
-    return saved if saved and "done" in saved and str(saved.get("fingerprint")) == surface_print else None
-
-
-def plane(job: Job, final: TrainedModel, objective: Objective, force: bool) -> tuple[tuple, dict]:
-    """The run's two directions, the saved ones if made with the same settings, else new ones (saved), and
-    what the figure needs besides (pca: the path's coordinates, steps and explained variance; the extents)."""
+def plane(job: TrainedRun, final: TrainedModel, objective: Objective, plane_print: str, force: bool) -> tuple[tuple, dict]:
+    """The run's two directions, the saved ones if made with the same settings (`plane_print`: the surface's stamp),
+    else new ones (saved), and what the figure needs besides (pca: the path's coordinates, steps and explained
+    variance; the extents)."""
     path, cfg = job.folder / "landscape_directions.pt", job.run.landscape
-    plane_print = job_fingerprint(job, DIRECTION_KEYS)
     saved = None if force else read_own_output(path, load_torch, job.label)
     if saved is not None and saved.get("fingerprint") == plane_print:
         directions = directions_for(saved, objective)
@@ -200,7 +170,7 @@ def plane(job: Job, final: TrainedModel, objective: Objective, force: bool) -> t
     return directions, {**info, "extents": extents}
 
 
-def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.Tensor, dict]:
+def pca_directions(job: TrainedRun, objective: Objective) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """The top two principal directions of the run's trajectory around its final weights (Li et al. 2018 §7)
     and the path on them: its coordinates (θ_t − θ_f)·dᵢ, the steps they were saved at, the explained variance."""
     rows_path, index_path = job.folder / TRAJECTORY, job.folder / TRAJECTORY_INDEX
@@ -215,7 +185,7 @@ def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.
     except CorruptFileError as err:
         raise err.needing(f"train the run again with: {retrain} and --force") from None
     rows = np.load(rows_path, mmap_mode="r")
-    init = load_trained(job.folder / "init.pt", objective.device)
+    init = job.load(name="init.pt")
     final = (objective.base - weights_in(objective, init.model, job.label)).float().cpu().numpy()
     start = time.perf_counter()
     try:
@@ -229,14 +199,14 @@ def pca_directions(job: Job, objective: Objective) -> tuple[torch.Tensor, torch.
                     "explained_variance": torch.from_numpy(pca.explained_variance_ratio)}
 
 
-def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, path: Path, surface_print: str,
-               saved: dict | None, force: bool) -> None:
-    cfg = job.run.landscape
+def surface_2d(job: TrainedRun, final: TrainedModel, train_set: FixedSet, val_set: FixedSet, result: Result,
+               force: bool) -> None:
+    cfg, saved = job.run.landscape, result.saved(force)  # a grid made with these settings, continued
     with distributed.alone():  # torchrun: the ranks split the grid's points, each on the whole evaluation set
         objectives = {"train_loss": Objective(final.model, train_set.batches)}
         if cfg.val_surface:
             objectives["val_loss"] = Objective(final.model, val_set.batches)
-    directions, info = plane(job, final, objectives["train_loss"], force)
+    directions, info = plane(job, final, objectives["train_loss"], result.stamp, force)
     alphas, betas = (grid_axis(cfg.resolution, extent) for extent in info["extents"])
     if saved is None:
         grids = {name: empty_grid(alphas, betas) for name in objectives}
@@ -248,13 +218,13 @@ def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: Fixe
     base_loss = objectives["train_loss"].loss()
     earlier_s = 0.0 if saved is None else float(saved.get("time_s", 0.0))
     start = time.perf_counter()
-    settings = {key: np.array(value) for key, value in landscape_settings(job.run, SURFACE_KEYS).items()}
+    settings = {key: np.array(value) for key, value in result.settings.items()}
     settings.update({key: np.asarray(value) for key, value in info.items() if key != "extents"})
 
     def save():
-        save_npz(path, alphas=alphas, betas=betas, **grids, done=done, **settings, base_loss=np.array(base_loss),
+        save_npz(result.path, alphas=alphas, betas=betas, **grids, done=done, **settings, base_loss=np.array(base_loss),
                  eval_tokens=np.array(train_set.n_tokens), time_s=np.array(earlier_s + time.perf_counter() - start),
-                 checkpoint=np.array(job.trained_with), fingerprint=np.array(surface_print))
+                 checkpoint=np.array(job.checkpoint), fingerprint=np.array(result.stamp))
 
     fill_surface(objectives, directions, alphas, betas, grids, done, save, desc=f"{job.label} 2D landscape")
     loss = grids["train_loss"]
@@ -267,7 +237,7 @@ def surface_2d(job: Job, final: TrainedModel, train_set: FixedSet, val_set: Fixe
 # ----------------------------------------------------------------------------------------------
 # Between runs: every pair, per seed.
 
-def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: EvaluationSets, force: bool) -> None:
+def between_runs(experiment: Experiment, jobs: list[TrainedRun], folder: Path, sets: EvaluationSets, force: bool) -> None:
     pairs = []
     for seed in experiment.seeds:
         same_seed = [job for job in jobs if job.run.seed == seed]
@@ -276,9 +246,9 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
         return
     path = folder / "interpolation.json"
     alphas = interpolation_alphas(jobs[0].run.landscape)
-    line_print = fingerprint({"landscape": landscape_settings(jobs[0].run, LINE_KEYS)})
+    line_print = fingerprint({"landscape": between_runs_settings(jobs[0].run)})
     keys = [((a.run.name, b.run.name), a.run.seed) for a, b in pairs]
-    checkpoints = {key: [a.trained_with, b.trained_with] for (a, b), key in zip(pairs, keys)}
+    checkpoints = {key: [a.checkpoint, b.checkpoint] for (a, b), key in zip(pairs, keys)}
     saved = read_own_output(path, label=experiment.name) or {}
     same_settings = saved.get("fingerprint") == line_print
     saved_pairs = {(tuple(pair["runs"]), pair["seed"]): pair for pair in saved.get("pairs", [])} if same_settings else {}
@@ -322,7 +292,7 @@ def between_runs(experiment: Experiment, jobs: list[Job], folder: Path, sets: Ev
 # ----------------------------------------------------------------------------------------------
 # Figures: redrawn when missing, drawn from other data than the file holds now, or forced.
 
-def draw_figures(jobs: list[Job], folder: Path, force: bool) -> None:
+def draw_figures(jobs: list[TrainedRun], folder: Path, force: bool) -> None:
     figures = folder / "figures"
     between = folder / "interpolation.json"
     if between.is_file():
