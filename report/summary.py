@@ -59,27 +59,51 @@ def _nested(data: dict | None, *path):
     return data
 
 
+# The quantities every run has, {name: (source, *path)} with source an ExperimentResults field: the losses and
+# sharpness first, then (after those of the measurements a run has: run_quantities) the barrier and what training spent.
+FIRST_QUANTITIES = {
+    "train_loss": ("metrics", "train_loss", -1),
+    "val_loss": ("metrics", "val_loss", -1),
+    "val_perplexity": ("metrics", "val_perplexity", -1),
+    "test_loss": ("metrics", "test_loss"),
+    "test_perplexity": ("metrics", "test_perplexity"),
+    "final_train_loss": ("metrics", "final_train_loss"),
+    "generalization_gap": ("metrics", "generalization_gap"),
+    "weight_norm": ("metrics", "weight_norm"),
+    "distance_from_init": ("metrics", "distance_from_init"),
+    "lambda_max": ("sharpness", "lambda_max"),
+    "lambda_max_converged": ("sharpness", "lambda_max_converged"),  # the mean over seeds: the share converged
+    "lambda_max_residual": ("sharpness", "lambda_max_residual"),
+    "lambda_min": ("sharpness", "lambda_min"),
+    "lambda_min_converged": ("sharpness", "lambda_min_converged"),
+    "lambda_min_residual": ("sharpness", "lambda_min_residual"),
+    "trace": ("sharpness", "trace", "mean"),
+    "base_loss": ("sharpness", "base_loss"),
+}
+LAST_QUANTITIES = {
+    "init_to_final_barrier": ("init_to_final", "barrier"),
+    "train_time_s": ("metrics", "train_time_s"),
+    "wall_time_s": ("metrics", "wall_time_s"),
+    "optimizer_steps": ("metrics", "optimizer_steps"),
+    "train_flops": ("metrics", "train_flops"),
+    "mfu": ("metrics", "mfu"),
+    "trainable_parameters": ("metrics", "trainable_parameters"),
+    "n_parameters": ("metrics", "n_parameters"),
+    "best_val_perplexity": ("metrics", "best", "val_perplexity"),
+    "seconds_to_best": ("metrics", "best", "at_seconds"),
+    "flops_to_best": ("metrics", "best", "at_flops"),
+    "tokens_per_s": ("metrics", "tokens_per_s"),
+    "peak_memory_mb": ("metrics", "peak_memory_mb"),
+    "prune_time_s": ("prune", "seconds"),
+    "sharpness_time_s": ("sharpness", "timings", "total_s"),
+    "geometry_time_s": ("geometry", "timings", "total_s"),
+    "landscape_time_s": ("surfaces", "time_s"),
+}
+
+
 def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
     """Every reported quantity as a path into one of a run's files: {name: (source, *path)}."""
-    quantities = {
-        "train_loss": ("metrics", "train_loss", -1),
-        "val_loss": ("metrics", "val_loss", -1),
-        "val_perplexity": ("metrics", "val_perplexity", -1),
-        "test_loss": ("metrics", "test_loss"),
-        "test_perplexity": ("metrics", "test_perplexity"),
-        "final_train_loss": ("metrics", "final_train_loss"),
-        "generalization_gap": ("metrics", "generalization_gap"),
-        "weight_norm": ("metrics", "weight_norm"),
-        "distance_from_init": ("metrics", "distance_from_init"),
-        "lambda_max": ("sharpness", "lambda_max"),
-        "lambda_max_converged": ("sharpness", "lambda_max_converged"),  # the mean over seeds: the share converged
-        "lambda_max_residual": ("sharpness", "lambda_max_residual"),
-        "lambda_min": ("sharpness", "lambda_min"),
-        "lambda_min_converged": ("sharpness", "lambda_min_converged"),
-        "lambda_min_residual": ("sharpness", "lambda_min_residual"),
-        "trace": ("sharpness", "trace", "mean"),
-        "base_loss": ("sharpness", "base_loss"),
-    }
+    quantities = dict(FIRST_QUANTITIES)
     for eps in _eps_keys(results):
         quantities[f"eps_sharpness_eigvec@{eps}"] = ("sharpness", "eps_sharpness", eps, "eigvec")
         quantities[f"eps_sharpness_random_max@{eps}"] = ("sharpness", "eps_sharpness", eps, "random_max")
@@ -119,25 +143,7 @@ def run_quantities(results: ExperimentResults) -> dict[str, dict[str, tuple]]:
     if results.sharpness_merged or results.prune:
         quantities.update({"sharpness_dimension": ("sharpness", "dimension"),
                            "merged_dimension": ("sharpness_merged", "dimension")})
-    quantities.update({
-        "init_to_final_barrier": ("init_to_final", "barrier"),
-        "train_time_s": ("metrics", "train_time_s"),
-        "wall_time_s": ("metrics", "wall_time_s"),
-        "optimizer_steps": ("metrics", "optimizer_steps"),
-        "train_flops": ("metrics", "train_flops"),
-        "mfu": ("metrics", "mfu"),
-        "trainable_parameters": ("metrics", "trainable_parameters"),
-        "n_parameters": ("metrics", "n_parameters"),
-        "best_val_perplexity": ("metrics", "best", "val_perplexity"),
-        "seconds_to_best": ("metrics", "best", "at_seconds"),
-        "flops_to_best": ("metrics", "best", "at_flops"),
-        "tokens_per_s": ("metrics", "tokens_per_s"),
-        "peak_memory_mb": ("metrics", "peak_memory_mb"),
-        "prune_time_s": ("prune", "seconds"),
-        "sharpness_time_s": ("sharpness", "timings", "total_s"),
-        "geometry_time_s": ("geometry", "timings", "total_s"),
-        "landscape_time_s": ("surfaces", "time_s"),
-    })
+    quantities.update(LAST_QUANTITIES)
     return quantities
 
 
