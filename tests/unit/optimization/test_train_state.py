@@ -1,12 +1,11 @@
-"""TrainState: last.pt is its state_dict() and the resume its load_state_dict(); a last.pt written by the training
-code before TrainState existed still resumes to the numbers of an uninterrupted run."""
+"""TrainState: last.pt is its state_dict() and the resume its load_state_dict(); last.pt keeps the layout that the
+training code wrote before TrainState existed, and resumes to the numbers of an uninterrupted run."""
 
 from __future__ import annotations
 
 import copy
 import io
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,28 @@ import torch
 import optimization.training as training
 import run as cli
 from optimization.train_state import RunIdentity, TrainState
+from tests.unit.optimization.layout_of import layout_of
 
-# last_pt/<case>/out: a run folder as train_run left it when killed in epoch 3 of 3 (last.pt after epoch 2), made by
-# the code of commit f4cd338 (before TrainState) with torch 2.13.0 on a CPU, from last_pt/<case>/exp.yaml.
-FIXTURES = Path(__file__).parent / "last_pt"
-CASES = {  # case: (run, experiment) — rotated: Adam on a rotated loss in fp16, clipped, tracked and recorded;
-    "rotated": ("default", "rotated"),  # lora: a LoRA adapter with dropout on model.base_run's weights
-    "lora": ("tuned", "lora"),
+TINY = """
+device: cpu
+data: {source: builtin, n_train: 48, n_val: 16, n_test: 16, max_length: 32, order: random}
+model:
+  init: scratch
+  tokenizer: bpe
+  bpe_vocab_size: 300
+  config: {n_layer: 2, n_embd: 16, n_head: 2, n_positions: 32}
+train: {optimizer: sgd, lr: 0.3, momentum: 0.9, batch_size: 8, epochs: 3, eval_batch_size: 8}
+sharpness: {batches: 2, batch_size: 4}
+"""
+CASES = {  # case: (experiment file, run): Adam on a rotated loss in fp16, clipped, tracked and recorded; a LoRA
+    "rotated": ("experiment: rotated\ntrain: {optimizer: adam, lr: 0.003, rotation: global, precision: fp16, "  # adapter
+                "grad_clip: 1.0, track: {every: 2}, trajectory: {every: 4}}\n", "default"),  # with dropout on a base
+    "lora": ("experiment: lora\ntrain: {optimizer: adamw, lr: 0.01}\nruns:\n  base: {train: {epochs: 1}}\n"  # run
+             "  tuned: {model: {base_run: base, adapter: {type: lora, r: 2, dropout: 0.1}}}\n", "tuned"),
 }
+# The layout of the last.pt files that the training code wrote before TrainState existed (commit f4cd338, killed in
+# epoch 3 of 3): a last.pt of today has the same keys and kinds of values, so those files still resume.
+LAYOUT = json.loads((Path(__file__).parent / "last_pt_layout.json").read_text())
 
 
 def _equal(a, b) -> bool:
@@ -37,17 +50,33 @@ def _equal(a, b) -> bool:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_last_pt_of_the_code_before_train_state_resumes_to_an_uninterrupted_run(case, tmp_path, monkeypatch, capsys):
+def test_last_pt_keeps_its_layout_and_resumes_to_an_uninterrupted_run(case, write_config, tmp_path, monkeypatch,
+                                                                      capsys):
     monkeypatch.setattr(training, "MIXED_PRECISION_DEVICES", ("cuda", "cpu"))  # fp16 on the CPU's autocast
-    folder = tmp_path / case
-    shutil.copytree(FIXTURES / case, folder)
-    config = str(folder / "exp.yaml")
-    assert cli.main(["--config", config, "--stages", "train", "--output", str(tmp_path / "straight")]) == 0
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    text, run = CASES[case]
+    config = tmp_path / "exp.yaml"
+    config.write_text("extends: tiny.yaml\n" + text)
+    experiment = text.split("\n")[0].split(": ")[1]
+    assert cli.main(["--config", str(config), "--stages", "train", "--output", str(tmp_path / "straight")]) == 0
+
+    train_epoch = training._train_epoch
+
+    def killed_in_the_last_epoch(t, epoch):
+        if epoch == 2 and t.run.name == run:
+            raise KeyboardInterrupt
+        return train_epoch(t, epoch)
+
+    monkeypatch.setattr(training, "_train_epoch", killed_in_the_last_epoch)
+    assert cli.main(["--config", str(config), "--stages", "train", "--output", str(tmp_path / "resumed")]) == 130
+    resumed = tmp_path / "resumed" / experiment / run / "seed-42"
+    assert layout_of(torch.load(resumed / "last.pt", weights_only=True)) == LAYOUT[case]
+    monkeypatch.setattr(training, "_train_epoch", train_epoch)
     capsys.readouterr()
-    assert cli.main(["--config", config, "--stages", "train", "--output", str(folder / "out")]) == 0
+    assert cli.main(["--config", str(config), "--stages", "train", "--output", str(tmp_path / "resumed")]) == 0
     assert "resuming after epoch 2 of 3" in capsys.readouterr().out  # not started over
-    run, experiment = CASES[case]
-    straight, resumed = (out / experiment / run / "seed-42" for out in (tmp_path / "straight", folder / "out"))
+
+    straight = tmp_path / "straight" / experiment / run / "seed-42"
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, resumed))
     for key in ("init_val_loss", "step_loss", "train_loss", "val_loss", "lr", "at_step", "at_flops", "test_loss",
                 "final_train_loss", "weight_norm", "distance_from_init", "optimizer_steps", "train_tokens",
