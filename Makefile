@@ -22,8 +22,9 @@ install: $(VENV)/.installed
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) run.py --config config/quickstart.yaml --output results
 
+# One pytest worker per core (pytest-xdist), each test file on one worker so its module fixtures are made once.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/train_throughput.py

@@ -5,7 +5,7 @@ small-batch run (dropout 0.1, batches of 4 split 2 + 2) over several seeds, once
     python bench/torchrun_dropout.py [--seeds 8] [--checkout PATH]
 
 A seed fixes the initial weights and the data order in both; only the dropout masks differ (with dropout 0 the
-two equal each other to rounding, tests/test_distributed.py). So the losses are compared per seed (paired t and
+two equal each other to rounding, tests/e2e/test_torchrun.py). So the losses are compared per seed (paired t and
 Wilcoxon signed-rank tests) and as two samples (Welch's t, Mann–Whitney U). --checkout runs another checkout of
 the code (e.g. an older commit, `git worktree add`) with this one's Python environment.
 """

@@ -15,7 +15,7 @@ on a batch of B sequences of T positions (the padded length: what the hardware c
     lora_A only a weight gradient.
 Full fine-tuning therefore costs exactly 6·N·B·T + 12·L·B·T²·d, N the matmul weights' entries
 (lm_head included) and L the layers: the familiar 6·N·tokens plus attention. These are the counts of
-torch.utils.flop_counter.FlopCounterMode, which tests/test_cost.py checks them against.
+torch.utils.flop_counter.FlopCounterMode, which tests/unit/optimization/test_cost.py checks them against.
 
 MFU (model FLOPs utilisation) = FLOPs / (seconds × peak × devices): the job's FLOPs over what its devices
 could have done in its time, so a torchrun job of N ranks (N devices) is measured per device, like one

@@ -31,7 +31,7 @@ takes 1.3× fewer HVPs than a cold one, a track with its cold points 1.2× (benc
 
 Training does not see the measurement: the model is measured in eval mode (no dropout draws) with random
 vectors from generators of its own, so the weights, the data order and every RNG stream are the same with
-and without tracking (tests/test_tracking.py). The tracker's state (its points and warm-start vectors) is
+and without tracking (tests/unit/optimization/test_tracking.py). The tracker's state (its points and warm-start vectors) is
 saved in last.pt, so a resumed run continues the track without gaps or repeats. Its time is not counted in
 the training time; metrics.json reports it under `track`.
 """

@@ -16,7 +16,8 @@ import torch  # noqa: E402
 # Tiny models: one thread is as fast as two, and far faster when other work shares the CPU.
 torch.set_num_threads(1)
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 
 TINY = """
 device: cpu
@@ -91,3 +92,15 @@ def figures_not_drawn():
     """placeholder_figures for every test of a module (its module-scoped fixtures included)."""
     with placeholder_figures():
         yield
+
+
+def execute_notebook(output: Path):
+    """results.ipynb run on `output` (its OUTPUT cell rewritten); the executed notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(REPO / "results.ipynb", as_version=4)
+    assert notebook.cells[1].source.startswith('OUTPUT = "results"')
+    notebook.cells[1].source = f"OUTPUT = {str(output)!r}\nEXPERIMENTS = None"
+    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    return notebook

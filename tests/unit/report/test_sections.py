@@ -1,5 +1,5 @@
 """report.sections: the one list of sections, which report.md and results.ipynb both show (the two are compared on
-a real experiment in tests/test_report.py)."""
+a real experiment in tests/unit/report/test_report_stage.py)."""
 
 from __future__ import annotations
 

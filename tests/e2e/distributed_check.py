@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py, as one process or under `torchrun --nproc_per_node N`: the Objective's loss,
+"""Run by tests/e2e/test_torchrun.py, as one process or under `torchrun --nproc_per_node N`: the Objective's loss,
 gradient and H·v, a full sharpness measurement and an evaluation of one float64 tiny GPT-2 on 5 fixed batches
 (uneven shares across ranks), written by rank 0 to the file named on the command line. Each rank also tries to
 write `<file>.rank-<r>`: only rank 0 may succeed."""

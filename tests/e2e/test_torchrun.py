@@ -18,7 +18,7 @@ import run
 from models.checkpoint import read_checkpoint
 from utils.io import load_npz, save_npz, verify
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
 
 # No dropout, so that the ranks' shares of a batch give the gradient of the whole batch exactly; 41 texts in
@@ -52,11 +52,11 @@ def files_under(folder: Path) -> list[str]:
 def test_the_objective_and_sharpness_on_two_ranks_equal_one_process(tmp_path):
     """Loss, gradient, H·v, λ_max, λ_min, Hutchinson's trace, ε-sharpness and worst-case sharpness of a float64
     model on 5 batches (shares of 3 and 2): all-reduced sums equal one process's to rounding."""
-    from tests.distributed_check import main as check
+    from tests.e2e.distributed_check import main as check
 
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     check(one)  # here, as one process
-    finished(torchrun(str(ROOT / "tests" / "distributed_check.py"), str(two)))
+    finished(torchrun(str(ROOT / "tests" / "e2e" / "distributed_check.py"), str(two)))
     single, split = json.loads(one.read_text()), json.loads(two.read_text())
     assert (single["world_size"], split["world_size"]) == (1, 2) and split["local_batches"] == 3
     for key in ("loss", "evaluate", "lambda_max", "lambda_min", "trace", "eps_sharpness", "worst_case"):

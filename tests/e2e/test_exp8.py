@@ -14,7 +14,7 @@ from config.loading import load_experiment
 from utils.io import read_json, write_json
 from report.reader import load_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHORT = ["train.epochs=2", "train.warmup_steps=0", "data.n_train=48", "sharpness.batches=1", "sharpness.max_iter=12",
          "sharpness.worst_case_steps=2", "sharpness.trace_samples=2", "sharpness.random_directions=2",
          "correlate.resamples=200"]
@@ -94,7 +94,7 @@ def test_report_shows_it_and_notices_when_it_is_stale(exp8):
 
 
 def test_notebook_shows_the_table_and_figure(exp8):
-    from tests.test_report import execute_notebook
+    from tests.conftest import execute_notebook
 
     notebook = execute_notebook(exp8.parent)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # Loaded by the child through PYTHONPATH: every time.sleep is written down, so a test sees a retry's back-off.

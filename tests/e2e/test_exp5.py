@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import run
-from tests.test_report import execute_notebook
+from tests.conftest import execute_notebook
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRIMMED = ["train.epochs=2", "data.n_train=64", "sharpness.max_iter=8", "sharpness.density.probes=2",
            "sharpness.density.steps=12", "landscape.resolution=5", "landscape.points=5", "landscape.eval_batches=2"]
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import run
-from tests.test_report import execute_notebook
+from tests.conftest import execute_notebook
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRIMMED = ["train.epochs=1", "geometry.cauchy_vectors=6", "geometry.bootstrap=5", "geometry.frobenius_probes=3",
            "sharpness.max_iter=8", "data.n_train=32"]
 

@@ -19,7 +19,7 @@ from pipeline import run_experiment
 from config.loading import load_experiment
 from utils.io import read_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
 # TPE after two random trials; three epochs, so that a trial stopped in its second has a last.pt to resume from.

@@ -20,7 +20,7 @@ from optimization.train_stage import train_stage
 from models.runs import run_dir
 from utils.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_training_lowers_the_loss_and_writes_every_output(tiny_experiment, tmp_path):

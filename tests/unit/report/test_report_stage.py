@@ -12,17 +12,16 @@ from pathlib import Path
 import nbformat
 import numpy as np
 import pytest
-from nbclient import NotebookClient
 
 from pipeline import run_experiment
-from tests.conftest import TINY
+from tests.conftest import TINY, execute_notebook
 from config.loading import load_experiment
 from utils.io import save_npz
 from models.runs import run_dir
 from report.summary import BELOW_RESOLUTION, mean_and_stderr
 from report.tables import format_value
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 SMALL = """
 seeds: [1, 2]
@@ -102,14 +101,6 @@ def test_one_seed_prints_no_plus_minus_and_missing_stages_are_named(tiny_experim
     assert "±" not in report.split("## Generalization")[1].split("##")[0]
     assert "- sharpness of default/seed-42 (no sharpness.json)" in report
     assert "- 2D surface of default/seed-42 (no landscape_2d.npz)" in report
-
-
-def execute_notebook(output: Path) -> nbformat.NotebookNode:
-    notebook = nbformat.read(REPO / "results.ipynb", as_version=4)
-    assert notebook.cells[1].source.startswith('OUTPUT = "results"')
-    notebook.cells[1].source = f"OUTPUT = {str(output)!r}\nEXPERIMENTS = None"
-    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    return notebook
 
 
 def test_notebook_runs_clean_and_shows_every_figure_and_table(results):

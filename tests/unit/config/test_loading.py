@@ -10,7 +10,7 @@ import run
 from config.loading import load_experiment
 from utils.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def run_cli(args, tmp_path, capsys):

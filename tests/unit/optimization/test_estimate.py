@@ -11,7 +11,7 @@ from models.adapters import add_adapter
 from optimization.cost import step_flops
 from optimization.estimate import estimate, main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_the_estimate_counts_every_step_at_the_largest_batch_shape(tiny_experiment):

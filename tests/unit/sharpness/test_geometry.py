@@ -12,7 +12,6 @@ import torch
 
 from optimization.rotation import build_rotation
 from sharpness.geometry import cauchy_sketch, frobenius_norm, measure_frame, row_norm_statistics, spectral_norm
-from tests.test_sharpness import tiny  # noqa: F401  (a fixture: a 412-parameter GPT-2 and its formed Hessian)
 from config.schema import GeometryConfig, SharpnessConfig
 
 

@@ -26,7 +26,7 @@ from config.schema import DataConfig, LandscapeConfig, ModelConfig, SharpnessCon
 from utils.errors import ConfigError
 
 pytestmark = pytest.mark.usefixtures("figures_not_drawn")  # what the figures show is test_report's to check
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(args, tmp_path, capsys):
