@@ -233,7 +233,7 @@ def train_run(run: RunConfig, run_dir: Path, force: bool = False, label: str = "
                         "use fp32 on CPU")
     t = set_up(run, run_dir, label, device, started, force)
     if t is None:
-        return train_run(run, run_dir, force=True, label=label)
+        return train_run(run, run_dir, force=True, label=label, stop_after=stop_after)
     steps_done, stopped_by = 0, None
     for epoch in range(t.state.epoch, run.train.epochs):
         steps_done, train_loss, spent = _train_epoch(t, epoch)

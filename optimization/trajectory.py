@@ -44,9 +44,9 @@ class TrajectoryRecorder:
             try:
                 self.rows = np.load(self.path, mmap_mode="r+")
             except (OSError, ValueError) as err:
-                raise CorruptFileError(f"{self.path} cannot be read ({err})") from None
+                raise CorruptFileError(self.path, f"it cannot be read: {err}") from None
             if self.rows.shape != (len(self.steps), dim) or self.rows.dtype != np.float16:
-                raise CorruptFileError(f"{self.path} holds {self.rows.shape} {self.rows.dtype} values, "
+                raise CorruptFileError(self.path, f"it holds {self.rows.shape} {self.rows.dtype} values, "
                                        f"not the {(len(self.steps), dim)} float16 ones of this run")
             self.written = rows_written
         self.init = init.detach().float().cpu()

@@ -282,3 +282,28 @@ def test_each_rank_of_a_resumed_torchrun_job_draws_its_own_dropout_masks(monkeyp
         assert torch.equal(resumed(0, two), one["torch"]) and torch.equal(resumed(1, two), two["ranks"][1]["torch"])
         assert torch.equal(resumed(0, one), one["torch"])
         assert not torch.equal(resumed(1, one), one["torch"]) and torch.equal(resumed(1, one), resumed(1, one))
+
+
+def test_a_run_that_starts_over_for_a_damaged_trajectory_keeps_its_pruner(tiny_experiment, tmp_path, monkeypatch,
+                                                                          capsys):
+    """A resume whose trajectory.npy is damaged starts over (it crashed on a malformed error before); a search's
+    pruner (stop_after) still stops it, as it would have stopped the resumed run."""
+    import optimization.training as training
+
+    run = tiny_experiment("train: {epochs: 3, trajectory: {every: 2}}\n").runs[0]
+    folder = tmp_path / "run"
+    train_epoch = training._train_epoch
+
+    def killed_in_the_last_epoch(t, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return train_epoch(t, epoch)
+
+    monkeypatch.setattr(training, "_train_epoch", killed_in_the_last_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train_run(run, folder)
+    monkeypatch.setattr(training, "_train_epoch", train_epoch)
+    (folder / "trajectory.npy").write_bytes(b"not an array")
+    metrics = training.train_run(run, folder, stop_after=lambda epoch, val_loss: True)
+    assert "trajectory.npy is corrupt" in capsys.readouterr().out
+    assert metrics["pruned"]["epoch"] == 1 and len(metrics["val_loss"]) == 1
