@@ -24,7 +24,8 @@ from report.tables import (NOTATION, adapter_table, budget_columns, correlation_
                            sharpness_settings_table, space_columns, track_columns)
 from visualization.plots import (budget_curves_figure, correlation_figure, geometry_norms_figure, learning_curves_figure,
                                  pruning_figure, search_convergence_figure, spectral_density_figure, step_losses_figure,
-                                 surfaces_figure, tracked_sharpness_figure)
+                                 tracked_sharpness_figure)
+from visualization.surface_plots import surfaces_figure
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ from visualization.figure_index import drawn_from, record_figure
 from visualization.directions import conv1d_weight_names, directions_for, random_directions, save_directions
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
 from visualization.pca import trajectory_pca
-from visualization.plots import interpolation_figure, surface_3d_figure, surface_contour_figure
+from visualization.surface_plots import interpolation_figure, surface_3d_figure, surface_contour_figure
 from visualization.surface import empty_grid, fill_surface, grid_axis
 
 PATH_MARGIN = 1.2  # pca: the grid reaches this far beyond the path's extent (times landscape.range)

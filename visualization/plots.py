@@ -1,8 +1,8 @@
-"""Figures of loss landscapes: data in, matplotlib Figure out (nothing is written or shown here).
+"""Figures of training runs and their measurements: data in, matplotlib Figure out (nothing is written or shown
+here). Loss surfaces and interpolation lines are drawn by visualization.surface_plots.
 
 Figures are built without pyplot, so they hold no global state, need no backend (savefig renders
-with Agg) and display as they are in a notebook. A 2D surface may hold points where the loss diverged
-(NaN or inf): they are left out of the colours and marked grey with ×, and the legend counts them.
+with Agg) and display as they are in a notebook.
 """
 
 from __future__ import annotations
@@ -11,156 +11,63 @@ import math
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-TRAIN_COLOR, VAL_COLOR = "tab:blue", "tab:orange"
-DIVERGED_COLOR = "0.35"
-
-
-def draw_interpolation(ax, alphas, curve: dict, endpoints: tuple[str, str], title: str) -> None:
-    """Training (solid) and validation (dashed) loss along the line; endpoints, chord and barrier marked."""
-    alphas = np.asarray(alphas, dtype=float)
-    ends = np.isin(alphas, [0.0, 1.0])
-    for key, color, style, label in (("train_loss", TRAIN_COLOR, "-", "train"),
-                                     ("val_loss", VAL_COLOR, "--", "validation")):
-        losses = np.asarray(curve[key], dtype=float)
-        ax.plot(alphas, losses, style, color=color, label=label)
-        ax.plot(alphas[ends], losses[ends], "o", color=color)
-    for alpha in (0.0, 1.0):
-        ax.axvline(alpha, color="0.6", linewidth=0.8, linestyle=":")
-    names = ax.secondary_xaxis("top")
-    names.set_xticks([0.0, 1.0], labels=list(endpoints), fontsize=8)
-    train = np.asarray(curve["train_loss"], dtype=float)
-    ax.plot(alphas[ends], train[ends], ":", color="0.3", linewidth=1)
-    # Read back from JSON, a diverged barrier is the string "nan" or "inf": float() takes both.
-    at, height = float(curve["barrier_alpha"]), float(curve["barrier"])
-    val_at, val_height = float(curve["val_barrier_alpha"]), float(curve["val_barrier"])
-    text = f"barrier: train {height:.3f} at α = {at:.2f}, val {val_height:.3f} at α = {val_at:.2f}"
-    top = train[alphas == at][0] if at in alphas else np.nan
-    if np.isfinite(height) and np.isfinite(top):
-        ax.plot([at, at], [top - height, top], color="tab:red", linewidth=2, label=text)
-    else:
-        ax.plot([], [], color="tab:red", linewidth=2, label=text + " (diverged)")
-    ax.set_xlabel(f"α   (θ = (1−α)·{endpoints[0]} + α·{endpoints[1]})")
-    ax.set_ylabel("loss")
-    ax.set_title(title, fontsize=10)
-    ax.legend(loc="best", fontsize=8)
-
-
-def interpolation_figure(alphas, curves: list[dict], endpoints: list[tuple[str, str]], titles: list[str]) -> Figure:
-    """One panel per line (e.g. one per pair of runs and seed)."""
-    columns = min(len(curves), 3)
-    rows = math.ceil(len(curves) / columns)
-    fig = Figure(figsize=(5.5 * columns, 4.2 * rows), layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False).ravel()
-    for ax, curve, ends, title in zip(axes, curves, endpoints, titles):
-        draw_interpolation(ax, alphas, curve, ends, title)
-    for ax in axes[len(curves):]:
-        ax.set_visible(False)
-    return fig
-
-
-def surface_contour_figure(alphas, betas, loss, title: str, label: str = "training loss", levels: int = 30,
-                           path=None, explained=None) -> Figure:
-    """Filled contours with contour lines and a colour bar; the star is the model itself (0, 0). `path`: the
-    training path projected on the plane (T × 2, from the start, a circle, to the star), drawn over it;
-    `explained`: the variance of the path each PCA axis explains."""
-    fig = Figure(figsize=(6.2, 5.2), layout="constrained")
-    ax = fig.subplots()
-    filled = _draw_surface(ax, alphas, betas, loss, levels, title)
-    if path is not None:
-        path = np.asarray(path, dtype=float)
-        ax.plot(path[:, 0], path[:, 1], ".-", color="tab:red", markersize=3, linewidth=1, label="training path")
-        ax.plot(path[0, 0], path[0, 1], "o", color="tab:red", markerfacecolor="white", label="start")
-        ax.legend(loc="upper right", fontsize=8)
-    if explained is not None:
-        ax.set_xlabel(f"PC 1 ({explained[0]:.1%} of the path's variance)")
-        ax.set_ylabel(f"PC 2 ({explained[1]:.1%})")
-        ax.set_aspect("auto")  # the two axes may span very different distances
-    fig.colorbar(filled, ax=ax, label=label)
-    return fig
-
-
-def surface_3d_figure(alphas, betas, loss, title: str, label: str = "training loss") -> Figure:
-    a, b = np.meshgrid(alphas, betas, indexing="ij")
-    loss = np.asarray(loss, dtype=float)
-    finite = np.isfinite(loss)
-    fig = Figure(figsize=(6.5, 5.2), layout="constrained")
-    ax = fig.add_subplot(projection="3d")
-    surface = ax.plot_surface(a, b, np.where(finite, loss, np.nan), cmap="viridis", linewidth=0, antialiased=True)
-    fig.colorbar(surface, ax=ax, shrink=0.6, pad=0.08)
-    if not finite.all():  # drawn on the top of the finite surface, where they cannot be hidden
-        top = np.full(int((~finite).sum()), loss[finite].max() if finite.any() else 0.0)
-        ax.scatter(a[~finite], b[~finite], top, marker="x", color=DIVERGED_COLOR, label=_diverged_label(finite))
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_xlabel("α (direction 1)")
-    ax.set_ylabel("β (direction 2)")
-    ax.set_zlabel(label)
-    ax.set_title(title, fontsize=10)
-    return fig
+from visualization.style import (MANY_RUNS, TRAIN_COLOR, VALIDATION_COLOR, color_map, key_handles, legend_outside,
+                                 mean_band, scale_axis)
 
 
 def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
-    """Training (solid) and validation (dashed) loss per epoch, one colour per run, one line per seed.
+    """Training (solid) and validation (dashed) loss per epoch. Up to style.MANY_RUNS runs: one colour per run, one
+    line per seed, the runs' legend outside the axes; beyond, every run thin and grey and the mean ± standard
+    error over the runs (the runs' mean over seeds) in colour.
 
     `curves[run]` is a list of metrics.json dicts (one per seed); epoch 0 is the validation loss
     before training."""
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.5), layout="constrained")
     ax = fig.subplots()
-    for color, (run, by_seed) in zip(_colors(len(curves)), curves.items()):
-        for k, metrics in enumerate(by_seed):
-            epochs = np.arange(1, len(metrics["train_loss"]) + 1)
-            label = run if k == 0 else None
-            ax.plot(epochs, metrics["train_loss"], "-", color=color, label=f"{label} train" if label else None)
-            ax.plot(np.concatenate([[0], epochs]), [metrics["init_val_loss"], *metrics["val_loss"]], "--",
-                    color=color, label=f"{label} validation" if label else None)
+    kinds = {"train": "-", "validation": "--"}
+
+    def lines(metrics: dict) -> dict:
+        epochs = np.arange(1, len(metrics["train_loss"]) + 1)
+        return {"train": (epochs, metrics["train_loss"]),
+                "validation": (np.concatenate([[0], epochs]), [metrics["init_val_loss"], *metrics["val_loss"]])}
+
+    values = [v for by_seed in curves.values() for m in by_seed for _, y in lines(m).values() for v in y]
+    if len(curves) <= MANY_RUNS:
+        run_colors = color_map(curves)
+        for run, by_seed in curves.items():
+            for metrics in by_seed:
+                for kind, (x, y) in lines(metrics).items():
+                    ax.plot(x, y, kinds[kind], color=run_colors[run])
+        handles, labels = key_handles(run_colors, kinds)
+    else:
+        mean_color = {"train": TRAIN_COLOR, "validation": VALIDATION_COLOR}
+        for kind in kinds:
+            per_run = [np.nanmean([lines(m)[kind][1] for m in _same_length(by_seed, kind, lines)], axis=0)
+                       for by_seed in curves.values()]
+            longest = max(per_run, key=len)
+            x = np.arange(len(longest)) + (0 if kind == "validation" else 1)
+            for y in per_run:
+                ax.plot(x[:len(y)], y, kinds[kind], color="0.6", linewidth=0.5, alpha=0.5)
+            mean_band(ax, x, per_run, mean_color[kind], None, kinds[kind])
+        handles = [Line2D([], [], color="0.6", linewidth=0.5), *(Line2D([], [], color=mean_color[k], linestyle=s)
+                                                                 for k, s in kinds.items())]
+        labels = [f"each of {len(curves)} runs", "train: mean ± s.e. over runs", "validation: mean ± s.e. over runs"]
+    scale_axis(ax, "y", values)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (per target token)")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax, handles, labels)
     return fig
 
 
-def surfaces_figure(panels: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], label: str = "training loss",
-                    levels: int = 30) -> Figure:
-    """2D surfaces side by side on one colour scale; `panels` holds (title, alphas, betas, loss)."""
-    finite = np.concatenate([np.asarray(loss, dtype=float).ravel() for *_, loss in panels])
-    finite = finite[np.isfinite(finite)]
-    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 1.0)
-    if high <= low:  # one finite value (or all equal): contour levels must increase
-        low, high = low - 0.5, high + 0.5
-    boundaries = np.linspace(low, high, levels + 1)
-    fig = Figure(figsize=(4.6 * len(panels) + 1.2, 4.4), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (title, alphas, betas, loss) in zip(axes, panels):
-        filled = _draw_surface(ax, alphas, betas, loss, boundaries, title)
-    fig.colorbar(filled, ax=list(axes), label=label)
-    return fig
-
-
-def _draw_surface(ax, alphas, betas, loss, levels, title: str):
-    """Contours of the finite losses, diverged points grey and hatched with ×, the model as a star."""
-    a, b = np.meshgrid(alphas, betas, indexing="ij")
-    loss = np.asarray(loss, dtype=float)
-    finite = np.isfinite(loss)
-    values = np.ma.masked_invalid(loss)
-    filled = ax.contourf(a, b, values, levels=levels, cmap="viridis")
-    ax.contour(a, b, values, levels=filled.levels, colors="k", linewidths=0.4, alpha=0.6)
-    if not finite.all():  # the contours leave holes around them: the grey hatched background shows there
-        ax.patch.set_facecolor("0.85")
-        ax.patch.set_hatch("//")
-        ax.patch.set_edgecolor("0.6")
-        ax.plot(a[~finite], b[~finite], "x", color=DIVERGED_COLOR, clip_on=False, label=_diverged_label(finite))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, frameon=False)
-    ax.plot(0, 0, "*", color="tab:red", markersize=12, markeredgecolor="white")
-    ax.set_xlabel("α (direction 1)")
-    ax.set_ylabel("β (direction 2)")
-    ax.set_aspect("equal")
-    ax.set_title(title, fontsize=10)
-    return filled
-
-
-def _diverged_label(finite: np.ndarray) -> str:
-    return f"{int((~finite).sum())} of {finite.size} diverged (loss NaN or inf)"
+def _same_length(by_seed: list[dict], kind: str, lines) -> list[dict]:
+    """The seeds of a run that ran as long as its longest (a pruned or stopped seed would cut the mean short)."""
+    longest = max(len(lines(m)[kind][1]) for m in by_seed)
+    return [m for m in by_seed if len(lines(m)[kind][1]) == longest]
 
 
 def _colors(n: int) -> list:

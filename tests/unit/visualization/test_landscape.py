@@ -30,7 +30,7 @@ from utils.errors import UserError
 from models.runs import trained_with
 from visualization.directions import conv1d_weight_names, directions_for, random_directions
 from visualization.interpolation import barrier, interpolate, interpolation_alphas, weights_in
-from visualization.plots import surface_3d_figure, surface_contour_figure, surfaces_figure
+from visualization.surface_plots import surface_3d_figure, surface_contour_figure, surfaces_figure
 from visualization.surface import grid_axis
 
 LANDSCAPE = """
