@@ -1,6 +1,6 @@
 """Checks of configuration values: each value typed and within its key's bounds where it is written, the
 experiment-level values, the checks across keys of a whole run (and across the runs of an experiment), and the
-GPT-2 shapes of models trained from scratch. Every error is a ConfigError naming where the value was written."""
+shapes of models trained from scratch. Every error is a ConfigError naming where the value was written."""
 
 from __future__ import annotations
 
@@ -129,34 +129,55 @@ def experiment_value(key: str, value, origin: str):
 
 
 # ----------------------------------------------------------------------------------------------
-# GPT-2 shapes for models trained from scratch.
+# Shapes of models trained from scratch: GPT-2 by default, any transformers model_type named in model.config.
 
 # Shapes of the published GPT-2 family, for random-weight models of the same size.
 ARCH_PRESETS = {
     "distilgpt2": {"n_layer": 6, "n_embd": 768, "n_head": 12, "n_positions": 1024},
     "gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "n_positions": 1024},
 }
+FROM_TOKENIZER = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def scratch_model_config(cfg: ModelConfig, vocab_size: int, eos_token_id: int):
+    """The transformers config of an init: scratch model: model.config's model_type (default gpt2) with its
+    library defaults, then model.arch's GPT-2 preset, then model.config's fields; the tokens from the tokenizer."""
+    from transformers import AutoConfig
+
+    fields = {**ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}
+    model_type = fields.pop("model_type", "gpt2")
+    return AutoConfig.for_model(model_type, **fields, vocab_size=vocab_size, bos_token_id=eos_token_id,
+                                eos_token_id=eos_token_id)
 
 
 def check_scratch_config(cfg: ModelConfig, max_length: int) -> None:
-    """Raise ValueError (one sentence) if cfg.config cannot build a GPT-2 for texts of max_length tokens."""
-    from transformers import GPT2Config  # what a GPT-2 config may hold
+    """Raise ValueError (one sentence) if cfg.config cannot build its model for texts of max_length tokens."""
+    from transformers import CONFIG_MAPPING
 
-    allowed = GPT2Config().to_dict()
+    model_type = cfg.config.get("model_type", "gpt2")
+    if model_type not in CONFIG_MAPPING:
+        raise ValueError(f"model_type {model_type!r} is not a transformers model type")
+    if cfg.arch and model_type != "gpt2":
+        raise ValueError(f"model.arch {cfg.arch!r} is a GPT-2 preset; it does not fit model_type {model_type!r}")
+    config_class = CONFIG_MAPPING[model_type]
+    allowed = config_class().to_dict()
     for key, value in cfg.config.items():
-        if key not in allowed or key in ("vocab_size", "bos_token_id", "eos_token_id"):
-            why = "is set from the tokenizer" if key in allowed else "is not a GPT2Config field"
+        if key not in allowed or key in FROM_TOKENIZER:
+            why = "is set from the tokenizer" if key in allowed else f"is not a {config_class.__name__} field"
             raise ValueError(f"{key!r} {why}")
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{key} must be a finite number, got {value!r}")
     shape = {**allowed, **ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}
-    for key in ("n_layer", "n_embd", "n_head", "n_positions"):
-        if not isinstance(shape[key], int) or isinstance(shape[key], bool) or shape[key] < 1:
+    # GPT-2 names the common fields n_layer, n_embd, n_head, n_positions (its attribute_map)
+    layers, width, heads, positions = (config_class.attribute_map.get(key, key) for key in (
+        "num_hidden_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"))
+    for key in (layers, width, heads, positions):
+        if key in shape and (not isinstance(shape[key], int) or isinstance(shape[key], bool) or shape[key] < 1):
             raise ValueError(f"{key} must be a positive integer, got {shape[key]!r}")
-    if shape["n_embd"] % shape["n_head"]:
-        raise ValueError(f"n_embd ({shape['n_embd']}) must be divisible by n_head ({shape['n_head']})")
-    if shape["n_positions"] < max_length:
-        raise ValueError(f"n_positions ({shape['n_positions']}) is shorter than data.max_length ({max_length})")
+    if shape[width] % shape[heads]:
+        raise ValueError(f"{width} ({shape[width]}) must be divisible by {heads} ({shape[heads]})")
+    if shape.get(positions, max_length) < max_length:
+        raise ValueError(f"{positions} ({shape[positions]}) is shorter than data.max_length ({max_length})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,6 +204,9 @@ def check_run(run: RunConfig, flat: dict) -> None:
             raise ConfigError(f"{where(key)}: folder not found: {value}")
     if run.model.arch and run.model.init != "scratch":
         raise ConfigError(f"{where('model.arch')}: a shape preset needs model.init: scratch")
+    if run.model.revision and (run.model.init == "scratch" or Path(run.model.name).expanduser().is_dir()):
+        raise ConfigError(f"{where('model.revision')}: a revision selects a version of a hub model; model.name "
+                          f"{run.model.name!r} is {'trained from scratch' if run.model.init == 'scratch' else 'a local folder'}")
     if run.model.init == "scratch":
         try:
             check_scratch_config(run.model, run.data.max_length)

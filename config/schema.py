@@ -48,15 +48,19 @@ class AdapterConfig:
     r: int = option(8, "LoRA rank", ge=1)
     alpha: float = option(16.0, "LoRA scale: the update of W is (alpha/r)·B·A", gt=0)
     dropout: float = option(0.0, "dropout on the LoRA branch's input while training", ge=0, lt=1)
-    target_modules: list[str] = option(["c_attn", "c_proj", "c_fc"], "module names that get an adapter (GPT-2's Conv1D layers)")
+    target_modules: list[str] = option(["c_attn", "c_proj", "c_fc"], "module names that get an adapter (default: GPT-2's "
+                                       "Conv1D layers; other architectures: peft's defaults, e.g. llama q_proj, v_proj)")
 
 
 @dataclass
 class ModelConfig:
     name: str = option("distilgpt2", "hub id or local folder of a causal LM (init: pretrained)")
+    revision: str = option("", "hub revision of model.name: a branch, tag or commit, e.g. Pythia's step1000 ('': the "
+                               "default branch)", added=True)
     init: Literal["pretrained", "scratch"] = option("pretrained", "load weights, or initialise randomly")
     arch: Literal["", "distilgpt2", "gpt2"] = option("", "GPT-2 shape preset for init: scratch")
-    config: dict = option({}, "GPT2Config fields for init: scratch (override the arch preset)")
+    config: dict = option({}, "config fields for init: scratch (override the arch preset); model_type (default "
+                              "gpt2) picks any transformers causal LM: llama, gpt_neox, qwen2, …")
     tokenizer: str = option("", "'' (same as name), a hub id, a folder, 'bytes', or 'bpe' (trained on train split)")
     bpe_vocab_size: int = option(1024, "vocabulary size of the 'bpe' tokenizer", ge=260)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
@@ -103,7 +107,7 @@ class TrainConfig:
         "none", "train θ̃ with θ = Rθ̃ for a random rotation R of all weights (global) or of each layer's", added=True)
     rotation_seed: int = option(0, "draws the training rotation", ge=0, added=True)
     batch_size: int = option(8, "texts per step", ge=1)
-    epochs: int = option(60, "passes over the training texts", ge=1)
+    epochs: int = option(60, "passes over the training texts (0: measure the initial weights as they are)", ge=0)
     grad_clip: float = option(0.0, "clip the global gradient norm to this value (0: off)", ge=0)
     schedule: Literal["constant", "cosine"] = option("constant", "learning-rate schedule after warmup")
     warmup_steps: int = option(0, "linear warmup steps", ge=0)

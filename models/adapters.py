@@ -1,8 +1,9 @@
 """LoRA adapters (model.adapter) through peft, and the two weight spaces of an adapted model.
 
-A LoRA run freezes the base model and trains, for every targeted layer W (GPT-2's Conv1D c_attn, c_proj,
-c_fc), two small matrices: A (r × in, Kaiming-random at the start) and B (out × r, zero at the start), so
-that the layer computes x·W + (alpha/r)·x·Aᵀ·Bᵀ. Its weights live in two spaces:
+A LoRA run freezes the base model and trains, for every targeted layer W (by default GPT-2's Conv1D c_attn,
+c_proj, c_fc; peft's per-architecture defaults for other models: target_modules), two small matrices: A (r × in,
+Kaiming-random at the start) and B (out × r, zero at the start), so that the layer
+computes x·W + (alpha/r)·x·Aᵀ·Bᵀ. Its weights live in two spaces:
   adapter  the A and B tensors: what the optimizer moves (requires_grad), and what its checkpoints hold
   merged   the full model with W + (alpha/r)·(B·A)ᵀ folded in: the same function, comparable with a fully
            fine-tuned model of the same architecture
@@ -37,20 +38,35 @@ def check_targets(model, targets: list[str]) -> None:
                           f"no module of the model (its layers LoRA can adapt: {', '.join(candidates)})")
 
 
+def target_modules(model, cfg: AdapterConfig) -> list[str]:
+    """model.adapter.target_modules; left at its default (GPT-2's layers) for another architecture, peft's
+    default targets for that architecture (llama: q_proj, v_proj; gpt_neox: query_key_value)."""
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as PEFT_DEFAULTS
+
+    model_type = model.config.model_type
+    if model_type == "gpt2" or cfg.target_modules != AdapterConfig().target_modules:
+        return list(cfg.target_modules)
+    if model_type not in PEFT_DEFAULTS:
+        raise ConfigError(f"model.adapter.target_modules: peft has no default LoRA targets for model type "
+                          f"{model_type!r}; name the layers to adapt")
+    return list(PEFT_DEFAULTS[model_type])
+
+
 def add_adapter(model, cfg: AdapterConfig, seed: int):
     """The model wrapped with fresh LoRA layers drawn from `seed`; only their weights require a gradient."""
     from peft import LoraConfig, get_peft_model
 
-    check_targets(model, cfg.target_modules)
+    targets = target_modules(model, cfg)
+    check_targets(model, targets)
 
-    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+    config = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
                         fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores W as [in, out]
                         bias="none", task_type="CAUSAL_LM")
     torch.manual_seed(seed)
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        raise ConfigError(f"model.adapter.target_modules {cfg.target_modules}: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"model.adapter.target_modules {targets}: {str(err).splitlines()[0]}") from None
 
 
 def trainable_names(model) -> list[str]:

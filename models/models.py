@@ -13,9 +13,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, PreTrainedTokenizerFast
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from config.checks import ARCH_PRESETS
+from config.checks import scratch_model_config
 from config.schema import ModelConfig
 from utils.errors import UserError
 from utils.hub import load_from_hub
@@ -60,14 +60,14 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenize
     return _wrap(tok)
 
 
-def load_tokenizer(name: str):
-    """A tokenizer from a folder, the Hugging Face cache or the hub."""
+def load_tokenizer(name: str, revision: str = ""):
+    """A tokenizer from a folder, the Hugging Face cache or the hub (at `revision`: '' for the default branch)."""
     if Path(name).expanduser().is_dir():
         try:
             return AutoTokenizer.from_pretrained(str(Path(name).expanduser()))
         except (OSError, ValueError) as err:
             raise UserError(f"could not load a tokenizer from {name}: {str(err).splitlines()[0]}") from None
-    return load_from_hub(AutoTokenizer.from_pretrained, name, "tokenizer")
+    return load_from_hub(AutoTokenizer.from_pretrained, name, "tokenizer", **_revision(revision))
 
 
 def build_tokenizer(cfg: ModelConfig, train_texts: list[str]):
@@ -76,7 +76,7 @@ def build_tokenizer(cfg: ModelConfig, train_texts: list[str]):
     elif cfg.tokenizer == "bpe":
         tokenizer = train_bpe_tokenizer(train_texts, cfg.bpe_vocab_size)
     else:
-        tokenizer = load_tokenizer(cfg.tokenizer or cfg.name)
+        tokenizer = load_tokenizer(cfg.tokenizer or cfg.name, "" if cfg.tokenizer else cfg.revision)
     if tokenizer.eos_token_id is None:
         raise UserError(f"tokenizer {cfg.tokenizer or cfg.name!r} has no end-of-text token to pad with")
     return tokenizer
@@ -85,8 +85,14 @@ def build_tokenizer(cfg: ModelConfig, train_texts: list[str]):
 # ----------------------------------------------------------------------------------------------
 # Models.
 
+def _revision(revision: str) -> dict:
+    """from_pretrained's revision argument: none for the default branch."""
+    return {"revision": revision} if revision else {}
+
+
 def build_model(cfg: ModelConfig, tokenizer, seed: int):
-    """A causal LM in fp32 with SDPA attention (fast for training and forward passes)."""
+    """A causal LM in fp32 with SDPA attention (fast for training and forward passes): model.name (at
+    model.revision) for init: pretrained, else random weights of scratch_model_config's architecture."""
     if cfg.init == "pretrained":
         name = cfg.name
         if Path(name).expanduser().is_dir():
@@ -94,14 +100,12 @@ def build_model(cfg: ModelConfig, tokenizer, seed: int):
                                                          dtype=torch.float32)
         else:
             model = load_from_hub(AutoModelForCausalLM.from_pretrained, name, "model", attn_implementation="sdpa",
-                                  dtype=torch.float32)
+                                  dtype=torch.float32, **_revision(cfg.revision))
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             raise UserError(f"tokenizer has {len(tokenizer)} tokens but model {name!r} embeds only "
                             f"{model.get_input_embeddings().num_embeddings}")
         return model
-    shape = {**ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}
-    config = GPT2Config(**shape, vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id,
-                        eos_token_id=tokenizer.eos_token_id)
+    config = scratch_model_config(cfg, len(tokenizer), tokenizer.eos_token_id)
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
 

@@ -1,21 +1,21 @@
 """What a training step costs: its FLOPs, the device's peak, the MFU, and the price of the hours.
 
-FLOPs of one training step (forward + backward) of a GPT-2 causal LM, bare or wrapped by peft LoRA,
-on a batch of B sequences of T positions (the padded length: what the hardware computes):
-  - a matmul weight W with n entries (GPT-2's Conv1D layers, lm_head, which is tied to wte, and
-    LoRA's lora_A and lora_B) costs per token 2n forward; backward 2n for the gradient of its input
-    if that input carries a gradient, plus 2n for the gradient of W if W.requires_grad.
-  - attention costs per layer and sequence 2·T²·d for QKᵀ and 2·T²·d for A·V forward (d = n_embd, the
-    full T×T matrices that eager and math attention compute), and twice that backward when its
-    inputs carry a gradient.
-  - embedding lookups, LayerNorms, activations, softmax, biases and the loss cost nothing.
-  - a tensor carries a gradient iff a trainable parameter (embeddings, LayerNorms, base weights and
-    biases, LoRA A/B) was used upstream of it, followed through the blocks in forward order. With
-    LoRA and frozen embeddings, the first block's c_attn base matmul has no backward at all and its
-    lora_A only a weight gradient.
-Full fine-tuning therefore costs exactly 6·N·B·T + 12·L·B·T²·d, N the matmul weights' entries
-(lm_head included) and L the layers: the familiar 6·N·tokens plus attention. These are the counts of
-torch.utils.flop_counter.FlopCounterMode, which tests/unit/optimization/test_cost.py checks them against.
+FLOPs of one training step (forward + backward) of any causal LM, bare or wrapped by peft LoRA, on a batch of B
+sequences of T positions (the padded length: what the hardware computes), are what
+torch.utils.flop_counter.FlopCounterMode counts when the step runs on the meta device: the model's own forward
+and backward with shapes only (no weights copied, no arithmetic done; a step's FLOPs are B times those of one
+sequence). What that counts:
+  - a matmul weight W with n entries (Linear and GPT-2's Conv1D layers, lm_head, LoRA's lora_A and lora_B) costs
+    per token 2n forward; backward 2n for the gradient of its input if that input carries a gradient, plus 2n for
+    the gradient of W if W.requires_grad (autograd skips what no trainable parameter needs: with LoRA and frozen
+    embeddings, the first block's attention base matmuls have no backward at all).
+  - attention costs per layer and sequence 2·T²·d for QKᵀ and 2·T²·d for A·V forward (d = the heads' total width;
+    the full T×T matrices, as scaled_dot_product_attention's math form computes them on the meta device, and as
+    the counter counts flash attention), and twice that backward when its inputs carry a gradient.
+  - embedding lookups, norms, rotary embeddings, activations, softmax, biases and the loss cost nothing.
+Full fine-tuning therefore costs exactly 6·N·B·T + 12·L·B·T²·d, N the matmul weights' entries (lm_head included)
+and L the layers: the familiar 6·N·tokens plus attention (tests/unit/optimization/test_cost.py checks this and the
+counter on real weights with eager attention, for GPT-2, Llama and GPT-NeoX).
 
 MFU (model FLOPs utilisation) = FLOPs / (seconds × peak × devices): the job's FLOPs over what its devices
 could have done in its time, so a torchrun job of N ranks (N devices) is measured per device, like one
@@ -49,85 +49,36 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # FLOPs of a step.
 
 
-@dataclass
-class _Flops:
-    forward: int = 0
-    backward: int = 0
+def _on_meta(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(tensor, device="meta").requires_grad_(tensor.requires_grad)
 
 
-def _trainable(module) -> bool:
-    return any(p.requires_grad for p in module.parameters())
+def _sequence_flops(model, seq_len: int, backward: bool) -> int:
+    """FLOPs of the model's forward (and backward) on one sequence of seq_len tokens, counted on the meta device
+    (each call runs the model once: optimization.train_setup caches them per batch shape)."""
+    from torch.func import functional_call
+    from torch.utils.flop_counter import FlopCounterMode
 
-
-def _gpt2(model):
-    """The GPT2LMHeadModel itself, inside a peft wrapper or not."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    model_type = getattr(getattr(inner, "config", None), "model_type", None)
-    if model_type != "gpt2":
-        raise ValueError(f"step FLOPs are counted for GPT-2 models only, not model type {model_type!r}")
-    return inner
-
-
-def _lora_adapters(layer) -> list[str]:
-    """The LoRA adapters the layer's forward applies (none when it is not LoRA, merged or disabled)."""
-    if not hasattr(layer, "lora_A") or layer.merged or layer.disable_adapters:
-        return []
-    names = [name for name in layer.active_adapters if name in layer.lora_A]
-    for name in names:
-        if name in layer.lora_variant:
-            raise ValueError(f"adapter {name!r} is a LoRA variant (such as DoRA); only plain LoRA is counted")
-    return names
-
-
-def _matmul(per_token: _Flops, weight: torch.Tensor, input_grad: bool) -> None:
-    n = weight.numel()
-    per_token.forward += 2 * n
-    per_token.backward += 2 * n * input_grad + 2 * n * weight.requires_grad
-
-
-def _layer(per_token: _Flops, layer, input_grad: bool) -> bool:
-    """Count one matmul layer and its LoRA adapters; whether its output carries a gradient."""
-    base = getattr(layer, "base_layer", layer)
-    _matmul(per_token, base.weight, input_grad)
-    used = [base]
-    for name in _lora_adapters(layer):
-        lora_a, lora_b = layer.lora_A[name], layer.lora_B[name]
-        _matmul(per_token, lora_a.weight, input_grad)
-        _matmul(per_token, lora_b.weight, input_grad or lora_a.weight.requires_grad)
-        used += [lora_a, lora_b]
-    return input_grad or any(_trainable(module) for module in used)
-
-
-def _step_flops(model, batch_size: int, seq_len: int) -> _Flops:
-    """Forward and backward FLOPs of one step, walking the blocks in forward order."""
-    gpt2 = _gpt2(model)
-    body = gpt2.transformer
-    per_token = _Flops()
-    attention_forward = 4 * seq_len**2 * gpt2.config.n_embd  # QKᵀ and A·V, per layer and sequence
-    attention = _Flops()
-    stream = _trainable(body.wte) or _trainable(body.wpe)  # whether the residual stream carries a gradient
-    for block in body.h:
-        qkv = _layer(per_token, block.attn.c_attn, stream or _trainable(block.ln_1))
-        attention.forward += attention_forward
-        attention.backward += 2 * attention_forward * qkv
-        stream = _layer(per_token, block.attn.c_proj, qkv) or stream
-        hidden = _layer(per_token, block.mlp.c_fc, stream or _trainable(block.ln_2))
-        stream = _layer(per_token, block.mlp.c_proj, hidden) or stream
-    _layer(per_token, gpt2.lm_head, stream or _trainable(body.ln_f))
-    tokens = batch_size * seq_len
-    return _Flops(forward=tokens * per_token.forward + batch_size * attention.forward,
-                  backward=tokens * per_token.backward + batch_size * attention.backward)
+    shapes = {name: _on_meta(t) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    tokens = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
+    try:
+        with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(backward):
+            loss = functional_call(model, shapes, (), {"input_ids": tokens, "labels": tokens}).loss
+            if backward and loss.requires_grad:
+                loss.backward()
+    except (NotImplementedError, RuntimeError) as err:  # an operation with no meta kernel, or that reads values
+        raise ValueError(f"the model's step cannot be counted on the meta device ({str(err).splitlines()[0]})") from None
+    return counter.get_total_flops()
 
 
 def step_flops(model, batch_size: int, seq_len: int) -> int:
     """Matmul FLOPs of one training step (forward + backward) on batch_size sequences of seq_len."""
-    flops = _step_flops(model, batch_size, seq_len)
-    return flops.forward + flops.backward
+    return batch_size * _sequence_flops(model, seq_len, backward=True)
 
 
 def forward_flops(model, batch_size: int, seq_len: int) -> int:
     """Matmul FLOPs of one forward pass (an evaluation batch)."""
-    return _step_flops(model, batch_size, seq_len).forward
+    return batch_size * _sequence_flops(model, seq_len, backward=False)
 
 
 # ----------------------------------------------------------------------------------------------

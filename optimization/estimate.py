@@ -23,7 +23,7 @@ import torch
 
 from models.adapters import add_adapter
 from optimization.cost import load_prices, on_priced_gpus, priced_gpus, step_flops
-from config.checks import ARCH_PRESETS
+from config.checks import ARCH_PRESETS, scratch_model_config
 from config.loading import load_experiment
 from config.schema import RunConfig
 from utils.errors import UserError
@@ -38,14 +38,14 @@ def model_on_meta(run: RunConfig):
     cfg = run.model
     vocabulary = {"bytes": 257, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer, GPT2_VOCABULARY)
     if cfg.init == "scratch":
-        config = GPT2Config(**{**ARCH_PRESETS.get(cfg.arch, {}), **cfg.config}, vocab_size=vocabulary,
-                            bos_token_id=vocabulary - 1, eos_token_id=vocabulary - 1)  # in the vocabulary; no FLOPs
+        config = scratch_model_config(cfg, vocabulary, vocabulary - 1)  # an end token in the vocabulary; no FLOPs
     elif cfg.name in ARCH_PRESETS:
         config = GPT2Config(**ARCH_PRESETS[cfg.name], vocab_size=GPT2_VOCABULARY)
     else:
         from utils.hub import load_from_hub
 
-        config = load_from_hub(AutoConfig.from_pretrained, cfg.name, "model config")
+        config = load_from_hub(AutoConfig.from_pretrained, cfg.name, "model config",
+                               **({"revision": cfg.revision} if cfg.revision else {}))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     return add_adapter(model, cfg.adapter, 0) if cfg.adapter.type != "none" else model

@@ -54,12 +54,12 @@ def _starting_point(run: RunConfig, run_dir: Path, train_texts: list[str], resum
 
 
 def _flop_counter(model, run: RunConfig, label: str) -> Callable[[int, int], int] | None:
-    """The FLOPs of one training step by batch shape (cached), or None where the analytic count does not know the
-    model (then no FLOPs and MFU are recorded, and train.budget.flops is refused)."""
+    """The FLOPs of one training step by batch shape (cached), or None where the model cannot be counted on the
+    meta device (then no FLOPs and MFU are recorded, and train.budget.flops is refused)."""
     flops_of_step = functools.lru_cache(maxsize=None)(lambda size, length: step_flops(model, size, length))
     try:
         flops_of_step(1, 1)
-    except ValueError as err:  # the analytic count knows GPT-2's blocks only
+    except ValueError as err:
         if run.train.budget.flops:
             raise UserError(f"{label}: train.budget.flops needs the FLOP count, but {err}; use train.budget.seconds") from None
         print(f"{label}: note: no FLOP count ({err}); FLOPs and MFU are not recorded")

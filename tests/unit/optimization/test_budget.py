@@ -82,9 +82,11 @@ def test_tensorboard_logs_the_steps_the_epochs_and_the_figures(tiny_experiment, 
     assert "figures/learning_curves" in figures.Tags()["images"]
 
 
-def test_a_model_without_a_flop_count_trains_and_a_flop_budget_for_it_is_one_clear_error(tmp_path, write_config):
+def test_a_local_llama_is_counted_and_a_model_without_a_count_trains_and_refuses_a_flop_budget(tmp_path, write_config,
+                                                                                                monkeypatch):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
+    import optimization.train_setup
     import run
     from models.models import byte_tokenizer
 
@@ -98,6 +100,14 @@ def test_a_model_without_a_flop_count_trains_and_a_flop_budget_for_it_is_one_cle
                           "train: {epochs: 1}\n")
     assert run.main(["--config", str(config), "--output", str(tmp_path / "out"), "--stages", "train"]) == 0
     metrics = json.loads(next((tmp_path / "out").glob("*/*/seed-*/metrics.json")).read_text())
+    assert metrics["train_flops"] > 0 and metrics["mfu"] > 0 and metrics["optimizer_steps"] == 6
+
+    def uncountable(*args):
+        raise ValueError("the model's step cannot be counted on the meta device (an example)")
+
+    monkeypatch.setattr(optimization.train_setup, "step_flops", uncountable)
+    assert run.main(["--config", str(config), "--output", str(tmp_path / "plain"), "--stages", "train"]) == 0
+    metrics = json.loads(next((tmp_path / "plain").glob("*/*/seed-*/metrics.json")).read_text())
     assert metrics["train_flops"] is None and metrics["mfu"] is None and metrics["optimizer_steps"] == 6
     assert run.main(["--config", str(config), "--output", str(tmp_path / "budget"), "--stages", "train",
                      "--set", "train.budget.flops=1e9"]) == 1

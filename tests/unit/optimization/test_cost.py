@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import AutoModelForCausalLM, GPT2Config
+from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
 from transformers.pytorch_utils import Conv1D
 
 import optimization.cost as cost
@@ -113,9 +113,48 @@ def test_full_fine_tuning_is_six_n_tokens_plus_attention(shape):
     assert cost.forward_flops(model, BATCH, SEQ) == 2 * n_matmul * BATCH * SEQ + attention // 3
 
 
-def test_only_gpt2_is_counted():
-    with pytest.raises(ValueError, match="llama"):
-        cost.step_flops(SimpleNamespace(config=SimpleNamespace(model_type="llama")), 1, 8)
+def tiny_decoder(model_type: str, attention: str = "eager"):
+    """A 2-layer Llama (grouped-query attention, RMSNorm, rotary, untied head) or GPT-NeoX (fused QKV, biases)."""
+    config = AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                  num_attention_heads=4, max_position_embeddings=64, vocab_size=300,
+                                  **({"num_key_value_heads": 2} if model_type == "llama" else {}))
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attention)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt_neox"])
+def test_any_architecture_counts_six_n_tokens_plus_attention(model_type):
+    """Counted on the meta device: what PyTorch counts on real weights with eager attention, and the formula."""
+    model = tiny_decoder(model_type)
+    layers, width = model.config.num_hidden_layers, model.config.hidden_size
+    n_matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 12 * layers * BATCH * SEQ**2 * width
+    assert cost.step_flops(model, BATCH, SEQ) == 6 * n_matmul * BATCH * SEQ + attention == counted_step(model)
+    assert cost.forward_flops(model, BATCH, SEQ) == 2 * n_matmul * BATCH * SEQ + attention // 3 == counted_forward(model)
+
+
+def test_the_count_does_not_depend_on_the_attention_kernel():
+    """SDPA on a CPU runs a fused kernel that PyTorch's counter does not see; the meta count is the same for both."""
+    eager, sdpa = tiny_decoder("llama"), tiny_decoder("llama", "sdpa")
+    assert cost.step_flops(sdpa, BATCH, SEQ) == cost.step_flops(eager, BATCH, SEQ) > counted_step(sdpa)
+
+
+def test_lora_on_llama_counts_its_adapters():
+    model = get_peft_model(tiny_decoder("llama"), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert cost.step_flops(model, BATCH, SEQ) == counted_step(model)
+
+
+def test_a_model_that_cannot_run_on_the_meta_device_has_no_count():
+    class ReadsValues(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, input_ids, labels):
+            return SimpleNamespace(loss=self.weight.sum() * float(input_ids.sum()))
+
+    with pytest.raises(ValueError, match="cannot be counted on the meta device"):
+        cost.step_flops(ReadsValues(), 1, 8)
 
 
 # ----------------------------------------------------------------------------------------------
