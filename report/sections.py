@@ -147,7 +147,7 @@ def _geometry(shown: Shown) -> list[str | Figure]:
         "vectors, so the errors of alike rows do not average out.",
         quantities_table(summary, geometry_columns()),
         drawn("geometry_norms", "Hessian norms", geometry_norms(summary),
-              lambda data: geometry_norms_figure(data, f"{results.name}: Hessian norms")),
+              lambda data: geometry_norms_figure(data, f"{results.name}: Hessian norms", results.geometry)),
     ]
     if results.geometry:
         blocks += ["Each seed and frame, with the intervals over the Cauchy sketches (random halves of them) and Hutch++'s:",

@@ -6,6 +6,7 @@ small experiments draw."""
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -45,9 +46,9 @@ def _axes_problems(ax, renderer, canvas) -> list[str]:
         if labels and not _labelled(ax, axis):
             problems.append(f"{name}: the {'colour bar' if colorbar is not None else letter + ' axis'} has no label")
         boxes = [(label.get_text(), label.get_window_extent(renderer)) for label in labels]
-        for (text_a, a), (text_b, b) in itertools.combinations(boxes, 2):
-            if _overlap(a, b):
-                problems.append(f"{name}: {letter} tick labels {text_a!r} and {text_b!r} overlap")
+        for a, b in itertools.combinations(labels, 2):
+            if _labels_overlap(a, b, renderer):
+                problems.append(f"{name}: {letter} tick labels {a.get_text()!r} and {b.get_text()!r} overlap")
                 break
         problems += [f"{name}: {letter} tick label {text!r} reaches outside the canvas"
                      for text, box in boxes if _outside(box, canvas)]
@@ -86,6 +87,29 @@ def _axes_name(ax) -> str:
 
 def _drawn(text) -> bool:
     return text.get_visible() and bool(text.get_text().strip())
+
+
+def _labels_overlap(a, b, renderer) -> bool:
+    """Whether two texts' own (possibly rotated) rectangles overlap: the window extents of rotated labels side by
+    side overlap although their letters do not."""
+    angle = math.radians(a.get_rotation())
+    if a.get_rotation() != b.get_rotation() or angle % (math.pi / 2) == 0:
+        return _overlap(a.get_window_extent(renderer), b.get_window_extent(renderer))
+    along, across = (math.cos(angle), math.sin(angle)), (-math.sin(angle), math.cos(angle))
+    (ca, wa, ha), (cb, wb, hb) = (_rectangle(t, renderer) for t in (a, b))
+    gap = (cb[0] - ca[0], cb[1] - ca[1])
+    return (abs(gap[0] * along[0] + gap[1] * along[1]) < (wa + wb) / 2 - TOLERANCE
+            and abs(gap[0] * across[0] + gap[1] * across[1]) < (ha + hb) / 2 - TOLERANCE)
+
+
+def _rectangle(text, renderer) -> tuple[tuple[float, float], float, float]:
+    """A rotated text's centre (that of its window extent), width and height as unrotated."""
+    box = text.get_window_extent(renderer)
+    rotation = text.get_rotation()
+    text.set_rotation(0)
+    flat = text.get_window_extent(renderer)
+    text.set_rotation(rotation)
+    return ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2), flat.width, flat.height
 
 
 def _overlap(a, b) -> bool:

@@ -12,10 +12,10 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from visualization.style import (MANY_RUNS, TRAIN_COLOR, VALIDATION_COLOR, color_map, key_handles, legend_outside,
-                                 mean_band, scale_axis)
+                                 mean_band, plain_number, round_colorbar, scale_axis)
 
 
 def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
@@ -81,49 +81,92 @@ ROTATION_STYLES = {"none": "-", "global": "--", "per-layer": ":"}
 
 def step_losses_figure(runs: dict[str, dict], title: str) -> Figure:
     """Training loss against optimizer step: one colour per optimizer, solid for the loss's own coordinates,
-    dashed (global) or dotted (per-layer) for a rotated loss.
+    dashed (global) or dotted (per-layer) for a rotated loss. A run whose curve equals another's (SGD on a rotated
+    loss follows the same path) is said to in the legend, and the one under it is drawn wide so both show.
 
     `runs[name]` = {"losses": [step_loss of each seed], "optimizer": ..., "rotation": ...}. Each curve is the
     mean over seeds of the per-step batch losses, smoothed by a running mean over a 50th of the steps."""
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(8.0, 4.5), layout="constrained")
     ax = fig.subplots()
-    optimizers = list(dict.fromkeys(run["optimizer"] for run in runs.values()))
-    colors = dict(zip(optimizers, _colors(len(optimizers))))
-    window = 1
+    optimizer_colors = color_map(run["optimizer"] for run in runs.values())
+    rotation_styles = {rotation: ROTATION_STYLES.get(rotation, "-.") for rotation in
+                       dict.fromkeys(run["rotation"] for run in runs.values())}
+    window, curves = 1, {}
     for name, run in runs.items():
         steps = min(len(losses) for losses in run["losses"])
         mean = np.mean([losses[:steps] for losses in run["losses"]], axis=0)
         window = max(1, steps // 50)
-        smooth = np.convolve(mean, np.ones(window) / window, mode="valid")
-        ax.plot(np.arange(window, steps + 1), smooth, ROTATION_STYLES.get(run["rotation"], "-."),
-                color=colors[run["optimizer"]], label=f"{name} ({run['optimizer']}, rotation {run['rotation']})")
+        curves[name] = np.convolve(mean, np.ones(window) / window, mode="valid")
+    twins = {name: other for name in curves for other in curves if other != name and list(curves).index(other) <
+             list(curves).index(name) and curves[other].shape == curves[name].shape
+             and np.allclose(curves[other], curves[name], rtol=1e-6, atol=0.0)}
+    for name, curve in curves.items():
+        run = runs[name]
+        under = name in twins.values()
+        ax.plot(np.arange(window, window + len(curve)), curve, rotation_styles[run["rotation"]],
+                color=optimizer_colors[run["optimizer"]], linewidth=3.5 if under else 1.5, alpha=0.45 if under else 1.0)
+    handles, labels = key_handles(optimizer_colors, rotation_styles, style_title="rotation: ")
+    for name, other in twins.items():
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append(f"{name} = {other} (identical curves)")
+    scale_axis(ax, "y", np.concatenate(list(curves.values())))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(f"training loss (running mean over {window} steps)" if window > 1 else "training loss")
-    ax.set_yscale("log")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    legend_outside(ax, handles, labels)
     return fig
 
 
-def geometry_norms_figure(runs: dict[str, dict[str, dict]], title: str) -> Figure:
-    """Bars per run of ‖H‖₁,₁/d, ‖H‖₂ and the ratio ‖H‖₁,₁/(d‖H‖₂), in the original and the rotated frame.
+def geometry_norms_figure(runs: dict[str, dict[str, dict]], title: str, geometry: dict | None = None) -> Figure:
+    """Bars per run of ‖H‖₁,₁/d, ‖H‖₂ and the ratio ‖H‖₁,₁/(d‖H‖₂), in the original and the rotated frame, on
+    linear axes from 0 (a log axis would stretch the frames' difference); each seed's value as a dot with the
+    interval of its ‖H‖₁,₁ over the Cauchy sketches (the ratio's from it); a line at ratio 1.
 
-    `runs[name][frame]` = {"l11": ..., "spectral": ..., "ratio": ...} (None where not measured)."""
+    `runs[name][frame]` = {"l11": ..., "spectral": ..., "ratio": ...} (means over seeds; None where not
+    measured); `geometry[name][seed]` = geometry.json, for the seeds' values and intervals."""
     panels = (("l11", "‖H‖₁,₁ / d"), ("spectral", "‖H‖₂"), ("ratio", "‖H‖₁,₁ / (d·‖H‖₂)"))
     frames = (("original", "original", "tab:blue"), ("rotated", "rotated (RᵀHR)", "tab:orange"))
-    fig = Figure(figsize=(4.2 * len(panels), 4.2), layout="constrained")
+    fig = Figure(figsize=(4.0 * len(panels) + 1.8, 4.2), layout="constrained")
     axes = fig.subplots(1, len(panels))
     positions = np.arange(len(runs))
     for ax, (key, label) in zip(axes, panels):
         for offset, (frame, frame_label, color) in zip((-0.2, 0.2), frames):
             values = [np.nan if (runs[run].get(frame) or {}).get(key) is None else runs[run][frame][key] for run in runs]
-            ax.bar(positions + offset, values, width=0.4, color=color, label=frame_label)
+            ax.bar(positions + offset, values, width=0.4, color=color, alpha=0.6, label=f"{frame_label}: mean")
+            for position, run in zip(positions, runs):
+                for seed_value, interval in _geometry_seeds((geometry or {}).get(run, {}), frame, key):
+                    error = None if interval is None else [[seed_value - interval[0]], [interval[1] - seed_value]]
+                    ax.errorbar(position + offset, seed_value, yerr=error, fmt="o", color="0.15", markersize=3,
+                                capsize=3, linewidth=1)
+        if key == "ratio":
+            ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1, label="ratio 1")
+        ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(FuncFormatter(plain_number))
         ax.set_xticks(positions, labels=list(runs), rotation=30, ha="right", fontsize=8)
-        ax.set_yscale("log")
-        ax.set_title(label, fontsize=10)
-    axes[0].legend(fontsize=8)
+        ax.set_xlabel("run")
+        ax.set_ylabel(label)
+    handles, labels = axes[-1].get_legend_handles_labels()
+    handles.append(Line2D([], [], marker="o", color="0.15", markersize=3, linestyle="-", linewidth=1))
+    labels.append("each seed, 95% interval of ‖H‖₁,₁ (where k ≥ 10)")
+    legend_outside(axes[-1], handles, labels)
     fig.suptitle(title, fontsize=10)
     return fig
+
+
+def _geometry_seeds(by_seed: dict, frame: str, key: str) -> list[tuple[float, list | None]]:
+    """(value, interval or None) of each seed's geometry.json for one frame and norm."""
+    points = []
+    for data in by_seed.values():
+        measured = data["frames"].get(frame)
+        if not measured:
+            continue
+        l11, spectral = measured["l11"]["median"], measured["spectral"]["value"]
+        scale = {"l11": 1.0 / data["dim"], "spectral": None, "ratio": 1.0 / (data["dim"] * spectral)}[key]
+        value = {"l11": l11["per_coordinate"], "spectral": spectral, "ratio": measured["ratio"]["median"]}[key]
+        interval = None if scale is None or l11["ci"] is None else [bound * scale for bound in l11["ci"]]
+        points.append((value, interval))
+    return points
 
 
 def tracked_sharpness_figure(runs: dict[str, dict], title: str) -> Figure:
@@ -247,38 +290,45 @@ def budget_curves_figure(runs: dict[str, list[dict]], title: str) -> Figure:
 def correlation_figure(correlation: dict, title: str) -> Figure:
     """One panel per measure (correlation.json): the measure against the generalization gap over the runs,
     coloured by the setting correlate.color_by (one colour per value, or a colour scale for many numbers),
-    with Kendall's τ and its bootstrap interval in the panel's title."""
+    with Kendall's τ and its bootstrap interval in the panel's title. A measure found for fewer than half the
+    runs the others have is marked (grey panel, "n = 3 of 16"): its τ is not comparable with theirs."""
     measures, points = list(correlation["measures"]), correlation["points"]
     color_by = correlation["settings"]["color_by"]
     values = [p["axes"].get(color_by) for p in points]
     distinct = sorted(set(values), key=str)
     numeric = len(distinct) > 8 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in distinct)
+    most = max((correlation["measures"][name]["vs_gap"]["n"] for name in measures), default=0)
     columns = min(len(measures), 3)
-    fig = Figure(figsize=(4.2 * columns, 3.6 * math.ceil(len(measures) / columns)), layout="constrained")
+    fig = Figure(figsize=(4.2 * columns + 1.6, 3.6 * math.ceil(len(measures) / columns)), layout="constrained")
     axes = fig.subplots(math.ceil(len(measures) / columns), columns, squeeze=False).ravel()
-    palette = dict(zip(distinct, _colors(len(distinct))))
+    palette = color_map(distinct)
     for ax, name in zip(axes, measures):
         kept = [(p["measures"][name], p["gap"], v) for p, v in zip(points, values)
                 if p["measures"][name] is not None and p["gap"] is not None]
         x, y, c = zip(*kept) if kept else ((), (), ())
         if numeric:
             scatter = ax.scatter(x, y, c=c, cmap="viridis", s=18)
-            fig.colorbar(scatter, ax=ax, label=color_by)
+            round_colorbar(fig.colorbar(scatter, ax=ax), color_by)
         else:
             for value in distinct:
                 chosen = [(a, b) for a, b, v in kept if v == value]
                 if chosen:
-                    ax.scatter(*zip(*chosen), color=palette[value], s=18, label=f"{color_by}={value}")
+                    ax.scatter(*zip(*chosen), color=palette[value], s=18, label=f"{color_by} = {value}")
         stats = correlation["measures"][name]["vs_gap"]
         low, high = stats["kendall_interval"]
+        few = stats["n"] < most / 2
         ax.set_title(f"{name}\nτ = {float(stats['kendall_tau']):.2f} [{float(low):.2f}, {float(high):.2f}], "
-                     f"n = {stats['n']}", fontsize=9)
-        if x and min(x) > 0 and max(x) > 10 * min(x):
-            ax.set_xscale("log")
+                     f"n = {stats['n']}" + (f" of {most}: too few to compare" if few else ""), fontsize=9,
+                     color="tab:red" if few else "black")
+        if few:
+            ax.set_facecolor("0.92")
+        scale_axis(ax, "x", x, ticks=4)
+        scale_axis(ax, "y", y, ticks=5)
         ax.set_xlabel(name, fontsize=8)
         ax.set_ylabel("generalization gap", fontsize=8)
     if not numeric and color_by:
-        axes[0].legend(fontsize=7)
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     for ax in axes[len(measures):]:
         ax.set_visible(False)
     fig.suptitle(title)

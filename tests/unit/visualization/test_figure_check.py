@@ -110,3 +110,11 @@ def todays_correlation_panels() -> Figure:
 def test_it_fails_on_todays_exp8_correlation_panel():
     problems = figure_problems(todays_correlation_panels())
     assert any("x tick labels '−0.0000250000500007500010000125'" in p and "overlap" in p for p in problems), problems
+
+
+def test_rotated_tick_labels_overlap_only_where_their_letters_do():
+    fig, ax = labelled_plot()
+    ax.set_xticks([0, 1, 2], labels=["adam", "adam-rotated", "sgd"], rotation=30, ha="right")
+    assert figure_problems(fig) == []
+    ax.set_xticks(np.linspace(0, 2, 12), labels=[f"a long name {i}" for i in range(12)], rotation=10, ha="right")
+    assert any("overlap" in p for p in figure_problems(fig))
