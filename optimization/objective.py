@@ -9,11 +9,16 @@ weights, such as GPT-2's wte/lm_head, appear once).
 In a torchrun job's collective stage (utils.distributed), each rank holds every world_size-th batch and the
 loss, gradient and H·v are sums over the ranks' batches, all-reduced: every rank gets the numbers one process
 would (to floating-point rounding), so every rank's eigen-solver takes the same steps.
+
+The loss of a batch is a `BatchLoss`: the project's is TOKEN_LOSS; sharpness.hessian builds others for a user's
+own loss function on any nn.Module.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -33,15 +38,28 @@ def views(flat: torch.Tensor, like) -> list[torch.Tensor]:
     return [chunk.view_as(p) for chunk, p in zip(flat.split([p.numel() for p in like]), like)]
 
 
+@dataclass(frozen=True)
+class BatchLoss:
+    """How L is taken over batches: L = Σ summed(model, b) / Σ count(b). `summed` returns a 0-d tensor that
+    autograd can differentiate twice; `to_device` moves a batch to the model's device."""
+    summed: Callable[..., torch.Tensor]
+    count: Callable[..., int]
+    to_device: Callable
+
+
+TOKEN_LOSS = BatchLoss(lambda model, batch: summed_token_loss(model, batch)[0], count_targets, to_device)
+
+
 class Objective:
-    def __init__(self, model, batches: list[Batch], hvp_mode: str = "reverse"):
+    def __init__(self, model, batches: list, hvp_mode: str = "reverse", batch_loss: BatchLoss = TOKEN_LOSS):
         if hvp_mode not in ("reverse", "forward"):
             raise ValueError(f"hvp_mode must be 'reverse' or 'forward', got {hvp_mode!r}")
         self.model = model.eval()
         self.device = next(model.parameters()).device
-        self.n_tokens = sum(count_targets(b) for b in batches)  # of the whole set, on every rank
+        self.batch_loss = batch_loss
+        self.n_tokens = sum(batch_loss.count(b) for b in batches)  # of the whole set, on every rank
         self.split = distributed.splits()  # whether this rank holds a share and its sums are all-reduced
-        self.batches = [to_device(b, self.device) for b in distributed.shard(batches)]
+        self.batches = [batch_loss.to_device(b, self.device) for b in distributed.shard(batches)]
         self.hvp_mode = hvp_mode
         self.names, self.params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
         self.base = self.flatten([p.detach() for p in self.params]).clone()
@@ -84,13 +102,13 @@ class Objective:
     @torch.inference_mode()
     def loss(self) -> float:
         """L at the current weights (forward passes only; SDPA attention)."""
-        local = sum(summed_token_loss(self.model, b)[0].item() for b in self.batches)
+        local = sum(self.batch_loss.summed(self.model, b).item() for b in self.batches)
         return distributed.sum_floats(local, split=self.split)[0] / self.n_tokens
 
     def loss_and_grad(self) -> tuple[float, torch.Tensor]:
         total, grad = 0.0, torch.zeros_like(self.base)
         for b in self.batches:
-            loss_sum, _ = summed_token_loss(self.model, b)
+            loss_sum = self.batch_loss.summed(self.model, b)
             grads = torch.autograd.grad(loss_sum / self.n_tokens, self.params)
             grad += self.flatten(grads)
             total += loss_sum.item()
@@ -110,27 +128,26 @@ class Objective:
 
     def _batch_hvp(self, batch: Batch, vector: torch.Tensor) -> torch.Tensor:
         if self.hvp_mode == "reverse":  # reverse-over-reverse: grad of (∇L · v)
-            loss_sum, _ = summed_token_loss(self.model, batch)
+            loss_sum = self.batch_loss.summed(self.model, batch)
             grads = torch.autograd.grad(loss_sum / self.n_tokens, self.params, create_graph=True)
             return self.flatten(torch.autograd.grad(grads, self.params, grad_outputs=self.views(vector)))
         # forward-over-reverse: a jvp of the gradient function
         from torch.func import functional_call, grad, jvp
 
-        def batch_loss(params):
+        def scaled_loss(params):
             weights = dict(zip(self.names, params))
-            loss_sum, _ = summed_token_loss(_Bound(self.model, weights, functional_call), batch)
-            return loss_sum / self.n_tokens
+            return self.batch_loss.summed(_Bound(self.model, weights, functional_call), batch) / self.n_tokens
 
         primals = tuple(p.detach() for p in self.params)
-        _, hv = jvp(grad(batch_loss), (primals,), (tuple(self.views(vector)),))
+        _, hv = jvp(grad(scaled_loss), (primals,), (tuple(self.views(vector)),))
         return self.flatten(hv)
 
 
 class _Bound:
-    """Calls `model` with substituted weights (torch.func), with the signature summed_token_loss uses."""
+    """Calls `model` with substituted weights (torch.func); a BatchLoss's `summed` calls it as it would the model."""
 
     def __init__(self, model, weights, functional_call):
         self.model, self.weights, self.functional_call = model, weights, functional_call
 
-    def __call__(self, **inputs):
-        return self.functional_call(self.model, self.weights, (), inputs)
+    def __call__(self, *args, **kwargs):
+        return self.functional_call(self.model, self.weights, args, kwargs)
