@@ -1,0 +1,89 @@
+"""The Trainer callback on a tiny Llama trained for four steps by a plain Hugging Face Trainer, offline: its track
+against the Hessian formed explicitly at the final weights (a 672-weight block, float64), its logs in the
+Trainer's reporters (TensorBoard's event file), and a run with it against one without."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import Trainer, TrainingArguments
+
+from optimization.optimizers import diagonal_preconditioner
+from sharpness.hessian import as_batch
+from sharpness.trainer_callback import SharpnessCallback, track_sharpness
+from tests.unit.sharpness.test_hessian import VOCAB, formed_hessian, tiny_llama
+from utils.io import read_json
+
+LR, BETA1 = 1e-2, 0.9
+
+
+def texts() -> list[dict]:
+    generator = torch.Generator().manual_seed(3)
+    return [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, VOCAB, (8, 10), generator=generator)]
+
+
+def trainer(folder, report_to: str) -> Trainer:
+    args = TrainingArguments(output_dir=str(folder), max_steps=4, per_device_train_batch_size=2, learning_rate=LR,
+                             adam_beta1=BETA1, lr_scheduler_type="constant", report_to=report_to, logging_steps=100,
+                             save_strategy="no", use_cpu=True, seed=0,
+                             disable_tqdm=True, dataloader_num_workers=0)
+    return Trainer(model=tiny_llama(), args=args, train_dataset=texts())
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tracked")
+    batches = [torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(5))]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TENSORBOARD_LOGGING_DIR", str(folder / "tb"))  # else ./runs
+        run = trainer(folder, "tensorboard")
+        callback = track_sharpness(run, batches, every=2, iters=200, tol=1e-9)
+        run.train()
+    return run, batches, callback, folder
+
+
+def test_the_track_holds_the_formed_hessians_top_eigenvalues_at_the_final_weights(tracked):
+    run, batches, callback, folder = tracked
+    track = read_json(folder / "track.json")
+    assert track["optimizer"] == "adamw" and track["every"] == 2 and track["seed"] == 0
+    points = track["points"]
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert points[0]["preconditioned_lambda_max"] is None  # no second moment before the first step
+    exact = formed_hessian(run.model, [as_batch(b) for b in batches])
+    assert points[-1]["lambda_max"] == pytest.approx(float(torch.linalg.eigvalsh(exact)[-1]), rel=1e-6)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    scale = diagonal_preconditioner(run.optimizer.optimizer, params).rsqrt()
+    preconditioned = scale[:, None] * exact * scale[None, :]
+    assert points[-1]["preconditioned_lambda_max"] == pytest.approx(float(torch.linalg.eigvalsh(preconditioned)[-1]),
+                                                                    rel=1e-6)
+    assert points[-1]["preconditioned_threshold"] == pytest.approx((2 + 2 * BETA1) / ((1 - BETA1) * LR))
+    assert points[-1]["threshold"] is None and all(p["lambda_max_converged"] for p in points)
+
+
+def test_the_points_after_steps_reach_the_trainers_logs_and_tensorboard(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _, _, folder = tracked
+    track = read_json(folder / "track.json")["points"]
+    logged = [entry for entry in run.state.log_history if "sharpness/lambda_max" in entry]
+    assert [entry["step"] for entry in logged] == [2, 4]
+    assert [entry["sharpness/lambda_max"] for entry in logged] == [p["lambda_max"] for p in track[1:]]
+    events = EventAccumulator(str(next((folder / "tb").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    scalars = events.Scalars("train/sharpness/preconditioned_lambda_max")
+    assert [s.step for s in scalars] == [2, 4]
+    assert [s.value for s in scalars] == pytest.approx([p["preconditioned_lambda_max"] for p in track[1:]], rel=1e-6)
+
+
+def test_training_is_the_same_with_and_without_the_callback(tracked, tmp_path):
+    tracked_run = tracked[0]
+    plain = trainer(tmp_path, "none")
+    plain.train()
+    for (name, a), b in zip(plain.model.named_parameters(), tracked_run.model.parameters()):
+        assert torch.equal(a, b), name
+    assert plain.state.log_history[-1]["train_loss"] == tracked_run.state.log_history[-1]["train_loss"]
+
+
+def test_every_must_be_a_positive_number_of_steps():
+    with pytest.raises(ValueError, match="every must be at least 1"):
+        SharpnessCallback([torch.zeros(1, 2, dtype=torch.long)], every=0)
