@@ -268,3 +268,16 @@ def test_eps_sharpness_on_a_tiny_llama_matches_its_second_order_prediction(llama
     assert found["lambda_max"] == pytest.approx(float(torch.linalg.eigvalsh(exact)[-1]), rel=1e-6)
     assert found["eigvec_symmetric_pct"] == pytest.approx(found["eigvec_symmetric_predicted_pct"], rel=1e-3)
     assert found["taylor"]["measured_pct"] == found["eigvec"]
+
+
+def test_the_first_python_block_of_docs_python_md_runs_as_written(capsys):
+    """The README-level example: an MLP with a custom loss, every method and the landscape."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "docs" / "python.md").read_text()
+    block = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(block.splitlines()) <= 15
+    names: dict = {}
+    exec(compile(block, "docs/python.md", "exec"), names)
+    assert names["surface"].loss.shape == (11, 11) and np.isfinite(names["surface"].loss).all()
+    assert len(names["top"].eigenvalues) == 3 and capsys.readouterr().out.count("\n") == 2
