@@ -234,6 +234,12 @@ class CorrelateConfig:
 
 
 @dataclass
+class ReportConfig:
+    prices: bool = option(False, "price every run in dollars (config/prices.yaml) in the report's Cost section; "
+                                 "without it only runs that trained on a GPU are priced", result=False)
+
+
+@dataclass
 class RunConfig:
     name: str = option("default", "run name (set from the `runs:` key)")
     seed: int = option(42, "seed of this run (set from `seeds:`)", ge=0)
@@ -248,6 +254,7 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     correlate: CorrelateConfig = field(default_factory=CorrelateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -78,6 +78,7 @@ FIRST_QUANTITIES = {
     "lambda_min_converged": ("sharpness", "lambda_min_converged"),
     "lambda_min_residual": ("sharpness", "lambda_min_residual"),
     "trace": ("sharpness", "trace", "mean"),
+    "trace_stderr": ("sharpness", "trace", "stderr"),  # each seed's Hutchinson standard error
     "base_loss": ("sharpness", "base_loss"),
 }
 LAST_QUANTITIES = {

@@ -9,12 +9,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from config.loading import run_config_from_dict
-from optimization.cost import Prices, on_priced_gpus, price_for_device, priced_gpus, usd
-from optimization.estimate import estimate
 from report.experiment_results import ExperimentResults
 from report.summary import GEOMETRY_FRAMES, mean_and_stderr, prune_runs
-from utils.errors import UserError
 
 NOTATION = ("Numbers are the mean ± standard error over seeds; (n=…) counts the seeds in the mean, shown "
             "whenever it is not a single value with nothing left out. Values left out of a mean are named: "
@@ -54,11 +50,29 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
                      + ["| " + " | ".join(row) + " |" for row in rows])
 
 
+def format_share(stats: dict) -> str:
+    """Whether a yes/no quantity (its mean over seeds: the share of them that said yes) held: "yes", "no", or
+    "2 of 3" seeds."""
+    if not stats["n"]:
+        return "–"
+    yes = round(stats["mean"] * stats["n"])
+    return "yes" if yes == stats["n"] else "no" if yes == 0 else f"{yes} of {stats['n']}"
+
+
+YES_NO = ("lambda_max_converged", "lambda_min_converged")  # quantities that are true or false per seed
+
+
 def quantities_table(summary: dict, columns: list[tuple[str, str]]) -> str:
-    """One row per run, a column per (quantity, title): the quantity's mean ± standard error over seeds."""
+    """One row per run, a column per (quantity, title): the quantity's mean ± standard error over seeds (a yes/no
+    quantity: yes, no, or how many seeds said yes)."""
+    def cell(quantities: dict, name: str) -> str:
+        if name not in quantities:
+            return "–"
+        return format_share(quantities[name]) if name in YES_NO else format_value(quantities[name])
+
     return md_table(["run", *(title for _, title in columns)],
-                    [[run, *(format_value(data["quantities"][name]) if name in data["quantities"] else "–"
-                             for name, _ in columns)] for run, data in summary["runs"].items()])
+                    [[run, *(cell(data["quantities"], name) for name, _ in columns)]
+                     for run, data in summary["runs"].items()])
 
 
 def settings_table(by_run: dict[str, dict[int, dict]], columns: list[tuple[str, Callable[[dict], str]]]) -> str:
@@ -81,8 +95,8 @@ def runs_table(results: ExperimentResults) -> str:
         cfg = results.configs.get(run, {})
         train, data = cfg.get("train", {}), cfg.get("data", {})
         seeds = ", ".join(str(s) for s in results.seeds.get(run, [])) or "–"
-        rows.append([run, str(train.get("optimizer")), f"{train.get('lr'):g}", str(train.get("batch_size")),
-                     f"{train.get('weight_decay'):g}", str(train.get("rotation", "none")), str(data.get("order")),
+        rows.append([run, str(train.get("optimizer")), format_number(train.get("lr")), str(train.get("batch_size")),
+                     format_number(train.get("weight_decay")), str(train.get("rotation", "none")), str(data.get("order")),
                      str(train.get("epochs")), seeds])
     return md_table(["run", "optimizer", "lr", "batch size", "weight decay", "rotation", "order", "epochs", "seeds"],
                     rows)
@@ -93,7 +107,8 @@ def runs_table(results: ExperimentResults) -> str:
 
 def generalization_columns() -> list[tuple[str, str]]:
     return [("val_perplexity", "val perplexity"), ("test_perplexity", "test perplexity"), ("val_loss", "val loss"),
-            ("test_loss", "test loss")]
+            ("test_loss", "test loss"), ("final_train_loss", "train loss (final weights)"),
+            ("generalization_gap", "gap (test − train loss)")]
 
 
 def epsilons(summary: dict) -> list[str]:
@@ -118,7 +133,7 @@ def curvature_columns() -> list[tuple[str, str]]:
     """λ_max and λ_min with their Ritz residuals and the share of seeds whose estimate converged."""
     return [("lambda_max", "λ_max"), ("lambda_max_residual", "λ_max residual"), ("lambda_max_converged", "λ_max converged"),
             ("lambda_min", "λ_min"), ("lambda_min_residual", "λ_min residual"), ("lambda_min_converged", "λ_min converged"),
-            ("trace", "trace of H"), ("base_loss", "loss on the set")]
+            ("trace", "trace of H"), ("trace_stderr", "trace's s.e. (Hutchinson)"), ("base_loss", "loss on the set")]
 
 
 def sharpness_settings_table(results: ExperimentResults) -> str:
@@ -142,11 +157,40 @@ def pairs_table(summary: dict) -> str:
                       format_number(pair["barrier_alpha"], 2)] for pair in summary["pairs"]])
 
 
+def _plane(d: dict) -> str:
+    """A surface's two directions: random, normalised per layer or filter, or the PCA plane of the training path
+    with the share of its variance each direction explains."""
+    if str(d.get("directions", "random")) == "pca":
+        shares = np.asarray(d["explained_variance"], dtype=float)
+        return f"PCA of the training path (PC1 {shares[0]:.0%}, PC2 {shares[1]:.0%} of its variance)"
+    return (f"random, {d['norm']}-normalised, landscape.seed {d['seed']}" + (", biasbn zeroed" if str(d["ignore"]) else ""))
+
+
+def _grid(d: dict) -> str:
+    """The grid's points and extent: [−r, r]² for a square one, else each axis's range."""
+    alphas, betas = np.asarray(d["alphas"], dtype=float), np.asarray(d["betas"], dtype=float)
+    extents = [tuple(format_number(end, 3).replace("-", "−") for end in (axis[0], axis[-1])) for axis in (alphas, betas)]
+    if extents[0] == extents[1] and float(alphas[0]) == -float(alphas[-1]):
+        extent = f"[{extents[0][0]}, {extents[0][1]}]²"
+    else:
+        extent = ", ".join(f"{axis} ∈ [{low}, {high}]" for axis, (low, high) in zip(("α", "β"), extents))
+    return f"{len(alphas)} × {len(betas)} over {extent}"
+
+
 def landscape_settings_table(results: ExperimentResults) -> str:
-    """The settings each run's 2D surface was computed with (runs may override them)."""
-    return settings_table(results.surfaces, [
-        ("directions", lambda d: f"{d['norm']}-normalised, landscape.seed {d['seed']}" + (", biasbn zeroed" if str(d["ignore"]) else "")),
-        ("grid", lambda d: f"{len(d['alphas'])} × {len(d['betas'])} over [−{float(d['range']):g}, {float(d['range']):g}]²"),
+    """The weight space, directions, grid and evaluation set each run's 2D surface was computed with (runs may
+    override them)."""
+    def space(run: str) -> str:  # a LoRA run's landscape.space: its adapter's A and B, or the merged weights
+        cfg = results.configs.get(run, {})
+        adapter = cfg.get("model", {}).get("adapter", {}).get("type", "none")
+        return "full model" if adapter == "none" else f"LoRA {cfg.get('landscape', {}).get('space', 'adapter')}"
+
+    surfaces = {run: {seed: {**data, "weight space": space(run)} for seed, data in by_seed.items()}
+                for run, by_seed in results.surfaces.items()}
+    return settings_table(surfaces, [
+        ("weight space", lambda d: str(d["weight space"])),
+        ("directions", _plane),
+        ("grid", _grid),
         ("evaluation set", lambda d: f"{d['eval_batches']} × {d['eval_batch_size']} texts, {d['eval_tokens']} tokens "
                                      f"(eval_seed {d['eval_seed']})"),
         ("diverged points", lambda d: str(int((~np.isfinite(d["train_loss"])).sum()))),
@@ -175,6 +219,42 @@ def _interval(estimate: dict) -> str:
     ci = estimate.get("ci")
     text = format_number(estimate["total"])
     return f"{text} [{format_number(ci[0])}, {format_number(ci[1])}]" if ci else text
+
+
+WITH_INTERVALS = ("l11_per_coordinate", "l11_ratio", "frobenius")  # geometry quantities (of each frame) with intervals
+
+
+def _geometry_interval(data: dict, frame: str, quantity: str) -> list[float] | None:
+    """One seed's interval of a quantity of WITH_INTERVALS in its units: the (1,1) norm's over the Cauchy sketches
+    per coordinate (÷ d) or as the ratio (÷ d‖H‖₂), ‖H‖_F's over Hutch++'s probes."""
+    values = data["frames"].get(frame) or {}
+    if quantity == "frobenius":
+        return (values.get("frobenius") or {}).get("ci")
+    ci = values.get("l11", {}).get("median", {}).get("ci")
+    if not ci:
+        return None
+    scale = data["dim"] * (values["spectral"]["value"] if quantity == "l11_ratio" else 1)  # the frame's own ‖·‖₂
+    return [bound / scale for bound in ci] if scale > 0 else None
+
+
+def geometry_table(results: ExperimentResults, summary: dict) -> str:
+    """geometry_columns' quantities (mean ± standard error over seeds), each interval next to its value: the seed's,
+    or each seed's when there are several."""
+    def cell(run: str, name: str) -> str:
+        stats = summary["runs"][run]["quantities"].get(name)
+        frame, _, quantity = name.partition("_")
+        if frame not in GEOMETRY_FRAMES or quantity not in WITH_INTERVALS:
+            return "–" if stats is None else format_value(stats)
+        by_seed = {seed: _geometry_interval(data, frame, quantity)
+                   for seed, data in sorted(results.geometry.get(run, {}).items())}
+        shown = [("" if len(by_seed) == 1 else f"seed {seed} ") + f"[{format_number(ci[0], 3)}, {format_number(ci[1], 3)}]"
+                 for seed, ci in by_seed.items() if ci]
+        return " ".join(["–" if stats is None else format_value(stats), *shown])
+
+    columns = geometry_columns()
+    return md_table(["run", *(title + (" [CI]" if name.partition("_")[2] in WITH_INTERVALS else "")
+                              for name, title in columns)],
+                    [[run, *(cell(run, name) for name, _ in columns)] for run in summary["runs"]])
 
 
 def geometry_detail_table(results: ExperimentResults) -> str:
@@ -329,76 +409,3 @@ def correlation_table(correlation: dict) -> str:
                      *([format_number(granulated["overall"], 3)] if axes else [])])
     return md_table(["measure", "n", "τ with gap", "ρ with gap", "τ with test loss", *(f"ψ {a}" for a in axes),
                      *(["Ψ"] if axes else [])], rows)
-
-
-# ----------------------------------------------------------------------------------------------
-# Cost: what each run spent, the estimate before it ran, and both in dollars.
-
-def cost_columns(summary: dict) -> list[tuple[str, str]]:
-    """What each run cost: its parameters, steps and FLOPs, the seconds of every stage, utilisation and memory."""
-    columns = [("trainable_parameters", "trainable params"), ("n_parameters", "all params"),
-               ("optimizer_steps", "steps"), ("train_flops", "train FLOPs"), ("train_time_s", "train s"),
-               ("wall_time_s", "train stage wall s"), ("tokens_per_s", "tokens/s"), ("mfu", "MFU"),
-               ("peak_memory_mb", "peak MB"), ("sharpness_time_s", "sharpness s"), ("landscape_time_s", "2D surface s")]
-    if has_geometry(summary):
-        columns.insert(10, ("geometry_time_s", "geometry s"))
-    for name, title in (("track_time_s", "tracking s"), ("density_time_s", "density s"), ("prune_time_s", "pruning s")):
-        if any(data["quantities"].get(name, {}).get("n") for data in summary["runs"].values()):
-            columns.append((name, title))
-    return columns
-
-
-def estimate_table(results: ExperimentResults) -> str:
-    """The estimate that `python -m optimization.estimate` gives before a run, beside what the run measured (means
-    over seeds): it counts every step at batch_size × data.max_length, so measured / estimate is what padding only
-    to the longest text saved (1 when every text fills max_length and no budget stops the run early)."""
-    rows = []
-    for run in results.runs:
-        seeds = [results.metrics[run][seed] for seed in results.seeds.get(run, [])]
-        if not seeds:
-            continue
-        try:
-            predicted = estimate(run_config_from_dict(results.configs[run]))
-        except UserError as err:
-            rows.append([run, "–", "–", "–", "–", f"no estimate: {str(err).split(': ', 1)[-1]}"])
-            continue
-        steps = sum(m["optimizer_steps"] for m in seeds) / len(seeds)
-        counted = [m["train_flops"] for m in seeds if m.get("train_flops") is not None]
-        measured = sum(counted) / len(counted) if counted else None
-        ratio = "–" if measured is None else f"{measured / predicted['flops']:.3f}"
-        rows.append([run, str(predicted["steps"]), f"{steps:g}", f"{predicted['flops']:.3g}",
-                     "–" if measured is None else format(measured, ".3g"), ratio])
-    return md_table(["run", "steps estimated", "steps taken", "FLOPs at most", "FLOPs measured",
-                     "measured / estimate"], rows)
-
-
-def dollar_table(results: ExperimentResults, summary: dict, prices: Prices) -> str:
-    """What each run cost where it ran (on all its devices: a torchrun job's world_size of them) and what its FLOPs
-    would cost on each priced GPU (means over seeds)."""
-    rows = []
-    for run in results.runs:
-        seeds = [results.metrics[run][seed] for seed in results.seeds.get(run, [])]
-        if not seeds:
-            continue
-        quantities = summary["runs"][run]["quantities"]
-        device = seeds[0]["device"] if seeds[0]["device"] == "cpu" else seeds[0].get("device_name", "")
-        match = price_for_device(prices, device)
-
-        def dollars(name: str, usd_per_hour: float) -> str:
-            per_seed = quantities[name]["per_seed"]
-            spent = mean_and_stderr([None if per_seed.get(str(seed)) is None else
-                                     usd(per_seed[str(seed)], usd_per_hour, results.metrics[run][seed].get("world_size", 1))
-                                     for seed in results.seeds[run]])["mean"]
-            return "–" if spent is None else f"${spent:.3g}"
-
-        here = ["–", "–"] if match is None else [dollars("wall_time_s", match[1].usd_per_hour),
-                                                 dollars("seconds_to_best", match[1].usd_per_hour)]
-        precision = results.configs[run]["train"].get("precision", "fp32")
-        elsewhere = on_priced_gpus(prices, quantities["train_flops"]["mean"], precision)
-        ranks = sorted({m.get("world_size", 1) for m in seeds})
-        where = seeds[0].get("device_name", seeds[0]["device"]) + ("" if ranks == [1] else f" × {'/'.join(map(str, ranks))}") \
-            + ("" if match is None else f" ({match[0]}, ${match[1].usd_per_hour:g}/h each)")
-        rows.append([run, where, *here, *("–" if priced is None else f"${priced[1]:.3g} ({priced[0]:.3g} s)"
-                                          for priced in elsewhere.values())])
-    return md_table(["run", "ran on", "train stage $", "$ to best val ppl", *(f"on {name}" for name in priced_gpus(prices))],
-                    rows)

@@ -269,7 +269,7 @@ def test_dollars_and_extrapolated_seconds():
 def test_the_dollar_table_pays_for_every_rank_of_a_torchrun_job():
     """Two seeds of one run on the CPU, one as a single process and one as 2 ranks, each an hour of wall time and
     half an hour to its best validation: $1×, $2× the price and their mean; the FLOPs elsewhere are priced alike."""
-    from report.tables import dollar_table
+    from report.cost_tables import dollar_table
 
     prices = cost.load_prices()
     price = prices.devices["cpu-2vcpu"].usd_per_hour

@@ -42,7 +42,7 @@ def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(w
     from config.loading import load_experiment
     from models.runs import run_dir
     from report.reader import load_results
-    from report.tables import estimate_table
+    from report.cost_tables import estimate_table
 
     path = write_config("runs:\n  full: {}\n  lora: {model: {adapter: {type: lora, r: 2}}}\n"
                         "  budgeted: {train: {budget: {flops: 3.0e+8}}}\n")

@@ -130,8 +130,8 @@ def test_the_notebook_shows_the_reports_sections_tables_and_figures(results):
     notebook = execute_notebook(out)
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     shown = shown_in("\n\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})))
-    assert shown["headings"] == report["headings"] and len(report["headings"]) == 7
-    assert shown["tables"] == report["tables"] and len(report["tables"]) == 12
+    assert shown["headings"] == report["headings"] and len(report["headings"]) == 9
+    assert shown["tables"] == report["tables"] and len(report["tables"]) == 11  # no dollars: a CPU run
     assert [o.metadata["figure"] for o in outputs if "image/png" in o.get("data", {})] == report["figures"] == \
         ["learning_curves", "interpolation", "surfaces_2d"]
 
@@ -236,8 +236,10 @@ def test_each_run_shows_its_own_measurement_settings(results):
     assert small.endswith("| l2 ball, 2 steps | 2 | 2 |") and large.endswith("| adaptive ball, 2 steps | 3 | 2 |")
     assert "3 × 4 texts" in small and "lanczos, top 3, ≤ 6 HVPs" in large
     surfaces = report.split("## 2D loss surfaces")[1].split("##")[0]
-    assert "| small | layer-normalised, landscape.seed 0 | 3 × 3 over [−1, 1]² | 1 × 4 texts" in surfaces
-    assert "| large | layer-normalised, landscape.seed 0 | 5 × 5 over [−1, 1]² | 1 × 4 texts" in surfaces
+    assert "| small | full model | random, layer-normalised, landscape.seed 0 | 3 × 3 over [−1, 1]² | 1 × 4 texts" \
+        in surfaces
+    assert "| large | full model | random, layer-normalised, landscape.seed 0 | 5 × 5 over [−1, 1]² | 1 × 4 texts" \
+        in surfaces
 
 
 def test_only_the_manifests_runs_and_seeds_with_their_current_training_are_used(results, tmp_path, capsys):
@@ -297,3 +299,28 @@ def test_the_report_shows_no_interpolation_or_figure_of_other_weights(results, t
     report = (folder / "report.md").read_text()
     assert "figures/surface_2d_small_seed-1.png" not in report and "figures/surface_2d_small_seed-2.png" in report
     assert "- figure surface_2d_small_seed-1 (not drawn from the current landscape_2d.npz" in report
+
+
+def test_the_report_opens_with_its_findings_and_qualifies_its_tables(results):
+    _, out = results
+    report = (out / "small" / "report.md").read_text()
+    summary = json.loads((out / "small" / "summary.json").read_text())["runs"]
+    findings = report.split("## Findings")[1].split("\n## ")[0]
+    assert report.index("## Findings") < report.index("\n|")  # before every table
+    val = {run: summary[run]["quantities"]["val_loss"] for run in ("small", "large")}
+    low, high = sorted(val, key=lambda run: val[run]["mean"])
+    assert (f"- val loss: {low} {val[low]['mean']:.3g} ± {val[low]['stderr']:.2g} vs {high} {val[high]['mean']:.3g} ± "
+            f"{val[high]['stderr']:.2g} (n=2 each): ") in findings
+    sharpness = report.split("## Sharpness (the study's Table I)\n\n")[1].split("\n## ")[0]
+    steps = {run: summary[run]["quantities"]["optimizer_steps"]["mean"] for run in ("small", "large")}
+    assert sharpness.startswith(  # batch 4 and 16 over one epoch: the note above the tables it qualifies
+        f"Confound: the runs differ in optimizer steps from {steps['large']:.4g} (large) to {steps['small']:.4g} (small)")
+    generalization = report.split("## Generalization")[1].split("\n## ")[0]
+    assert "| train loss (final weights) | gap (test − train loss) |" in generalization
+    curvature = sharpness.split("Curvature")[1]
+    header, _, *rows = [line for line in curvature.splitlines() if line.startswith("|")]
+    converged = header.split(" | ").index("λ_max converged")
+    assert all(row.split(" | ")[converged] in ("yes", "no", "1 of 2") for row in rows)
+    assert "trace's s.e. (Hutchinson)" in header
+    cost = report.split("## Cost")[1]
+    assert "No dollars: every run trained on the CPU. Set `report.prices: true`" in cost and "| ran on |" not in cost

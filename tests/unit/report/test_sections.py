@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from optimization.cost import load_prices
 from report.experiment_results import ExperimentResults
-from report.sections import SECTIONS, Figure, Shown, report_blocks
+from report.sections import SECTIONS, Figure, Shown, dollars_asked, report_blocks
 from report.summary import summarize
 
 CONFIG = {"train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 4, "weight_decay": 0.0, "epochs": 1},
@@ -28,9 +29,9 @@ def headings(blocks: list) -> list[str]:
 def test_only_the_sections_that_apply_are_shown_in_the_lists_order(tmp_path):
     results = untrained(tmp_path, ["train", "landscape", "report"])
     blocks = report_blocks(Shown(results, summarize(results)))
-    assert headings(blocks) == ["# Experiment `exp`", "## Learning curves", "## Generalization (the study's Table II)",
-                                "## Loss along the line between runs", "## 2D loss surfaces (one colour scale)",
-                                "## Cost", "## Missing"]
+    assert headings(blocks) == ["# Experiment `exp`", "## Findings", "## Runs", "## Learning curves",
+                                "## Generalization (the study's Table II)", "## Loss along the line between runs",
+                                "## 2D loss surfaces (one colour scale)", "## Cost", "## Missing"]
     assert len({section.title for section in SECTIONS if section.title}) == len([s for s in SECTIONS if s.title])
 
 
@@ -50,3 +51,19 @@ def test_the_missing_section_names_the_command_that_makes_them_where_one_is_know
     assert missing == ["- training of run a (no finished seed; run the train stage)",
                        "To make them: `python run.py --stages train,report`"]
     assert report_blocks(Shown(results, summarize(results)))[-1].startswith("- training of run a")  # the notebook's
+
+
+def test_dollars_only_where_a_gpu_trained_or_the_config_asks():
+    prices = load_prices()
+    results = untrained(Path("."), ["train", "report"])
+    cost = report_blocks(Shown(results, summarize(results), prices))
+    cost = cost[cost.index("## Cost") + 1:]
+    assert any(block.startswith("No dollars: every run trained on the CPU. Set `report.prices: true`") for block in cost)
+    assert not any("| ran on |" in block for block in cost)
+    asked = untrained(Path("."), ["train", "report"])
+    asked.configs["a"] = {**CONFIG, "report": {"prices": True}}
+    cost = report_blocks(Shown(asked, summarize(asked), prices))
+    assert any(block.startswith("| run | ran on |") for block in cost[cost.index("## Cost"):])
+    on_gpu = untrained(Path("."), ["train", "report"])
+    on_gpu.metrics = {"a": {1: {"device": "cuda:0"}}}
+    assert dollars_asked(on_gpu) and not dollars_asked(untrained(Path("."), ["train"]))
