@@ -244,7 +244,7 @@ def _peft(shown: Shown) -> list[str | Figure]:
         "was measured. Under an equal budget, the lower curve at the budget's end is the better method:",
         drawn("perplexity_vs_budget", "perplexity against budget", budget_curves(results),
               lambda data: budget_curves_figure(data, f"{results.name}: validation perplexity against what training "
-                                                      "spent")),
+                                                      "spent", results.configs)),
         quantities_table(summary, budget_columns()),
     ]
     if results.sharpness_merged:

@@ -12,10 +12,11 @@ import math
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import MaxNLocator
 
-from visualization.style import (MANY_RUNS, TRAIN_COLOR, VALIDATION_COLOR, color_map, key_handles, legend_outside,
-                                 mean_band, plain_number, round_colorbar, scale_axis)
+from sharpness.density import SpectralDensity
+from visualization.style import (MANY_RUNS, TRAIN_COLOR, VALIDATION_COLOR, color_map, colors, key_handles, legend_outside,
+                                 mean_band, plain_number, PlainFormatter, round_colorbar, scale_axis)
 
 
 def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
@@ -56,6 +57,7 @@ def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
                                                                  for k, s in kinds.items())]
         labels = [f"each of {len(curves)} runs", "train: mean ± s.e. over runs", "validation: mean ± s.e. over runs"]
     scale_axis(ax, "y", values)
+    ax.set_xlim(right=max(ax.get_xlim()[1], 1))  # runs measured as is (train.epochs: 0) have epoch 0 only
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (per target token)")
@@ -68,12 +70,6 @@ def _same_length(by_seed: list[dict], kind: str, lines) -> list[dict]:
     """The seeds of a run that ran as long as its longest (a pruned or stopped seed would cut the mean short)."""
     longest = max(len(lines(m)[kind][1]) for m in by_seed)
     return [m for m in by_seed if len(lines(m)[kind][1]) == longest]
-
-
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    return [colormaps["tab10"](i % 10) for i in range(n)]
 
 
 ROTATION_STYLES = {"none": "-", "global": "--", "per-layer": ":"}
@@ -142,7 +138,7 @@ def geometry_norms_figure(runs: dict[str, dict[str, dict]], title: str, geometry
         if key == "ratio":
             ax.axhline(1.0, color="0.3", linestyle="--", linewidth=1, label="ratio 1")
         ax.set_ylim(bottom=0)
-        ax.yaxis.set_major_formatter(FuncFormatter(plain_number))
+        ax.yaxis.set_major_formatter(PlainFormatter())
         ax.set_xticks(positions, labels=list(runs), rotation=30, ha="right", fontsize=8)
         ax.set_xlabel("run")
         ax.set_ylabel(label)
@@ -196,37 +192,43 @@ def tracked_sharpness_figure(runs: dict[str, dict], title: str) -> Figure:
                              label=(run.get("line", "2/η") if key == "lambda_max" else "(2+2β₁)/((1−β₁)η)")
                              if seed_index == 0 else None)
             bottom.plot(np.arange(1, len(losses) + 1), losses, color="0.3", alpha=alpha, linewidth=0.8)
-        top.set_yscale("log")
+        scale_axis(top, "y", [y for line in top.get_lines() for y in line.get_ydata()])
+        scale_axis(bottom, "y", [y for line in bottom.get_lines() for y in line.get_ydata()])
         top.set_title(name, fontsize=10)
         top.legend(fontsize=7)
         bottom.set_xlabel("optimizer step")
-        bottom.set_yscale("log")
-        if column == 0:
-            top.set_ylabel("sharpness (measurement set)")
-            bottom.set_ylabel("training loss (batch)")
+        top.set_ylabel("sharpness (measurement set)")
+        bottom.set_ylabel("training loss (batch)")
     fig.suptitle(title, fontsize=10)
     return fig
 
 
 def spectral_density_figure(runs: dict[str, dict], title: str) -> Figure:
-    """One panel per run: the Hessian's spectral density (SLQ, Gaussian-smoothed) on a log scale, one line per
-    seed, with its smoothing width σ and the fraction of its mass below −τ (τ = σ) in the legend, and −τ marked.
-    `runs[name]` = {seed: density.json}."""
-    fig = Figure(figsize=(4.4 * len(runs), 3.8), layout="constrained")
+    """One panel per run: the Hessian's spectral density (SLQ) on a log scale, one line per seed, smoothed with
+    σ = the median gap between its distinct Ritz nodes (a density: with the stored σ, 1/500 of the span, a few
+    dozen nodes draw a comb), the nodes as ticks at the bottom; the legend states σ and the fraction of the
+    mass below −τ (τ the stored σ, what density.json reports), and −τ is marked. `runs[name]` = {seed: density.json}.
+    Values below 10⁻⁶ of the peak are not drawn (the Gaussians' tails, not the spectrum)."""
+    fig = Figure(figsize=(4.6 * len(runs), 4.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(runs), squeeze=False)[0])
     for ax, (name, by_seed) in zip(axes, runs.items()):
-        for seed, data in by_seed.items():
-            density = np.asarray(data["density"], dtype=float)
-            floor = density.max() * 1e-8  # log scale: the smoothed tails fall to exactly 0
-            line, = ax.plot(data["grid"], np.maximum(density, floor),
-                            label=f"seed {seed}: τ = σ = {data['tau']:.2g}, {data['mass_below_minus_tau']:.1%} of the mass < −τ")
-            ax.axvline(-data["tau"], color=line.get_color(), linewidth=0.6, linestyle="--")
+        for color, (seed, data) in zip(colors(len(by_seed)), by_seed.items()):
+            spectrum = SpectralDensity.from_dict(data)
+            nodes = np.unique(np.round(np.concatenate(spectrum.nodes), 12))
+            sigma = float(np.median(np.diff(nodes))) if nodes.size > 1 else spectrum.sigma()
+            grid, _ = spectrum.default_grid(sigma=sigma)
+            density = spectrum.smoothed(grid, sigma)
+            ax.plot(grid, np.where(density >= density.max() * 1e-6, density, np.nan), color=color,
+                    label=f"seed {seed}: σ = {sigma:.2g}; {data['mass_below_minus_tau']:.1%} of the mass < −τ "
+                          f"(τ = {data['tau']:.2g})")
+            ax.plot(nodes, np.zeros_like(nodes), "|", color=color, markersize=8, transform=ax.get_xaxis_transform())
+            ax.axvline(-data["tau"], color=color, linewidth=0.6, linestyle="--")
         ax.axvline(0.0, color="0.6", linewidth=0.8, linestyle=":")
         ax.set_yscale("log")
-        ax.set_xlabel("eigenvalue")
+        ax.set_xlabel("eigenvalue (ticks: Ritz nodes)")
+        ax.set_ylabel("density (SLQ, Gaussian-smoothed)")
         ax.set_title(name, fontsize=10)
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel("density (SLQ, smoothed)")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -234,11 +236,12 @@ def spectral_density_figure(runs: dict[str, dict], title: str) -> Figure:
 def pruning_figure(runs: dict[str, dict[int, dict]], title: str) -> Figure:
     """Per LoRA run (one panel): validation perplexity against the fraction of adapter weights zeroed, by
     magnitude (solid) and at random (dashed: mean ± standard error over the random masks and seeds), the
-    rewound-and-retrained tickets (stars), and λ_max of the magnitude-pruned adapter (right axis, grey)."""
-    fig = Figure(figsize=(6.0 * min(len(runs), 2), 4.4 * math.ceil(len(runs) / 2)), layout="constrained")
+    rewound-and-retrained tickets (stars), and λ_max of the magnitude-pruned adapter (right axis, open triangles)."""
+    fig = Figure(figsize=(6.0 * min(len(runs), 2), 5.2 * math.ceil(len(runs) / 2)), layout="constrained")
     axes = fig.subplots(math.ceil(len(runs) / 2), min(len(runs), 2), squeeze=False).ravel()
     for ax, (run, by_seed) in zip(axes, runs.items()):
-        for color, (seed, data) in zip(_colors(len(by_seed)), sorted(by_seed.items())):
+        right = None
+        for color, (seed, data) in zip(colors(len(by_seed)), sorted(by_seed.items())):
             fractions = [m["pruned_fraction"] for m in data["magnitude"]]
             ax.plot(fractions, [m["val_perplexity"] for m in data["magnitude"]], "o-", color=color,
                     label=f"magnitude, seed {seed}")
@@ -252,37 +255,49 @@ def pruning_figure(runs: dict[str, dict[int, dict]], title: str) -> Figure:
             if data.get("rewind"):
                 ax.plot([r["pruned_fraction"] for r in data["rewind"]], [r["val_perplexity"] for r in data["rewind"]],
                         "*", markersize=12, color=color, label=f"rewound and retrained, seed {seed}")
-            if data.get("lambda_max"):
-                right = ax.twinx()
+            if data.get("lambda_max"):  # on a right axis, drawn over the perplexities: open markers, no line
+                right = right or ax.twinx()
                 right.plot([p["pruned_fraction"] for p in data["lambda_max"]], [p["lambda_max"] for p in data["lambda_max"]],
-                           "^:", color="0.45")
-                right.set_ylabel("λ_max of the pruned adapter (▲)", color="0.45")
-        ax.set_yscale("log")
+                           "^", color="0.2", markerfacecolor="none", markersize=9, markeredgewidth=1.5)
+        handles, labels = ax.get_legend_handles_labels()
+        if right is not None:
+            right.set_ylabel("λ_max of the magnitude-pruned adapter")
+            scale_axis(right, "y", [y for line in right.get_lines() for y in line.get_ydata()])
+            handles.append(Line2D([], [], marker="^", color="0.2", markerfacecolor="none", linestyle="none"))
+            labels.append("λ_max of the magnitude-pruned adapter (right axis)")
+        scale_axis(ax, "y", [y for line in ax.get_lines() for y in line.get_ydata()])
         ax.set_xlabel("fraction of LoRA weights set to zero")
         ax.set_ylabel("validation perplexity")
         ax.set_title(run, fontsize=10)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     for ax in axes[len(runs):]:
         ax.set_visible(False)
     fig.suptitle(title)
     return fig
 
 
-def budget_curves_figure(runs: dict[str, list[dict]], title: str) -> Figure:
+def budget_curves_figure(runs: dict[str, list[dict]], title: str, configs: dict | None = None) -> Figure:
     """Validation perplexity against what training had spent when it was measured: FLOPs (left) and seconds
-    (right); one line per run and seed (the metrics.json of each)."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    (right); one line per run and seed (the metrics.json of each), and the runs' train.budget as a vertical line
+    (`configs[run]` = the run's settings, experiment.json's)."""
+    fig = Figure(figsize=(11.5, 4.2), layout="constrained")
     axes = fig.subplots(1, 2)
-    for color, (run, seeds) in zip(_colors(len(runs)), runs.items()):
+    run_colors = color_map(runs)
+    for run, seeds in runs.items():
         for i, metrics in enumerate(seeds):
             for ax, key in zip(axes, ("at_flops", "at_seconds")):
-                ax.plot(metrics[key], metrics["val_perplexity"], "o-", color=color, markersize=3,
+                ax.plot(metrics[key], metrics["val_perplexity"], "o-", color=run_colors[run], markersize=3,
                         label=run if i == 0 else None)
-    for ax, what in zip(axes, ("training FLOPs (analytic)", "training seconds")):
+    perplexities = [v for seeds in runs.values() for m in seeds for v in m["val_perplexity"]]
+    for ax, key, what in zip(axes, ("flops", "seconds"), ("training FLOPs (analytic)", "training seconds")):
+        limits = sorted({(cfg.get("train", {}).get("budget") or {}).get(key) or 0.0 for cfg in (configs or {}).values()})
+        for limit in [v for v in limits if v > 0]:
+            ax.axvline(limit, color="0.3", linestyle="--", linewidth=1, label=f"budget: {plain_number(limit)}")
         ax.set_xlabel(what)
         ax.set_ylabel("validation perplexity")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        scale_axis(ax, "y", perplexities)
+        ax.xaxis.set_major_formatter(PlainFormatter())
+    legend_outside(axes[1], *axes[0].get_legend_handles_labels())
     fig.suptitle(title)
     return fig
 
@@ -338,26 +353,31 @@ def correlation_figure(correlation: dict, title: str) -> Figure:
 def search_convergence_figure(curves: dict[str, list[list]], seconds: dict[str, list[float]], title: str,
                               objective: str) -> Figure:
     """Left: the best value found so far against the number of trials, per search method (mean ± standard
-    error over its studies, one per search seed). Right: the seconds each method's trials trained, per study."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    error over its studies, one per search seed). Right: the seconds each method's trials trained, per study
+    (dots), their mean (bar) ± standard error."""
+    fig = Figure(figsize=(11.5, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
-    for color, (method, studies) in zip(_colors(len(curves)), curves.items()):
-        length = max(len(c) for c in studies)
-        trials = np.arange(1, length + 1)
-        grid = np.array([[np.nan if v is None else v for v in c] + [np.nan] * (length - len(c)) for c in studies], float)
-        counts = np.sum(np.isfinite(grid), axis=0)
-        mean = np.array([np.nanmean(col) if n else np.nan for col, n in zip(grid.T, counts)])
-        stderr = np.array([np.nanstd(col, ddof=1) / math.sqrt(n) if n > 1 else 0.0 for col, n in zip(grid.T, counts)])
-        left.plot(trials, mean, "o-", color=color, markersize=3, label=f"{method} ({len(studies)} studies)")
-        left.fill_between(trials, mean - stderr, mean + stderr, color=color, alpha=0.2)
+    method_colors = color_map([*curves, *seconds])
+    for method, studies in curves.items():
+        trials = np.arange(1, max(len(c) for c in studies) + 1)
+        mean_band(left, trials, [[np.nan if v is None else v for v in c] for c in studies], method_colors[method],
+                  f"{method} ({len(studies)} studies)")
+    values = [v for studies in curves.values() for c in studies for v in c if v is not None]
+    scale_axis(left, "y", values)
+    left.xaxis.set_major_locator(MaxNLocator(integer=True))
     left.set_xlabel("trials")
-    left.set_ylabel(f"best {objective.replace('_', ' ')} so far")
-    left.legend(fontsize=8)
+    name = objective.removeprefix("best_").replace("_", " ")
+    left.set_ylabel(f"best {name} so far (mean ± s.e.)")
     methods = list(seconds)
-    for i, (color, method) in enumerate(zip(_colors(len(methods)), methods)):
-        right.scatter([i] * len(seconds[method]), seconds[method], color=color)
-        right.bar(i, np.mean(seconds[method]), color=color, alpha=0.3)
+    for i, method in enumerate(methods):
+        spent = np.asarray(seconds[method], dtype=float)
+        error = spent.std(ddof=1) / math.sqrt(spent.size) if spent.size > 1 else 0.0
+        right.bar(i, spent.mean(), yerr=error, capsize=4, color=method_colors[method], alpha=0.35)
+        right.scatter([i] * spent.size, spent, color=method_colors[method], s=14, zorder=3)
     right.set_xticks(range(len(methods)), methods)
+    right.set_xlabel("search method")
     right.set_ylabel("seconds of training per study")
+    right.yaxis.set_major_formatter(PlainFormatter())
+    legend_outside(right, *left.get_legend_handles_labels())
     fig.suptitle(title)
     return fig

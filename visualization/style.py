@@ -9,7 +9,7 @@ import math
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+from matplotlib.ticker import FixedLocator, Formatter, FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 MANY_RUNS = 10  # beyond this many lines, each run's own legend entry and colour cannot be told apart
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -66,21 +66,40 @@ def mean_band(ax, x, series: list, color, label: str | None, linestyle: str = "-
     ax.fill_between(x, mean - stderr, mean + stderr, color=color, alpha=0.25, linewidth=0)
 
 
-def plain_number(value: float, _position=None) -> str:
-    """A tick label as a reader writes it: 3 significant digits, no offset, no 10^k for ordinary numbers."""
+def plain_number(value: float, step: float | None = None) -> str:
+    """A tick label as a reader writes it: no offset, 10^k only below 0.001 or from 100000 on, and as many digits
+    as tell ticks `step` apart (3 significant digits without a step)."""
     if value == 0:
         return "0"
-    if 1e-3 <= abs(value) < 1e5:
-        return f"{value:.3g}".replace("-", "−")
     exponent = math.floor(math.log10(abs(value)))
-    return f"{value / 10 ** exponent:.2g}e{exponent}".replace("-", "−")
+    place = None if not step else math.floor(math.log10(step) + 1e-9)  # the decimal place the ticks differ in
+    if -3 <= exponent <= 4:
+        text = (f"{value:.{max(0, -place)}f}" if place is not None
+                else np.format_float_positional(value, precision=3, fractional=False, trim="-"))
+    else:
+        digits = 1 if place is None else max(0, exponent - place)
+        text = f"{value / 10 ** exponent:.{digits}f}".rstrip("0").rstrip(".") + f"e{exponent}"
+    return text.replace("-", "−")
+
+
+class PlainFormatter(Formatter):
+    """plain_number for every tick, with the digits the axis's tick spacing needs."""
+
+    def __call__(self, value, pos=None) -> str:
+        gaps = np.diff(np.sort(np.asarray(self.locs, dtype=float)))
+        gaps = gaps[gaps > 0]
+        return plain_number(value, float(gaps.min()) if gaps.size and self.axis.get_scale() == "linear" else None)
 
 
 def scale_axis(ax, axis: str, values, ticks: int = 6) -> None:
     """Log only where the positive values span more than a decade; plain tick labels either way, at most about
-    `ticks` of them (fewer for a narrow panel)."""
+    `ticks` of them (fewer for a narrow panel); values equal up to rounding get one tick, "all ≈ v"."""
     values = np.asarray([v for v in np.ravel(np.asarray(values, dtype=float)) if np.isfinite(v)])
     target = ax.xaxis if axis == "x" else ax.yaxis
+    if values.size and np.ptp(values) <= 1e-6 * np.abs(values).max():  # one value up to rounding: one tick
+        target.set_major_locator(FixedLocator([float(values.mean())]))
+        target.set_major_formatter(FuncFormatter(lambda value, _: "all ≈ " + plain_number(value)))
+        return
     if values.size and values.min() > 0 and values.max() > 10 * values.min():
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
         decades = math.log10(values.max() / values.min())
@@ -88,12 +107,12 @@ def scale_axis(ax, axis: str, values, ticks: int = 6) -> None:
         target.set_minor_formatter(NullFormatter())
     else:
         target.set_major_locator(MaxNLocator(nbins=ticks))
-    target.set_major_formatter(FuncFormatter(plain_number))
+    target.set_major_formatter(PlainFormatter())
 
 
 def round_colorbar(colorbar, label: str) -> None:
     """A colour bar with a label and round tick values."""
     colorbar.set_label(label)
     colorbar.locator = MaxNLocator(nbins=6)
-    colorbar.formatter = FuncFormatter(plain_number)
+    colorbar.formatter = PlainFormatter()
     colorbar.update_ticks()

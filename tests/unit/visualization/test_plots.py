@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from visualization.figure_check import figure_problems
-from visualization.plots import correlation_figure, geometry_norms_figure, learning_curves_figure, step_losses_figure
+from visualization.plots import (budget_curves_figure, correlation_figure, geometry_norms_figure, learning_curves_figure,
+                                 search_convergence_figure, step_losses_figure)
 
 
 def metrics(rng, epochs: int = 4) -> dict:
@@ -72,3 +73,20 @@ def test_correlation_marks_a_measure_with_few_runs_and_prints_plain_ticks():
     assert figure_problems(fig) == []
     titles = [ax.get_title() for ax in fig.axes]
     assert titles[2].endswith("n = 3 of 16: too few to compare") and "of 16" not in titles[0]
+
+
+def test_search_convergence_names_the_objective_once_and_passes_the_check():
+    curves = {"tpe": [[3.0, 2.5, None, 2.0], [3.2, 2.4, 2.4, 2.1]], "random": [[3.1, 3.0, 2.8, 2.8], [3.3, 2.9]]}
+    fig = search_convergence_figure(curves, {"tpe": [10.0, 12.0], "random": [9.0, 11.0]}, "exp7", "best_val_loss")
+    assert figure_problems(fig) == []
+    assert fig.axes[0].get_ylabel() == "best val loss so far (mean ± s.e.)"
+
+
+def test_budget_curves_draw_the_budget():
+    runs = {name: [{"at_flops": [1e8, 5e8, 1e9], "at_seconds": [1.0, 2.0, 3.0], "val_perplexity": [90.0, 60.0, p]}]
+            for name, p in (("full", 40.0), ("lora-r8", 55.0))}
+    configs = {name: {"train": {"budget": {"flops": 1e9, "seconds": 0.0}}} for name in runs}
+    fig = budget_curves_figure(runs, "exp6", configs)
+    assert figure_problems(fig) == []
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == ["full", "lora-r8", "budget: 1e9"]
+    assert len(fig.axes[0].get_yticks()) >= 4
