@@ -12,7 +12,8 @@ format after every point, so visualization.plots.tracked_sharpness_figure draws 
 also logged through the Trainer (TrainerControl.should_log, then on_log), so its reporters (TensorBoard, wandb, …)
 and state.log_history get them as "sharpness/lambda_max", "sharpness/threshold", … at that step; the point before
 the first step is in track.json only (the Trainer logs nothing at step 0). For the reporters to see the values the
-callback's on_log must run before theirs: track_sharpness puts it first. Training does not see the measurement
+callback's on_log must run before theirs: track_sharpness puts it first. A run resumed from a checkpoint
+continues the points of track.json up to its step. Training does not see the measurement
 (model in eval mode while measured, random vectors from generators of its own): the weights and data order are
 those of a run without it. One process: under torchrun every rank would measure the whole set.
 """
@@ -28,7 +29,7 @@ from config.schema import TrackConfig, TrainConfig
 from optimization.optimizers import diagonal_preconditioner
 from optimization.tracking import SharpnessTracker
 from sharpness.hessian import Hessian
-from utils.io import write_json
+from utils.io import read_json, write_json
 
 TRACK = TrackConfig()
 NAMES = ((torch.optim.AdamW, "adamw"), (torch.optim.Adam, "adam"), (torch.optim.SGD, "sgd"))  # AdamW before Adam: a subclass
@@ -63,8 +64,13 @@ class SharpnessCallback(TrainerCallback):
         self.pending: dict[str, float] = {}  # measured after a step, logged by the on_log that follows
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.tracker = SharpnessTracker(self.cfg, train_settings(optimizer))
-        self.measure(args, state.global_step, model, optimizer)
+        path = self.path(args)
+        resumed = state.global_step > 0 and path.is_file()  # a checkpoint's run: its track so far, up to its step
+        points = [p for p in read_json(path)["points"] if p["step"] <= state.global_step] if resumed else []
+        self.tracker = SharpnessTracker(self.cfg, train_settings(optimizer), {
+            "points": points, "hvps": sum(p["hvps"] for p in points), "seconds": sum(p["seconds"] for p in points)})
+        if not points or points[-1]["step"] != state.global_step:
+            self.measure(args, state.global_step, model, optimizer)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.tracker.due(state.global_step):
@@ -86,9 +92,11 @@ class SharpnessCallback(TrainerCallback):
         preconditioner = diagonal_preconditioner(inner, list(hessian.objective.params))
         point = self.tracker.measure(step, inner.param_groups[0]["lr"], hessian.objective, preconditioner)
         model.train(was_training)
-        write_json(Path(self.folder or args.output_dir) / "track.json",
-                   {"run": args.run_name, "seed": args.seed, **self.tracker.record()})
+        write_json(self.path(args), {"run": args.run_name, "seed": args.seed, **self.tracker.record()})
         return point
+
+    def path(self, args) -> Path:
+        return Path(self.folder or args.output_dir) / "track.json"
 
 
 def track_sharpness(trainer, batches, every: int, folder: str | Path | None = None, **options) -> SharpnessCallback:

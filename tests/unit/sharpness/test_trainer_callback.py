@@ -22,10 +22,11 @@ def texts() -> list[dict]:
     return [{"input_ids": ids, "labels": ids} for ids in torch.randint(0, VOCAB, (8, 10), generator=generator)]
 
 
-def trainer(folder, report_to: str) -> Trainer:
-    args = TrainingArguments(output_dir=str(folder), max_steps=4, per_device_train_batch_size=2, learning_rate=LR,
-                             adam_beta1=BETA1, lr_scheduler_type="constant", report_to=report_to, logging_steps=100,
-                             save_strategy="no", use_cpu=True, seed=0,
+def trainer(folder, report_to: str, max_steps: int = 4, save_steps: int = 0) -> Trainer:
+    saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}
+    args = TrainingArguments(output_dir=str(folder), max_steps=max_steps, per_device_train_batch_size=2,
+                             learning_rate=LR, adam_beta1=BETA1, lr_scheduler_type="constant", report_to=report_to,
+                             logging_steps=100, **saving, use_cpu=True, seed=0,
                              disable_tqdm=True, dataloader_num_workers=0)
     return Trainer(model=tiny_llama(), args=args, train_dataset=texts())
 
@@ -82,6 +83,22 @@ def test_training_is_the_same_with_and_without_the_callback(tracked, tmp_path):
     for (name, a), b in zip(plain.model.named_parameters(), tracked_run.model.parameters()):
         assert torch.equal(a, b), name
     assert plain.state.log_history[-1]["train_loss"] == tracked_run.state.log_history[-1]["train_loss"]
+
+
+def test_a_resumed_run_continues_the_track_from_its_checkpoints_step(tracked, tmp_path):
+    """Trained to step 2 with a checkpoint, then (as if stopped at step 3) resumed to step 4: the track holds
+    steps 0, 2, 4 as the uninterrupted run's, its point past the checkpoint dropped."""
+    track = read_json(tracked[3] / "track.json")["points"]
+    batches = tracked[1]
+    first = trainer(tmp_path, "none", max_steps=3, save_steps=2)
+    track_sharpness(first, batches, every=2, iters=200, tol=1e-9)
+    first.train()
+    resumed = trainer(tmp_path, "none", save_steps=2)
+    track_sharpness(resumed, batches, every=2, iters=200, tol=1e-9)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    points = read_json(tmp_path / "track.json")["points"]
+    assert [p["step"] for p in points] == [0, 2, 4]
+    assert [p["lambda_max"] for p in points] == pytest.approx([p["lambda_max"] for p in track], rel=1e-6)
 
 
 def test_every_must_be_a_positive_number_of_steps():
