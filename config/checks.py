@@ -14,6 +14,7 @@ from typing import Literal
 
 from config.schema import ModelConfig, RunConfig, all_keys
 from config.space import grid_size, parse_space
+from config.optimizers import check_name, check_optimizer
 from utils.errors import ConfigError
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # run and experiment names
@@ -102,6 +103,11 @@ def typed_value(dotted: str, value, origin: str):
         cls = typing.get_type_hints(cls)[parent]
     value = _coerce(value, typing.get_type_hints(cls)[name], origin)
     _check_bounds(value, {f.name: f for f in dataclasses.fields(cls)}[name], origin)
+    if dotted == "train.optimizer":  # a name, or torch.<Class>: more than a Literal can say
+        try:
+            check_name(value)
+        except ValueError as err:
+            raise ConfigError(f"{origin}: {err}") from None
     return value
 
 
@@ -191,6 +197,7 @@ def check_run(run: RunConfig, flat: dict) -> None:
     def where(key: str) -> str:
         return flat[key][1] if key in flat else f"(default) {key}"
 
+    check_optimizer(run.train, where)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", run.device):
         raise ConfigError(f"{where('device')}: must be auto, cpu, cuda or cuda:N, got {run.device!r}")
     if run.data.source == "local":

@@ -95,10 +95,14 @@ class BudgetConfig:
 
 @dataclass
 class TrainConfig:
-    optimizer: Literal["sgd", "adam", "adamw", "signsgd", "adasgd", "blockadam"] = option(
-        "sgd", "sgd | adam | adamw | signsgd (signum) | adasgd (one second moment per group) | blockadam (one per tensor)")
+    optimizer: str = option(
+        "sgd", "sgd | adam | adamw | signsgd (signum) | adasgd (one second moment per group) | blockadam (one per "
+               "tensor) | nadam | radam | adafactor | lion | adahessian | soap | shampoo | muon | torch.<Class> "
+               "(any torch.optim optimizer; docs/experiments/exp4-geometry.md)")
+    optimizer_args: dict = option({}, "further arguments of the optimizer's class by name, e.g. {nesterov: true} "
+                                      "(train.lr, momentum, betas, eps, weight_decay set their own)", added=True)
     lr: float = option(1e-3, "learning rate", gt=0)
-    momentum: float = option(0.0, "momentum of sgd and signsgd", ge=0, lt=1)
+    momentum: float = option(0.0, "momentum of sgd, signsgd, muon and shampoo", ge=0, lt=1)
     betas: list[float] = option([0.9, 0.999], "first- and second-moment decay of the Adam family", ge=0, lt=1,
                                 added=True)
     eps: float = option(1e-8, "added to the Adam family's root second moment", gt=0, added=True)

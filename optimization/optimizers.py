@@ -1,4 +1,5 @@
-"""The optimizers of `train.optimizer`: torch.optim where it has them, three small ones where it does not.
+"""The optimizers of `train.optimizer`: a library class by name (config.optimizers: torch.optim, pytorch-optimizer),
+or one of three small ones of the project's own.
 
 sgd        torch SGD: momentum, weight decay as L2 in the gradient.
 adam       torch Adam: weight decay as L2 in the gradient.
@@ -7,32 +8,71 @@ signsgd    signum (Bernstein et al. 2018): m ← β·m + (1−β)·g, θ ← θ 
 adasgd     Adam whose second moment is ONE scalar per parameter group: v ← β₂·v + (1−β₂)·mean(g²) over all the
            group's coordinates. Its update m̂/(√v̂ + ε) turns with any rotation of the parameters, like SGD's.
 blockadam  Adam with one second moment per tensor, the mean of g² over it (as Adam-mini, Adalayer).
+muon       pytorch-optimizer's Muon: Newton–Schulz-orthogonalized momentum for every tensor of 2 or more dimensions,
+           AdamW (its adamw_lr, adamw_betas, … from train.optimizer_args) for the rest (biases, norm gains).
+adahessian pytorch-optimizer's AdaHessian, given the Hessian's diagonal by the training step (hessian_diagonal).
 
-The last three decay weights decoupled, θ ← θ·(1 − lr·wd), and bias-correct their moments like Adam.
+The project's three decay weights decoupled, θ ← θ·(1 − lr·wd), and bias-correct their moments like Adam.
 """
 
 from __future__ import annotations
 
 import torch
 
+from config.optimizers import library_class, train_settings
+from optimization.curvature import rademacher
+from optimization.objective import Objective, flatten, views
+from utils.errors import ConfigError
+
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
     """The optimizer `cfg.optimizer` (a TrainConfig) over `params`."""
     params = list(params)
     beta1, beta2 = cfg.betas
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "signsgd":
         return SignSGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer in ("adasgd", "blockadam"):
         block = "group" if cfg.optimizer == "adasgd" else "tensor"
         return BlockAdam(params, lr=cfg.lr, betas=(beta1, beta2), eps=cfg.eps, weight_decay=cfg.weight_decay,
                          block=block)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    cls = library_class(cfg.optimizer)
+    arguments = {key: tuple(value) if isinstance(value, list) else value for key, value in cfg.optimizer_args.items()}
+    groups = params
+    if cfg.optimizer == "muon":  # Newton–Schulz needs a matrix: the other tensors get Muon's AdamW
+        groups = [{"params": [p for p in params if p.ndim >= 2], "use_muon": True},
+                  {"params": [p for p in params if p.ndim < 2], "use_muon": False}]
+        groups = [g for g in groups if g["params"]]
+    try:
+        return cls(groups, **train_settings(cls, cfg), **arguments)
+    except (TypeError, ValueError, NotImplementedError) as err:  # a value the class refuses
+        raise ConfigError(f"train.optimizer {cfg.optimizer}: {err} (train.optimizer_args: {cfg.optimizer_args})") from None
+
+
+def needs_hessian_diagonal(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's step wants the Hessian's diagonal (AdaHessian) at this step (every update_period)."""
+    if type(optimizer).__name__ != "AdaHessian":
+        return False
+    return optimizer.param_groups[0].get("step", 0) % optimizer.update_period == 0
+
+
+def hessian_diagonal(optimizer: torch.optim.Optimizer, model, batch, trainable: list[torch.Tensor], rotation,
+                     generator: torch.Generator) -> list[torch.Tensor]:
+    """Hutchinson's estimate of diag(H) of the batch's loss, z ⊙ Hz averaged over the optimizer's num_samples vectors
+    z (its hessian_distribution: Rademacher or Gaussian), shaped like `trainable` (what the optimizer moves). Hz is the
+    project's exact HVP (optimization.objective, in eval mode like every Hessian here); under train.rotation the
+    optimizer moves θ̃ with θ = Rθ̃, whose Hessian is RᵀHR. The model is left in train mode."""
+    objective = Objective(model, [batch])
+    base = flatten([t.detach() for t in trainable])
+    total = torch.zeros_like(base)
+    for _ in range(optimizer.num_samples):
+        if optimizer.distribution == "rademacher":
+            z = rademacher(base.numel(), generator, base)
+        else:
+            z = torch.randn(base.numel(), generator=generator, dtype=torch.float64).to(base)
+        hz = objective.hvp(z) if rotation is None else rotation.transpose(objective.hvp(rotation.apply(z)))
+        total += z * hz
+    model.train()
+    return views(total / optimizer.num_samples, trainable)
 
 
 class SignSGD(torch.optim.Optimizer):

@@ -4,7 +4,9 @@ sharpness stage uses), every N optimizer steps and before the first, written to 
 lambda_max                 λ_max(H) by Lanczos. Gradient descent with step η is stable on a quadratic while it is
                            below 2/η ((2 + 2β)/η with heavy-ball momentum β): Cohen et al. (ICLR 2021) find that
                            full-batch GD sharpens until λ_max reaches it and then hovers there, the "edge of
-                           stability". This is the threshold drawn for sgd; other optimizers have none for λ_max.
+                           stability". This is the threshold drawn for sgd; other optimizers have none for λ_max
+                           (none is defined for sign methods, Muon, Shampoo/SOAP: track.json's threshold_basis
+                           says which limit is drawn or why none is).
 preconditioned_lambda_max  λ_max(P^-1/2 H P^-1/2) with P = (1 − β₁^(t+1))·(√v̂ + ε), the matrix by which the Adam
                            family divides its momentum in its next step (t steps taken; see
                            optimization.optimizers.diagonal_preconditioner; for a rotated run, in the optimizer's
@@ -50,16 +52,40 @@ WARM_NOISE = 1.0  # the warm start's share of a random unit vector: room for a d
 COLD_EVERY = 4  # every this many points (the first too), Lanczos starts from the random vector alone
 
 
+NO_THRESHOLD = {  # why a tracked λ has no drawn limit for these optimizers (the literature defines none)
+    "signsgd": "a sign update's step does not shrink with the gradient, so no λ bounds its stability on a quadratic",
+    "lion": "a sign update's step does not shrink with the gradient, so no λ bounds its stability on a quadratic",
+    "muon": "its orthogonalized update has a fixed spectral norm; no stability limit on λ_max is established",
+    "shampoo": "no stability limit on λ_max of its Kronecker-factored preconditioned Hessian is established",
+    "soap": "no stability limit on λ_max of its Kronecker-factored preconditioned Hessian is established",
+}
+
+
 def gd_threshold(train: TrainConfig, lr: float) -> float | None:
     """The step-size stability limit on λ_max(H): (2 + 2β)/η for sgd with momentum β (β = 0: 2/η); None otherwise
-    (and at η = 0, the end of a cosine schedule, where every λ is stable)."""
-    return (2 + 2 * train.momentum) / lr if train.optimizer == "sgd" and lr > 0 else None
+    (and at η = 0, the end of a cosine schedule, where every λ is stable). With train.optimizer_args (nesterov,
+    dampening, …) the update is not the one the limit was derived for: None."""
+    plain_sgd = train.optimizer == "sgd" and not train.optimizer_args
+    return (2 + 2 * train.momentum) / lr if plain_sgd and lr > 0 else None
 
 
 def adam_threshold(train: TrainConfig, lr: float) -> float | None:
-    """The limit on λ_max(P^-1/2 H P^-1/2) for the Adam family: (2 + 2β₁)/((1 − β₁)η); None otherwise."""
+    """The limit on λ_max(P^-1/2 H P^-1/2) for the Adam family: (2 + 2β₁)/((1 − β₁)η); None otherwise (and with
+    train.optimizer_args: amsgrad's preconditioner is another)."""
     beta1 = train.betas[0]
-    return (2 + 2 * beta1) / ((1 - beta1) * lr) if train.optimizer in ADAM_FAMILY and lr > 0 else None
+    plain_adam = train.optimizer in ADAM_FAMILY and not train.optimizer_args
+    return (2 + 2 * beta1) / ((1 - beta1) * lr) if plain_adam and lr > 0 else None
+
+
+def threshold_basis(train: TrainConfig) -> str:
+    """Where the drawn limit comes from, or why there is none: what track.json says beside the points."""
+    if train.optimizer_args and train.optimizer in ("sgd", *ADAM_FAMILY):
+        return "none: train.optimizer_args change the update the limit was derived for"
+    if train.optimizer == "sgd":
+        return "(2 + 2β)/η on λ_max: gradient descent with heavy-ball momentum β on a quadratic (Cohen et al. 2021)"
+    if train.optimizer in ADAM_FAMILY:
+        return ("(2 + 2β₁)/((1 − β₁)η) on the preconditioned λ_max, P frozen (Cohen et al. 2022); none on λ_max")
+    return "none: " + NO_THRESHOLD.get(train.optimizer, "the literature defines no stability limit for this optimizer")
 
 
 def tracked_metrics(cfg: TrackConfig, train: TrainConfig) -> list[str]:
@@ -137,4 +163,5 @@ class SharpnessTracker:
     def record(self) -> dict:
         """What track.json holds."""
         return {"metrics": self.metrics, "every": self.cfg.every, "optimizer": self.train.optimizer,
+                "threshold_basis": threshold_basis(self.train),
                 "points": self.points, "hvps": self.hvps, "seconds": self.seconds}

@@ -34,6 +34,7 @@ from models.checkpoint import TOKENIZER_DIR, read_checkpoint, save_checkpoint
 from models.runs import TRAJECTORY, TRAJECTORY_INDEX, base_weights, started_from, training_fingerprint
 from optimization.cost import device_peak_flops, mfu
 from optimization.evaluation import evaluate, perplexity, summed_token_loss
+from optimization.optimizers import hessian_diagonal, needs_hessian_diagonal
 from optimization.train_setup import Training, base_run_weights, set_up
 from utils import distributed
 from utils.device import device_name, resolve_device
@@ -128,7 +129,12 @@ def _step(t: Training, batch: Batch, epoch: int, step: int) -> tuple[float, int]
         raise DivergedError(f"{t.label}: the training loss became {value} at epoch {epoch + 1}, step {step + 1}; "
                             f"stopped, {t.run_dir / kept} keeps the last good weights "
                             "(lower train.lr or set train.grad_clip)")
-    state.scaler.step(state.optimizer)  # fp16: skipped (and the scale lowered) where a gradient overflowed
+    step_inputs = {}
+    if needs_hessian_diagonal(state.optimizer):  # AdaHessian: diag(H) of this batch by Hutchinson, own random stream
+        generator = torch.Generator().manual_seed(run.seed * 1_000_003 + state.scheduler.last_epoch)
+        step_inputs["hessian"] = hessian_diagonal(state.optimizer, state.model, batch, state.trainable,
+                                                  None if state.rotated is None else state.rotated.rotation, generator)
+    state.scaler.step(state.optimizer, **step_inputs)  # fp16: skipped (and the scale lowered) where a gradient overflowed
     state.scaler.update()
     if state.rotated is not None:
         state.rotated.push()

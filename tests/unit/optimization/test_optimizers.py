@@ -152,3 +152,142 @@ def test_the_preconditioner_divides_the_next_steps_momentum_bias_correction_incl
     assert torch.allclose(moved, lr * torch.cat([m.reshape(-1) for m in momentum]) / preconditioner, rtol=1e-9)
     assert torch.allclose(diagonal_preconditioner(optimizer, weights) / (1 - beta1 ** (taken + 2)),
                           preconditioner / (1 - beta1 ** (taken + 1)), rtol=1e-9)  # √v̂ + ε itself unchanged
+
+
+# ---- optimizers by name: torch.optim and pytorch-optimizer ---------------------------------------
+
+
+def test_library_names_build_their_class_with_train_settings_and_optimizer_args():
+    import pytorch_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
+    kinds = {"nadam": torch.optim.NAdam, "radam": torch.optim.RAdam, "adafactor": torch.optim.Adafactor,
+             "torch.Adamax": torch.optim.Adamax, "torch.Muon": torch.optim.Muon, "lion": pytorch_optimizer.Lion,
+             "adahessian": pytorch_optimizer.AdaHessian, "soap": pytorch_optimizer.SOAP,
+             "shampoo": pytorch_optimizer.Shampoo, "muon": pytorch_optimizer.Muon}
+    for name, kind in kinds.items():
+        own = params[:1] if name == "torch.Muon" else params  # torch's Muon takes matrices only
+        assert type(make_optimizer(own, TrainConfig(optimizer=name))) is kind
+    nadam = make_optimizer(params, TrainConfig(optimizer="nadam", lr=0.01, betas=[0.8, 0.9], eps=1e-6,
+                                               optimizer_args={"momentum_decay": 0.01}))
+    group = nadam.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"], group["momentum_decay"]) == (0.01, (0.8, 0.9), 1e-6, 0.01)
+    adafactor = make_optimizer(params, TrainConfig(optimizer="adafactor", eps=1e-6))
+    assert adafactor.param_groups[0]["eps"] == (None, 1e-3)  # a pair: train.eps (one number) is not its eps
+
+
+def test_a_value_the_class_refuses_is_a_config_error():
+    from utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.optimizer muon"):
+        make_optimizer([torch.nn.Parameter(torch.zeros(2, 2))], TrainConfig(optimizer="muon",
+                                                                            optimizer_args={"ns_steps": 0}))
+
+
+def test_lion_steps_by_the_sign_of_an_interpolated_momentum():
+    """Chen et al. 2023: u = sign(β₁m + (1−β₁)g), m ← β₂m + (1−β₂)g, θ ← θ(1 − η·wd) − η·u."""
+    lr, (beta1, beta2), wd = 0.1, (0.5, 0.8), 0.01
+    history, _ = steps(lambda p: make_optimizer(p, TrainConfig(optimizer="lion", lr=lr, betas=[beta1, beta2],
+                                                                weight_decay=wd)))
+    w, m = torch.tensor([[1.0, 2.0], [-1.0, 0.5]]), torch.zeros(2, 2)
+    for g, (after, _) in zip(GRADIENTS, history):
+        u = torch.sign(beta1 * m + (1 - beta1) * g)
+        m = beta2 * m + (1 - beta2) * g
+        w = w * (1 - lr * wd) - lr * u
+        assert torch.allclose(after, w, atol=1e-7)
+
+
+def _inverse_root(matrix: torch.Tensor, power: float) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(matrix.double())
+    return (vectors * values ** (-1 / power)) @ vectors.T
+
+
+def test_shampoo_preconditions_by_the_inverse_fourth_roots_of_its_kronecker_factors():
+    """Gupta et al. 2018, momentum 0: L ← L + GGᵀ, R ← R + GᵀG (both from εI), W ← W − η·L^(-1/4) G R^(-1/4); a
+    vector's one factor takes the inverse square root: b ← b − η·(εI + Σggᵀ)^(-1/2) g."""
+    lr = 0.1
+    history, optimizer = steps(lambda p: make_optimizer(p, TrainConfig(optimizer="shampoo", lr=lr)))
+    eps = optimizer.param_groups[0]["matrix_eps"]
+    w, b = torch.tensor([[1.0, 2.0], [-1.0, 0.5]]).double(), torch.tensor([0.1, -0.3]).double()
+    left, right, bias = (eps * torch.eye(2, dtype=torch.float64) for _ in range(3))
+    for g, g_b, (after_w, after_b) in zip(GRADIENTS, BIAS, history):
+        g, g_b = g.double(), g_b.double()
+        left, right, bias = left + g @ g.T, right + g.T @ g, bias + torch.outer(g_b, g_b)
+        w = w - lr * _inverse_root(left, 4) @ g @ _inverse_root(right, 4)
+        b = b - lr * _inverse_root(bias, 2) @ g_b
+        assert torch.allclose(after_w.double(), w, atol=1e-4) and torch.allclose(after_b.double(), b, atol=1e-4)
+
+
+def test_soap_runs_adam_in_the_eigenbasis_of_the_first_gradients_factors():
+    """Vyas et al. 2024: step 1 only sets the bases Q_L, Q_R (eigenvectors of G₁G₁ᵀ, G₁ᵀG₁); step 2 is Adam's first
+    step in that basis, W ← W − η·Q_L sign(Q_Lᵀ G₂ Q_R) Q_Rᵀ (ε aside), and plain Adam's on a vector."""
+    lr = 0.01
+    history, _ = steps(lambda p: make_optimizer(p, TrainConfig(optimizer="soap", lr=lr, betas=[0.9, 0.95])))
+    w0, b0 = torch.tensor([[1.0, 2.0], [-1.0, 0.5]]), torch.tensor([0.1, -0.3])
+    assert torch.equal(history[0][0], w0) and torch.equal(history[0][1], b0)
+    q_left = torch.linalg.eigh(GRADIENTS[0] @ GRADIENTS[0].T).eigenvectors
+    q_right = torch.linalg.eigh(GRADIENTS[0].T @ GRADIENTS[0]).eigenvectors
+    expected = w0 - lr * q_left @ torch.sign(q_left.T @ GRADIENTS[1] @ q_right) @ q_right.T
+    assert torch.allclose(history[1][0], expected, atol=1e-5)
+    assert torch.allclose(history[1][1], b0 - lr * torch.sign(BIAS[1]), atol=1e-5)
+
+
+def test_muon_orthogonalizes_a_matrix_update_and_moves_a_vector_by_adamw():
+    """Jordan et al. 2024, momentum 0: W ← W − η·O with O ≈ UVᵀ for G = USVᵀ (5 Newton–Schulz steps put O's singular
+    values near 1, not at 1); a vector is AdamW's: the first step moves it by adamw_lr·sign(g)."""
+    lr, adamw_lr = 0.1, 0.01
+    history, _ = steps(lambda p: make_optimizer(p, TrainConfig(optimizer="muon", lr=lr,
+                                                                optimizer_args={"adamw_lr": adamw_lr})), n_steps=1)
+    w0, b0 = torch.tensor([[1.0, 2.0], [-1.0, 0.5]]), torch.tensor([0.1, -0.3])
+    u, _, vh = torch.linalg.svd(GRADIENTS[0])
+    in_g_basis = u.T @ ((w0 - history[0][0]) / lr) @ vh.T
+    # the singular vectors of G, to bfloat16 precision (Newton–Schulz runs in bfloat16)
+    assert torch.allclose(in_g_basis, torch.diag(torch.diagonal(in_g_basis)), atol=2e-2)
+    assert ((torch.diagonal(in_g_basis) > 0.6) & (torch.diagonal(in_g_basis) < 1.3)).all()
+    assert torch.allclose(history[0][1], b0 - adamw_lr * torch.sign(BIAS[0]), atol=1e-6)
+
+
+def test_adahessian_divides_the_momentum_by_the_root_mean_square_hessian_diagonal():
+    """Yao et al. 2021 (hessian_power 1): m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)D², θ ← θ − η·m̂/(√v̂ + ε), D the
+    Hessian diagonal the step is given."""
+    lr, (beta1, beta2) = 0.1, (0.9, 0.99)
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    optimizer = make_optimizer([w], TrainConfig(optimizer="adahessian", lr=lr, betas=[beta1, beta2], eps=1e-12))
+    expected, m, v = w.detach().clone(), torch.zeros(3), torch.zeros(3)
+    gradients = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 0.0, -3.0])]
+    diagonals = [torch.tensor([2.0, -1.0, 4.0]), torch.tensor([1.0, 3.0, -2.0])]
+    for t, (g, d) in enumerate(zip(gradients, diagonals), start=1):
+        w.grad = g.clone()
+        optimizer.step(hessian=[d])
+        m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * d**2
+        expected = expected - lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + 1e-12)
+        assert torch.allclose(w.detach(), expected, atol=1e-6)
+
+
+def test_the_hessian_diagonal_is_hutchinsons_z_times_hz_in_the_optimizers_coordinates(tiny_model_and_tokenizer):
+    """z ⊙ Hz with the optimizer's own vectors; under a rotation θ = Rθ̃ the Hessian of θ̃, z ⊙ RᵀHRz."""
+    from data.batches import fixed_batches
+    from optimization.curvature import rademacher
+    from optimization.objective import Objective, flatten
+    from optimization.optimizers import hessian_diagonal, needs_hessian_diagonal
+    from optimization.rotation import build_rotation
+
+    model, tokenizer = tiny_model_and_tokenizer
+    texts = ["a small text to measure", "and another one"]
+    batch = fixed_batches([torch.tensor(tokenizer(t)["input_ids"]) for t in texts], 2, tokenizer.pad_token_id)[0]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, TrainConfig(optimizer="adahessian", optimizer_args={"num_samples": 2}))
+    assert needs_hessian_diagonal(optimizer) and not needs_hessian_diagonal(make_optimizer(params, TrainConfig()))
+    rotation = build_rotation("global", [n for n, _ in model.named_parameters()], [p.numel() for p in params], 3)
+    objective = Objective(model, [batch], hvp_mode="forward")  # the other HVP: an independent check
+    for turned in (None, rotation):
+        generator = torch.Generator().manual_seed(5)
+        found = flatten(hessian_diagonal(optimizer, model, batch, params, turned, generator))
+        assert model.training  # left as training needs it
+        model.eval()  # the Hessian without dropout, as hessian_diagonal measures it
+        generator = torch.Generator().manual_seed(5)
+        expected = torch.zeros_like(found)
+        for _ in range(2):
+            z = rademacher(found.numel(), generator, found)
+            expected += z * (objective.hvp(z) if turned is None else turned.transpose(objective.hvp(turned.apply(z))))
+        assert torch.allclose(found, expected / 2, rtol=1e-4, atol=1e-6)

@@ -170,6 +170,22 @@ def test_thresholds():
     assert adam_threshold(TrainConfig(optimizer="signsgd"), 0.1) is None
 
 
+def test_no_threshold_where_the_literature_defines_none_or_the_update_is_another():
+    from optimization.tracking import threshold_basis
+
+    for name in ("lion", "signsgd", "muon", "shampoo", "soap", "adahessian", "nadam", "torch.Adamax"):
+        train = TrainConfig(optimizer=name)
+        assert gd_threshold(train, 0.1) is None and adam_threshold(train, 0.1) is None
+        assert threshold_basis(train).startswith("none: ")
+    assert "sign update" in threshold_basis(TrainConfig(optimizer="lion"))
+    nesterov = TrainConfig(optimizer="sgd", momentum=0.9, optimizer_args={"nesterov": True})
+    amsgrad = TrainConfig(optimizer="adam", optimizer_args={"amsgrad": True})
+    assert gd_threshold(nesterov, 0.1) is None and adam_threshold(amsgrad, 0.1) is None
+    assert threshold_basis(nesterov) == threshold_basis(amsgrad) == \
+        "none: train.optimizer_args change the update the limit was derived for"
+    assert threshold_basis(TrainConfig(optimizer="sgd")).startswith("(2 + 2β)/η")
+
+
 @pytest.mark.parametrize("kind", ["adam", "adasgd", "blockadam"])
 def test_the_preconditioner_is_the_one_the_optimizer_divides_by(kind):
     from optimization.optimizers import make_optimizer
