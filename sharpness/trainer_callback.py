@@ -33,6 +33,7 @@ from utils.io import read_json, write_json
 
 TRACK = TrackConfig()
 NAMES = ((torch.optim.AdamW, "adamw"), (torch.optim.Adam, "adam"), (torch.optim.SGD, "sgd"))  # AdamW before Adam: a subclass
+METRICS = ("lambda_max", "preconditioned_lambda_max", "trace")  # train.track.metrics' choices
 LOGGED = ("lambda_max", "threshold", "preconditioned_lambda_max", "preconditioned_threshold", "trace")
 
 
@@ -57,6 +58,8 @@ class SharpnessCallback(TrainerCallback):
                  trace_samples: int = TRACK.trace_samples, seed: int = TRACK.seed):
         if every < 1:
             raise ValueError(f"every must be at least 1 optimizer step, got {every}")
+        if not metrics or set(metrics) - set(METRICS):
+            raise ValueError(f"metrics must be some of {', '.join(METRICS)}, got {list(metrics)}")
         self.batches, self.loss, self.folder = list(batches), loss, folder
         self.cfg = TrackConfig(every=every, metrics=list(metrics), iters=iters, tol=tol, trace_samples=trace_samples,
                                seed=seed)

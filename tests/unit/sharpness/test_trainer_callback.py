@@ -101,6 +101,8 @@ def test_a_resumed_run_continues_the_track_from_its_checkpoints_step(tracked, tm
     assert [p["lambda_max"] for p in points] == pytest.approx([p["lambda_max"] for p in track], rel=1e-6)
 
 
-def test_every_must_be_a_positive_number_of_steps():
+def test_every_must_be_a_positive_number_of_steps_and_metrics_the_trackers():
     with pytest.raises(ValueError, match="every must be at least 1"):
         SharpnessCallback([torch.zeros(1, 2, dtype=torch.long)], every=0)
+    with pytest.raises(ValueError, match="metrics must be some of lambda_max"):
+        SharpnessCallback([torch.zeros(1, 2, dtype=torch.long)], every=1, metrics=["lambda_min"])
