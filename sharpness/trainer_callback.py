@@ -33,19 +33,22 @@ from utils.io import read_json, write_json
 
 TRACK = TrackConfig()
 NAMES = ((torch.optim.AdamW, "adamw"), (torch.optim.Adam, "adam"), (torch.optim.SGD, "sgd"))  # AdamW before Adam: a subclass
+VARIANTS = ("nesterov", "dampening", "amsgrad", "maximize")  # torch.optim options that change SGD's or Adam's update
 METRICS = ("lambda_max", "preconditioned_lambda_max", "trace")  # train.track.metrics' choices
 LOGGED = ("lambda_max", "threshold", "preconditioned_lambda_max", "preconditioned_threshold", "trace")
 
 
 def train_settings(optimizer) -> TrainConfig:
-    """What the tracker's thresholds read (optimizer name, momentum, betas, eps), from the Trainer's optimizer; an
-    optimizer the project does not name keeps its class name and gets no threshold."""
+    """What the tracker's thresholds read (optimizer name, momentum, betas, eps, variants), from the Trainer's
+    optimizer; an optimizer the project does not name keeps its class name and gets no threshold, nor does a
+    variant of SGD or Adam whose update the limits were not derived for (nesterov, dampening, amsgrad, maximize)."""
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps the torch one
     group = inner.param_groups[0]
     name = next((name for kind, name in NAMES if isinstance(inner, kind)), type(inner).__name__)
+    variants = {key: group[key] for key in VARIANTS if group.get(key)}
     return TrainConfig(optimizer=name, lr=group["lr"], momentum=group.get("momentum", 0.0),
                        betas=list(group.get("betas", (0.9, 0.999))), eps=group.get("eps", 1e-8),
-                       weight_decay=group.get("weight_decay", 0.0))
+                       weight_decay=group.get("weight_decay", 0.0), optimizer_args=variants)
 
 
 class SharpnessCallback(TrainerCallback):

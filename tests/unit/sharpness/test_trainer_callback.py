@@ -10,7 +10,8 @@ from transformers import Trainer, TrainingArguments
 
 from optimization.optimizers import diagonal_preconditioner
 from sharpness.hessian import as_batch
-from sharpness.trainer_callback import SharpnessCallback, track_sharpness
+from optimization.tracking import gd_threshold
+from sharpness.trainer_callback import SharpnessCallback, track_sharpness, train_settings
 from tests.unit.sharpness.test_hessian import VOCAB, formed_hessian, tiny_llama
 from utils.io import read_json
 
@@ -106,3 +107,13 @@ def test_every_must_be_a_positive_number_of_steps_and_metrics_the_trackers():
         SharpnessCallback([torch.zeros(1, 2, dtype=torch.long)], every=0)
     with pytest.raises(ValueError, match="metrics must be some of lambda_max"):
         SharpnessCallback([torch.zeros(1, 2, dtype=torch.long)], every=1, metrics=["lambda_min"])
+
+
+def test_the_thresholds_settings_are_read_from_the_trainers_optimizer():
+    weights = [torch.nn.Parameter(torch.zeros(2))]
+    heavy_ball = train_settings(torch.optim.SGD(weights, lr=0.1, momentum=0.9))
+    assert heavy_ball.optimizer == "sgd" and gd_threshold(heavy_ball, 0.1) == pytest.approx(38.0)
+    assert gd_threshold(train_settings(torch.optim.SGD(weights, lr=0.1, momentum=0.9, nesterov=True)), 0.1) is None
+    adam = train_settings(torch.optim.Adam(weights, lr=0.1, betas=(0.8, 0.99), eps=1e-6))
+    assert (adam.optimizer, adam.betas, adam.eps, adam.optimizer_args) == ("adam", [0.8, 0.99], 1e-6, {})
+    assert train_settings(torch.optim.NAdam(weights)).optimizer == "NAdam"
