@@ -239,22 +239,23 @@ def _geometry_interval(data: dict, frame: str, quantity: str) -> list[float] | N
 
 def geometry_table(results: ExperimentResults, summary: dict) -> str:
     """geometry_columns' quantities (mean ± standard error over seeds), each interval next to its value: the seed's,
-    or each seed's when there are several."""
-    def cell(run: str, name: str) -> str:
-        stats = summary["runs"][run]["quantities"].get(name)
+    or each seed's when there are several; a column's title says [CI] where it holds one."""
+    def intervals(run: str, name: str) -> list[str]:
         frame, _, quantity = name.partition("_")
         if frame not in GEOMETRY_FRAMES or quantity not in WITH_INTERVALS:
-            return "–" if stats is None else format_value(stats)
+            return []
         by_seed = {seed: _geometry_interval(data, frame, quantity)
                    for seed, data in sorted(results.geometry.get(run, {}).items())}
-        shown = [("" if len(by_seed) == 1 else f"seed {seed} ") + f"[{format_number(ci[0], 3)}, {format_number(ci[1], 3)}]"
-                 for seed, ci in by_seed.items() if ci]
-        return " ".join(["–" if stats is None else format_value(stats), *shown])
+        return [("" if len(by_seed) == 1 else f"seed {seed} ") + f"[{format_number(ci[0], 3)}, {format_number(ci[1], 3)}]"
+                for seed, ci in by_seed.items() if ci]
 
     columns = geometry_columns()
-    return md_table(["run", *(title + (" [CI]" if name.partition("_")[2] in WITH_INTERVALS else "")
-                              for name, title in columns)],
-                    [[run, *(cell(run, name) for name, _ in columns)] for run in summary["runs"]])
+    shown = {run: {name: intervals(run, name) for name, _ in columns} for run in summary["runs"]}
+    rows = [[run, *(" ".join([format_value(data["quantities"][name]) if name in data["quantities"] else "–",
+                              *shown[run][name]]) for name, _ in columns)]
+            for run, data in summary["runs"].items()]
+    return md_table(["run", *(title + (" [CI]" if any(shown[run][name] for run in shown) else "")
+                              for name, title in columns)], rows)
 
 
 def geometry_detail_table(results: ExperimentResults) -> str:

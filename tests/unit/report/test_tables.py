@@ -103,4 +103,4 @@ def test_the_geometry_intervals_stand_next_to_their_values():
     cells = dict(zip(header.split(" | "), row.split(" | ")))
     assert cells["‖H‖₁,₁/d [CI]"] == "10 [8, 12]" and cells["‖H‖₁,₁/(d‖H‖₂) [CI]"] == "2 [1.6, 2.4]"
     assert cells["‖H‖_F [CI]"] == "7 [6, 8]" and cells["‖H‖₂"] == "–" and cells["| run"] == "| a"
-    assert cells["‖RᵀHR‖₁,₁/d [CI]"] == "–"  # no rotated frame measured
+    assert cells["‖RᵀHR‖₁,₁/d"] == "–"  # no rotated frame measured: no interval
