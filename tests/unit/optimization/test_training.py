@@ -307,3 +307,22 @@ def test_a_run_that_starts_over_for_a_damaged_trajectory_keeps_its_pruner(tiny_e
     metrics = training.train_run(run, folder, stop_after=lambda epoch, val_loss: True)
     assert "trajectory.npy is corrupt" in capsys.readouterr().out
     assert metrics["pruned"]["epoch"] == 1 and len(metrics["val_loss"]) == 1
+
+
+@pytest.mark.parametrize("period, calls", [(1, 6), (2, 3)])
+def test_adahessian_gets_the_hessian_diagonal_of_each_step_in_the_rotated_coordinates(tiny_experiment, tmp_path,
+                                                                                      monkeypatch, period, calls):
+    """Without it AdaHessian differentiates the gradient itself, which the step does not keep a graph for: it fails."""
+    given = []
+    real = training.hessian_diagonal
+
+    def recording(optimizer, model, batch, trainable, rotation, generator):
+        given.append(rotation is not None and all(t.requires_grad for t in trainable))
+        return real(optimizer, model, batch, trainable, rotation, generator)
+
+    monkeypatch.setattr(training, "hessian_diagonal", recording)
+    exp = tiny_experiment("train: {optimizer: adahessian, lr: 0.05, epochs: 1, rotation: global, "
+                          f"optimizer_args: {{update_period: {period}}}}}\n")
+    train_stage(exp, tmp_path, force=False)
+    metrics = json.loads((run_dir(tmp_path, exp, exp.runs[0]) / "metrics.json").read_text())
+    assert given == [True] * calls and all(math.isfinite(x) for x in metrics["step_loss"])
