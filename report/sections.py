@@ -216,7 +216,8 @@ def _interpolation(shown: Shown) -> list[str | Figure]:
     if summary["pairs"]:
         blocks.append(pairs_table(summary))
     if results.incomparable:
-        blocks.append("No line between runs that see different texts (their data settings differ), as no one loss "
+        blocks.append("No line between runs that see different texts (their data settings differ) or are different "
+                      "architectures, as no one loss "
                       f"is defined along it: {'; '.join(results.incomparable)}.")
     return blocks + ["From initialization to the final weights of each run (barrier of the training loss):",
                      quantities_table(summary, [("init_to_final_barrier", "init → final barrier")])]

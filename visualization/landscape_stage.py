@@ -237,6 +237,13 @@ def surface_2d(job: TrainedRun, final: TrainedModel, train_set: FixedSet, val_se
 # ----------------------------------------------------------------------------------------------
 # Between runs: every pair, per seed.
 
+def same_shapes(model_a, model_b) -> bool:
+    """Whether the two models' trainable weights have the same names and shapes: a straight line joins them."""
+    def shapes(model):
+        return [(name, p.shape) for name, p in model.named_parameters() if p.requires_grad]
+    return shapes(model_a) == shapes(model_b)
+
+
 def between_runs(experiment: Experiment, jobs: list[TrainedRun], folder: Path, sets: EvaluationSets, force: bool) -> None:
     pairs = []
     for seed in experiment.seeds:
@@ -255,7 +262,8 @@ def between_runs(experiment: Experiment, jobs: list[TrainedRun], folder: Path, s
     others = [pair for key, pair in saved_pairs.items() if key not in checkpoints]  # runs left out by --runs: kept
     entries = {} if force else {key: pair for key, pair in saved_pairs.items()  # both weights unchanged
                                 if key in checkpoints and pair.get("checkpoints") == checkpoints[key]}
-    # Pairs whose runs see other texts (their data settings differ) have no common loss: listed, not drawn.
+    # Pairs whose runs see other texts (their data settings differ) or are other architectures have no common
+    # loss: listed, not drawn.
     incomparable = {} if force or not same_settings else {
         (tuple(pair["runs"]), pair["seed"]): pair for pair in saved.get("incomparable", [])
         if pair.get("checkpoints") == checkpoints.get((tuple(pair["runs"]), pair["seed"]))}
@@ -271,7 +279,7 @@ def between_runs(experiment: Experiment, jobs: list[TrainedRun], folder: Path, s
         model_a = load_trained(a.folder / "checkpoint.pt", device, "merged")  # LoRA runs: A and B are not
         model_b = load_trained(b.folder / "checkpoint.pt", device, "merged")  # coordinates two runs share
         (train_a, val_a), (train_b, val_b) = sets.of(a, model_a.tokenizer), sets.of(b, model_b.tokenizer)
-        if same_texts(train_a, train_b) and same_texts(val_a, val_b):
+        if same_texts(train_a, train_b) and same_texts(val_a, val_b) and same_shapes(model_a.model, model_b.model):
             objectives = {"train": Objective(model_a.model, train_a.batches),
                           "val": Objective(model_a.model, val_a.batches)}
             theta1 = weights_in(objectives["train"], model_b.model, what)
@@ -282,7 +290,8 @@ def between_runs(experiment: Experiment, jobs: list[TrainedRun], folder: Path, s
         else:
             incomparable[key] = {"runs": list(key[0]), "seed": key[1], "checkpoints": checkpoints[key]}
             print(f"{what}: skipped: the two runs see different evaluation texts or tokenizers (their data "
-                  "settings differ), so no one loss is defined along the line between them")
+                  "settings differ) or have different architectures, so no one loss is defined along the line "
+                  "between them")
         write_json(path, {"alphas": alphas.tolist(), "pairs": [entries[k] for k in keys if k in entries] + others,
                           "incomparable": list(incomparable.values()),
                           "eval_tokens": {"train": train_a.n_tokens, "validation": val_a.n_tokens},

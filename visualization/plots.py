@@ -41,7 +41,7 @@ def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
         for run, by_seed in curves.items():
             for metrics in by_seed:
                 for kind, (x, y) in lines(metrics).items():
-                    ax.plot(x, y, kinds[kind], color=run_colors[run])
+                    ax.plot(x, y, kinds[kind], color=run_colors[run], marker="o" if len(x) == 1 else None)  # as is
         handles, labels = key_handles(run_colors, kinds)
     else:
         mean_color = {"train": TRAIN_COLOR, "validation": VALIDATION_COLOR}
