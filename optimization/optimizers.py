@@ -163,8 +163,11 @@ def diagonal_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch
     η). Its bias correction is known exactly; v̂ is the current one (v̂ of the next step needs the gradient at
     these weights: the frozen-preconditioner approximation). Without the factor the value is 1/(1 − β₁^(t+1))
     too low: 5.3× after one step at β₁ = 0.9, 2.4× after 4, 1.1× after 20. v̂ is the bias-corrected second
-    moment, shared by a block for BlockAdam; t counts the steps of each parameter's own first moment."""
+    moment, shared by a block for BlockAdam; t counts the steps of each parameter's own first moment. None with
+    amsgrad (train.optimizer_args), whose divisor is another."""
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW, BlockAdam)):
+        return None
+    if any(group.get("amsgrad") for group in optimizer.param_groups):  # it divides by the running max of v
         return None
     diagonal = {}
     for group in optimizer.param_groups:

@@ -291,3 +291,13 @@ def test_the_hessian_diagonal_is_hutchinsons_z_times_hz_in_the_optimizers_coordi
             z = rademacher(found.numel(), generator, found)
             expected += z * (objective.hvp(z) if turned is None else turned.transpose(objective.hvp(turned.apply(z))))
         assert torch.allclose(found, expected / 2, rtol=1e-4, atol=1e-6)
+
+
+def test_no_preconditioner_is_claimed_for_amsgrad():
+    from optimization.optimizers import diagonal_preconditioner
+
+    w = torch.nn.Parameter(torch.ones(3))
+    optimizer = make_optimizer([w], TrainConfig(optimizer="adam", optimizer_args={"amsgrad": True}))
+    w.grad = torch.ones(3)
+    optimizer.step()
+    assert diagonal_preconditioner(optimizer, [w]) is None
