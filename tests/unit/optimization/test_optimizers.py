@@ -87,7 +87,8 @@ def test_adam_is_torchs_and_make_optimizer_builds_every_name():
     assert make_optimizer(params, TrainConfig(optimizer="adasgd")).defaults["block"] == "group"
 
 
-@pytest.mark.parametrize("name", ["signsgd", "adasgd", "blockadam"])
+@pytest.mark.parametrize("name", ["signsgd", "adasgd", "blockadam", "lion", "muon", "shampoo", "soap", "nadam",
+                                  "torch.Adamax"])
 def test_state_dict_round_trip_continues_identically(name):
     cfg = TrainConfig(optimizer=name, lr=0.01, momentum=0.9, weight_decay=0.01)
     straight, _ = steps(lambda p: make_optimizer(p, cfg))
