@@ -4,10 +4,11 @@ A raw Gaussian direction moves a tensor of small weights as far as one of large 
 direction is rescaled, unit by unit, to the norm of the weights it moves (`landscape.norm`):
   layer   a unit is a whole parameter tensor (the study's choice, the default)
   filter  a unit is one output unit, as Li et al. do: a column of a GPT-2 Conv1D weight (stored as
-          [in, out]), a row of any other weight (for embeddings: one token or one position); a 1-D
-          tensor is one unit
+          [in, out]), a row of any other weight (a Linear's [out, in], GPT-NeoX's fused QKV included; for
+          embeddings and an untied lm_head: one token, or one position); a 1-D tensor is one unit
   none    no rescaling
-`landscape.ignore: biasbn` makes 1-D tensors (biases, LayerNorm) zero in both directions.
+`landscape.ignore: biasbn` makes 1-D tensors (biases, LayerNorm and RMSNorm weights) zero in both directions.
+Only parameters move: rotary position tables are buffers, and a tied head is its embedding's one tensor.
 
 The second direction is made orthogonal to the first inside every unit (for `none`: as a whole) and
 then rescaled again by the same rule. Rescaling a unit keeps its inner product with the first
