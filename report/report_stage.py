@@ -5,8 +5,8 @@ current checkpoints (report.reader decides, and names what it leaves out). repor
 report.sections (results.ipynb shows the same): the study's tables (generalization, sharpness), the settings
 each run was measured with, the barriers, the cost of every run and the figures; summary.json holds the
 numbers behind them (per run: per-seed values, mean, standard error, n and the values left out). The figures
-that need every run at once (learning curves, all 2D surfaces on one colour scale, ...) are drawn here, on
-every call.
+that need every run at once (learning curves, all 2D surfaces on one colour scale per weight space, ...) are drawn
+here, on every call.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from config.loading import run_config_from_dict
 from config.schema import Experiment
 from models.runs import experiment_dir, stage_command
 from optimization.cost import load_prices
@@ -21,7 +22,7 @@ from optimization.experiment_log import open_log
 from report.reader import load_results, redo_stages
 from report.sections import Figure, Shown, report_blocks
 from report.summary import summarize
-from utils.errors import CorruptFileError
+from utils.errors import CorruptFileError, UserError
 from utils.io import save_figure, write_json, write_text
 
 
@@ -49,7 +50,7 @@ def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
         raise results.corrupt[0][0].needing(f"regenerate it with: {stage_command(experiment, output, stages)}")
     for run in experiment.runs:
         listed = results.configs.get(run.name)
-        if listed is not None and {**listed, "device": None} != {**run.to_dict(), "device": None}:
+        if listed is not None and {**with_defaults(listed), "device": None} != {**run.to_dict(), "device": None}:
             print(f"{experiment.name}: warning: run {run.name}'s settings differ from those in experiment.json, with "
                   "which its results were made; the report shows those (run the stages again for the new ones)")
     for item in results.ignored:
@@ -62,6 +63,15 @@ def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
     missing = f"; missing: {len(results.missing)} item(s), listed at the end, made by: {redo}" if results.missing else ""
     print(f"{experiment.name}: wrote {folder / 'report.md'} and summary.json{missing}")
     log_figures(experiment, folder)
+
+
+def with_defaults(listed: dict) -> dict:
+    """A run's settings as experiment.json lists them, with the default of every key added to the schema since
+    (results made before a key existed were made as its default says); as listed where they no longer load."""
+    try:
+        return run_config_from_dict(listed).to_dict()
+    except UserError:
+        return listed
 
 
 def log_figures(experiment: Experiment, folder: Path) -> None:

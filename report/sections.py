@@ -23,11 +23,11 @@ from report.tables import (NOTATION, adapter_table, budget_columns, correlation_
                            density_columns, eps_columns, epsilons, generalization_columns,
                            geometry_detail_table, geometry_table, geometry_settings_table, landscape_settings_table,
                            pairs_table, prune_table, quantities_table, runs_table, search_table,
-                           sharpness_settings_table, space_columns, track_columns)
+                           sharpness_settings_table, space_columns, track_columns, weight_space)
 from visualization.plots import (budget_curves_figure, correlation_figure, geometry_norms_figure, learning_curves_figure,
                                  pruning_figure, search_convergence_figure, spectral_density_figure, step_losses_figure,
                                  tracked_sharpness_figure)
-from visualization.surface_plots import surfaces_figure
+from visualization.surface_plots import Surface, surfaces_figure
 
 
 @dataclass(frozen=True)
@@ -225,9 +225,14 @@ def _interpolation(shown: Shown) -> list[str | Figure]:
 
 def _surfaces(shown: Shown) -> list[str | Figure]:
     results = shown.results
-    panels = [(f"{run}, seed {seed}", data["alphas"], data["betas"], data["train_loss"])
+    panels = [Surface(f"{run}, seed {seed}", data["alphas"], data["betas"], data["train_loss"],
+                      data.get("path_coordinates"), data.get("explained_variance"), weight_space(results, run))
               for run in results.runs for seed, data in sorted(results.surfaces.get(run, {}).items())]
     blocks = [drawn("surfaces_2d", "2D loss surfaces", panels, surfaces_figure)]
+    if len({panel.space for panel in panels}) > 1:
+        blocks.append("Each weight space has its own colour scale (the colour bars name them): a loss surface over "
+                      "a LoRA adapter's factors and one over the full model's weights span different directions "
+                      "and distances, so their colours do not compare.")
     if results.surfaces:
         blocks += ["Each run's directions, grid and evaluation set, and its points where the loss diverged "
                    "(NaN or inf; grey with × in the figures):", landscape_settings_table(results)]
@@ -362,7 +367,7 @@ SECTIONS = (
     Section("ℓ∞ geometry (Xie, Mohamadi & Li, ICLR 2025)", geometry_section_applies, _geometry),
     Section("Along training", dynamics_section_applies, _dynamics),
     Section("Loss along the line between runs", landscape_section_applies, _interpolation),
-    Section("2D loss surfaces (one colour scale)", landscape_section_applies, _surfaces),
+    Section("2D loss surfaces", landscape_section_applies, _surfaces),
     Section("Parameter-efficient fine-tuning", peft_section_applies, _peft),
     Section("Hyper-parameter search", lambda r: bool(r.search), _search),
     Section("Flatness and generalization", lambda r: bool(r.correlation), _correlation),

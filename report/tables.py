@@ -11,6 +11,7 @@ import numpy as np
 
 from report.experiment_results import ExperimentResults
 from report.summary import GEOMETRY_FRAMES, mean_and_stderr, prune_runs
+from visualization.surface_plots import weight_space_name
 
 NOTATION = ("Numbers are the mean ± standard error over seeds; (n=…) counts the seeds in the mean, shown "
             "whenever it is not a single value with nothing left out. Values left out of a mean are named: "
@@ -177,15 +178,18 @@ def _grid(d: dict) -> str:
     return f"{len(alphas)} × {len(betas)} over {extent}"
 
 
+def weight_space(results: ExperimentResults, run: str) -> str:
+    """The weight space of a run's 2D surface, in words: a LoRA run's landscape.space (its adapter's A and B, or
+    the merged weights), else the full model."""
+    cfg = results.configs.get(run, {})
+    return weight_space_name(cfg.get("model", {}).get("adapter", {}).get("type", "none"),
+                             cfg.get("landscape", {}).get("space", "adapter"))
+
+
 def landscape_settings_table(results: ExperimentResults) -> str:
     """The weight space, directions, grid and evaluation set each run's 2D surface was computed with (runs may
     override them)."""
-    def space(run: str) -> str:  # a LoRA run's landscape.space: its adapter's A and B, or the merged weights
-        cfg = results.configs.get(run, {})
-        adapter = cfg.get("model", {}).get("adapter", {}).get("type", "none")
-        return "full model" if adapter == "none" else f"LoRA {cfg.get('landscape', {}).get('space', 'adapter')}"
-
-    surfaces = {run: {seed: {**data, "weight space": space(run)} for seed, data in by_seed.items()}
+    surfaces = {run: {seed: {**data, "weight space": weight_space(results, run)} for seed, data in by_seed.items()}
                 for run, by_seed in results.surfaces.items()}
     return settings_table(surfaces, [
         ("weight space", lambda d: str(d["weight space"])),

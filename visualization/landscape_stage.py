@@ -47,7 +47,8 @@ from visualization.figure_index import drawn_from, record_figure
 from visualization.directions import conv1d_weight_names, directions_for, random_directions, save_directions
 from visualization.interpolation import curve_record, interpolate, interpolation_alphas, weights_in
 from visualization.pca import trajectory_pca
-from visualization.surface_plots import interpolation_figure, surface_3d_figure, surface_contour_figure
+from visualization.surface_plots import (Surface, interpolation_figure, surface_3d_figure, surface_contour_figure,
+                                         weight_space_name)
 from visualization.surface import empty_grid, fill_surface, grid_axis
 
 PATH_MARGIN = 1.2  # pca: the grid reaches this far beyond the path's extent (times landscape.range)
@@ -317,13 +318,18 @@ def draw_figures(jobs: list[TrainedRun], folder: Path, force: bool) -> None:
         data = load_npz(surface)
         if "done" not in data or not data["done"].all():
             continue  # unfinished: drawn once every point is evaluated
-        alphas, betas, loss, norm = data["alphas"], data["betas"], data["train_loss"], str(data["norm"])
-        path, explained = data.get("path_coordinates"), data.get("explained_variance")
-        title = f"{job.run.name}, seed {job.run.seed}: " + (
-            f"{norm}-normalised directions" if path is None else "PCA directions of the training path")
-        draw(figures / f"surface_2d_{name}", surface, force,
-             lambda: surface_contour_figure(alphas, betas, loss, title, path=path, explained=explained))
-        draw(figures / f"surface_3d_{name}", surface, force, lambda: surface_3d_figure(alphas, betas, loss, title))
+        plane = surface_of(job, data)
+        draw(figures / f"surface_2d_{name}", surface, force, lambda: surface_contour_figure(plane))
+        draw(figures / f"surface_3d_{name}", surface, force, lambda: surface_3d_figure(plane))
+
+
+def surface_of(job: TrainedRun, data: dict) -> Surface:
+    """A finished landscape_2d.npz as its figures show it: the directions and weight space in the title and labels."""
+    path = data.get("path_coordinates")
+    directions = f"{data['norm']}-normalised directions" if path is None else "PCA directions of the training path"
+    return Surface(f"{job.run.name}, seed {job.run.seed}: {directions}", data["alphas"], data["betas"],
+                   data["train_loss"], path, data.get("explained_variance"),
+                   weight_space_name(job.run.model.adapter.type, space(job.run)))
 
 
 def pairs_figure(data: dict):

@@ -31,7 +31,7 @@ def test_only_the_sections_that_apply_are_shown_in_the_lists_order(tmp_path):
     blocks = report_blocks(Shown(results, summarize(results)))
     assert headings(blocks) == ["# Experiment `exp`", "## Findings", "## Runs", "## Learning curves",
                                 "## Generalization (the study's Table II)", "## Loss along the line between runs",
-                                "## 2D loss surfaces (one colour scale)", "## Cost", "## Missing"]
+                                "## 2D loss surfaces", "## Cost", "## Missing"]
     assert len({section.title for section in SECTIONS if section.title}) == len([s for s in SECTIONS if s.title])
 
 

@@ -30,7 +30,7 @@ from utils.errors import UserError
 from models.runs import trained_with
 from visualization.directions import conv1d_weight_names, directions_for, random_directions
 from visualization.interpolation import barrier, interpolate, interpolation_alphas, weights_in
-from visualization.surface_plots import surface_3d_figure, surface_contour_figure, surfaces_figure
+from visualization.surface_plots import Surface, surface_contour_figure
 from visualization.surface import grid_axis
 
 LANDSCAPE = """
@@ -340,26 +340,6 @@ def test_a_diverged_point_is_done_never_evaluated_again_and_drawn(trained, tmp_p
     assert again == [] and capsys.readouterr().out.count("2D landscape already measured") == 2  # finished, NaN and all
 
 
-def legend_texts(axes) -> list[str]:
-    return [t.get_text() for ax in axes if ax.get_legend() for t in ax.get_legend().get_texts()]
-
-
-def test_surface_figures_leave_out_and_count_diverged_points():
-    alphas = np.linspace(-1, 1, 3)
-    loss = np.add.outer(alphas**2, alphas**2) + 1.0
-    loss[0, 0], loss[2, 1] = np.nan, np.inf
-    contour = surface_contour_figure(alphas, alphas, loss, "one run")
-    assert legend_texts(contour.axes) == ["2 of 9 diverged (loss NaN or inf)"]
-    assert legend_texts(surface_3d_figure(alphas, alphas, loss, "one run").axes) == ["2 of 9 diverged (loss NaN or inf)"]
-    finite = 2 * np.where(np.isfinite(loss), loss, 2.0)
-    both = surfaces_figure([("diverged", alphas, alphas, loss), ("finite", alphas, alphas, finite)])
-    assert legend_texts(both.axes) == ["2 of 9 diverged (loss NaN or inf)"]  # only the panel that has them
-    colour_bar = both.axes[-1]
-    assert colour_bar.get_ylim() == pytest.approx((1.0, 6.0))  # the finite values set the shared scale
-    for figure in (contour, both):
-        figure.savefig(os.devnull, format="png")
-
-
 def test_interpolations_and_surfaces_record_the_checkpoints_they_were_computed_from(landscaped):
     experiment, output = landscaped
     small, large = (run_dir(output, experiment, run) for run in experiment.runs)
@@ -402,7 +382,7 @@ def test_a_figure_is_redrawn_when_its_data_changes_whatever_the_file_dates(tmp_p
 
     def make_figure():
         drawn.append(json.loads(source.read_text()))
-        return surface_contour_figure(np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), np.eye(3), "t")
+        return surface_contour_figure(Surface("t", np.linspace(-1, 1, 3), np.linspace(-1, 1, 3), np.eye(3)))
 
     source.write_text("[1]")
     stage.draw(stem, source, False, make_figure)
