@@ -108,5 +108,8 @@ def load_trained(path: Path, device: torch.device | str = "cpu", space: str = "a
     if is_adapted(model) and space == "merged":
         model = merged(model)
     ref = ckpt.get("tokenizer") or ckpt["config"]["model"]["name"]
-    tokenizer = load_tokenizer(str(path.parent / TOKENIZER_DIR) if ref == TOKENIZER_DIR else ref)
+    if ref == TOKENIZER_DIR:
+        tokenizer = load_tokenizer(str(path.parent / TOKENIZER_DIR))
+    else:  # model.name's own tokenizer is that of its revision
+        tokenizer = load_tokenizer(ref, run.model.revision if ref == run.model.name else "")
     return TrainedModel(model.to(device).eval(), tokenizer, run, ckpt, path)

@@ -67,3 +67,24 @@ def test_lora_targets_default_to_peft_s_for_the_architecture_and_gpt2_keeps_its_
     assert all(".lora_" in name for name, p in adapted.named_parameters() if p.requires_grad)
     assert {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in adapted.named_parameters()
             if ".lora_A." in name} == set(targets)
+
+
+def test_model_revision_reaches_the_hub_for_the_model_and_its_tokenizer(monkeypatch):
+    import models.models
+
+    asked = []
+
+    def from_hub(load, name, what, **kwargs):
+        asked.append((what, name, kwargs.get("revision")))
+        if what == "tokenizer":
+            return byte_tokenizer()
+        return build_model(ModelConfig(init="scratch", config=NEOX), byte_tokenizer(), seed=0)
+
+    monkeypatch.setattr(models.models, "load_from_hub", from_hub)
+    cfg = ModelConfig(name="EleutherAI/pythia-14m", revision="step1000")
+    build_model(cfg, models.models.build_tokenizer(cfg, []), seed=0)
+    build_model(ModelConfig(name="EleutherAI/pythia-14m"), byte_tokenizer(), seed=0)
+    models.models.build_tokenizer(ModelConfig(name="EleutherAI/pythia-14m", revision="step1000", tokenizer="gpt2"), [])
+    assert asked == [("tokenizer", "EleutherAI/pythia-14m", "step1000"), ("model", "EleutherAI/pythia-14m", "step1000"),
+                     ("model", "EleutherAI/pythia-14m", None),
+                     ("tokenizer", "gpt2", None)]  # another tokenizer than the model's: its default branch
