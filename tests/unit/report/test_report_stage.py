@@ -324,3 +324,11 @@ def test_the_report_opens_with_its_findings_and_qualifies_its_tables(results):
     assert "trace's s.e. (Hutchinson)" in header
     cost = report.split("## Cost")[1]
     assert "No dollars: every run trained on the CPU. Set `report.prices: true`" in cost and "| ran on |" not in cost
+
+
+def test_a_key_added_to_the_schema_since_the_results_is_no_change_of_settings(results, tmp_path, capsys):
+    experiment, out = copy_of(results, tmp_path)
+    rewrite_json(out / "small" / "experiment.json", lambda d: [cfg.pop("report") for cfg in d["configs"].values()])
+    capsys.readouterr()
+    run_experiment(experiment, ["report"], out)  # results made before report.prices existed: made as its default
+    assert "settings differ" not in capsys.readouterr().out
