@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from optimization.evaluation import perplexity
 from report.experiment_results import ExperimentResults
 from utils.io import fingerprint
 
@@ -152,6 +153,9 @@ def _value(results: ExperimentResults, run: str, seed: int, source: str, *path):
     data = getattr(results, source).get(run, {}).get(seed)
     if source == "metrics" and path and path[-1] == -1:
         series = _nested(data, *path[:-1])
+        if not series and data and data.get("epochs") == 0 and path[0] in ("val_loss", "val_perplexity"):
+            loss = data["init_val_loss"]  # a run measured as is: its one validation is of the initial weights
+            return loss if path[0] == "val_loss" else perplexity(loss)
         return series[-1] if series else None
     if source == "metrics" and path[0] == "best":  # at the validation with the lowest perplexity
         return (best_validation(data) or {}).get(path[1])
