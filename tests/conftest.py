@@ -94,6 +94,28 @@ def figures_not_drawn():
         yield
 
 
+@pytest.fixture(scope="module")
+def checked_figures():
+    """Every figure a test module's experiments save is first checked by visualization.figure_check: the first
+    with a problem stops the test, naming the figure and its problems."""
+    import report.report_stage
+    import visualization.landscape_stage
+    from visualization.figure_check import figure_problems
+
+    def checked(save):
+        def save_checked(path, figure, dpi=150):
+            if Path(path).suffix == ".png":  # one check per figure: its PDF is the same figure
+                problems = figure_problems(figure)
+                assert not problems, f"{Path(path).name}: " + "; ".join(problems)
+            save(path, figure, dpi)
+        return save_checked
+
+    with pytest.MonkeyPatch.context() as patch:
+        for module in (report.report_stage, visualization.landscape_stage):
+            patch.setattr(module, "save_figure", checked(module.save_figure))
+        yield
+
+
 def execute_notebook(output: Path):
     """results.ipynb run on `output` (its OUTPUT cell rewritten); the executed notebook."""
     import nbformat

@@ -12,6 +12,7 @@ import run
 from tests.conftest import execute_notebook
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 TRIMMED = ["train.epochs=1", "geometry.cauchy_vectors=6", "geometry.bootstrap=5", "geometry.frobenius_probes=3",
            "sharpness.max_iter=8", "data.n_train=32"]
 

@@ -14,6 +14,7 @@ import run
 from tests.conftest import execute_notebook
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 TRIMMED = ["train.epochs=2", "data.n_train=64", "sharpness.max_iter=8", "sharpness.density.probes=2",
            "sharpness.density.steps=12", "landscape.resolution=5", "landscape.points=5", "landscape.eval_batches=2"]
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 import run
 from optimization.cost import PEAK_FLOPS, load_prices
 from tests.conftest import execute_notebook
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 TRIMMED = ["train.budget.flops=1.5e9", "data.n_train=64", "sharpness.max_iter=8", "landscape.resolution=3",
            "landscape.points=5", "landscape.eval_batches=2", "prune.fractions=[0.0,0.5,0.9]", "prune.random_seeds=2",
            "prune.lambda_max_fractions=[0.0,0.9]", "prune.rewind_fractions=[0.5]", "prune.rewind_epochs=1",

@@ -15,6 +15,7 @@ from utils.io import read_json, write_json
 from report.reader import load_results
 
 ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 SHORT = ["train.epochs=2", "train.warmup_steps=0", "data.n_train=48", "sharpness.batches=1", "sharpness.max_iter=12",
          "sharpness.worst_case_steps=2", "sharpness.trace_samples=2", "sharpness.random_directions=2",
          "correlate.resamples=200"]

@@ -22,6 +22,7 @@ from report.summary import BELOW_RESOLUTION, mean_and_stderr
 from report.tables import format_value
 
 REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 
 SMALL = """
 seeds: [1, 2]
