@@ -182,6 +182,10 @@ def check_scratch_config(cfg: ModelConfig, max_length: int) -> None:
             raise ValueError(f"{key} must be a positive integer, got {shape[key]!r}")
     if shape[width] % shape[heads]:
         raise ValueError(f"{width} ({shape[width]}) must be divisible by {heads} ({shape[heads]})")
+    kv_heads = shape.get("num_key_value_heads")  # grouped-query attention: query heads share key/value heads
+    if kv_heads is not None and (not isinstance(kv_heads, int) or kv_heads < 1 or shape[heads] % kv_heads):
+        raise ValueError(f"num_key_value_heads ({kv_heads}) must divide {heads} ({shape[heads]}); the "
+                         f"{config_class.__name__} default is {allowed['num_key_value_heads']}")
     if shape.get(positions, max_length) < max_length:
         raise ValueError(f"{positions} ({shape[positions]}) is shorter than data.max_length ({max_length})")
 

@@ -16,6 +16,7 @@ NEOX = {"model_type": "gpt_neox", "hidden_size": 32, "intermediate_size": 48, "n
 
 
 @pytest.mark.parametrize("shape, model_class", [(LLAMA, "LlamaForCausalLM"), (NEOX, "GPTNeoXForCausalLM"),
+                                                ({**LLAMA, "model_type": "qwen2"}, "Qwen2ForCausalLM"),
                                                 ({"n_layer": 2, "n_embd": 32, "n_head": 2}, "GPT2LMHeadModel")])
 def test_model_type_picks_the_architecture_trained_from_scratch(shape, model_class):
     tokenizer = byte_tokenizer()
@@ -32,6 +33,9 @@ def test_model_type_picks_the_architecture_trained_from_scratch(shape, model_cla
     ({**LLAMA, "hidden_size": 30}, r"hidden_size \(30\) must be divisible by num_attention_heads \(4\)"),
     ({**NEOX, "max_position_embeddings": 16}, r"max_position_embeddings \(16\) is shorter than data.max_length \(32\)"),
     ({**LLAMA, "pad_token_id": 0}, "'pad_token_id' is set from the tokenizer"),
+    ({**NEOX, "model_type": "qwen2"},  # its default of 32 key/value heads, too many for 4 heads
+     r"num_key_value_heads \(32\) must divide num_attention_heads \(4\); the Qwen2Config default is 32"),
+    ({**LLAMA, "num_key_value_heads": 3}, r"num_key_value_heads \(3\) must divide num_attention_heads \(4\)"),
 ])
 def test_a_scratch_shape_that_cannot_be_built_is_one_clear_error(write_config, config, message):
     import yaml
