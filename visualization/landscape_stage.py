@@ -335,11 +335,11 @@ def surface_of(job: TrainedRun, data: dict) -> Surface:
 def pairs_figure(data: dict):
     pairs = data["pairs"]
     return interpolation_figure(data["alphas"], pairs, [tuple(p["runs"]) for p in pairs],
-                                [f"{p['runs'][0]} -> {p['runs'][1]}, seed {p['seed']}" for p in pairs])
+                                [f"{p['runs'][0]} → {p['runs'][1]}, seed {p['seed']}" for p in pairs])
 
 
 def init_to_final_figure(data: dict, title: str):
-    return interpolation_figure(data["alphas"], [data], [("init", "final")], [f"{title}: init -> final"])
+    return interpolation_figure(data["alphas"], [data], [("init", "final")], [f"{title}: init → final"])
 
 
 def draw(stem: Path, source: Path, force: bool, make_figure) -> None:

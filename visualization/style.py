@@ -72,7 +72,7 @@ def plain_number(value: float, step: float | None = None) -> str:
     if value == 0:
         return "0"
     exponent = math.floor(math.log10(abs(value)))
-    place = None if not step else math.floor(math.log10(step) + 1e-9)  # the decimal place the ticks differ in
+    place = None if not step else _last_place(step)  # the decimal place the ticks differ in
     if -3 <= exponent <= 4:
         text = (f"{value:.{max(0, -place)}f}" if place is not None
                 else np.format_float_positional(value, precision=3, fractional=False, trim="-"))
@@ -80,6 +80,14 @@ def plain_number(value: float, step: float | None = None) -> str:
         digits = 1 if place is None else max(0, exponent - place)
         text = f"{value / 10 ** exponent:.{digits}f}".rstrip("0").rstrip(".") + f"e{exponent}"
     return text.replace("-", "−")
+
+
+def _last_place(step: float) -> int:
+    """The decimal place of a tick step's last digit: 20 -> 1, 0.5 -> -1, 0.25 -> -2 (ticks 4.75, 5, 5.25)."""
+    place = math.floor(math.log10(step) + 1e-9)
+    while abs(step / 10.0 ** place - round(step / 10.0 ** place)) > 1e-6:
+        place -= 1
+    return place
 
 
 class PlainFormatter(Formatter):

@@ -79,7 +79,7 @@ def draw_interpolation(ax, alphas, curve: dict, endpoints: tuple[str, str], titl
 def _barrier_text(loss: str, height: float, at: float) -> str:
     if not np.isfinite(height):
         return f"{loss} diverged"
-    return f"{loss} {height:.3g} at α = {at:.2f}" if height > 0 else f"{loss} none (the loss stays under the chord)"
+    return f"{loss} {height:.3g} at α = {at:.2f}" if height > 0 else f"{loss} none (under the chord)"
 
 
 def interpolation_figure(alphas, curves: list[dict], endpoints: list[tuple[str, str]], titles: list[str]) -> Figure:
@@ -123,6 +123,8 @@ def surface_3d_figure(surface: Surface, label: str = "training loss") -> Figure:
         ax.scatter(a[~finite], b[~finite], top, marker="x", color=DIVERGED_COLOR, label=_diverged_label(finite))
         ax.legend(loc="upper right", fontsize=8)
     _label_plane(ax, surface)
+    for axis in (ax.xaxis, ax.yaxis):  # the x axis's last tick label and the y axis's first meet at a corner
+        axis.set_major_locator(MaxNLocator(nbins=4, prune="both"))
     ax.zaxis.set_major_locator(MaxNLocator(nbins=6))  # as the colour bar's (style.round_colorbar): the same ticks
     ax.zaxis.set_major_formatter(PlainFormatter())
     ax.set_zlabel(label)

@@ -11,7 +11,8 @@ from visualization.style import plain_number, scale_axis
 @pytest.mark.parametrize("value, step, text", [
     (0.0, None, "0"), (10000.0, None, "10000"), (0.0016, None, "0.0016"), (5.123, None, "5.12"), (-0.04, None, "−0.04"),
     (1e-4, None, "1e−4"), (2.5e6, None, "2.5e6"), (48.55, 0.05, "48.55"), (48.6, 0.05, "48.60"), (3.0, 0.5, "3.0"),
-    (1.2e-4, 2e-5, "1.2e−4")])
+    (1.2e-4, 2e-5, "1.2e−4"),
+    (4.75, 0.25, "4.75"), (5.0, 0.25, "5.00"), (40.0, 20.0, "40")])  # 0.25 apart: 4.8 and 5.2 would misread 4.75
 def test_plain_numbers(value, step, text):
     assert plain_number(value, step) == text
 

@@ -105,7 +105,7 @@ def test_the_barrier_has_a_legend_line_only_where_one_is_drawn():
     flat = interpolation_figure(alphas, [curve([2.0, 1.5, 1.0], [2.1, 1.6, 1.1])], [("a", "b")], ["flat"])
     legend = flat.axes[0].get_legend()
     assert [t.get_text() for t in legend.get_texts()] == ["train", "validation", "chord (train)"]
-    assert "train none (the loss stays under the chord)" in legend.get_title().get_text()
+    assert "train none (under the chord)" in legend.get_title().get_text()
     hill = interpolation_figure(alphas, [curve([1.0, 3.0, 1.0], [1.0, 2.9, 1.0], barrier=2.0, at=0.5)],
                                 [("a", "b")], ["hill"])
     legend = hill.axes[0].get_legend()
