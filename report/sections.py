@@ -125,8 +125,10 @@ def _runs(shown: Shown) -> list[str | Figure]:
 def _learning_curves(shown: Shown) -> list[str | Figure]:
     results = shown.results
     curves = {run: [results.metrics[run][s] for s in results.seeds[run]] for run in results.runs if results.seeds[run]}
+    methods = {t["run"]: study["sampler"] for study in (results.search or {}).get("studies", {}).values()
+               for t in study["trials"]}  # a search's trials: one group per search method
     return [drawn("learning_curves", "learning curves", curves,
-                  lambda data: learning_curves_figure(data, f"{results.name}: learning curves"))]
+                  lambda data: learning_curves_figure(data, f"{results.name}: learning curves", methods))]
 
 
 def _generalization(shown: Shown) -> list[str | Figure]:

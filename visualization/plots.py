@@ -15,14 +15,15 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from sharpness.density import SpectralDensity
-from visualization.style import (MANY_RUNS, TRAIN_COLOR, VALIDATION_COLOR, color_map, colors, key_handles, legend_outside,
+from visualization.style import (MANY_RUNS, color_map, colors, key_handles, legend_outside,
                                  mean_band, plain_number, PlainFormatter, round_colorbar, scale_axis)
 
 
-def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
+def learning_curves_figure(curves: dict[str, list[dict]], title: str, groups: dict[str, str] | None = None) -> Figure:
     """Training (solid) and validation (dashed) loss per epoch. Up to style.MANY_RUNS runs: one colour per run, one
-    line per seed, the runs' legend outside the axes; beyond, every run thin and grey and the mean ± standard
-    error over the runs (the runs' mean over seeds) in colour.
+    line per seed, the runs' legend outside the axes; beyond, one colour per group of runs (`groups[run]`, e.g. a
+    search's method; one group without it): each run thin and the mean ± standard error over the group's runs (each
+    run's mean over seeds), the groups in the legend.
 
     `curves[run]` is a list of metrics.json dicts (one per seed); epoch 0 is the validation loss
     before training."""
@@ -44,18 +45,22 @@ def learning_curves_figure(curves: dict[str, list[dict]], title: str) -> Figure:
                     ax.plot(x, y, kinds[kind], color=run_colors[run], marker="o" if len(x) == 1 else None)  # as is
         handles, labels = key_handles(run_colors, kinds)
     else:
-        mean_color = {"train": TRAIN_COLOR, "validation": VALIDATION_COLOR}
-        for kind in kinds:
-            per_run = [np.nanmean([lines(m)[kind][1] for m in _same_length(by_seed, kind, lines)], axis=0)
-                       for by_seed in curves.values()]
-            longest = max(per_run, key=len)
-            x = np.arange(len(longest)) + (0 if kind == "validation" else 1)
-            for y in per_run:
-                ax.plot(x[:len(y)], y, kinds[kind], color="0.6", linewidth=0.5, alpha=0.5)
-            mean_band(ax, x, per_run, mean_color[kind], None, kinds[kind])
-        handles = [Line2D([], [], color="0.6", linewidth=0.5), *(Line2D([], [], color=mean_color[k], linestyle=s)
-                                                                 for k, s in kinds.items())]
-        labels = [f"each of {len(curves)} runs", "train: mean ± s.e. over runs", "validation: mean ± s.e. over runs"]
+        by_group: dict[str, list[str]] = {}
+        for run in curves:
+            by_group.setdefault((groups or {}).get(run, "all runs"), []).append(run)
+        group_colors = color_map(by_group)
+        for group, runs in by_group.items():
+            for kind, style in kinds.items():
+                per_run = [np.nanmean([lines(m)[kind][1] for m in _same_length(curves[run], kind, lines)], axis=0)
+                           for run in runs]
+                x = np.arange(max(len(y) for y in per_run)) + (0 if kind == "validation" else 1)
+                for y in per_run:
+                    ax.plot(x[:len(y)], y, style, color=group_colors[group], linewidth=0.5, alpha=0.25)
+                mean_band(ax, x, per_run, group_colors[group], None, style)
+        handles, labels = key_handles({f"{group} ({len(runs)} runs)": group_colors[group]
+                                       for group, runs in by_group.items()}, kinds)
+        handles.append(Line2D([], [], linestyle="none"))
+        labels.append("thick: mean ± s.e.; thin: each run")
     scale_axis(ax, "y", values)
     ax.set_xlim(right=max(ax.get_xlim()[1], 1))  # runs measured as is (train.epochs: 0) have epoch 0 only
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -22,10 +22,21 @@ def test_learning_curves_pass_the_check_at_any_number_of_runs(runs):
     fig = learning_curves_figure({f"trial-{i:03d}": [metrics(rng), metrics(rng)] for i in range(runs)}, "search")
     assert figure_problems(fig) == []
     entries = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    if runs > 10:  # no run by name: the grey lines and the mean ± s.e. over them
-        assert entries == [f"each of {runs} runs", "train: mean ± s.e. over runs", "validation: mean ± s.e. over runs"]
+    if runs > 10:  # no run by name: each run thin, the mean ± s.e. over them
+        assert entries == [f"all runs ({runs} runs)", "train", "validation", "thick: mean ± s.e.; thin: each run"]
     else:
         assert entries[:runs] == [f"trial-{i:03d}" for i in range(runs)] and entries[runs:] == ["train", "validation"]
+
+
+def test_learning_curves_of_many_runs_are_grouped():
+    rng = np.random.default_rng(0)
+    curves = {f"trial-{i:03d}": [metrics(rng)] for i in range(54)}
+    groups = {run: ["tpe", "random", "grid"][i % 3] for i, run in enumerate(curves)}
+    fig = learning_curves_figure(curves, "exp7-search: learning curves", groups)
+    assert figure_problems(fig) == []
+    entries = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert entries == [f"{m} (18 runs)" for m in ("tpe", "random", "grid")] + [
+        "train", "validation", "thick: mean ± s.e.; thin: each run"]
 
 
 def test_step_losses_name_identical_rotated_twins():
