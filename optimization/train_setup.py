@@ -54,11 +54,16 @@ def _starting_point(run: RunConfig, run_dir: Path, train_texts: list[str], resum
 
 
 def _flop_counter(model, run: RunConfig, label: str) -> Callable[[int, int], int] | None:
-    """The FLOPs of one training step by batch shape (cached), or None where the model cannot be counted on the
-    meta device (then no FLOPs and MFU are recorded, and train.budget.flops is refused)."""
-    flops_of_step = functools.lru_cache(maxsize=None)(lambda size, length: step_flops(model, size, length))
+    """The FLOPs of one training step by batch shape (counted once per sequence length: a step of B sequences
+    costs B times one), or None where the model cannot be counted on the meta device (then no FLOPs and MFU are
+    recorded, and train.budget.flops is refused)."""
+    of_sequence = functools.lru_cache(maxsize=None)(lambda length: step_flops(model, 1, length))
+
+    def flops_of_step(size: int, length: int) -> int:
+        return size * of_sequence(length)
+
     try:
-        flops_of_step(1, 1)
+        of_sequence(1)
     except ValueError as err:
         if run.train.budget.flops:
             raise UserError(f"{label}: train.budget.flops needs the FLOP count, but {err}; use train.budget.seconds") from None
