@@ -55,7 +55,7 @@ def _on_meta(tensor: torch.Tensor) -> torch.Tensor:
 
 def _sequence_flops(model, seq_len: int, backward: bool) -> int:
     """FLOPs of the model's forward (and backward) on one sequence of seq_len tokens, counted on the meta device
-    (each call runs the model once: optimization.train_setup caches them per batch shape)."""
+    (each call runs the model once: optimization.train_setup caches them per sequence length)."""
     from torch.func import functional_call
     from torch.utils.flop_counter import FlopCounterMode
 
