@@ -96,7 +96,8 @@ class PlainFormatter(Formatter):
     def __call__(self, value, pos=None) -> str:
         gaps = np.diff(np.sort(np.asarray(self.locs, dtype=float)))
         gaps = gaps[gaps > 0]
-        return plain_number(value, float(gaps.min()) if gaps.size and self.axis.get_scale() == "linear" else None)
+        even = self.axis.get_scale() in ("linear", "function")  # function: a contour plot's colour bar (its levels)
+        return plain_number(value, float(gaps.min()) if gaps.size and even else None)
 
 
 def scale_axis(ax, axis: str, values, ticks: int = 6) -> None:
@@ -111,7 +112,7 @@ def scale_axis(ax, axis: str, values, ticks: int = 6) -> None:
     if values.size and values.min() > 0 and values.max() > 10 * values.min():
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
         decades = math.log10(values.max() / values.min())
-        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 1.5 else (1.0,)))
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades < 2 else (1.0,)))
         target.set_minor_formatter(NullFormatter())
     else:
         target.set_major_locator(MaxNLocator(nbins=ticks))

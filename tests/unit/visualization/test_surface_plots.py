@@ -89,6 +89,11 @@ def test_colour_bar_ticks_are_round_and_a_3d_colour_bar_spans_its_z_axis():
         figure.canvas.draw()
         ticks = [t for t in bar.ax.get_yticks() if bar.ax.get_ylim()[0] <= t <= bar.ax.get_ylim()[1]]
         assert len(ticks) >= 3 and all(abs(t * 10 - round(t * 10)) < 1e-9 for t in ticks), ticks
+    steps = surface_contour_figure(Surface("t", AXIS, AXIS, BOWL * 0.08 + 4.08))  # 4.08 to 4.24, ticks 0.02 apart
+    (bar,) = colour_bars(steps)
+    steps.canvas.draw()
+    labels = [label.get_text() for label in bar.ax.get_yticklabels() if label.get_text()]
+    assert labels and all(len(text.split(".")[1]) == 2 for text in labels), labels  # 4.20, not 4.2 beside 4.14
     figure = surface_3d_figure(Surface("t", AXIS, AXIS, loss))
     (bar,) = colour_bars(figure)
     assert figure.axes[0].get_zlim() == pytest.approx((loss.min(), loss.max()))
