@@ -35,8 +35,8 @@ LEVELS = 24  # about this many contour levels, at round values
 @dataclass(frozen=True)
 class Surface:
     """One 2D loss surface and what its figure says about it: `path` (T × 2, from the start to the final weights)
-    and `explained` (the path's variance share of each axis) for a PCA plane; `space` the weight space it lies in
-    ("" when every surface of the figure lies in the same one)."""
+    and `explained` (the path's variance share of each axis) for a PCA plane; `space` the weight space it lies in,
+    in words (weight_space_name; "" where not known): surfaces of different spaces get different colour scales."""
     title: str
     alphas: np.ndarray
     betas: np.ndarray
