@@ -15,8 +15,6 @@ from __future__ import annotations
 import importlib
 import inspect
 
-import torch
-
 from utils.errors import ConfigError
 
 PROJECT_OPTIMIZERS = ("signsgd", "adasgd", "blockadam")  # optimization.optimizers implements them
@@ -37,6 +35,8 @@ def check_name(name: str) -> None:
     optimizer library."""
     if name in NAMES:
         return
+    import torch  # only for torch.<Class> names: a config check answers without torch otherwise (run.py --help)
+
     attribute = name.removeprefix("torch.")
     found = getattr(torch.optim, attribute, None) if name.startswith("torch.") else None
     if not (isinstance(found, type) and issubclass(found, torch.optim.Optimizer)) or found is torch.optim.Optimizer:
@@ -55,7 +55,7 @@ def library_class(name: str) -> type[torch.optim.Optimizer] | None:
     if name in LIBRARY_OPTIMIZERS:
         module, attribute = LIBRARY_OPTIMIZERS[name].split(":")
         return getattr(importlib.import_module(module), attribute)
-    return getattr(torch.optim, name.removeprefix("torch."))
+    return getattr(importlib.import_module("torch.optim"), name.removeprefix("torch."))
 
 
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:

@@ -63,7 +63,10 @@ def _sequence_flops(model, seq_len: int, backward: bool) -> int:
     tokens = torch.zeros(1, seq_len, dtype=torch.long, device="meta")
     try:
         with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(backward):
-            loss = functional_call(model, shapes, (), {"input_ids": tokens, "labels": tokens}).loss
+            # Our loss on the logits (optimization.evaluation), not the model's own (`labels`: a warning in
+            # transformers 5 for every model without a loss_type); the loss adds no matmul, any scalar of the
+            # logits backpropagates through the same ones.
+            loss = functional_call(model, shapes, (), {"input_ids": tokens}).logits.sum()
             if backward and loss.requires_grad:
                 loss.backward()
     except (NotImplementedError, RuntimeError) as err:  # an operation with no meta kernel, or that reads values

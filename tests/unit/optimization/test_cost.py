@@ -150,8 +150,8 @@ def test_a_model_that_cannot_run_on_the_meta_device_has_no_count():
             super().__init__()
             self.weight = torch.nn.Parameter(torch.ones(3))
 
-        def forward(self, input_ids, labels):
-            return SimpleNamespace(loss=self.weight.sum() * float(input_ids.sum()))
+        def forward(self, input_ids):
+            return SimpleNamespace(logits=self.weight * float(input_ids.sum()))
 
     with pytest.raises(ValueError, match="cannot be counted on the meta device"):
         cost.step_flops(ReadsValues(), 1, 8)
@@ -299,3 +299,14 @@ def test_flops_are_priced_on_every_gpu_of_the_table_at_its_peak_and_the_assumed_
     assert priced["t4"][0] == pytest.approx(1e15 / (8.1e12 * 0.5), rel=1e-15)
     assert cost.on_priced_gpus(prices, 1e15, "fp8") == {"a100": None, "t4": None}  # no peak at that precision
     assert cost.on_priced_gpus(prices, None, "fp32") == {"a100": None, "t4": None}
+
+
+def test_counting_a_step_says_nothing_on_stderr(capfd):
+    """The count runs the model without its own loss: transformers 5 warns about `loss_type` on a model's first
+    loss, which would reach every run's stderr (and a Ctrl-C's one line) from the FLOP count."""
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    model = AutoModelForCausalLM.from_config(GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=40, n_positions=16))
+    assert cost.step_flops(model, 2, 8) > 0
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""
