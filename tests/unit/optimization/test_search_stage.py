@@ -170,14 +170,14 @@ def test_workers_that_create_the_database_together_all_open_it(tmp_path):
               "while not go.exists(): time.sleep(0.001)\n"
               "_open_storage(S(name='x', search=S(storage='')), Path(sys.argv[2])); print('opened')")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    folders = [tmp_path / "exp0", tmp_path / "exp1"]  # two databases, four openers each, all at one instant
+    folders = [tmp_path / "exp0"]  # one new database, four openers at one instant
     for folder in folders:
         folder.mkdir()
     go = tmp_path / "go"
     openers = [subprocess.Popen([sys.executable, "-c", opener, str(go), str(folder)], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for folder in folders for _ in range(4)]
-    assert [p.stdout.readline() for p in openers] == ["ready\n"] * 8  # every one has imported Optuna: go at once
+    assert [p.stdout.readline() for p in openers] == ["ready\n"] * 4  # every one has imported Optuna: go at once
     go.touch()
     logs = [p.communicate(timeout=900)[0] for p in openers]
-    assert [p.returncode for p in openers] == [0] * 8, logs
+    assert [p.returncode for p in openers] == [0] * 4, logs

@@ -30,7 +30,7 @@ sharpness: {batches: 2, batch_size: 4}
 """
 CASES = {  # case: (experiment file, run): Adam on a rotated loss in fp16, clipped, tracked and recorded; a LoRA
     "rotated": ("experiment: rotated\ntrain: {optimizer: adam, lr: 0.003, rotation: global, precision: fp16, "  # adapter
-                "grad_clip: 1.0, track: {every: 2}, trajectory: {every: 4}}\n", "default"),  # with dropout on a base
+                "grad_clip: 1.0, track: {every: 2, iters: 12}, trajectory: {every: 4}}\n", "default"),  # with dropout on a base
     "lora": ("experiment: lora\ntrain: {optimizer: adamw, lr: 0.01}\nruns:\n  base: {train: {epochs: 1}}\n"  # run
              "  tuned: {model: {base_run: base, adapter: {type: lora, r: 2, dropout: 0.1}}}\n", "tuned"),
 }
