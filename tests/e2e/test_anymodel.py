@@ -15,8 +15,8 @@ from utils.io import load_torch
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
-TRIMMED = ["data.n_train=64", "sharpness.max_iter=12", "sharpness.trace_samples=2", "geometry.cauchy_vectors=8", "geometry.bootstrap=5",
-           "geometry.frobenius_probes=4", "landscape.resolution=3", "landscape.points=5"]
+TRIMMED = ["data.n_train=64", "sharpness.max_iter=12", "sharpness.trace_samples=2", "geometry.cauchy_vectors=8",
+           "geometry.bootstrap=5", "geometry.frobenius_probes=4", "landscape.resolution=3", "landscape.points=5"]
 
 
 def metrics_of(folder: Path, name: str) -> dict:
