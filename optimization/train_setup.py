@@ -95,6 +95,8 @@ def _tokenized(run: RunConfig, texts: Texts, tokenizer) -> TrainData:
                  steps_per_epoch * run.train.epochs)
 
 
+LIVE_TRACK = ("lambda_max", "threshold", "preconditioned_lambda_max", "preconditioned_threshold", "trace")
+
 @dataclass
 class Training:
     """One invocation's training of a run: its data, its TrainState and what the steps run through (the forward
@@ -123,9 +125,11 @@ class Training:
         if state.tracker is not None and state.tracker.due(step):
             objective = Objective(state.model, self.track_batches, hvp_mode=self.run.sharpness.hvp)
             latent = objective.params if state.rotated is None else state.rotated.latent
-            state.tracker.measure(step, state.scheduler.get_last_lr()[0], objective,
-                                  diagonal_preconditioner(state.optimizer, latent),
-                                  None if state.rotated is None else state.rotated.rotation)
+            point = state.tracker.measure(step, state.scheduler.get_last_lr()[0], objective,
+                                          diagonal_preconditioner(state.optimizer, latent),
+                                          None if state.rotated is None else state.rotated.rotation)
+            # live in TensorBoard/wandb beside the loss, on its step axis (track.json holds every field)
+            self.log.scalars(step, {key: point.get(key) for key in LIVE_TRACK}, prefix="track/")
             state.model.train()
         if state.recorder is not None:
             state.recorder.record(step)
@@ -202,6 +206,9 @@ def set_up(run: RunConfig, run_dir: Path, label: str, device: torch.device, star
     if distributed.any_rank(damaged is not None):  # torchrun: every rank starts over with rank 0
         print(f"{label}: warning: {damaged}; starting over")
         return None
+    # The log first: the tracked point at step 0 is logged too. torchrun: rank 0 logs.
+    t.log = open_log(run.logging.backend if distributed.writes() else "none", t.run_dir, t.label, run.logging.project,
+                     run.to_dict(), resume_step=t.state.epoch * t.data.steps_per_epoch)
     if resume is None:
         t.along_the_way(0)
     _ready_to_step(t)
@@ -209,10 +216,8 @@ def set_up(run: RunConfig, run_dir: Path, label: str, device: torch.device, star
 
 
 def _ready_to_step(t: Training) -> None:
-    """The log, the peak-memory probe, autocast, and the forward the steps run (DDP's in a torchrun job)."""
+    """The peak-memory probe, autocast, and the forward the steps run (DDP's in a torchrun job)."""
     run, device = t.run, t.device
-    t.log = open_log(run.logging.backend if distributed.writes() else "none", t.run_dir, t.label, run.logging.project,
-                     run.to_dict(), resume_step=t.state.epoch * t.data.steps_per_epoch)  # torchrun: rank 0 logs
     t.memory = PeakMemory(device)
     low = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.train.precision)
     t.autocast = torch.autocast(device.type, dtype=low or torch.float32, enabled=low is not None)

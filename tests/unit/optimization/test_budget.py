@@ -141,3 +141,23 @@ def test_peak_memory_sees_a_peak_inside_its_window_that_has_gone_by_its_end(monk
     assert memory.peak == 100 * 2**20
     assert sampled.wait(600)  # the thread has sampled past the peak (a guard against a hang, not a speed check)
     assert memory.stop() == 300
+
+
+def test_tracked_sharpness_is_logged_live_beside_the_loss(tiny_experiment, tmp_path):
+    """train.track's points reach TensorBoard as they are measured (track/lambda_max, its threshold), step 0
+    included, with the values track.json holds."""
+    import json
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    exp = tiny_experiment("logging: {backend: tensorboard}\ntrain: {track: {every: 4, iters: 10}}\n"
+                          "sharpness: {batches: 1, batch_size: 4}\n")
+    run_experiment(exp, ["train"], tmp_path)
+    folder = run_dir(tmp_path, exp, exp.runs[0])
+    events = EventAccumulator(str(folder / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    points = json.loads((folder / "track.json").read_text())["points"]
+    logged = events.Scalars("track/lambda_max")
+    assert [e.step for e in logged] == [p["step"] for p in points] and logged[0].step == 0
+    assert [e.value for e in logged] == pytest.approx([p["lambda_max"] for p in points], rel=1e-6)
+    assert [e.value for e in events.Scalars("track/threshold")] == pytest.approx([p["threshold"] for p in points])
