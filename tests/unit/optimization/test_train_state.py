@@ -17,21 +17,12 @@ import run as cli
 from optimization.train_state import RunIdentity, TrainState
 from tests.unit.optimization.layout_of import layout_of
 
-TINY = """
-device: cpu
-data: {source: builtin, n_train: 48, n_val: 16, n_test: 16, max_length: 32, order: random}
-model:
-  init: scratch
-  tokenizer: bpe
-  bpe_vocab_size: 300
-  config: {n_layer: 2, n_embd: 16, n_head: 2, n_positions: 32}
-train: {optimizer: sgd, lr: 0.3, momentum: 0.9, batch_size: 8, epochs: 3, eval_batch_size: 8}
-sharpness: {batches: 2, batch_size: 4}
-"""
-CASES = {  # case: (experiment file, run): Adam on a rotated loss in fp16, clipped, tracked and recorded; a LoRA
-    "rotated": ("experiment: rotated\ntrain: {optimizer: adam, lr: 0.003, rotation: global, precision: fp16, "  # adapter
-                "grad_clip: 1.0, track: {every: 2, iters: 12}, trajectory: {every: 4}}\n", "default"),  # with dropout on a base
-    "lora": ("experiment: lora\ntrain: {optimizer: adamw, lr: 0.01}\nruns:\n  base: {train: {epochs: 1}}\n"  # run
+# case: (experiment file on conftest's tiny one, run). rotated: Adam on a rotated loss in fp16, clipped, tracked and
+# recorded; lora: a LoRA adapter with dropout on model.base_run's weights.
+CASES = {
+    "rotated": ("experiment: rotated\ntrain: {epochs: 3, optimizer: adam, lr: 0.003, rotation: global, precision: fp16, "
+                "grad_clip: 1.0, track: {every: 2, iters: 12}, trajectory: {every: 4}}\n", "default"),
+    "lora": ("experiment: lora\ntrain: {epochs: 3, optimizer: adamw, lr: 0.01}\nruns:\n  base: {train: {epochs: 1}}\n"
              "  tuned: {model: {base_run: base, adapter: {type: lora, r: 2, dropout: 0.1}}}\n", "tuned"),
 }
 # The layout of the last.pt files that the training code wrote before TrainState existed (commit f4cd338, killed in
@@ -53,10 +44,8 @@ def _equal(a, b) -> bool:
 def test_last_pt_keeps_its_layout_and_resumes_to_an_uninterrupted_run(case, write_config, tmp_path, monkeypatch,
                                                                       capsys):
     monkeypatch.setattr(training, "MIXED_PRECISION_DEVICES", ("cuda", "cpu"))  # fp16 on the CPU's autocast
-    (tmp_path / "tiny.yaml").write_text(TINY)
     text, run = CASES[case]
-    config = tmp_path / "exp.yaml"
-    config.write_text("extends: tiny.yaml\n" + text)
+    config = write_config(text)  # conftest's tiny experiment
     experiment = text.split("\n")[0].split(": ")[1]
     assert cli.main(["--config", str(config), "--stages", "train", "--output", str(tmp_path / "straight")]) == 0
 
