@@ -12,7 +12,7 @@ import typing
 from pathlib import Path
 from typing import Literal
 
-from config.schema import ModelConfig, RunConfig, all_keys
+from config.schema import ModelConfig, RunConfig, all_keys, field_types
 from config.space import grid_size, parse_space
 from config.optimizers import check_name, check_optimizer
 from utils.errors import ConfigError
@@ -100,8 +100,8 @@ def typed_value(dotted: str, value, origin: str):
     cls = RunConfig
     *parents, name = dotted.split(".")
     for parent in parents:
-        cls = typing.get_type_hints(cls)[parent]
-    value = _coerce(value, typing.get_type_hints(cls)[name], origin)
+        cls = field_types(cls)[parent]
+    value = _coerce(value, field_types(cls)[name], origin)
     _check_bounds(value, {f.name: f for f in dataclasses.fields(cls)}[name], origin)
     if dotted == "train.optimizer":  # a name, or torch.<Class>: more than a Literal can say
         try:

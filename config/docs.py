@@ -11,7 +11,7 @@ from typing import Literal
 
 import yaml
 
-from config.schema import EXPERIMENT_KEYS, RunConfig
+from config.schema import EXPERIMENT_KEYS, RunConfig, field_types
 
 REGENERATE = "python -m config.docs > docs/config.md"
 
@@ -67,7 +67,7 @@ def _default(f: dataclasses.Field):
 
 def _section(cls, prefix: str) -> list[str]:
     """The markdown of one section's table, then of its nested sections."""
-    types = typing.get_type_hints(cls)
+    types = field_types(cls)
     rows, nested = [], []
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(types[f.name]):

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from config.checks import RUN_NAME, check_base_runs, check_run, experiment_value, typed_value
-from config.schema import EXPERIMENT_KEYS, Experiment, RunConfig, all_keys
+from config.schema import EXPERIMENT_KEYS, Experiment, RunConfig, all_keys, field_types
 from config.space import format_value, grid_points, parse_space, point_name, random_points
 from utils.errors import ConfigError
 
@@ -90,7 +89,7 @@ def _flatten(tree: dict, source: str, root: str = "", cls=None, prefix: str = ""
     """
     cls = cls or RunConfig
     flat = {}
-    types = typing.get_type_hints(cls)
+    types = field_types(cls)
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
         if not isinstance(key, str) or key not in types or (cls is RunConfig and key in ("name", "seed")):
@@ -175,7 +174,7 @@ def _display(path: Path) -> str:
 
 def _build(cls, flat: dict, prefix: str = ""):
     """A schema object from typed flat values (defaults where no layer set a key)."""
-    types = typing.get_type_hints(cls)
+    types = field_types(cls)
     kwargs = {}
     for name in (f.name for f in dataclasses.fields(cls)):
         dotted = prefix + name

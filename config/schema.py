@@ -8,6 +8,7 @@ the reference of every key: docs/config.md (config.docs).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,10 +325,17 @@ EXPERIMENT_KEYS = {
 }
 
 
+@functools.cache
+def field_types(cls) -> dict:
+    """A schema dataclass's fields and their types (typing.get_type_hints, resolved once per class: configs are read
+    thousands of times a report)."""
+    return typing.get_type_hints(cls)
+
+
 def all_keys(cls=None, prefix: str = "") -> list[str]:
     """Every settable dotted key of the schema."""
     keys = []
-    for name, kind in typing.get_type_hints(cls or RunConfig).items():
+    for name, kind in field_types(cls or RunConfig).items():
         if dataclasses.is_dataclass(kind):
             keys += all_keys(kind, f"{prefix}{name}.")
         elif (prefix or name not in ("name", "seed")):

@@ -51,10 +51,22 @@ def model_on_meta(run: RunConfig):
     return add_adapter(model, cfg.adapter, 0) if cfg.adapter.type != "none" else model
 
 
+_FLOPS_PER_STEP: dict[tuple, float] = {}  # by (model settings, batch_size, max_length)
+
+
+def _flops_per_step(run: RunConfig) -> float:
+    """step_flops of the run's model at its largest batch, counted once per model and batch shape (a report
+    estimates every run of an experiment, and most share both)."""
+    shape = (repr(run.model), run.train.batch_size, run.data.max_length)
+    if shape not in _FLOPS_PER_STEP:
+        _FLOPS_PER_STEP[shape] = step_flops(model_on_meta(run), run.train.batch_size, run.data.max_length)
+    return _FLOPS_PER_STEP[shape]
+
+
 def estimate(run: RunConfig) -> dict:
     """Steps, FLOPs per step (at most) and training FLOPs (at most) of one run."""
     try:
-        per_step = step_flops(model_on_meta(run), run.train.batch_size, run.data.max_length)
+        per_step = _flops_per_step(run)
     except ValueError as err:
         raise UserError(f"run {run.name}: no FLOP estimate: {err}") from None
     steps = run.train.epochs * math.ceil(run.data.n_train / run.train.batch_size)
