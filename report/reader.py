@@ -139,16 +139,8 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
         else:
             results.track.setdefault(run, {})[seed] = data
 
-    line = seed_dir / "interpolation.json"
-    data = results.read(line, "landscape") if line.is_file() else None
-    if data is None:
-        results.absent("landscape", f"init-to-final interpolation of {label} (no interpolation.json)")
-    elif data.get("checkpoint") != fingerprint:
-        results.lack(f"init-to-final interpolation of {label} (computed from other weights; run the landscape "
-                     "stage)", "landscape")
-    else:
-        results.init_to_final.setdefault(run, {})[seed] = data
-        sources[f"init_to_final_{name}"] = line
+    if config["train"].get("epochs") != 0:  # a run measured as is has no training path, so no init -> final line
+        sources.update(_load_init_to_final(results, run, seed, seed_dir))
 
     surface = seed_dir / "landscape_2d.npz"
     if not surface.is_file():
@@ -167,6 +159,21 @@ def _load_run_files(results: ExperimentResults, run: str, seed: int, seed_dir: P
         results.surfaces.setdefault(run, {})[seed] = data
         sources.update({f"surface_2d_{name}": surface, f"surface_3d_{name}": surface})
     return sources
+
+
+def _load_init_to_final(results: ExperimentResults, run: str, seed: int, seed_dir: Path) -> dict[str, Path]:
+    """A trained (run, seed)'s init -> final interpolation while computed from its current weights; its figure."""
+    label, line = f"{run}/seed-{seed}", seed_dir / "interpolation.json"
+    data = results.read(line, "landscape") if line.is_file() else None
+    if data is None:
+        results.absent("landscape", f"init-to-final interpolation of {label} (no interpolation.json)")
+    elif data.get("checkpoint") != results.trained_with[run][seed]:
+        results.lack(f"init-to-final interpolation of {label} (computed from other weights; run the landscape "
+                     "stage)", "landscape")
+    else:
+        results.init_to_final.setdefault(run, {})[seed] = data
+        return {f"init_to_final_{run}_seed-{seed}": line}
+    return {}
 
 
 def _load_pairs(results: ExperimentResults) -> dict[str, Path]:

@@ -221,6 +221,12 @@ def _interpolation(shown: Shown) -> list[str | Figure]:
         blocks.append("No line between runs that see different texts (their data settings differ) or are different "
                       "architectures, as no one loss "
                       f"is defined along it: {'; '.join(results.incomparable)}.")
+    as_is = [run for run in results.runs if results.configs[run]["train"].get("epochs") == 0]
+    if as_is:
+        blocks.append(f"Measured as is (train.epochs: 0), so no training path and no init → final line: "
+                      f"{', '.join(as_is)}.")
+    if len(as_is) == len(results.runs):
+        return blocks
     return blocks + ["From initialization to the final weights of each run (barrier of the training loss):",
                      quantities_table(summary, [("init_to_final_barrier", "init → final barrier")])]
 

@@ -1,7 +1,8 @@
 """The landscape stage: 1D interpolations and 2D loss surfaces of every trained run, and their figures.
 
 For every (run, seed), in its run folder:
-  interpolation.json          loss along init.pt -> checkpoint.pt
+  interpolation.json          loss along init.pt -> checkpoint.pt (not for a run measured as is, train.epochs: 0:
+                              the two are the same weights, the line flat)
   landscape_directions.pt     the two directions of the plane (reused while the settings hold)
   landscape_2d.npz            the loss on the plane around checkpoint.pt and which points are done,
                               written after every row; with landscape.directions: pca also the training
@@ -75,11 +76,15 @@ def space(run: RunConfig) -> str:
 
 
 def landscape_results(trained: TrainedRun) -> list[Result]:
-    """interpolation.json (init -> final, in the run's space) and landscape_2d.npz (finished when every point is;
-    its directions, landscape_directions.pt, carry its stamp)."""
-    line = trained.result("interpolation.json", landscape_settings(trained.run, PLANE_ONLY), "init -> final interpolation")
+    """interpolation.json (init -> final, in the run's space; none for a run measured as is, whose init is its
+    final) and landscape_2d.npz (finished when every point is; its directions, landscape_directions.pt, carry its
+    stamp)."""
     surface = trained.result("landscape_2d.npz", landscape_settings(trained.run, LINE_ONLY), "2D landscape",
                              read=load_npz, complete=lambda saved: bool(saved["done"].all()))
+    if trained.run.train.epochs == 0:
+        print(f"{trained.label}: measured as is: no training path (train.epochs: 0), so no init -> final interpolation")
+        return [surface]
+    line = trained.result("interpolation.json", landscape_settings(trained.run, PLANE_ONLY), "init -> final interpolation")
     return [line, surface]
 
 
@@ -310,7 +315,7 @@ def draw_figures(jobs: list[TrainedRun], folder: Path, force: bool) -> None:
     for job in jobs:
         name, title = f"{job.run.name}_seed-{job.run.seed}", f"{job.run.name}, seed {job.run.seed}"
         line = job.folder / "interpolation.json"
-        if line.is_file():
+        if line.is_file() and job.run.train.epochs > 0:  # as is: an older version's flat line, not drawn
             draw(figures / f"init_to_final_{name}", line, force, lambda: init_to_final_figure(read_json(line), title))
         surface = job.folder / "landscape_2d.npz"
         if not surface.is_file():

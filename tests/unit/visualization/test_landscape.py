@@ -391,3 +391,30 @@ def test_a_figure_is_redrawn_when_its_data_changes_whatever_the_file_dates(tmp_p
     os.utime(source, ns=(0, 0))
     stage.draw(stem, source, False, make_figure)
     assert drawn == [[1], [2]]
+
+
+def test_a_run_measured_as_is_has_no_init_to_final_line_and_says_why(tmp_path, capsys, figures_not_drawn):
+    """train.epochs: 0: init.pt and checkpoint.pt hold the same weights, so the line between them is flat: it is
+    not measured nor drawn nor reported missing; the console and the report say why, once."""
+    from pipeline import run_experiment
+
+    text = """
+stages: [train, landscape, report]
+landscape: {resolution: 3, points: 3, eval_batches: 1, eval_batch_size: 4}
+runs:
+  trained: {train: {epochs: 1}}
+  as-is: {train: {epochs: 0}}
+"""
+    experiment, out = make_experiment(tmp_path, text=text), tmp_path / "out"
+    run_experiment(experiment, ["train", "landscape", "report"], out)
+    folders = {run.name: run_dir(out, experiment, run) for run in experiment.runs}
+    assert (folders["trained"] / "interpolation.json").is_file()
+    assert not (folders["as-is"] / "interpolation.json").exists() and (folders["as-is"] / "landscape_2d.npz").is_file()
+    figures = experiment_dir(out, experiment) / "figures"
+    assert (figures / "init_to_final_trained_seed-42.png").is_file()
+    assert not list(figures.glob("init_to_final_as-is*"))
+    said = "measured as is: no training path"
+    assert capsys.readouterr().out.count(said) == 1
+    report = (experiment_dir(out, experiment) / "report.md").read_text()
+    assert "## Missing" not in report
+    assert report.count("Measured as is (train.epochs: 0), so no training path and no init → final line: as-is.") == 1
