@@ -69,6 +69,14 @@ def add_adapter(model, cfg: AdapterConfig, seed: int):
         raise ConfigError(f"model.adapter.target_modules {targets}: {str(err).splitlines()[0]}") from None
 
 
+def adapted_modules(model) -> list[str]:
+    """The last names of the modules that carry LoRA layers (q_proj, v_proj): what peft adapted, whether named by
+    model.adapter.target_modules or taken from peft's per-architecture defaults."""
+    from peft.tuners.lora import LoraLayer
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, LoraLayer)})
+
+
 def trainable_names(model) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
 

@@ -30,6 +30,7 @@ import torch
 
 from config.schema import RunConfig
 from data.batches import Batch, batches_in_order, count_targets, epoch_order, fixed_batches, to_device
+from models.adapters import adapted_modules
 from models.checkpoint import TOKENIZER_DIR, read_checkpoint, save_checkpoint
 from models.runs import TRAJECTORY, TRAJECTORY_INDEX, base_weights, started_from, training_fingerprint
 from optimization.cost import device_peak_flops, mfu
@@ -331,6 +332,7 @@ def _metrics(t: Training, final: dict, steps_done: int, peak_flops: float, peak_
         "device_name": device_name(device),
         "n_parameters": sum(p.numel() for p in state.model.parameters()),
         "trainable_parameters": sum(p.numel() for p in state.model.parameters() if p.requires_grad),
+        **({"adapted_modules": adapted_modules(state.model)} if run.model.adapter.type != "none" else {}),
         **along,
         "versions": versions(),
         "config": run.to_dict(),

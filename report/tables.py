@@ -325,7 +325,7 @@ def adapter_table(results: ExperimentResults, summary: dict) -> str:
         cfg = results.configs[run]
         adapter, budget = cfg["model"].get("adapter", {"type": "none"}), cfg["train"].get("budget", {})
         kind = "full fine-tuning" if adapter["type"] == "none" else (
-            f"LoRA r={adapter['r']}, α={adapter['alpha']:g}, on {', '.join(adapter['target_modules'])}")
+            f"LoRA r={adapter['r']}, α={adapter['alpha']:g}, on {', '.join(adapted(results, run))}")
         if cfg["model"].get("base_run"):
             kind += f", from run {cfg['model']['base_run']}'s weights"
         elif adapter["type"] == "none" and cfg["model"].get("init") == "scratch":
@@ -337,6 +337,16 @@ def adapter_table(results: ExperimentResults, summary: dict) -> str:
         rows.append([run, kind, format_value(summary["runs"][run]["quantities"]["trainable_parameters"]), limit,
                      stopped])
     return md_table(["run", "adapter", "trainable parameters", "budget", "stopped at"], rows)
+
+
+def adapted(results: ExperimentResults, run: str) -> list[str]:
+    """The modules a LoRA run adapted, as its training recorded them (metrics.json: on an architecture other than
+    GPT-2 the default targets are peft's for it), else as configured (results of older versions record none)."""
+    recorded = {tuple(metrics["adapted_modules"]) for metrics in results.metrics.get(run, {}).values()
+                if "adapted_modules" in metrics}
+    if len(recorded) == 1:
+        return list(recorded.pop())
+    return results.configs[run]["model"]["adapter"]["target_modules"]
 
 
 def budget_columns() -> list[tuple[str, str]]:
