@@ -7,13 +7,16 @@ step, so optimizers that need a closure (LBFGS) or sparse gradients (SparseAdam)
 
 What reaches the class: train.lr always; train.momentum, train.betas, train.eps and train.weight_decay where
 the class has a parameter of that name with a default of the same kind (Adafactor's eps is a pair, so it keeps
-its own); then train.optimizer_args, any other parameter of the class by name (lists become tuples).
+its own); then train.optimizer_args, any other parameter of the class by name (lists become tuples), or an
+option it takes only through **kwargs (group_options: pytorch-optimizer's Lion cautious, use_gc, adanorm,
+adanorm_r; AdaHessian adam_debias; Muon cautious). Any other name is refused, as a typo would be ignored.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 
 from utils.errors import ConfigError
 
@@ -64,6 +67,19 @@ def _parameters(cls: type) -> dict[str, inspect.Parameter]:
             and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
 
 
+def group_options(cls: type) -> tuple[str, ...]:
+    """The options `cls` takes only through **kwargs, sorted: a pytorch-optimizer constructor puts its **kwargs into
+    the parameter groups' defaults and its step reads the optional ones by group.get('name', …); those names that
+    the class neither takes as a parameter nor sets itself (as Muon sets each group's lr and betas). Read from the
+    class's source (and its pytorch-optimizer bases'), so a version that adds an option brings it."""
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values()):
+        return ()
+    source = "".join(inspect.getsource(k) for k in cls.__mro__ if k.__module__.startswith("pytorch_optimizer."))
+    read = set(re.findall(r"group\.get\(\s*['\"](\w+)['\"]", source))
+    set_by_class = set(re.findall(r"group\[\s*['\"](\w+)['\"]\s*\]\s*=(?!=)", source))
+    return tuple(sorted(read - set_by_class - set(inspect.signature(cls.__init__).parameters)))
+
+
 def _same_kind(default, value) -> bool:
     if isinstance(default, tuple):
         return isinstance(value, tuple) and len(value) == len(default)
@@ -96,10 +112,11 @@ def check_optimizer(train, where) -> None:
         raise ConfigError(f"{where('train.optimizer_args')}: {train.optimizer} takes no optimizer_args (its "
                           "settings are train.lr, momentum, betas, eps and weight_decay)")
     parameters, from_train = _parameters(cls), train_settings(cls, train)
+    options = [*parameters, *group_options(cls)]
     for key in train.optimizer_args:
         if key in from_train:
             raise ConfigError(f"{where('train.optimizer_args')}: {key} is set by train.{key}; set it there")
-        if key not in parameters:
-            known = ", ".join(k for k in parameters if k not in from_train)
+        if key not in options:
+            known = ", ".join(k for k in options if k not in from_train)
             raise ConfigError(f"{where('train.optimizer_args')}: {train.optimizer} has no argument {key!r} "
                               f"(its arguments: {known})")

@@ -100,8 +100,9 @@ class TrainConfig:
         "sgd", "sgd | adam | adamw | signsgd (signum) | adasgd (one second moment per group) | blockadam (one per "
                "tensor) | nadam | radam | adafactor | lion | adahessian | soap | shampoo | muon | torch.<Class> "
                "(any torch.optim optimizer; docs/experiments/exp4-geometry.md)")
-    optimizer_args: dict = option({}, "further arguments of the optimizer's class by name, e.g. {nesterov: true} "
-                                      "(train.lr, momentum, betas, eps, weight_decay set their own)", added=True)
+    optimizer_args: dict = option({}, "further arguments of the optimizer's class by name, e.g. {nesterov: true}, "
+                                      "or options it takes through **kwargs (lion: {cautious: true}) (train.lr, "
+                                      "momentum, betas, eps, weight_decay set their own)", added=True)
     lr: float = option(1e-3, "learning rate", gt=0)
     momentum: float = option(0.0, "momentum of sgd, signsgd, muon and shampoo", ge=0, lt=1)
     betas: list[float] = option([0.9, 0.999], "first- and second-moment decay of the Adam family", ge=0, lt=1,

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from config.optimizers import library_class, train_settings
+from config.optimizers import group_options, library_class, train_settings
 from config.schema import TrainConfig
 from utils.errors import ConfigError
 
 
 @pytest.mark.parametrize("text, message", [
     ("train: {optimizer: lion, optimizer_args: {bogus: 1}}", "lion has no argument 'bogus'"),
+    ("train: {optimizer: lion, optimizer_args: {cautios: true}}",  # a typo of a kwargs-only option
+     r"lion has no argument 'cautios' \(its arguments: .*, cautious, use_gc\)$"),
     ("train: {optimizer: torch.NAdam, optimizer_args: {lr: 0.1}}", "lr is set by train.lr; set it there"),
     ("train: {optimizer: signsgd, optimizer_args: {nesterov: true}}", "signsgd takes no optimizer_args"),
     ("train: {optimizer: torch.Foo}", "must be one of sgd, .*, got 'torch.Foo'"),
@@ -39,3 +41,20 @@ def test_train_settings_set_only_parameters_of_the_same_kind():
                                                        "weight_decay": 0.1}
     assert "eps" not in train_settings(torch.optim.Adafactor, train)  # its eps is a pair
     assert library_class("torch.Rprop") is torch.optim.Rprop and library_class("adasgd") is None
+
+
+def test_options_taken_only_through_kwargs_pass_and_reach_the_optimizers_groups(tiny_experiment):
+    """pytorch-optimizer's Lion takes cautious, use_gc, adanorm and adanorm_r through **kwargs into its groups (its
+    signature does not name them); Muon takes cautious so; torch.optim classes take no **kwargs."""
+    import pytorch_optimizer
+    import torch
+
+    from optimization.optimizers import make_optimizer
+
+    experiment = tiny_experiment("train: {optimizer: lion, optimizer_args: {cautious: true, adanorm: true}}")
+    group = make_optimizer([torch.nn.Parameter(torch.ones(2, 2))], experiment.runs[0].train).param_groups[0]
+    assert group["cautious"] is True and group["adanorm"] is True
+    assert group_options(pytorch_optimizer.Lion) == ("adanorm", "adanorm_r", "cautious", "use_gc")
+    assert group_options(pytorch_optimizer.AdaHessian) == ("adam_debias",)
+    assert group_options(pytorch_optimizer.Muon) == ("cautious",)  # not the lr, betas, … it sets on each group
+    assert group_options(pytorch_optimizer.SOAP) == group_options(torch.optim.Adam) == ()
