@@ -147,7 +147,8 @@ class BlockAdam(torch.optim.Optimizer):
         return loss
 
 
-ADAM_FAMILY = ("adam", "adamw", "adasgd", "blockadam")  # the optimizers with a diagonal preconditioner
+ADAM_FAMILY = ("adam", "adamw", "adasgd", "blockadam")  # diagonal preconditioners from the gradients' second moment
+PRECONDITIONED = (*ADAM_FAMILY, "adahessian")  # those with a diagonal preconditioner: diagonal_preconditioner's
 
 
 @torch.no_grad()
@@ -164,7 +165,9 @@ def diagonal_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch
     these weights: the frozen-preconditioner approximation). Without the factor the value is 1/(1 − β₁^(t+1))
     too low: 5.3× after one step at β₁ = 0.9, 2.4× after 4, 1.1× after 20. v̂ is the bias-corrected second
     moment, shared by a block for BlockAdam; t counts the steps of each parameter's own first moment. None with
-    amsgrad (train.optimizer_args), whose divisor is another."""
+    amsgrad (train.optimizer_args), whose divisor is another. AdaHessian's: adahessian_preconditioner."""
+    if type(optimizer).__name__ == "AdaHessian":
+        return adahessian_preconditioner(optimizer, params)
     if not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW, BlockAdam)):
         return None
     if any(group.get("amsgrad") for group in optimizer.param_groups):  # it divides by the running max of v
@@ -184,6 +187,30 @@ def diagonal_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch
             first_moment_steps = float(optimizer.state[p].get("step", 0))  # BlockAdam: 0 for one never moved
             momentum_correction = 1 - beta1 ** (first_moment_steps + 1)
             diagonal[id(p)] = (momentum_correction * (v_hat.sqrt() + eps)).expand_as(p)
+    if any(id(p) not in diagonal for p in params):
+        return None
+    return torch.cat([diagonal[id(p)].reshape(-1) for p in params])
+
+
+@torch.no_grad()
+def adahessian_preconditioner(optimizer: torch.optim.Optimizer, params: list[torch.Tensor]) -> torch.Tensor | None:
+    """P = (1 − β₁^(t+1))·(v̂^(k/2) + ε), the diagonal by which pytorch-optimizer's AdaHessian divides its momentum m
+    in its next step (Yao et al. 2021: v the moving average of D², D the Hutchinson estimate of diag H, k its
+    hessian_power), flat over `params`; None before its first step. As diagonal_preconditioner's for Adam, whose
+    recurrence this is with another v: the factor is the next step's bias correction of m (1 with its adam_debias
+    option, which leaves m uncorrected); v̂ = v/(1 − β₂^(t+1)) when the next step keeps v (it renews D every
+    update_period steps), else the current v/(1 − β₂^t) (the new D needs the next step's weights: P frozen)."""
+    diagonal = {}
+    for group in optimizer.param_groups:
+        (beta1, beta2), steps = group["betas"], group.get("step", 0)
+        renews = steps % optimizer.update_period == 0  # the next step draws a new D (needs_hessian_diagonal)
+        momentum_correction = 1.0 if group.get("adam_debias") else 1 - beta1 ** (steps + 1)
+        for p in group["params"]:
+            state = optimizer.state[p]
+            if steps == 0 or "exp_hessian_diag_sq" not in state:
+                return None
+            v_hat = state["exp_hessian_diag_sq"] / (1 - beta2 ** (steps if renews else steps + 1))
+            diagonal[id(p)] = momentum_correction * (v_hat.pow(group["hessian_power"] / 2) + group["eps"])
     if any(id(p) not in diagonal for p in params):
         return None
     return torch.cat([diagonal[id(p)].reshape(-1) for p in params])

@@ -13,7 +13,10 @@ preconditioned_lambda_max  λ_max(P^-1/2 H P^-1/2) with P = (1 − β₁^(t+1))�
                            coordinates: P^-1/2 RᵀHR P^-1/2). Adam with step η and β₁ is stable on a quadratic with
                            a frozen P while it is below (2 + 2β₁)/((1 − β₁)η), 38/η at β₁ = 0.9 (Cohen et al. 2022,
                            "Adaptive gradient methods at the edge of stability"). Measured for adam, adamw, adasgd
-                           and blockadam, from their first step on.
+                           and blockadam, from their first step on; for adahessian too, with its P = (1 − β₁^(t+1))·
+                           (v̂^(k/2) + ε), v̂ the bias-corrected average of its squared Hutchinson diag-H estimates
+                           (optimization.optimizers.adahessian_preconditioner): its update has Adam's recurrence with
+                           that P, so the frozen-P limit is the same.
 trace                      tr(H) by Hutchinson's estimator (the same Rademacher vectors at every point), with its
                            standard error.
 
@@ -44,7 +47,7 @@ import time
 
 import torch
 
-from optimization.optimizers import ADAM_FAMILY
+from optimization.optimizers import ADAM_FAMILY, PRECONDITIONED
 from optimization.curvature import hutchinson_trace, lanczos
 from config.schema import TrackConfig, TrainConfig
 
@@ -69,28 +72,48 @@ def gd_threshold(train: TrainConfig, lr: float) -> float | None:
     return (2 + 2 * train.momentum) / lr if plain_sgd and lr > 0 else None
 
 
+# AdaHessian's optimizer_args that shape only its P (optimization.optimizers.adahessian_preconditioner) or its weight
+# decay (as train.weight_decay does Adam's): the update stays m ← β₁m + (1 − β₁)g, θ ← θ − ηP⁻¹m (not so: maximize).
+ADAHESSIAN_SAME_UPDATE = ("hessian_power", "update_period", "num_samples", "hessian_distribution", "adam_debias",
+                          "weight_decouple", "fixed_decay", "foreach")
+
+
+def preconditioned_limit_holds(train: TrainConfig) -> bool:
+    """Whether the update is the one the preconditioned limit was derived for: the Adam family set by train.* alone
+    (amsgrad's preconditioner is another), or AdaHessian with options from ADAHESSIAN_SAME_UPDATE."""
+    if train.optimizer == "adahessian":
+        return set(train.optimizer_args) <= set(ADAHESSIAN_SAME_UPDATE)
+    return train.optimizer in ADAM_FAMILY and not train.optimizer_args
+
+
 def adam_threshold(train: TrainConfig, lr: float) -> float | None:
-    """The limit on λ_max(P^-1/2 H P^-1/2) for the Adam family: (2 + 2β₁)/((1 − β₁)η); None otherwise (and with
-    train.optimizer_args: amsgrad's preconditioner is another)."""
+    """The limit on λ_max(P^-1/2 H P^-1/2) for the Adam family and AdaHessian: (2 + 2β₁)/((1 − β₁)η); None otherwise
+    (preconditioned_limit_holds)."""
     beta1 = train.betas[0]
-    plain_adam = train.optimizer in ADAM_FAMILY and not train.optimizer_args
-    return (2 + 2 * beta1) / ((1 - beta1) * lr) if plain_adam and lr > 0 else None
+    return (2 + 2 * beta1) / ((1 - beta1) * lr) if preconditioned_limit_holds(train) and lr > 0 else None
 
 
 def threshold_basis(train: TrainConfig) -> str:
     """Where the drawn limit comes from, or why there is none: what track.json says beside the points."""
-    if train.optimizer_args and train.optimizer in ("sgd", *ADAM_FAMILY):
+    if (train.optimizer == "sgd" and train.optimizer_args) or \
+            (train.optimizer in PRECONDITIONED and not preconditioned_limit_holds(train)):
         return "none: train.optimizer_args change the update the limit was derived for"
     if train.optimizer == "sgd":
         return "(2 + 2β)/η on λ_max: gradient descent with heavy-ball momentum β on a quadratic (Cohen et al. 2021)"
+    if train.optimizer == "adahessian":
+        return ("(2 + 2β₁)/((1 − β₁)η) on the preconditioned λ_max, P = (1 − β₁^(t+1))·(v̂^(k/2) + ε) from its "
+                "Hessian-diagonal estimates, frozen: the limit Cohen et al. (2022) derive for Adam holds for any "
+                "frozen diagonal P under this momentum; that AdaHessian trains at this edge is not established; none "
+                "on λ_max")
     if train.optimizer in ADAM_FAMILY:
         return ("(2 + 2β₁)/((1 − β₁)η) on the preconditioned λ_max, P frozen (Cohen et al. 2022); none on λ_max")
     return "none: " + NO_THRESHOLD.get(train.optimizer, "the literature defines no stability limit for this optimizer")
 
 
 def tracked_metrics(cfg: TrackConfig, train: TrainConfig) -> list[str]:
-    """The metrics of train.track.metrics that this optimizer has (the preconditioned one needs the Adam family)."""
-    return [m for m in cfg.metrics if m != "preconditioned_lambda_max" or train.optimizer in ADAM_FAMILY]
+    """The metrics of train.track.metrics that this optimizer has (the preconditioned one needs a diagonal P: the
+    Adam family, AdaHessian)."""
+    return [m for m in cfg.metrics if m != "preconditioned_lambda_max" or train.optimizer in PRECONDITIONED]
 
 
 class SharpnessTracker:

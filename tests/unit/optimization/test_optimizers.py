@@ -265,6 +265,39 @@ def test_adahessian_divides_the_momentum_by_the_root_mean_square_hessian_diagona
         assert torch.allclose(w.detach(), expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("taken, options", [(1, {}), (4, {"hessian_power": 0.5}), (2, {"adam_debias": True}),
+                                            (3, {"update_period": 2}), (4, {"update_period": 2})])
+def test_adahessians_preconditioner_divides_its_next_steps_momentum(taken, options):
+    """P = (1 − β₁^(t+1))·(v̂^(k/2) + ε) after t steps (factor 1 with adam_debias): the next step moves θ by η·m/P,
+    m the momentum after it. A next D with D² = v̂ leaves v̂ as it is, so a step that renews D shows P exactly; one
+    between renewals (update_period 2, t odd) keeps v, whose v̂ = v/(1 − β₂^(t+1)) is then exact."""
+    from optimization.optimizers import diagonal_preconditioner
+
+    torch.manual_seed(taken)
+    weights = [torch.nn.Parameter(torch.randn(3, 4, dtype=torch.float64)),
+               torch.nn.Parameter(torch.randn(5, dtype=torch.float64))]
+    beta1, beta2, lr, period = 0.9, 0.999, 0.1, options.get("update_period", 1)
+    optimizer = make_optimizer(weights, TrainConfig(optimizer="adahessian", lr=lr, betas=[beta1, beta2],
+                                                    weight_decay=0.0, optimizer_args=options))
+    assert diagonal_preconditioner(optimizer, weights) is None  # no step yet
+    for t in range(taken):
+        for w in weights:
+            w.grad = torch.randn_like(w)
+        optimizer.step(hessian=[torch.randn_like(w) for w in weights] if t % period == 0 else None)
+    preconditioner = diagonal_preconditioner(optimizer, weights)
+    power, eps = optimizer.param_groups[0]["hessian_power"], optimizer.param_groups[0]["eps"]
+    factor = 1.0 if options.get("adam_debias") else 1 - beta1 ** (taken + 1)
+    v_hat = ((preconditioner / factor - eps) ** (2 / power)).split([12, 5])
+    before, momentum = [w.detach().clone() for w in weights], []
+    for w in weights:
+        w.grad = torch.randn_like(w)
+        momentum.append(beta1 * optimizer.state[w]["exp_avg"] + (1 - beta1) * w.grad)
+    renews = taken % period == 0
+    optimizer.step(hessian=[v.sqrt().reshape(w.shape) for v, w in zip(v_hat, weights)] if renews else None)
+    moved = torch.cat([(b - w.detach()).reshape(-1) for b, w in zip(before, weights)])
+    assert torch.allclose(moved, lr * torch.cat([m.reshape(-1) for m in momentum]) / preconditioner, rtol=1e-9)
+
+
 def test_the_hessian_diagonal_is_hutchinsons_z_times_hz_in_the_optimizers_coordinates(tiny_model_and_tokenizer):
     """z ⊙ Hz with the optimizer's own vectors; under a rotation θ = Rθ̃ the Hessian of θ̃, z ⊙ RᵀHRz."""
     from data.batches import fixed_batches

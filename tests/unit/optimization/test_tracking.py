@@ -173,7 +173,7 @@ def test_thresholds():
 def test_no_threshold_where_the_literature_defines_none_or_the_update_is_another():
     from optimization.tracking import threshold_basis
 
-    for name in ("lion", "signsgd", "muon", "shampoo", "soap", "adahessian", "nadam", "torch.Adamax"):
+    for name in ("lion", "signsgd", "muon", "shampoo", "soap", "nadam", "torch.Adamax"):
         train = TrainConfig(optimizer=name)
         assert gd_threshold(train, 0.1) is None and adam_threshold(train, 0.1) is None
         assert threshold_basis(train).startswith("none: ")
@@ -184,6 +184,21 @@ def test_no_threshold_where_the_literature_defines_none_or_the_update_is_another
     assert threshold_basis(nesterov) == threshold_basis(amsgrad) == \
         "none: train.optimizer_args change the update the limit was derived for"
     assert threshold_basis(TrainConfig(optimizer="sgd")).startswith("(2 + 2β)/η")
+
+
+def test_adahessian_has_the_preconditioned_limit_of_its_momentum_and_none_on_lambda_max():
+    """Its update is Adam's recurrence m ← β₁m + (1 − β₁)g, θ ← θ − ηP⁻¹m with P from its Hessian-diagonal estimates:
+    the frozen-P limit (2 + 2β₁)/((1 − β₁)η) is the same; options that shape only P keep it, maximize does not."""
+    from optimization.tracking import threshold_basis, tracked_metrics
+    from config.schema import TrackConfig
+
+    adahessian = TrainConfig(optimizer="adahessian", betas=[0.5, 0.99], optimizer_args={"hessian_power": 0.5})
+    assert adam_threshold(adahessian, 0.1) == pytest.approx(60.0) and gd_threshold(adahessian, 0.1) is None
+    assert threshold_basis(adahessian).startswith("(2 + 2β₁)/((1 − β₁)η) on the preconditioned λ_max, P = (1 − β₁^(t+1))")
+    assert "preconditioned_lambda_max" in tracked_metrics(TrackConfig(every=1), adahessian)
+    maximizing = TrainConfig(optimizer="adahessian", optimizer_args={"maximize": True})
+    assert adam_threshold(maximizing, 0.1) is None
+    assert threshold_basis(maximizing) == "none: train.optimizer_args change the update the limit was derived for"
 
 
 @pytest.mark.parametrize("kind", ["adam", "adasgd", "blockadam"])
@@ -218,7 +233,8 @@ def _tracked(tiny_experiment, train: str):
 
 @pytest.mark.parametrize("train, track", [
     ("epochs: 2", "{every: 2, metrics: [lambda_max, trace], trace_samples: 2}"),
-    ("epochs: 2, optimizer: adam, lr: 0.003, rotation: global", "{every: 3}")])
+    ("epochs: 2, optimizer: adam, lr: 0.003, rotation: global", "{every: 3}"),
+    ("epochs: 2, optimizer: adahessian, lr: 0.003", "{every: 4}")])
 def test_tracking_leaves_training_bit_identical(tiny_experiment, tmp_path, train, track):
     tracked = _tracked(tiny_experiment, f"{{{train}, track: {track}}}")
     plain = tiny_experiment(f"train: {{{train}}}\n")
@@ -235,7 +251,7 @@ def test_tracking_leaves_training_bit_identical(tiny_experiment, tmp_path, train
     assert steps == list(range(0, 12 + 1, every))  # 6 steps per epoch, and step 0
     assert mb["track"] == {"points": len(steps), "hvps": track["hvps"], "seconds": pytest.approx(track["seconds"])}
     assert all(p["lambda_max"] > 0 for p in track["points"])
-    if "adam" in train:
+    if "adam" in train or "adahessian" in train:
         assert track["points"][0]["preconditioned_lambda_max"] is None  # before the first step: no P
         assert all(p["preconditioned_lambda_max"] > 0 for p in track["points"][1:])
         assert track["points"][1]["preconditioned_threshold"] == pytest.approx(38 / 0.003)
