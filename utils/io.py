@@ -23,6 +23,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,13 +163,34 @@ def read_json(path: str | Path) -> dict:
     return data
 
 
+# A write within the file system's clock tick (up to 2 s on some) of the last one can leave a file's size and mtime
+# as they were: only a file older than that when read is known by its stat alone.
+SETTLED_NS = 2_000_000_000
+_digests: dict[tuple, str] = {}  # (path, inode, size, mtime_ns) -> sha256, of files settled when read
+
+
 def sha256_of(path: str | Path) -> str:
-    """The sha256 of a file; of a folder, the sha256 of its files' relative paths and sha256s."""
+    """The sha256 of a file; of a folder, the sha256 of its files' relative paths and sha256s. A file is read once
+    per process while it is unchanged (_digests): every stage of a command verifies the checkpoints it loads."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         listing = "".join(f"{sha256_of(p)}  {p.relative_to(path).as_posix()}\n" for p in files)
         return hashlib.sha256(listing.encode()).hexdigest()
+    before = path.stat()
+    key = (str(path.resolve()), before.st_ino, before.st_size, before.st_mtime_ns)
+    if key in _digests:
+        return _digests[key]
+    started = time.time_ns()
+    digest = hash_file(path)
+    after = path.stat()
+    if (after.st_ino, after.st_size, after.st_mtime_ns) == key[1:] and before.st_mtime_ns < started - SETTLED_NS:
+        _digests[key] = digest
+    return digest
+
+
+def hash_file(path: Path) -> str:
+    """The sha256 of a file's bytes, read now (sha256_of remembers it)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
