@@ -15,11 +15,12 @@ search that never ends.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import string
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from config.schema import DataConfig
@@ -70,7 +71,19 @@ def filter_texts(lines, min_length: int, limit: int, max_lines: int | None = Non
 
 
 def load_texts(cfg: DataConfig) -> Texts:
-    """The first data.n_train / n_val / n_test filtered texts of each split."""
+    """The first data.n_train / n_val / n_test filtered texts of each split, read once per process for each data
+    config (every stage and run of a command asks for the same texts); each caller gets lists of its own."""
+    key = json.dumps({**asdict(cfg), "order": None}, sort_keys=True)  # the training order picks no texts
+    if key not in _loaded:
+        _loaded[key] = _read_texts(cfg)
+    texts = _loaded[key]
+    return Texts(list(texts.train), list(texts.validation), list(texts.test), dict(texts.asked))
+
+
+_loaded: dict[str, Texts] = {}  # load_texts's: data settings -> the texts they pick
+
+
+def _read_texts(cfg: DataConfig) -> Texts:
     asked = {split: getattr(cfg, key) for split, key in _COUNT_KEYS.items()}
     if cfg.source == "builtin":
         return Texts(**_builtin_texts(cfg, asked), asked=asked)

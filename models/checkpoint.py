@@ -85,6 +85,11 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
+def tokenizer_ref(ckpt: dict) -> str:
+    """A checkpoint's tokenizer: a hub id, or TOKENIZER_DIR (the folder beside the checkpoint)."""
+    return ckpt.get("tokenizer") or ckpt["config"]["model"]["name"]
+
+
 @dataclass
 class TrainedModel:
     model: torch.nn.Module
@@ -92,6 +97,15 @@ class TrainedModel:
     run: RunConfig
     checkpoint: dict
     path: Path
+
+    @property
+    def tokenizer_identity(self) -> str:
+        """Which tokenizer this is, for what is tokenized once per command: its folder's recorded checksum, or its
+        hub id at the revision it is loaded from."""
+        ref = tokenizer_ref(self.checkpoint)
+        if ref == TOKENIZER_DIR:
+            return recorded_sha256(self.path.parent / TOKENIZER_DIR)
+        return f"{ref}@{self.run.model.revision if ref == self.run.model.name else ''}"
 
 
 def load_trained(path: Path, device: torch.device | str = "cpu", space: str = "adapter") -> TrainedModel:
@@ -107,7 +121,7 @@ def load_trained(path: Path, device: torch.device | str = "cpu", space: str = "a
     load_weights(model, ckpt, path)
     if is_adapted(model) and space == "merged":
         model = merged(model)
-    ref = ckpt.get("tokenizer") or ckpt["config"]["model"]["name"]
+    ref = tokenizer_ref(ckpt)
     if ref == TOKENIZER_DIR:
         tokenizer = load_tokenizer(str(path.parent / TOKENIZER_DIR))
     else:  # model.name's own tokenizer is that of its revision

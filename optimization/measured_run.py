@@ -20,14 +20,14 @@ without it stale. A new measurement plugs in by naming its results and writing i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from config.schema import Experiment, RunConfig, section_settings
+from config.schema import Experiment, RunConfig, measurement_set_settings, section_settings
 from data.corpus import Texts, load_texts
 from data.measurement import FixedSet, measurement_set
 from models.checkpoint import TrainedModel, load_trained
@@ -117,14 +117,23 @@ class TrainedRun:
         """The model of `name` (checkpoint.pt, init.pt) on the run's device; a LoRA run's in `space`."""
         return load_trained(self.folder / name, self.device, space)
 
-    def measurement_set(self, tokenizer) -> FixedSet:
-        """The texts every Hessian measurement sees (data.measurement.measurement_set)."""
-        return measurement_set(self.texts.train, self.run.sharpness, tokenizer, self.run.data.max_length)
+    def measurement_set(self, trained: TrainedModel) -> FixedSet:
+        """The texts every Hessian measurement sees (data.measurement.measurement_set), tokenized for `trained`:
+        built once per command for the runs and stages that share the data, the set's settings and the tokenizer."""
+        key = fingerprint({"data": {**asdict(self.run.data), "order": None},  # the training order picks no texts
+                           "set": measurement_set_settings(self.run), "tokenizer": trained.tokenizer_identity})
+        if key not in _measurement_sets:
+            _measurement_sets[key] = measurement_set(self.texts.train, self.run.sharpness, trained.tokenizer,
+                                                     self.run.data.max_length)
+        return _measurement_sets[key]
 
     def open(self, space: str = "adapter") -> Opened:
         trained = self.load(space)
-        measurement = self.measurement_set(trained.tokenizer)
+        measurement = self.measurement_set(trained)
         return Opened(trained, measurement, Objective(trained.model, measurement.batches, hvp_mode=self.run.sharpness.hvp))
+
+
+_measurement_sets: dict[str, FixedSet] = {}  # TrainedRun.measurement_set's, by what picks and tokenizes the texts
 
 
 def measured_runs(experiment: Experiment, output: Path) -> list[TrainedRun]:

@@ -155,3 +155,28 @@ def test_a_corrupt_result_is_measured_again(tmp_path, capsys):
     result.path.write_text('{"fingerprint": ')
     assert not result.current(force=False) and not result.path.exists()
     assert "warning" in capsys.readouterr().out
+
+
+def test_texts_and_measurement_sets_are_built_once_per_command(tiny_experiment, tmp_path, monkeypatch):
+    """Before, every run loaded the texts in each stage (train, sharpness, geometry: 6 loads for 2 seeds) and each
+    measuring stage built each run's measurement set (4 builds)."""
+    import data.corpus
+    import optimization.measured_run as measured_run
+    from pipeline import run_experiment
+
+    loads, builds = [], []
+    read_texts, build_set = data.corpus._read_texts, measured_run.measurement_set
+    monkeypatch.setattr(data.corpus, "_loaded", {})
+    monkeypatch.setattr(measured_run, "_measurement_sets", {})
+    monkeypatch.setattr(data.corpus, "_read_texts", lambda cfg: loads.append(cfg) or read_texts(cfg))
+    monkeypatch.setattr(measured_run, "measurement_set", lambda *args: builds.append(args) or build_set(*args))
+    experiment = tiny_experiment("""
+        seeds: [1, 2]
+        train: {epochs: 1}
+        sharpness: {max_iter: 4, random_directions: 1, worst_case_steps: 0, trace_samples: 0}
+        geometry: {cauchy_vectors: 5, bootstrap: 0, frobenius_probes: 0, rotation: none}
+    """)
+    run_experiment(experiment, ["train", "sharpness", "geometry"], tmp_path / "out")
+    assert len(loads) == 1
+    # each seed's scratch tokenizer is trained on the same texts: one tokenizer, one set
+    assert len(builds) == 1
