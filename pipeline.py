@@ -2,7 +2,7 @@
 
     train      -> <output>/<experiment>/<run>/seed-<seed>/{checkpoint.pt, metrics.json, ...}
     search     -> <output>/<experiment>/{search.json, search.db}, a run folder per trial (runs with search.n_trials)
-    sharpness  -> .../seed-<seed>/{sharpness.json, measurement.pt}
+    sharpness  -> .../seed-<seed>/sharpness.json (density.json, sharpness_merged.json when asked)
     geometry   -> .../seed-<seed>/geometry.json (ℓ∞ vs ℓ2 geometry of the Hessian; not run by default)
     landscape  -> .../seed-<seed>/landscape_2d.npz, <output>/<experiment>/interpolation.json, figures/
     prune      -> .../seed-<seed>/prune.json (LoRA runs: perplexity as adapter weights are zeroed; not run by default)

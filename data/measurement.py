@@ -1,7 +1,9 @@
 """Fixed evaluation sets: the same texts for every run and seed of an experiment.
 
-Sharpness (`measurement.pt`) and landscapes draw their texts here, by index into a filtered split,
-with a seed of their own; the texts are tokenized once with the run's tokenizer and batched.
+Sharpness and landscapes draw their texts here, by index into a filtered split, with a seed of their
+own; the texts are tokenized with the run's tokenizer and batched. A set is a pure function of its texts, seed and
+tokenizer, so it is built again (once per command: optimization.measured_run) rather than saved; sharpness.json
+records its indices.
 """
 
 from __future__ import annotations
@@ -22,13 +24,6 @@ class FixedSet:
     @property
     def n_tokens(self) -> int:
         return sum(count_targets(b) for b in self.batches)
-
-    def to_dict(self) -> dict:
-        return {"batches": self.batches, "indices": self.indices, "n_tokens": self.n_tokens}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FixedSet":
-        return cls(batches=data["batches"], indices=list(data["indices"]))
 
 
 def draw_indices(n_texts: int, n_wanted: int, seed: int) -> list[int]:

@@ -17,7 +17,8 @@ Blocks       row sums over the rows of one layer or one kind of weight: where th
              sketch H's range (Q = orth(H·S)), m/3 give ‖HQ‖_F² exactly, the rest estimate ‖H(I − QQᵀ)‖_F² by
              Hutchinson (E‖Az‖² = ‖A‖_F²). Exact once m/3 reaches H's rank; memory: up to 3·m/3 vectors of d
              floats at once (the sketch, and QR's output and workspace).
-‖H‖₂         max(|λ_max|, |λ_min|) by Lanczos (optimization.curvature).
+‖H‖₂         max(|λ_max|, |λ_min|) by Lanczos (optimization.curvature), or as sharpness.json holds them when its
+             Lanczos ran on the same operator at least as strictly (sharpness.geometry_stage).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 from scipy.stats import t as student_t
 
 from models.parameters import parameter_kind, parameter_layer
-from optimization.curvature import lanczos, rademacher
+from optimization.curvature import Estimate, lanczos, rademacher
 from utils import distributed
 from utils.errors import CorruptFileError
 from utils.io import new_memmap, read_json, remove, write_json
@@ -328,10 +329,14 @@ def hutchinson_interval(exact: float, samples: list[float], confidence: float) -
 def spectral_norm(matvec: MatVec, like: torch.Tensor, max_iter: int, tol: float, seed: int, progress=None) -> dict:
     eigen = lanczos(matvec, like.numel(), k=1, max_iter=max_iter, tol=tol, seed=seed, device=like.device,
                     dtype=like.dtype, progress=progress)
-    top, bottom = eigen.top[0], eigen.bottom
+    return spectral_of(eigen.top[0], eigen.bottom, eigen.matvecs)
+
+
+def spectral_of(top: Estimate, bottom: Estimate, hvps: int) -> dict:
+    """‖H‖₂ = max(|λ_max|, |λ_min|) from a Lanczos run's extreme estimates and the products (`hvps`) it took."""
     extreme = top if abs(top.value) >= abs(bottom.value) else bottom
     return {"value": abs(extreme.value), "lambda_max": top.value, "lambda_min": bottom.value,
-            "converged": extreme.converged, "residual": extreme.residual, "hvps": eigen.matvecs}
+            "converged": extreme.converged, "residual": extreme.residual, "hvps": hvps}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,12 +360,13 @@ def _blocks(names: list[str], numels: list[int], segments: dict) -> dict:
 
 
 def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: list[int], cfg, eigen_cfg,
-                  sketch_path: Path, stamp: str, bar: Callable, label: str = "") -> dict:
+                  sketch_path: Path, stamp: str, bar: Callable, label: str = "", spectral: dict | None = None) -> dict:
     """Every geometry figure of the operator `matvec` (see the module docstring); `cfg` is a GeometryConfig,
     `eigen_cfg` the SharpnessConfig whose max_iter, tol and seed the Lanczos run uses, and `bar(total, desc)`
-    makes a progress bar. The sketch file is removed when the frame is done. `hvps` counts the products the
-    frame's figures come from, however many runs computed them: one per sketch row (a resumed sketch's rows
-    too, a row computed again once) plus those of ‖H‖₂ and ‖H‖_F."""
+    makes a progress bar. `spectral`: ‖H‖₂ as spectral_of gives it from a Lanczos run made already on this operator
+    (sharpness.json's); None: measured here. The sketch file is removed when the frame is done. `hvps` counts the
+    products this stage took for the frame's figures, however many runs computed them: one per sketch row (a resumed
+    sketch's rows too, a row computed again once) plus those of ‖H‖₂ (when measured here) and ‖H‖_F."""
     start, hvps = time.perf_counter(), cfg.cauchy_vectors
     dim = like.numel()
 
@@ -376,8 +382,9 @@ def measure_frame(matvec: MatVec, like: torch.Tensor, names: list[str], numels: 
                                                                 cfg.seed, progress)
     stats = distributed.broadcast_object(stats)  # torchrun: computed by rank 0, which holds the sketch
     del sketch
-    with bar(eigen_cfg.max_iter, f"{label} ‖H‖₂") as progress:
-        spectral = spectral_norm(counted, like, eigen_cfg.max_iter, eigen_cfg.tol, eigen_cfg.seed, progress)
+    if spectral is None:
+        with bar(eigen_cfg.max_iter, f"{label} ‖H‖₂") as progress:
+            spectral = spectral_norm(counted, like, eigen_cfg.max_iter, eigen_cfg.tol, eigen_cfg.seed, progress)
     frobenius = None
     if cfg.frobenius_probes:
         with bar(cfg.frobenius_probes, f"{label} ‖H‖_F") as progress:

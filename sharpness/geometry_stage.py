@@ -3,7 +3,9 @@
 Writes <run dir>/geometry.json with one frame per coordinate system: `original` (H) and, unless
 geometry.rotation is none, `rotated` (RᵀHR, the Hessian of θ̃ ↦ L(Rθ̃)). It measures on the sharpness
 measurement set (data.measurement.measurement_set: the same texts as sharpness.json) with the sharpness
-eigen-solver settings.
+eigen-solver settings; the original frame's ‖H‖₂ is sharpness.json's when its Lanczos ran on the same weights and
+set at least as strictly (spectral_from_sharpness), and each frame records where its ‖H‖₂ came from
+(`spectral_norm_from`).
 
 Work survives a kill at two levels: while a frame's Cauchy sketch is computed, geometry_sketch_<frame>.npy
 (and its .json state, with a checksum per finished row, verified on resuming) hold the finished rows; a
@@ -15,18 +17,21 @@ again.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
 
 import psutil
 
+from optimization.curvature import Estimate
 from optimization.measured_run import Result, TrainedRun, measure_runs, measured_runs, sharpness_settings
 from optimization.rotation import build_rotation
-from sharpness.geometry import CHUNK, measure_frame, remove_sketch
-from config.schema import Experiment, RunConfig, section_settings
-from utils.errors import ConfigError
-from utils.io import fingerprint, read_own_output, remove, write_json
+from sharpness.geometry import CHUNK, measure_frame, remove_sketch, spectral_of
+from config.schema import Experiment, RunConfig, measurement_set_settings, section_settings
+from utils import distributed
+from utils.errors import ConfigError, CorruptFileError
+from utils.io import fingerprint, read_json, read_own_output, remove, write_json
 from utils.progress import progress
 
 PARTIAL = "geometry.partial.json"
@@ -81,6 +86,32 @@ def geometry_stage(experiment: Experiment, output: Path, force: bool) -> None:
                  lambda trained, todo: measure_geometry(trained, todo[0], force))
 
 
+def spectral_from_sharpness(trained: TrainedRun) -> tuple[dict | None, str]:
+    """The original frame's ‖H‖₂ (spectral_of) from sharpness.json's λ_max and λ_min, and "sharpness.json"; or None
+    and "own lanczos: <why not>". They are reused when its Lanczos ran on these weights, on this measurement set with
+    the same HVP, at least as strictly: a tolerance no looser, as many steps or more, and top_k ≥ 1 eigenvalues to
+    converge where this stage's asks for 1 (so it runs at least as long as this stage's own from the same start)."""
+    path = trained.folder / "sharpness.json"
+    if not path.is_file():
+        return None, "own lanczos: no sharpness.json"
+    try:
+        saved = read_json(path)
+    except CorruptFileError:
+        return None, "own lanczos: sharpness.json does not parse"
+    recorded, now = saved.get("settings") or {}, sharpness_settings(trained.run)
+    if saved.get("checkpoint") != trained.checkpoint:
+        return None, "own lanczos: sharpness.json was measured on other weights"
+    if any(recorded.get(key) != now.get(key) for key in [*measurement_set_settings(trained.run), "hvp"]):
+        return None, "own lanczos: sharpness.json was measured on another measurement set or with another HVP"
+    if recorded.get("method") != "lanczos" or saved.get("lambda_min") is None:
+        return None, "own lanczos: sharpness.json's eigenvalues are from power iteration (no λ_min)"
+    if not (recorded.get("tol", math.inf) <= now["tol"] and recorded.get("max_iter", 0) >= now["max_iter"]):
+        return None, "own lanczos: sharpness.json's Lanczos had a looser tolerance or fewer steps"
+    top, bottom = (Estimate(saved[f"lambda_{end}"], saved[f"lambda_{end}_residual"], saved[f"lambda_{end}_converged"])
+                   for end in ("max", "min"))
+    return spectral_of(top, bottom, saved["hvp_count"]), "sharpness.json"
+
+
 def frames(run: RunConfig) -> list[str]:
     return ["original"] + ([] if run.geometry.rotation == "none" else ["rotated"])
 
@@ -117,10 +148,15 @@ def measure_geometry(trained: TrainedRun, result: Result, force: bool) -> None:
 
             def matvec(v, rotation=rotation):  # the Hessian of θ̃ ↦ L(Rθ̃) is RᵀHR
                 return rotation.transpose(objective.hvp(rotation.apply(v)))
+        spectral, source = None, "own lanczos: sharpness.json measures H, not RᵀHR"
+        if frame == "original":  # rank 0's reading: every rank of a torchrun job must take the same products
+            spectral, source = distributed.broadcast_object(spectral_from_sharpness(trained))
+        print(f"{label}: {frame} frame's ‖H‖₂ from {source}")
         stamp = frame_stamp(result, frame)
         measured[frame] = measure_frame(matvec, objective.base, names, numels, geometry, run.sharpness,
-                                        folder / f"geometry_sketch_{frame}.npy", stamp, _bar, f"{label} {frame}")
-        measured[frame]["stamp"] = stamp
+                                        folder / f"geometry_sketch_{frame}.npy", stamp, _bar, f"{label} {frame}",
+                                        spectral)
+        measured[frame].update(stamp=stamp, spectral_norm_from=source)
         if frame == "rotated":
             measured[frame].update(rotation=geometry.rotation, rotation_seed=geometry.rotation_seed)
         write_json(folder / PARTIAL, {"frames": measured})

@@ -1,7 +1,7 @@
 """The `sharpness` stage: for every trained run, build the measurement set once and measure on it.
 
-Writes <run dir>/measurement.pt (the batches exactly as fed to the model, and the indices of their
-texts in the filtered training split), <run dir>/sharpness.json and, with sharpness.density.probes > 0,
+Writes <run dir>/sharpness.json (with the indices of the measurement set's texts in the filtered training split:
+the set itself is rebuilt from them and the run's tokenizer, never read from disk) and, with sharpness.density.probes > 0,
 <run dir>/density.json (the SLQ spectral density: sharpness.density). A LoRA run (model.adapter) is
 measured in its adapter's space (the weights the optimizer moves); with sharpness.merged also in the merged
 full-weight space, into <run dir>/sharpness_merged.json. Each file records the settings and weights it was
@@ -15,13 +15,12 @@ from pathlib import Path
 
 from data.measurement import FixedSet, same_texts
 from optimization.curvature import MIN_STABLE_STEPS, hutchinson_trace, lanczos, power_iteration
-from optimization.measured_run import Result, TrainedRun, measure_runs, measured_runs, sharpness_settings
+from optimization.measured_run import Opened, Result, TrainedRun, measure_runs, measured_runs, sharpness_settings
 from optimization.objective import Objective
 from sharpness.density import lanczos_memory_bytes, reorthogonalizes, slq
 from sharpness.sharpness import (curvatures, eps_sharpness, loss_resolution_pct, random_unit_directions,
                                  taylor_check, worst_case)
 from config.schema import DensityConfig, Experiment, SharpnessConfig, section_settings
-from utils.io import save_torch
 from utils.progress import progress
 
 
@@ -136,7 +135,7 @@ def sharpness_results(trained: TrainedRun) -> list[Result]:
 
 
 def measure_run(trained: TrainedRun, todo: list[Result], first_set: list[FixedSet]) -> None:
-    """Build the run's measurement set (saved as measurement.pt) and measure on it what `todo` names; `first_set`
+    """Open the run on its measurement set and measure on it what `todo` names; `first_set`
     holds the experiment's first measurement set, which every run's should equal."""
     run, label, cfg = trained.run, trained.label, trained.run.sharpness
     opened = trained.open()
@@ -145,11 +144,10 @@ def measure_run(trained: TrainedRun, todo: list[Result], first_set: list[FixedSe
     elif not same_texts(first_set[0], opened.measurement):
         print(f"{label}: warning: the measurement set differs from the experiment's first run "
               "(different data settings or tokenizer), so its numbers are not directly comparable")
-    save_torch(trained.folder / "measurement.pt", {**opened.measurement.to_dict(), "seed": cfg.seed})
     todo_by_name = {result.path.name: result for result in todo}
     space = "adapter" if run.model.adapter.type != "none" else "full"
     if "sharpness.json" in todo_by_name:
-        write_sharpness(trained, todo_by_name["sharpness.json"], opened.objective, space)
+        write_sharpness(trained, todo_by_name["sharpness.json"], opened, space)
     if "density.json" in todo_by_name:
         density = measure_density(opened.objective, cfg.density, label)
         todo_by_name["density.json"].write({"device": str(trained.device), **density})
@@ -160,14 +158,14 @@ def measure_run(trained: TrainedRun, todo: list[Result], first_set: list[FixedSe
     if "sharpness_merged.json" in todo_by_name:
         del opened  # one model at a time
         merged = trained.open("merged")
-        write_sharpness(trained, todo_by_name["sharpness_merged.json"], merged.objective, "merged")
+        write_sharpness(trained, todo_by_name["sharpness_merged.json"], merged, "merged")
 
 
-def write_sharpness(trained: TrainedRun, result: Result, objective: Objective, space: str) -> None:
-    cfg, label = trained.run.sharpness, trained.label
+def write_sharpness(trained: TrainedRun, result: Result, opened: Opened, space: str) -> None:
+    cfg, label, objective = trained.run.sharpness, trained.label, opened.objective
     measured = measure_sharpness(objective, cfg, f"{label} ({space})" if space != "full" else label)
     result.write({"space": space, "dimension": objective.dim, "texts": trained.texts.counts(),
-                  "device": str(trained.device), **measured})
+                  "measurement_indices": opened.measurement.indices, "device": str(trained.device), **measured})
     status = {True: "converged", False: "NOT converged", None: "none from power iteration"}
     lambda_min = "" if measured["lambda_min"] is None else f"{measured['lambda_min']:.4g} "
     top = measured["eps_sharpness"][f"{cfg.epsilons[0]:g}"]["eigvec"]

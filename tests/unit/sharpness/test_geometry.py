@@ -179,17 +179,27 @@ def test_geometry_stage_end_to_end_skips_and_redoes(tiny_experiment, tmp_path, c
                                                                            rel=1e-2)
     measured = json.loads((folder / "geometry.json").read_text())
     assert not list(folder.glob("geometry_sketch*"))
-    # the same measurement set as the sharpness stage
+    assert measured["frames"]["original"]["spectral_norm_from"] == "own lanczos: no sharpness.json"
+    # the same measurement set as the sharpness stage, whose λ_max and λ_min are the original frame's ‖H‖₂ from now on
     run_experiment(experiment, ["sharpness"], out)
-    assert torch.load(folder / "measurement.pt", weights_only=True)["indices"] == data["measurement_indices"]
+    sharpness = json.loads((folder / "sharpness.json").read_text())
+    assert sharpness["measurement_indices"] == data["measurement_indices"]
     capsys.readouterr()
     run_experiment(experiment, ["geometry"], out)
     assert "geometry already measured" in capsys.readouterr().out
     run_experiment(experiment, ["geometry"], out, force=True)
+    assert "original frame's ‖H‖₂ from sharpness.json" in capsys.readouterr().out
     redone = json.loads((folder / "geometry.json").read_text())["frames"]
     for frame in ("original", "rotated"):  # deterministic: the same vectors, the same numbers
-        for key in ("l11", "linf", "spectral", "frobenius", "blocks"):
+        for key in ("l11", "linf", "frobenius", "blocks") + (("spectral",) if frame == "rotated" else ()):
             assert redone[frame][key] == measured["frames"][frame][key]
+    spectral, own = redone["original"]["spectral"], measured["frames"]["original"]["spectral"]
+    assert redone["original"]["spectral_norm_from"] == "sharpness.json"
+    assert (spectral["lambda_max"], spectral["lambda_min"]) == (sharpness["lambda_max"], sharpness["lambda_min"])
+    assert spectral["value"] == max(abs(sharpness["lambda_max"]), abs(sharpness["lambda_min"]))
+    assert spectral["value"] == pytest.approx(own["value"], rel=1e-2)
+    # no Lanczos of its own: before, it took ‖H‖₂'s products again
+    assert redone["original"]["hvps"] == measured["frames"]["original"]["hvps"] - own["hvps"]
     turned = tiny_experiment("stages: [train, geometry]\n", ["geometry.cauchy_vectors=8", "geometry.bootstrap=5",
                                                            "geometry.frobenius_probes=6", "sharpness.max_iter=12",
                                                            "geometry.rotation=per-layer"])
@@ -439,3 +449,35 @@ def test_a_frame_resumed_mid_sketch_counts_every_product_behind_it(tmp_path):
     resumed = frame(lambda v: hessian @ v, "resumed")
     assert resumed["hvps"] == whole["hvps"] == 10 + whole["spectral"]["hvps"] + 6
     assert resumed["l11"] == whole["l11"]
+
+
+def test_sharpness_json_gives_the_spectral_norm_only_from_a_lanczos_as_strict_on_the_same_weights_and_set(tmp_path):
+    import dataclasses
+
+    from config.schema import RunConfig
+    from optimization.measured_run import TrainedRun, sharpness_settings
+    from sharpness.geometry_stage import spectral_from_sharpness
+
+    run = RunConfig()
+    trained = TrainedRun(run, tmp_path, "exp/run/seed-42", "weights-0", "python run.py --stages train")
+
+    def written(checkpoint="weights-0", **changes):
+        sharpness = dataclasses.replace(run.sharpness, **changes)
+        body = {"checkpoint": checkpoint, "settings": sharpness_settings(dataclasses.replace(run, sharpness=sharpness)),
+                "lambda_max": 2.5, "lambda_max_residual": 1e-4, "lambda_max_converged": True, "lambda_min": -3.0,
+                "lambda_min_residual": 2e-3, "lambda_min_converged": False, "hvp_count": 17}
+        (tmp_path / "sharpness.json").write_text(json.dumps(body))
+        return spectral_from_sharpness(trained)
+
+    assert spectral_from_sharpness(trained) == (None, "own lanczos: no sharpness.json")
+    reused = {"value": 3.0, "lambda_max": 2.5, "lambda_min": -3.0, "converged": False, "residual": 2e-3, "hvps": 17}
+    assert written() == (reused, "sharpness.json")
+    assert written(tol=1e-4, max_iter=60, top_k=5) == (reused, "sharpness.json")  # stricter: still the same operator
+    for why, changes in (("other weights", {"checkpoint": "weights-1"}), ("another measurement set", {"batches": 4}),
+                         ("another measurement set", {"seed": 1}), ("another HVP", {"hvp": "forward"}),
+                         ("power iteration", {"method": "power"}), ("looser tolerance", {"tol": 1e-2}),
+                         ("fewer steps", {"max_iter": 20})):
+        spectral, reason = written(**changes)
+        assert spectral is None and reason.startswith("own lanczos: ") and why in reason, (changes, reason)
+    (tmp_path / "sharpness.json").write_text("{")
+    assert spectral_from_sharpness(trained) == (None, "own lanczos: sharpness.json does not parse")

@@ -9,7 +9,6 @@ import math
 import pytest
 import torch
 
-from models.checkpoint import load_trained
 from optimization.evaluation import summed_token_loss
 from optimization.objective import Objective
 from optimization.curvature import hutchinson_trace, lanczos, power_iteration
@@ -233,6 +232,7 @@ def test_hutchinson_trace_is_within_three_standard_errors(tiny):
 def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(tiny_experiment, tmp_path, capsys):
     from pipeline import run_experiment
     from models.runs import run_dir
+    from optimization.measured_run import measured_runs
     from report.reader import load_results
     from report.summary import summarize
     from report.tables import curvature_columns, eps_columns, quantities_table
@@ -272,15 +272,18 @@ def test_sharpness_stage_writes_its_files_on_shared_texts_and_skips_when_done(ti
         status = {True: "converged", False: "NOT converged"}
         assert (f"{run.name}/seed-42: lambda_max {result['lambda_max']:.4g} ({status[result['lambda_max_converged']]}), "
                 f"lambda_min {result['lambda_min']:.4g} ({status[result['lambda_min_converged']]})") in printed
-        measurement = torch.load(folder / "measurement.pt", weights_only=True)
-        assert len(measurement["batches"]) == 3 and len(measurement["indices"]) == 12
-        batch = measurement["batches"][0]
+        assert not (folder / "measurement.pt").exists()  # the set is rebuilt from the texts, never read back
+        trained_run = next(job for job in measured_runs(exp, tmp_path) if job.run.name == run.name)
+        trained = trained_run.load()
+        measurement = trained_run.measurement_set(trained)
+        assert len(measurement.batches) == 3 and measurement.indices == result["measurement_indices"]
+        assert len(result["measurement_indices"]) == 12
+        batch = measurement.batches[0]
         assert set(batch) == {"input_ids", "attention_mask", "labels"}
         assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
-        trained = load_trained(folder / "checkpoint.pt")
-        base = Objective(trained.model, measurement["batches"]).loss()
+        base = Objective(trained.model, measurement.batches).loss()
         assert base == pytest.approx(result["base_loss"], rel=1e-6)  # the same set, the same loss
-        sets.append(measurement["indices"])
+        sets.append(result["measurement_indices"])
     assert sets[0] == sets[1]
     summary = summarize(load_results(tmp_path, exp.name))
     table = quantities_table(summary, eps_columns("0.01") + curvature_columns())
