@@ -15,7 +15,10 @@ the first step is in track.json only (the Trainer logs nothing at step 0). For t
 callback's on_log must run before theirs: track_sharpness puts it first. A run resumed from a checkpoint
 continues the points of track.json up to its step. Training does not see the measurement
 (model in eval mode while measured, random vectors from generators of its own): the weights and data order are
-those of a run without it. One process: under torchrun every rank would measure the whole set.
+those of a run without it. Under torch.distributed (the Trainer's DDP, torchrun) every rank measures its share of
+the batches (every world_size-th) and the loss, gradient and Hessian-vector sums are all-reduced, as the pipeline's
+Objective does in its collective stages: each rank gets the numbers of one process measuring them all, at a
+world_size-th of the cost; every rank must be given the same batches, and rank 0 alone writes track.json.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from config.schema import TrackConfig, TrainConfig
 from optimization.optimizers import diagonal_preconditioner
 from optimization.tracking import SharpnessTracker
 from sharpness.hessian import Hessian
+from utils import distributed
 from utils.io import read_json, write_json
 
 TRACK = TrackConfig()
@@ -93,10 +97,11 @@ class SharpnessCallback(TrainerCallback):
     def measure(self, args, step: int, model, optimizer) -> dict:
         """One point at the model's current weights (after `step` steps), written to track.json at once."""
         was_training = model.training
-        hessian = Hessian(model, self.batches, loss=self.loss)  # puts the model in eval mode
-        inner = getattr(optimizer, "optimizer", optimizer)
-        preconditioner = diagonal_preconditioner(inner, list(hessian.objective.params))
-        point = self.tracker.measure(step, inner.param_groups[0]["lr"], hessian.objective, preconditioner)
+        with distributed.collective():  # several ranks (DDP): each its share of the batches, the sums all-reduced
+            hessian = Hessian(model, self.batches, loss=self.loss)  # puts the model in eval mode
+            inner = getattr(optimizer, "optimizer", optimizer)
+            preconditioner = diagonal_preconditioner(inner, list(hessian.objective.params))
+            point = self.tracker.measure(step, inner.param_groups[0]["lr"], hessian.objective, preconditioner)
         model.train(was_training)
         write_json(self.path(args), {"run": args.run_name, "seed": args.seed, **self.tracker.record()})
         return point

@@ -4,6 +4,9 @@ Trainer's reporters (TensorBoard's event file), and a run with it against one wi
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import Trainer, TrainingArguments
@@ -117,3 +120,61 @@ def test_the_thresholds_settings_are_read_from_the_trainers_optimizer():
     adam = train_settings(torch.optim.Adam(weights, lr=0.1, betas=(0.8, 0.99), eps=1e-6))
     assert (adam.optimizer, adam.betas, adam.eps, adam.optimizer_args) == ("adam", [0.8, 0.99], 1e-6, {})
     assert train_settings(torch.optim.NAdam(weights)).optimizer == "NAdam"
+
+
+MEASURED = {"metrics": ("lambda_max", "trace"), "iters": 30, "tol": 1e-9, "trace_samples": 2}
+
+
+def _measure_on_rank(rank: int, folder: str, batches: list, world_size: int) -> None:
+    """One rank of a gloo job: the callback's first point on its share of `batches`; the shares it measured on, in
+    shares-<rank>.json."""
+    import json
+
+    import torch.distributed as dist
+
+    import sharpness.trainer_callback as callback_module
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
+    shares = []
+
+    class Recorded(callback_module.Hessian):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            shares.append(len(self.objective.batches))
+
+    callback_module.Hessian = Recorded
+    model = tiny_llama()
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    callback = SharpnessCallback(batches, every=1, folder=folder, **MEASURED)
+    args = SimpleNamespace(output_dir=folder, run_name="ddp", seed=0)
+    callback.on_train_begin(args, SimpleNamespace(global_step=0), None, model=model, optimizer=optimizer)
+    (Path(folder) / f"shares-{rank}.json").write_text(json.dumps({"shares": shares, **callback.tracker.points[0]}))
+    dist.destroy_process_group()
+
+
+def test_under_ddp_each_rank_measures_its_share_and_gets_the_whole_sets_numbers(tmp_path):
+    """Two gloo processes, each given the same 2 batches: each measures on one (its share), and λ_max and the trace,
+    on every rank, are those of one process measuring both."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    generator = torch.Generator().manual_seed(5)
+    batches = [torch.randint(0, VOCAB, (2, 12), generator=generator) for _ in range(2)]
+    folder = tmp_path / "ddp"
+    folder.mkdir()
+    # forked, not spawned: the ranks start with this process's imports (a spawned one takes seconds to import them)
+    mp.start_processes(_measure_on_rank, args=(str(folder), batches, 2), nprocs=2, start_method="fork")
+    whole = SharpnessCallback(batches, every=1, folder=tmp_path / "one", **MEASURED)
+    model = tiny_llama()
+    whole.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "one"), run_name="one", seed=0),
+                         SimpleNamespace(global_step=0), None, model=model,
+                         optimizer=torch.optim.SGD(model.parameters(), lr=LR))
+    expected = whole.tracker.points[0]
+    for rank in range(2):
+        point = json.loads((folder / f"shares-{rank}.json").read_text())
+        assert point["shares"] == [1]  # one of the two batches
+        assert point["lambda_max"] == pytest.approx(expected["lambda_max"], rel=1e-9)
+        assert point["trace"] == pytest.approx(expected["trace"], rel=1e-9)
+    assert read_json(folder / "track.json")["points"][0]["lambda_max"] == pytest.approx(expected["lambda_max"], rel=1e-9)
