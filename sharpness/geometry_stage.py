@@ -10,7 +10,7 @@ set at least as strictly (spectral_from_sharpness), and each frame records where
 Work survives a kill at two levels: while a frame's Cauchy sketch is computed, geometry_sketch_<frame>.npy
 (and its .json state, with a checksum per finished row, verified on resuming) hold the finished rows; a
 finished frame is kept in geometry.partial.json until the run's geometry.json is written; `hvps` and
-`hvp_total` count the work behind the figures, whichever run did it. Each frame records the settings it depends on (`stamp`), so a frame whose
+`hvp_total` count the products this stage took for the figures, whichever run did it. Each frame records the settings it depends on (`stamp`), so a frame whose
 settings did not change, for instance the original frame after geometry.rotation changed, is not measured
 again.
 """
@@ -107,6 +107,9 @@ def spectral_from_sharpness(trained: TrainedRun) -> tuple[dict | None, str]:
         return None, "own lanczos: sharpness.json's eigenvalues are from power iteration (no λ_min)"
     if not (recorded.get("tol", math.inf) <= now["tol"] and recorded.get("max_iter", 0) >= now["max_iter"]):
         return None, "own lanczos: sharpness.json's Lanczos had a looser tolerance or fewer steps"
+    keys = [f"lambda_{end}{part}" for end in ("max", "min") for part in ("", "_residual", "_converged")]
+    if any(key not in saved for key in [*keys, "hvp_count"]):
+        return None, "own lanczos: sharpness.json lacks λ's residuals or HVP count (an older version's)"
     top, bottom = (Estimate(saved[f"lambda_{end}"], saved[f"lambda_{end}_residual"], saved[f"lambda_{end}_converged"])
                    for end in ("max", "min"))
     return spectral_of(top, bottom, saved["hvp_count"]), "sharpness.json"
@@ -151,7 +154,7 @@ def measure_geometry(trained: TrainedRun, result: Result, force: bool) -> None:
         spectral, source = None, "own lanczos: sharpness.json measures H, not RᵀHR"
         if frame == "original":  # rank 0's reading: every rank of a torchrun job must take the same products
             spectral, source = distributed.broadcast_object(spectral_from_sharpness(trained))
-        print(f"{label}: {frame} frame's ‖H‖₂ from {source}")
+            print(f"{label}: ‖H‖₂ from {source}")
         stamp = frame_stamp(result, frame)
         measured[frame] = measure_frame(matvec, objective.base, names, numels, geometry, run.sharpness,
                                         folder / f"geometry_sketch_{frame}.npy", stamp, _bar, f"{label} {frame}",

@@ -188,7 +188,7 @@ def test_geometry_stage_end_to_end_skips_and_redoes(tiny_experiment, tmp_path, c
     run_experiment(experiment, ["geometry"], out)
     assert "geometry already measured" in capsys.readouterr().out
     run_experiment(experiment, ["geometry"], out, force=True)
-    assert "original frame's ‖H‖₂ from sharpness.json" in capsys.readouterr().out
+    assert "exp/default/seed-42: ‖H‖₂ from sharpness.json\n" in capsys.readouterr().out
     redone = json.loads((folder / "geometry.json").read_text())["frames"]
     for frame in ("original", "rotated"):  # deterministic: the same vectors, the same numbers
         for key in ("l11", "linf", "frobenius", "blocks") + (("spectral",) if frame == "rotated" else ()):
@@ -481,3 +481,6 @@ def test_sharpness_json_gives_the_spectral_norm_only_from_a_lanczos_as_strict_on
         assert spectral is None and reason.startswith("own lanczos: ") and why in reason, (changes, reason)
     (tmp_path / "sharpness.json").write_text("{")
     assert spectral_from_sharpness(trained) == (None, "own lanczos: sharpness.json does not parse")
+    (tmp_path / "sharpness.json").write_text(json.dumps({"checkpoint": "weights-0", "settings": sharpness_settings(run),
+                                                         "lambda_max": 2.5, "lambda_min": -3.0}))
+    assert "an older version's" in spectral_from_sharpness(trained)[1]
