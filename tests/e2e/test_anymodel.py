@@ -39,6 +39,8 @@ def test_anymodel_small_trains_llama_and_gpt_neox_and_measures_one_as_is(tmp_pat
     assert as_is["init_val_loss"] == metrics_of(folder, "neox")["init_val_loss"]  # the same initial weights
     report = (folder / "report.md").read_text()
     assert "## Missing" not in report
+    assert not (folder / "neox-as-is" / "seed-42" / "interpolation.json").exists()  # no training path: no flat line
+    assert "no training path and no init → final line: neox-as-is." in report
     shown = json.loads((folder / "summary.json").read_text())["runs"]["neox-as-is"]["quantities"]
     assert shown["val_loss"]["mean"] == as_is["init_val_loss"] and shown["test_loss"]["mean"] == as_is["test_loss"]
     for name in ("llama", "neox", "neox-as-is"):
