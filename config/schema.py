@@ -74,7 +74,8 @@ class TrackConfig:
     every: int = option(0, "measure the Hessian on the sharpness measurement set every N optimizer steps (0: off)", ge=0)
     metrics: list[Literal["lambda_max", "preconditioned_lambda_max", "trace"]] = option(
         ["lambda_max", "preconditioned_lambda_max"],
-        "lambda_max | preconditioned_lambda_max (of P^-1/2 H P^-1/2, Adam family only) | trace (Hutchinson)")
+        "lambda_max | preconditioned_lambda_max (of P^-1/2 H P^-1/2, Adam family and adahessian only) | trace "
+        "(Hutchinson)")
     iters: int = option(40, "Lanczos steps per point at most (each one HVP; 3 points in 4 warm-started from the last "
                               "point; at most 10 cannot converge)", ge=2)
     tol: float = option(1e-3, "a λ has converged when its residual is within tol·|λ_max| and it moved by at most that "
