@@ -1,4 +1,5 @@
-"""The `report` stage: <output>/<experiment>/report.md and summary.json, from saved results only.
+"""The `report` stage: <output>/<experiment>/report.md (with report_appendix.md for its long tables) and
+summary.json, from saved results only.
 
 Both show exactly the (run, seed) pairs that experiment.json lists, with results computed from their
 current checkpoints (report.reader decides, and names what it leaves out). report.md shows the sections of
@@ -20,22 +21,24 @@ from models.runs import experiment_dir, stage_command
 from optimization.cost import load_prices
 from optimization.experiment_log import open_log
 from report.reader import load_results, redo_stages
-from report.sections import Figure, Shown, report_blocks
+from report.sections import APPENDIX, Figure, Shown, appendix_markdown, report_blocks
 from report.summary import summarize
 from utils.errors import CorruptFileError, UserError
-from utils.io import save_figure, write_json, write_text
+from utils.io import remove, save_figure, write_json, write_text
 
 
-def render_report(shown: Shown) -> str:
-    """report.md: its sections' blocks, each figure drawn from the results saved (PNG and PDF) under figures/."""
+def render_report(shown: Shown) -> tuple[str, str | None]:
+    """report.md and report_appendix.md (None: no table too long for report.md) from the sections' blocks, each
+    figure drawn from the results saved (PNG and PDF) under figures/."""
+    blocks = report_blocks(shown)
     texts = []
-    for block in report_blocks(shown):
+    for block in blocks:
         if isinstance(block, Figure) and block.draw is not None:
             figure = block.draw()
             for ext in ("png", "pdf"):
                 save_figure(shown.results.folder / "figures" / f"{block.stem}.{ext}", figure)
-        texts.append(block.markdown() if isinstance(block, Figure) else block)
-    return "\n\n".join(texts) + "\n"
+        texts.append(block if isinstance(block, str) else block.markdown())
+    return "\n\n".join(texts) + "\n", appendix_markdown(shown.results.name, blocks)
 
 
 def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
@@ -57,11 +60,16 @@ def report_stage(experiment: Experiment, output: Path, force: bool) -> None:
         print(f"{experiment.name}: warning: ignoring {item}")
     summary = summarize(results)
     redo = stage_command(experiment, output, redo_stages(results.redo, results.stages)) if results.redo else ""
-    report = render_report(Shown(results, summary, load_prices(), redo))
+    report, appendix = render_report(Shown(results, summary, load_prices(), redo))
     write_json(folder / "summary.json", summary)
+    if appendix is None:
+        remove(folder / APPENDIX)  # that of an earlier report, with more runs
+    else:
+        write_text(folder / APPENDIX, appendix)
     write_text(folder / "report.md", report)
     missing = f"; missing: {len(results.missing)} item(s), listed at the end, made by: {redo}" if results.missing else ""
-    print(f"{experiment.name}: wrote {folder / 'report.md'} and summary.json{missing}")
+    written = f"{folder / 'report.md'}{'' if appendix is None else ', ' + APPENDIX} and summary.json"
+    print(f"{experiment.name}: wrote {written}{missing}")
     log_figures(experiment, folder)
 
 

@@ -45,6 +45,26 @@ class Figure:
         return f"![{self.alt}](figures/{self.stem}.png)"
 
 
+LONG_TABLE_ROWS = 12  # a table of more rows (one per run, trial or seed) goes to report_appendix.md
+APPENDIX = "report_appendix.md"
+
+
+@dataclass(frozen=True)
+class LongTable:
+    """A table of more than LONG_TABLE_ROWS rows: report.md links to it, report_appendix.md holds it under the title
+    of its section and its caption (the text before it in report.md)."""
+    section: str
+    caption: str
+    table: str
+
+    def rows(self) -> int:
+        return self.table.count("\n") - 1  # after the header and its rule
+
+    def markdown(self) -> str:
+        """report.md's pointer to the table."""
+        return f"{self.rows()} rows: see [{APPENDIX}]({APPENDIX}), {self.section}."
+
+
 @dataclass(frozen=True)
 class Shown:
     """What a section is made from: the results, their summary (report.summary.summarize), the price table (no
@@ -386,10 +406,36 @@ SECTIONS = (
 )
 
 
-def report_blocks(shown: Shown) -> list[str | Figure]:
-    """Every block of the report, in order: each section that applies, under its heading."""
+def report_blocks(shown: Shown) -> list[str | Figure | LongTable]:
+    """Every block of the report, in order: each section that applies, under its heading, its tables of more than
+    LONG_TABLE_ROWS rows as LongTable."""
     blocks = []
     for section in SECTIONS:
         if section.applies(shown.results):
-            blocks += ([f"## {section.title}"] if section.title else []) + section.blocks(shown)
+            blocks += ([f"## {section.title}"] if section.title else []) + _long_tables_apart(section, section.blocks(shown))
     return blocks
+
+
+def _long_tables_apart(section: Section, blocks: list[str | Figure]) -> list[str | Figure | LongTable]:
+    apart = []
+    for block in blocks:
+        if isinstance(block, str) and block.startswith("|") and block.count("\n") - 1 > LONG_TABLE_ROWS:
+            before = apart[-1] if apart and isinstance(apart[-1], str) and not apart[-1].startswith("|") else ""
+            block = LongTable(section.title or "", before, block)
+        apart.append(block)
+    return apart
+
+
+def appendix_markdown(name: str, blocks: list) -> str | None:
+    """report_appendix.md: the long tables of `blocks`, under their sections' titles; None where there are none."""
+    tables = [block for block in blocks if isinstance(block, LongTable)]
+    if not tables:
+        return None
+    texts = [f"# Experiment `{name}`: appendix to report.md",
+             f"The tables of report.md with more than {LONG_TABLE_ROWS} rows (one per run, trial or seed), under the "
+             "section of report.md that refers to them, each after the text it follows there."]
+    for table in tables:
+        if f"## {table.section}" not in texts:
+            texts.append(f"## {table.section}")
+        texts += [table.caption, table.table] if table.caption else [table.table]
+    return "\n\n".join(texts) + "\n"

@@ -32,5 +32,13 @@ def test_exp7_small_searches_end_to_end_with_its_figures_and_report(tmp_path):
     section = report.split("## Hyper-parameter search")[1].split("\n## ")[0]
     assert "figures/search_convergence.png" in section
     assert "search, best value found (over the studies of each method)" in report.split("## Runs")[0]  # a finding
+    # 18 trials: the tables of one row per trial are in the appendix, report.md links them and keeps the studies'
+    assert "18 rows: see [report_appendix.md](report_appendix.md), Runs." in report.split("## Runs")[1]
+    assert "| sampler=grid_seed=0 | grid | 0 | 3 |" in section and "| sampler=grid_seed=0-t000 |" not in report
+    appendix = (folder / "report_appendix.md").read_text()
+    assert [line for line in appendix.splitlines() if line.startswith("## ")] == [
+        "## Runs", "## Generalization (the study's Table II)", "## Cost"]
+    assert len([line for line in appendix.split("## Runs")[1].split("\n## ")[0].splitlines()
+                if line.startswith("| sampler=")]) == 18
     for name in ("learning_curves", "search_convergence"):
         assert (folder / "figures" / f"{name}.png").is_file()

@@ -333,3 +333,11 @@ def test_a_key_added_to_the_schema_since_the_results_is_no_change_of_settings(re
     capsys.readouterr()
     run_experiment(experiment, ["report"], out)  # results made before report.prices existed: made as its default
     assert "settings differ" not in capsys.readouterr().out
+
+
+def test_an_appendix_of_an_earlier_report_with_more_runs_is_removed(results, tmp_path):
+    experiment, out = copy_of(results, tmp_path)
+    stale = out / "small" / "report_appendix.md"
+    stale.write_text("# Experiment `small`: appendix to report.md\n\n| run |\n|---|\n" + "| a |\n" * 13)
+    run_experiment(experiment, ["report"], out)  # 2 runs: every table fits in report.md
+    assert not stale.exists() and "report_appendix.md" not in (out / "small" / "report.md").read_text()

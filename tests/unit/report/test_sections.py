@@ -7,7 +7,8 @@ from pathlib import Path
 
 from optimization.cost import load_prices
 from report.experiment_results import ExperimentResults
-from report.sections import SECTIONS, Figure, Shown, dollars_asked, report_blocks
+from report.sections import (LONG_TABLE_ROWS, SECTIONS, Figure, LongTable, Shown, appendix_markdown, dollars_asked,
+                             report_blocks)
 from report.summary import summarize
 
 CONFIG = {"train": {"optimizer": "sgd", "lr": 0.1, "batch_size": 4, "weight_decay": 0.0, "epochs": 1},
@@ -67,3 +68,29 @@ def test_dollars_only_where_a_gpu_trained_or_the_config_asks():
     on_gpu = untrained(Path("."), ["train", "report"])
     on_gpu.metrics = {"a": {1: {"device": "cuda:0"}}}
     assert dollars_asked(on_gpu) and not dollars_asked(untrained(Path("."), ["train"]))
+
+
+def many_runs(tmp_path: Path, runs: int) -> ExperimentResults:
+    names = [f"run-{i:02d}" for i in range(runs)]
+    return ExperimentResults(name="exp", folder=tmp_path, runs=names, seeds={run: [] for run in names},
+                             configs={run: CONFIG for run in names}, listed_seeds=[1], stages=["train", "report"])
+
+
+def test_tables_of_more_than_twelve_rows_go_to_the_appendix_under_their_section_and_caption(tmp_path):
+    blocks = report_blocks(Shown(many_runs(tmp_path, 13), summarize(many_runs(tmp_path, 13))))
+    long = [block for block in blocks if isinstance(block, LongTable)]
+    assert long and all(table.rows() == 13 and table.table.startswith("| run |") for table in long)
+    assert not [b for b in blocks if isinstance(b, str) and b.startswith("|") and b.count("\n") - 1 > LONG_TABLE_ROWS]
+    runs = long[0]
+    assert runs.section == "Runs" and runs.caption == blocks[blocks.index(runs) - 1]  # the notation before it
+    assert runs.markdown() == "13 rows: see [report_appendix.md](report_appendix.md), Runs."
+    appendix = appendix_markdown("exp", blocks)
+    assert appendix.startswith("# Experiment `exp`: appendix to report.md")
+    after_runs = appendix.split("\n\n## Runs\n\n")[1].split("\n\n## ")[0]
+    assert after_runs == f"{runs.caption}\n\n{runs.table}"
+    assert [line for line in appendix.splitlines() if line.startswith("## ")] == [f"## {t.section}" for t in long]
+
+    twelve = report_blocks(Shown(many_runs(tmp_path, 12), summarize(many_runs(tmp_path, 12))))
+    assert not [block for block in twelve if isinstance(block, LongTable)]
+    assert appendix_markdown("exp", twelve) is None
+    assert len(next(b for b in twelve if isinstance(b, str) and b.startswith("| run |")).splitlines()) == 12 + 2
