@@ -70,11 +70,12 @@ def add_adapter(model, cfg: AdapterConfig, seed: int):
 
 
 def adapted_modules(model) -> list[str]:
-    """The last names of the modules that carry LoRA layers (q_proj, v_proj): what peft adapted, whether named by
-    model.adapter.target_modules or taken from peft's per-architecture defaults."""
+    """The last names of the modules that carry LoRA layers (q_proj, v_proj), in the model's order: what peft
+    adapted, whether named by model.adapter.target_modules or taken from peft's per-architecture defaults."""
     from peft.tuners.lora import LoraLayer
 
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, LoraLayer)})
+    return list(dict.fromkeys(name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if isinstance(module, LoraLayer)))
 
 
 def trainable_names(model) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from data.batches import fixed_batches, tokenize
-from models.adapters import add_adapter, merged
+from models.adapters import adapted_modules, add_adapter, merged
 from models.checkpoint import load_trained
 from optimization.train_stage import train_stage
 from optimization.objective import Objective
@@ -47,6 +47,12 @@ def test_only_the_adapter_trains_and_the_merged_model_computes_the_same_loss(tin
     plain = merged(model)
     assert all(p.requires_grad for p in plain.parameters()) and not any("lora" in n for n, _ in plain.named_parameters())
     assert abs(Objective(plain, _batches(tokenizer)).loss() - adapter_loss) < 1e-5
+
+
+def test_the_modules_adapted_are_named_once_each_in_the_models_order(tiny_model_and_tokenizer):
+    """GPT-2's c_proj is adapted in attention and in the MLP: named once, where the model first has it."""
+    model, _ = _adapted(tiny_model_and_tokenizer, targets=("c_fc", "c_proj", "c_attn"))
+    assert adapted_modules(model) == ["c_attn", "c_proj", "c_fc"]
 
 
 def test_adapter_hvp_is_the_hessian_block_of_the_adapter_weights(tiny_model_and_tokenizer):
