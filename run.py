@@ -77,6 +77,10 @@ def run_stages(experiment: Experiment, stages: list[str], output: str, force: bo
         if not distributed.is_main():
             sys.stdout = open(os.devnull, "w")  # rank 0 reports for the job; errors still reach stderr
         use_threads(experiment.threads)
+        if distributed.is_main():  # before a long run, what each stage will cost
+            from optimization.stage_cost import announce_long_run
+
+            announce_long_run(experiment, stages)
         run_experiment(experiment, stages, output, force=force)
     except RuntimeError as err:
         if distributed.world_size() > 1 and output_error(err, Path(output)) is None:

@@ -1,7 +1,9 @@
-"""What an experiment's training would cost before it runs: each run's training FLOPs from its config alone,
-priced on every device of config/prices.yaml (paper-scale dollars without a paper-scale run).
+"""What an experiment would cost before it runs: each run's training FLOPs from its config alone, priced on every
+device of config/prices.yaml (paper-scale dollars without a paper-scale run), and each stage's passes, FLOPs and time
+on the experiment's device (optimization.stage_cost says how they are counted and timed).
 
     python -m optimization.estimate --config config/exp6-peft.yaml [--set key=value ...] [--runs NAME ...]
+                                    [--stages train,sharpness,geometry,landscape,prune]
 
 The model is built on PyTorch's meta device (shapes, no weights, no memory): GPT-2-family shapes come from
 config.checks.ARCH_PRESETS (distilgpt2 and gpt2 need no download), other hub models from their config (local
@@ -16,63 +18,31 @@ torchrun job of N such devices takes 1/N of those hours at the same dollars (opt
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
-import torch
-
-from models.adapters import add_adapter
-from optimization.cost import load_prices, on_priced_gpus, priced_gpus, step_flops
-from config.checks import ARCH_PRESETS, scratch_model_config
+from optimization.cost import load_prices, on_priced_gpus, priced_gpus
+from optimization.stage_cost import DEFAULT_STAGES, HVP_PER_GRADIENT, KINDS, duration, estimate, stage_costs
 from config.loading import load_experiment
-from config.schema import RunConfig
 from utils.errors import UserError
 
-GPT2_VOCABULARY = 50257
 
+def stage_table(experiment, stages: str | None) -> str:
+    """Every stage's passes, FLOPs and time on the experiment's device (optimization.stage_cost), all its jobs."""
+    from utils.device import resolve_device, use_threads
 
-def model_on_meta(run: RunConfig):
-    """The run's model (with its adapter) as shapes only."""
-    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config
-
-    cfg = run.model
-    vocabulary = {"bytes": 257, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer, GPT2_VOCABULARY)
-    if cfg.init == "scratch":
-        config = scratch_model_config(cfg, vocabulary, vocabulary - 1)  # an end token in the vocabulary; no FLOPs
-    elif cfg.name in ARCH_PRESETS:
-        config = GPT2Config(**ARCH_PRESETS[cfg.name], vocab_size=GPT2_VOCABULARY)
-    else:
-        from utils.hub import load_from_hub
-
-        config = load_from_hub(AutoConfig.from_pretrained, cfg.name, "model config",
-                               **({"revision": cfg.revision} if cfg.revision else {}))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return add_adapter(model, cfg.adapter, 0) if cfg.adapter.type != "none" else model
-
-
-_FLOPS_PER_STEP: dict[tuple, float] = {}  # by (model settings, batch_size, max_length)
-
-
-def _flops_per_step(run: RunConfig) -> float:
-    """step_flops of the run's model at its largest batch, counted once per model and batch shape (a report
-    estimates every run of an experiment, and most share both)."""
-    shape = (repr(run.model), run.train.batch_size, run.data.max_length)
-    if shape not in _FLOPS_PER_STEP:
-        _FLOPS_PER_STEP[shape] = step_flops(model_on_meta(run), run.train.batch_size, run.data.max_length)
-    return _FLOPS_PER_STEP[shape]
-
-
-def estimate(run: RunConfig) -> dict:
-    """Steps, FLOPs per step (at most) and training FLOPs (at most) of one run."""
-    try:
-        per_step = _flops_per_step(run)
-    except ValueError as err:
-        raise UserError(f"run {run.name}: no FLOP estimate: {err}") from None
-    steps = run.train.epochs * math.ceil(run.data.n_train / run.train.batch_size)
-    if run.train.budget.flops:
-        steps = min(steps, math.ceil(run.train.budget.flops / per_step))
-    return {"steps": steps, "flops_per_step": per_step, "flops": steps * per_step}
+    device = resolve_device(experiment.runs[0].device if experiment.runs else "auto")
+    use_threads(experiment.threads)
+    names = stages.split(",") if stages else experiment.stages or DEFAULT_STAGES
+    costs, throughput = stage_costs(experiment, [name.strip() for name in names], device)
+    lines = [f"each stage over the experiment's {len(experiment.jobs())} (run, seed) jobs: batch passes (Lanczos at "
+             f"its max_iter, every batch at data.max_length: at most), FLOPs (an HVP counted as {HVP_PER_GRADIENT:g} "
+             f"gradients) and time on {device.type} ({throughput.source or 'nothing timed'})",
+             "| stage | forward / gradient / HVP batch passes | FLOPs | time |", "|---|--:|--:|--:|"]
+    for cost in costs:
+        passes = " / ".join(str(cost.passes[kind]) for kind in KINDS)
+        lines.append(f"| {cost.stage} | {passes} | {cost.flops:.3g} | {duration(cost.seconds)} |")
+    lines.append(f"| all | | {sum(c.flops for c in costs):.3g} | {duration(sum(c.seconds for c in costs))} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -80,6 +50,8 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="experiment YAML file")
     parser.add_argument("--runs", nargs="+", metavar="NAME", help="only these runs")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--stages", help="comma-separated stages to estimate (default: the file's `stages:`, else "
+                                         f"{','.join(DEFAULT_STAGES)})")
     args = parser.parse_args(argv)
     try:
         experiment = load_experiment(args.config, args.overrides, args.runs)
@@ -97,6 +69,8 @@ def main(argv=None) -> int:
             name = run.name if not run.search.n_trials else \
                 f"{run.name} (a search: each of {run.search.n_trials} trials, at the values its space leaves)"
             print(f"| {name} | {cost['steps']} | {cost['flops']:.3g} | " + " | ".join(cells) + " |")
+        print()
+        print(stage_table(experiment, args.stages))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM, GPT2Config
 
 from models.adapters import add_adapter
 from optimization.cost import step_flops
-from optimization.estimate import estimate, main
+from optimization.estimate import main
+from optimization.stage_cost import estimate
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -32,6 +33,8 @@ def test_the_paper_scale_config_is_priced_offline(capsys):
     assert main(["--config", str(REPO / "config/exp6-peft.yaml")]) == 0
     out = capsys.readouterr().out
     assert "| full | " in out and "| lora-r8 | " in out and "H100-SXM" in out and "$" in out
+    # and each stage of the file, timed on this CPU
+    assert "| train | " in out and "| sharpness | " in out and "| prune | " in out and "| all | " in out
 
 
 def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(write_config, tmp_path):

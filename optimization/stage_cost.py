@@ -1,0 +1,397 @@
+"""What every stage of an experiment costs before it runs: the passes over data that its settings imply, their FLOPs
+and their time on the run's device (optimization.estimate prints them; run.py before a long run).
+
+Every stage's work is passes of three kinds over fixed sets of texts, each pass batch by batch:
+  forward   a loss (an evaluation, a grid point, a point of a line): forward_flops of each batch
+  gradient  a loss and its gradient (a training step, a worst-case ascent step): step_flops
+  hvp       a Hessian-vector product: HVP_PER_GRADIENT gradients
+The counts are read off each stage's code (sharpness.sharpness_stage, sharpness.geometry and its stage,
+visualization.landscape_stage, optimization.prune_stage, optimization.tracking); an iterative solver counts at its
+max_iter (Lanczos stops earlier once its estimates converge, so its counts are upper bounds; exact when it runs to
+max_iter, as tests/unit/optimization/test_stage_cost.py checks against the passes the stages make). Every batch is
+counted at data.max_length tokens and every set at the texts it asks for: upper bounds where texts are shorter or the
+corpus has fewer of them. Not counted: loading checkpoints and texts, tokenizing, the geometry stage's row norms and
+bootstrap (CPU work on its sketch), the PCA of a trajectory, figures.
+
+Time: on a CPU, a loss and a gradient of the run's model (random weights, random tokens) timed at each batch shape
+the stages use (Throughput); on a GPU, FLOPs / (its datasheet peak at the run's precision × the price table's
+assumed_mfu), as optimization.estimate prices training.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from config.checks import ARCH_PRESETS, scratch_model_config
+from config.schema import Experiment, RunConfig
+from models.adapters import add_adapter
+from optimization.cost import forward_flops, load_prices, peak_for_name, step_flops
+from utils.errors import UserError
+
+GPT2_VOCABULARY = 50257
+# One reverse-over-reverse HVP against one gradient on the same batch, timed side by side (bench/README.md, "Sharpness:
+# HVP cost and eigen-solvers"): 2.81 at DistilGPT2's shape and 3.33 on a tiny model with GPT-2's vocabulary, CPU.
+HVP_PER_GRADIENT = 2.81
+KINDS = ("forward", "gradient", "hvp")
+# pipeline.DEFAULT_STAGES that do such work (optimization does not import pipeline; a test keeps the two in step)
+DEFAULT_STAGES = ("train", "sharpness", "landscape")
+CALIBRATION_SECONDS = 0.5  # a forward this long is compute-bound: larger batches of the model reuse its FLOP/s
+
+
+@dataclass(frozen=True)
+class Passes:
+    """`count` passes of one kind over a set of `texts` texts taken `batch_size` at a time, in the run's trained
+    weights (`merged`: a LoRA run's merged full model, adapter-free)."""
+    what: str
+    kind: str
+    count: int
+    texts: int
+    batch_size: int
+    merged: bool = False
+
+    @property
+    def batches(self) -> int:
+        """Batches per pass."""
+        return math.ceil(self.texts / self.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: its steps from the config alone.
+
+def model_config(run: RunConfig):
+    """The transformers config of the run's model (no weights): GPT-2-family shapes from config.checks.ARCH_PRESETS
+    (distilgpt2 and gpt2 need no download), other hub models from their config (local cache or hub)."""
+    from transformers import AutoConfig, GPT2Config
+
+    cfg = run.model
+    vocabulary = {"bytes": 257, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer, GPT2_VOCABULARY)
+    if cfg.init == "scratch":
+        return scratch_model_config(cfg, vocabulary, vocabulary - 1)  # an end token in the vocabulary; no FLOPs
+    if cfg.name in ARCH_PRESETS:
+        return GPT2Config(**ARCH_PRESETS[cfg.name], vocab_size=GPT2_VOCABULARY)
+    from utils.hub import load_from_hub
+
+    return load_from_hub(AutoConfig.from_pretrained, cfg.name, "model config",
+                         **({"revision": cfg.revision} if cfg.revision else {}))
+
+
+def model_on_meta(run: RunConfig, adapter: bool = True):
+    """The run's model (with its adapter, unless `adapter` is False: a LoRA run's merged model) as shapes only."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config(run))
+    return add_adapter(model, run.model.adapter, 0) if adapter and run.model.adapter.type != "none" else model
+
+
+_FLOPS_PER_STEP: dict[tuple, float] = {}  # by (model settings, batch_size, max_length)
+
+
+def _flops_per_step(run: RunConfig) -> float:
+    """step_flops of the run's model at its largest batch, counted once per model and batch shape (a report
+    estimates every run of an experiment, and most share both)."""
+    shape = (repr(run.model), run.train.batch_size, run.data.max_length)
+    if shape not in _FLOPS_PER_STEP:
+        _FLOPS_PER_STEP[shape] = step_flops(model_on_meta(run), run.train.batch_size, run.data.max_length)
+    return _FLOPS_PER_STEP[shape]
+
+
+def estimate(run: RunConfig) -> dict:
+    """Steps, FLOPs per step (at most) and training FLOPs (at most) of one run (optimization.estimate's table)."""
+    try:
+        per_step = _flops_per_step(run)
+    except ValueError as err:
+        raise UserError(f"run {run.name}: no FLOP estimate: {err}") from None
+    steps = run.train.epochs * math.ceil(run.data.n_train / run.train.batch_size)
+    if run.train.budget.flops:
+        steps = min(steps, math.ceil(run.train.budget.flops / per_step))
+    return {"steps": steps, "flops_per_step": per_step, "flops": steps * per_step}
+
+
+# ----------------------------------------------------------------------------------------------
+# Each stage's passes.
+
+def measurement_texts(run: RunConfig) -> int:
+    """Texts of the sharpness measurement set (data.measurement.measurement_set), at most."""
+    return min(run.sharpness.batches * run.sharpness.batch_size, run.data.n_train)
+
+
+def sharpness_passes(run: RunConfig) -> list[Passes]:
+    """sharpness.json (and sharpness_merged.json, density.json): sharpness.sharpness_stage.measure_sharpness."""
+    cfg, texts, size = run.sharpness, measurement_texts(run), run.sharpness.batch_size
+    eps = len(cfg.epsilons)
+    # Lanczos measures the true residual of each estimate it returns (the top k and the smallest): one HVP each
+    solver = cfg.max_iter + (min(cfg.top_k, cfg.max_iter) + 1 if cfg.method == "lanczos" else 0)
+    passes = []
+    for merged in [False] + ([True] if cfg.merged and run.model.adapter.type != "none" else []):
+        space = " (merged)" if merged else ""
+        passes += [Passes(f"gradient{space}", "gradient", 1, texts, size, merged),
+                   Passes(f"{cfg.method}{space}", "hvp", solver, texts, size, merged),
+                   Passes(f"curvatures{space}", "hvp", 1 + cfg.random_directions, texts, size, merged),
+                   Passes(f"eps-sharpness{space}", "forward", eps * (2 + 2 * cfg.random_directions), texts, size, merged)]
+        if cfg.worst_case_steps:
+            passes += [Passes(f"worst-case{space}", "gradient", eps * cfg.worst_case_steps, texts, size, merged),
+                       Passes(f"worst-case{space}", "forward", eps, texts, size, merged)]
+        if cfg.trace_samples:
+            passes.append(Passes(f"trace{space}", "hvp", cfg.trace_samples, texts, size, merged))
+    if cfg.density.probes:
+        passes.append(Passes("density", "hvp", cfg.density.probes * cfg.density.steps, texts, size))
+    return passes
+
+
+def geometry_passes(run: RunConfig, after_sharpness: bool = False) -> list[Passes]:
+    """geometry.json, each frame: sharpness.geometry.measure_frame (the rotated frame's R costs no pass). The original
+    frame takes ‖H‖₂ from sharpness.json when the sharpness stage measured it with Lanczos (`after_sharpness`: it runs
+    first; sharpness.geometry_stage.spectral_from_sharpness), else from a Lanczos of its own."""
+    cfg, texts, size = run.geometry, measurement_texts(run), run.sharpness.batch_size
+    frames = 1 if cfg.rotation == "none" else 2
+    own_lanczos = frames - (after_sharpness and run.sharpness.method == "lanczos")
+    return [Passes("Cauchy sketches", "hvp", frames * cfg.cauchy_vectors, texts, size),
+            Passes("‖H‖₂ Lanczos", "hvp", own_lanczos * run.sharpness.max_iter, texts, size),
+            Passes("‖H‖_F", "hvp", frames * cfg.frobenius_probes, texts, size)]
+
+
+def _line_points(run: RunConfig) -> int:
+    """len(visualization.interpolation.interpolation_alphas): landscape.points evenly spaced, and 0 and 1 where missing
+    (optimization does not import visualization; a test keeps the two in step)."""
+    cfg = run.landscape
+    evenly = [cfg.alpha_min + (cfg.alpha_max - cfg.alpha_min) * i / (cfg.points - 1) for i in range(cfg.points)]
+    return len({round(alpha, 12) for alpha in [*evenly, 0.0, 1.0]})
+
+
+def _landscape_texts(run: RunConfig) -> tuple[int, int]:
+    """Texts of the landscape's training and validation evaluation sets (data.measurement.fixed_set), at most."""
+    wanted = run.landscape.eval_batches * run.landscape.eval_batch_size
+    return min(wanted, run.data.n_train), min(wanted, run.data.n_val)
+
+
+def landscape_passes(run: RunConfig) -> list[Passes]:
+    """interpolation.json (init -> final) and landscape_2d.npz of one run: visualization.landscape_stage."""
+    cfg, (train, val) = run.landscape, _landscape_texts(run)
+    merged = run.model.adapter.type != "none" and cfg.space == "merged"
+    points, grid = _line_points(run), cfg.resolution**2
+    passes = [Passes("init -> final", "forward", points, train, cfg.eval_batch_size, merged),
+              Passes("init -> final (validation)", "forward", points, val, cfg.eval_batch_size, merged),
+              Passes("2D grid", "forward", grid + 1, train, cfg.eval_batch_size, merged)]  # + the loss at the model
+    if cfg.val_surface:
+        passes.append(Passes("2D grid (validation)", "forward", grid, val, cfg.eval_batch_size, merged))
+    return passes
+
+
+def between_runs_passes(run: RunConfig, pairs: int) -> list[Passes]:
+    """The lines between `pairs` pairs of runs like `run` (on the merged weights, both evaluation sets)."""
+    (train, val), size, points = _landscape_texts(run), run.landscape.eval_batch_size, _line_points(run)
+    merged = run.model.adapter.type != "none"
+    return [Passes("lines between runs", "forward", pairs * points, train, size, merged),
+            Passes("lines between runs (validation)", "forward", pairs * points, val, size, merged)]
+
+
+def prune_passes(run: RunConfig) -> list[Passes]:
+    """prune.json of a LoRA run (none for another): optimization.prune_stage.prune_run."""
+    if run.model.adapter.type == "none":
+        return []
+    cfg, size = run.prune, run.train.eval_batch_size
+    masks = len(cfg.fractions) * (1 + cfg.random_seeds)
+    lambdas, rewinds = len(cfg.lambda_max_fractions), len(cfg.rewind_fractions) if cfg.rewind else 0
+    passes = [Passes("masks (validation)", "forward", masks + rewinds, run.data.n_val, size),
+              Passes("masks (test)", "forward", masks + rewinds, run.data.n_test, size)]
+    if lambdas:
+        passes += [Passes("λ_max", "hvp", lambdas * run.sharpness.max_iter, measurement_texts(run), run.sharpness.batch_size),
+                   Passes("λ_max (loss)", "forward", lambdas, measurement_texts(run), run.sharpness.batch_size)]
+    if rewinds:
+        passes.append(Passes("rewind", "gradient", rewinds * cfg.rewind_epochs, run.data.n_train, run.train.batch_size))
+    return passes
+
+
+def train_passes(run: RunConfig) -> list[Passes]:
+    """Training (optimization.estimate's steps), its evaluations, and train.track's points."""
+    train, data = run.train, run.data
+    steps = estimate(run)["steps"]
+    passes = [Passes("steps", "gradient", 1, steps * train.batch_size, train.batch_size),
+              # the initial weights' and every epoch's validation; the test set and the training set at the end
+              Passes("validation", "forward", train.epochs + 1, data.n_val, train.eval_batch_size),
+              Passes("test, final training loss", "forward", 1, data.n_test + data.n_train, train.eval_batch_size)]
+    track = train.track
+    if track.every:
+        from optimization.tracking import tracked_metrics
+
+        points, per_lanczos = 1 + steps // track.every, track.iters + 1  # + its true residual
+        metrics = tracked_metrics(track, train)
+        hvps = points * per_lanczos * ("lambda_max" in metrics) + (points - 1) * per_lanczos * (  # no P before step 1
+            "preconditioned_lambda_max" in metrics) + points * track.trace_samples * ("trace" in metrics)
+        passes.append(Passes("train.track", "hvp", hvps, measurement_texts(run), run.sharpness.batch_size))
+    return passes
+
+
+PASSES = {"train": train_passes, "sharpness": sharpness_passes, "geometry": geometry_passes,
+          "landscape": landscape_passes, "prune": prune_passes}
+
+
+def stage_passes(experiment: Experiment, stage: str, stages: list[str] = ()) -> list[tuple[str, RunConfig, list[Passes]]]:
+    """(label, run, its passes) of every (run, seed) of the experiment in `stage`, one of `stages` that run together;
+    the landscape's lines between runs under the experiment's name, on the first run's model."""
+    jobs = experiment.jobs()
+    count = (lambda run: geometry_passes(run, "sharpness" in stages)) if stage == "geometry" else PASSES[stage]
+    passes = [(f"{run.name}/seed-{run.seed}", run, count(run)) for run in jobs]
+    if stage == "landscape" and jobs:
+        pairs = sum(math.comb(sum(run.seed == seed for run in jobs), 2) for seed in experiment.seeds)
+        if pairs:
+            passes.append((f"{experiment.name} (between runs)", jobs[0], between_runs_passes(jobs[0], pairs)))
+    return passes
+
+
+def totals(passes: list[Passes]) -> dict[str, int]:
+    """Batch passes of each kind (a pass over a set of n batches counts n): what the stages' objectives make."""
+    return {kind: sum(p.count * p.batches for p in passes if p.kind == kind) for kind in KINDS}
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs and seconds.
+
+_SEQUENCE_FLOPS: dict[tuple, tuple[float, float]] = {}  # by (model settings, merged, max_length)
+
+
+def sequence_flops(run: RunConfig, merged: bool = False) -> tuple[float, float]:
+    """(forward, gradient) FLOPs of one sequence of data.max_length tokens, counted once per model and length."""
+    key = (repr(run.model), merged, run.data.max_length)
+    if key not in _SEQUENCE_FLOPS:
+        model = model_on_meta(run, adapter=not merged)
+        _SEQUENCE_FLOPS[key] = (forward_flops(model, 1, run.data.max_length), step_flops(model, 1, run.data.max_length))
+    return _SEQUENCE_FLOPS[key]
+
+
+def flops(run: RunConfig, passes: Passes) -> float:
+    forward, gradient = sequence_flops(run, passes.merged)
+    per_text = {"forward": forward, "gradient": gradient, "hvp": HVP_PER_GRADIENT * gradient}[passes.kind]
+    return passes.count * passes.texts * per_text
+
+
+class Throughput:
+    """Seconds of one pass of each kind over a batch of a run's model on `device`. On a CPU, a loss and a gradient
+    (optimization.objective) of the model (random weights) on random tokens, timed once per model and batch shape:
+    a small model's passes cost more per call than their FLOPs say (a tiny model's gradient took 7 forwards, not
+    3), and the timing sees it; once a forward takes CALIBRATION_SECONDS or more it is compute-bound, and every
+    shape of that model runs at its FLOP/s. On a GPU: its peak × the price table's assumed_mfu."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        # architecture -> {(batch size, with adapter), or 0 once compute-bound: (forward, gradient) FLOP/s}
+        self.rates: dict[tuple, dict] = {}
+        self.architectures: dict[str, str] = {}  # model settings -> its transformers config (JSON)
+        self.calibration_s = 0.0
+        self.source = ""
+
+    def seconds(self, run: RunConfig, kind: str, batch_size: int, merged: bool = False) -> float:
+        """Seconds of one pass of `kind` over a batch of batch_size texts of data.max_length tokens."""
+        forward, gradient = (batch_size * f for f in sequence_flops(run, merged))
+        forward_rate, gradient_rate = self._rates(run, batch_size, merged)
+        return {"forward": forward / forward_rate, "gradient": gradient / gradient_rate,
+                "hvp": HVP_PER_GRADIENT * gradient / gradient_rate}[kind]
+
+    def _rates(self, run: RunConfig, batch_size: int, merged: bool) -> tuple[float, float]:
+        if self.device.type == "cuda":
+            peak, source = peak_for_name(torch.cuda.get_device_name(self.device), run.train.precision)
+            mfu = load_prices().assumed_mfu
+            self.source = f"{source} × assumed_mfu {mfu:g}"
+            return ((peak or math.nan) * mfu,) * 2
+        # runs of one architecture share their rates (a LoRA rank changes the FLOPs, not the FLOP/s, much)
+        if repr(run.model) not in self.architectures:
+            self.architectures[repr(run.model)] = model_config(run).to_json_string()
+        rates = self.rates.setdefault((self.architectures[repr(run.model)], run.data.max_length), {})
+        shape = (batch_size, run.model.adapter.type != "none" and not merged)
+        if 0 not in rates and shape not in rates:
+            forward, gradient, bound = self._timed(run, batch_size, merged)
+            rates[0 if bound else shape] = (forward, gradient)
+        self.source = f"a loss and a gradient per batch shape timed on the {self.device.type}, {self.calibration_s:.1f} s"
+        return rates.get(0) or rates[shape]
+
+    def _timed(self, run: RunConfig, batch_size: int, merged: bool) -> tuple[float, float, bool]:
+        """(forward, gradient) FLOP/s of the model at this batch shape (_typical_time of each), and whether the
+        forward is compute-bound (then the gradient is not timed but taken at the forward's FLOP/s)."""
+        from transformers import AutoModelForCausalLM
+
+        from optimization.objective import Objective
+
+        start = time.perf_counter()
+        config = model_config(run)
+        model = AutoModelForCausalLM.from_config(config)
+        if run.model.adapter.type != "none" and not merged:
+            model = add_adapter(model, run.model.adapter, 0)
+        tokens = torch.randint(0, config.vocab_size, (batch_size, run.data.max_length))
+        batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
+        objective = Objective(model.to(self.device), [batch])
+        forward, gradient = (batch_size * f for f in sequence_flops(run, merged))
+        forward_s = _typical_time(objective.loss)
+        bound = forward_s >= CALIBRATION_SECONDS
+        gradient_rate = forward / forward_s if bound else gradient / _typical_time(objective.loss_and_grad)
+        self.calibration_s += time.perf_counter() - start
+        return forward / forward_s, gradient_rate, bound
+
+
+def _typical_time(work) -> float:
+    """The median of up to seven timed calls after a warm-up, within CALIBRATION_SECONDS (the first call alone when
+    it took that long): the machine as it is now, other processes' load included, as the stages will find it."""
+    elapsed: list[float] = []
+    while len(elapsed) < 8 and sum(elapsed) < CALIBRATION_SECONDS:
+        begin = time.perf_counter()
+        work()
+        elapsed.append(time.perf_counter() - begin)
+    return statistics.median(elapsed[1:] or elapsed)
+
+
+def seconds(run: RunConfig, passes: Passes, throughput: Throughput) -> float:
+    return passes.count * passes.batches * throughput.seconds(run, passes.kind, passes.batch_size, passes.merged)
+
+
+@dataclass
+class StageCost:
+    stage: str
+    runs: int
+    passes: dict[str, int]  # batch passes of each kind, over all runs
+    flops: float
+    seconds: float
+
+
+def stage_costs(experiment: Experiment, stages: list[str], device: torch.device) -> tuple[list[StageCost], Throughput]:
+    """The cost of each of `stages` that does work of the kinds above, over every (run, seed) of the experiment."""
+    throughput = Throughput(device)
+    costs = []
+    for stage in stages:
+        if stage not in PASSES:
+            continue
+        every = [(run, p) for _, run, passes in stage_passes(experiment, stage, stages) for p in passes]
+        costs.append(StageCost(stage, len(experiment.jobs()), totals([p for _, p in every]),
+                               sum(flops(run, p) for run, p in every), sum(seconds(run, p, throughput) for run, p in every)))
+    return costs, throughput
+
+
+def duration(value: float) -> str:
+    if value >= 3600:
+        return f"{value / 3600:.1f} h"
+    return f"{value / 60:.1f} min" if value >= 90 else f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
+
+
+LONG_RUN_S = 180  # run.py prints the estimate before stages estimated to take this long or longer
+
+
+def announce_long_run(experiment: Experiment, stages: list[str]) -> None:
+    """Before stages estimated at LONG_RUN_S or more on the experiment's device: one line per stage (run.py). A model
+    the estimate cannot count (optimization.estimate) leaves the run unannounced, not stopped."""
+    from utils.device import resolve_device
+
+    device = resolve_device(experiment.runs[0].device if experiment.runs else "auto")
+    try:
+        costs, _ = stage_costs(experiment, stages, device)
+    except (UserError, ValueError):
+        return
+    if sum(cost.seconds for cost in costs) < LONG_RUN_S:
+        return
+    for cost in costs:
+        passes = ", ".join(f"{cost.passes[kind]} {kind}" for kind in KINDS if cost.passes[kind])
+        print(f"{experiment.name}: {cost.stage} estimated at {duration(cost.seconds)} on {device.type} "
+              f"({passes} batch passes; at most: work already done is skipped)", flush=True)

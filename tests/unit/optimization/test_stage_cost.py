@@ -1,0 +1,127 @@
+"""Every stage's cost before it runs (optimization.stage_cost): the passes it counts are the passes the stages make."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import optimization.prune_stage
+import optimization.train_setup
+import optimization.training
+from models.runs import run_dir
+from optimization.objective import Objective
+from optimization.stage_cost import (DEFAULT_STAGES, HVP_PER_GRADIENT, KINDS, PASSES, Passes, Throughput, _line_points,
+                                     announce_long_run, flops, seconds, sequence_flops, stage_costs, stage_passes, totals)
+from pipeline import STAGES
+
+# Every solver at most 10 steps: Lanczos cannot flag convergence before (optimization.curvature.MIN_STABLE_STEPS), so
+# it runs to max_iter and the counts are exact, not bounds.
+EVERY_PASS = """
+sharpness: {batches: 2, batch_size: 4, max_iter: 6, top_k: 2, epsilons: [1.0e-3, 1.0e-2], random_directions: 2,
+            worst_case_steps: 2, trace_samples: 2, merged: true, density: {probes: 1, steps: 4}}
+geometry: {cauchy_vectors: 5, bootstrap: 0, frobenius_probes: 4, rotation: global}
+landscape: {resolution: 3, points: 3, alpha_min: 0.0, alpha_max: 1.0, eval_batches: 2, eval_batch_size: 4,
+            val_surface: true}
+prune: {fractions: [0.0, 0.5], random_seeds: 1, lambda_max_fractions: [0.5], rewind: true, rewind_fractions: [0.5]}
+runs:
+  full: {train: {track: {every: 3, iters: 4, metrics: [lambda_max, trace], trace_samples: 2}}}
+  lora: {model: {adapter: {type: lora, r: 2}}}
+"""
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Batch passes of each kind that the stages make: the objectives' losses, gradients and HVPs, the training's
+    evaluations and steps, the pruning's retraining steps."""
+    made = dict.fromkeys(KINDS, 0)
+
+    def counting(method, kind):
+        def wrapper(self, *args, **kwargs):
+            made[kind] += len(self.batches)
+            return method(self, *args, **kwargs)
+        return wrapper
+
+    for name, kind in (("loss", "forward"), ("loss_and_grad", "gradient"), ("hvp", "hvp")):
+        monkeypatch.setattr(Objective, name, counting(getattr(Objective, name), kind))
+    evaluate, retrain = optimization.training.evaluate, optimization.prune_stage.retrain_masked
+
+    def evaluating(model, batches, device):
+        made["forward"] += len(batches)
+        return evaluate(model, batches, device)
+
+    def retraining(*args, **kwargs):
+        losses = retrain(*args, **kwargs)
+        made["gradient"] += len(losses)
+        return losses
+
+    for module in (optimization.training, optimization.train_setup):
+        monkeypatch.setattr(module, "evaluate", evaluating)
+    monkeypatch.setattr(optimization.prune_stage, "retrain_masked", retraining)
+    return made
+
+
+def test_every_stage_makes_the_passes_its_estimate_counts(tiny_experiment, tmp_path, counted):
+    experiment = tiny_experiment(EVERY_PASS)
+    stages = ["train", "sharpness", "geometry", "landscape", "prune"]
+    for stage in stages:
+        before = dict(counted)
+        STAGES[stage].handler()(experiment, tmp_path, False)
+        made = {kind: counted[kind] - before[kind] for kind in KINDS}
+        estimated = totals([p for _, _, passes in stage_passes(experiment, stage, stages) for p in passes])
+        if stage == "train":  # training steps are not the objective's: metrics.json counts them
+            made["gradient"] = sum(json.loads((run_dir(tmp_path, experiment, run) / "metrics.json").read_text())
+                                   ["optimizer_steps"] for run in experiment.jobs())
+        assert made == estimated, stage
+        assert all(made.values()) or stage in ("geometry", "landscape", "train"), stage  # each kind is exercised
+    folder = run_dir(tmp_path, experiment, experiment.runs[0])
+    hvps = json.loads((folder / "sharpness.json").read_text())["hvp_total"]
+    # sharpness.json's own count: 6 Lanczos steps, 3 true residuals, 1 + 2 curvatures, 2 trace samples
+    assert hvps == 6 + 3 + 3 + 2
+    assert json.loads((folder / "track.json").read_text())["hvps"] == 5 * (4 + 1 + 2)  # steps 0, 3, …, 12 of 12
+
+
+def test_flops_and_seconds_of_a_pass():
+    """A pass's FLOPs are its texts times one sequence's (an HVP HVP_PER_GRADIENT gradients); its seconds are its
+    batches times one batch's, timed once per batch shape."""
+    from config.schema import RunConfig
+
+    run = RunConfig()
+    run.model.init, run.model.tokenizer, run.model.bpe_vocab_size = "scratch", "bpe", 300
+    run.model.config = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32}
+    run.data.max_length = 32
+    forward, gradient = sequence_flops(run)
+    assert gradient == pytest.approx(3 * forward, rel=0.05)  # backward: two matmuls per forward one, bar the embeddings
+    hvp = Passes("hvps", "hvp", 5, 10, 4)
+    assert hvp.batches == 3 and flops(run, hvp) == pytest.approx(5 * 10 * HVP_PER_GRADIENT * gradient)
+    throughput = Throughput(torch.device("cpu"))
+    per_gradient = throughput.seconds(run, "gradient", 4)
+    assert seconds(run, hvp, throughput) == pytest.approx(5 * 3 * HVP_PER_GRADIENT * per_gradient)
+    assert throughput.seconds(run, "gradient", 4) == per_gradient and len(throughput.rates[next(iter(throughput.rates))]) == 1
+    assert throughput.seconds(run, "forward", 4) > 0 and "timed on the cpu" in throughput.source
+
+
+def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeypatch):
+    experiment = tiny_experiment(EVERY_PASS)
+    costs, _ = stage_costs(experiment, ["train", "sharpness", "report"], torch.device("cpu"))
+    assert [cost.stage for cost in costs] == ["train", "sharpness"]  # the report does no such work
+    announce_long_run(experiment, ["train", "sharpness"])
+    assert capsys.readouterr().out == ""  # seconds, not minutes
+    monkeypatch.setattr("optimization.stage_cost.LONG_RUN_S", 0)
+    announce_long_run(experiment, ["train", "sharpness", "report"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith(f"{experiment.name}: sharpness estimated at ")
+    assert "hvp batch passes" in lines[1]
+
+
+def test_what_the_estimate_knows_of_other_layers_is_theirs(tiny_experiment):
+    """optimization imports neither pipeline nor visualization: its copies of their facts must agree with them."""
+    from pipeline import DEFAULT_STAGES as PIPELINE_DEFAULTS
+    from visualization.interpolation import interpolation_alphas
+
+    assert list(DEFAULT_STAGES) == [stage for stage in PIPELINE_DEFAULTS if stage in PASSES]
+    for line in ("{}", "{points: 5, alpha_min: 0.0, alpha_max: 1.0}", "{points: 4, alpha_min: -0.3, alpha_max: 1.7}",
+                 "{points: 2, alpha_min: 0.25, alpha_max: 0.75}"):
+        run = tiny_experiment(f"landscape: {line}\n").runs[0]
+        assert _line_points(run) == len(interpolation_alphas(run.landscape)), line
