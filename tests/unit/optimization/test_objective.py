@@ -1,0 +1,76 @@
+"""Objective's H·v through the closed-form cross-entropy curvature, against autograd's and the formed Hessian."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import AutoModelForCausalLM, GPT2Config
+
+from data.batches import collate
+from optimization import evaluation
+from optimization.objective import TOKEN_LOSS, Objective
+
+AUTOGRAD_CROSS_ENTROPY = dataclasses.replace(TOKEN_LOSS, summed_for_hvp=None)
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    """A float64 GPT-2 (1 layer, 4 wide, vocabulary 24: 412 weights) and two batches of unequal lengths with padding."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=1, n_embd=4, n_head=2, n_positions=16, vocab_size=24, bos_token_id=23, eos_token_id=23)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").double()
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 23, (n,), generator=g) for n in (12, 5, 9, 3, 16)]
+    return model, [collate(seqs[:2], 23), collate(seqs[2:], 23)]
+
+
+def test_closed_form_hvp_equals_autograds_and_the_formed_hessian(tiny64):
+    model, batches = tiny64
+    closed_form, autograd = Objective(model, batches), Objective(model, batches, batch_loss=AUTOGRAD_CROSS_ENTROPY)
+    names = list(closed_form.names)
+
+    def loss_of(flat):  # the plain cross-entropy, differentiated twice by autograd
+        weights = dict(zip(names, closed_form.views(flat)))
+        call = lambda **inputs: functional_call(model, weights, (), inputs)  # noqa: E731
+        return sum(evaluation.summed_token_loss(call, b)[0] for b in batches) / closed_form.n_tokens
+
+    with sdpa_kernel(SDPBackend.MATH):
+        hessian = torch.autograd.functional.hessian(loss_of, closed_form.base.clone(), vectorize=True)
+    for seed in (3, 4):
+        v = torch.randn(closed_form.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        hv = closed_form.hvp(v)
+        assert (hv - autograd.hvp(v)).norm() <= 1e-10 * hv.norm()
+        assert (hv - hessian @ v).norm() <= 1e-10 * hv.norm()
+
+
+def test_closed_form_loss_and_gradient_are_the_plain_ones(tiny64):
+    model, batches = tiny64
+    for batch in batches:
+        plain, n = evaluation.summed_token_loss(model, batch)
+        closed, m = evaluation.summed_token_loss(model, batch, closed_form_curvature=True)
+        assert torch.equal(plain, closed) and n == m
+        for a, b in zip(torch.autograd.grad(plain, model.parameters()), torch.autograd.grad(closed, model.parameters())):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_token_cross_entropy_second_derivatives_are_exact_and_padding_counts_nothing():
+    """gradgradcheck also differentiates the backward by its incoming gradient (the tokens' weights)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([3, -100, 0, 6, -100])
+    token_losses = lambda z: evaluation._TokenCrossEntropy.apply(z, targets)  # noqa: E731
+    assert torch.autograd.gradcheck(token_losses, (logits,))
+    assert torch.autograd.gradgradcheck(token_losses, (logits,))
+    weights = torch.rand(5, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(token_losses(logits), logits, weights, create_graph=True)
+    u = torch.randn(5, 7, generator=g, dtype=torch.float64)
+    (hu,) = torch.autograd.grad(grad, logits, u)
+    p = torch.softmax(logits.detach(), dim=-1)
+    for row, target in enumerate(targets):
+        hessian = torch.diag(p[row]) - torch.outer(p[row], p[row])  # of one token's cross-entropy in its logits
+        expected = weights[row] * hessian @ u[row] if target != -100 else torch.zeros(7, dtype=torch.float64)
+        torch.testing.assert_close(hu[row], expected, rtol=1e-12, atol=1e-15)
