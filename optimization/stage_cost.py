@@ -5,6 +5,7 @@ Every stage's work is passes of three kinds over fixed sets of texts, each pass 
   forward   a loss (an evaluation, a grid point, a point of a line): forward_flops of each batch
   gradient  a loss and its gradient (a training step, a worst-case ascent step): step_flops
   hvp       a Hessian-vector product: HVP_PER_GRADIENT gradients
+  step      a training step: a gradient and the optimizer's update (step_flops: the update's FLOPs are not counted)
 The counts are read off each stage's code (sharpness.sharpness_stage, sharpness.geometry and its stage,
 visualization.landscape_stage, optimization.prune_stage, optimization.tracking); an iterative solver counts at its
 max_iter (Lanczos stops earlier once its estimates converge, so its counts are upper bounds; exact when it runs to
@@ -37,7 +38,7 @@ GPT2_VOCABULARY = 50257
 # One reverse-over-reverse HVP against one gradient on the same batch, timed side by side (bench/README.md, "Sharpness:
 # HVP cost and eigen-solvers"): 2.81 at DistilGPT2's shape and 3.33 on a tiny model with GPT-2's vocabulary, CPU.
 HVP_PER_GRADIENT = 2.81
-KINDS = ("forward", "gradient", "hvp")
+KINDS = ("forward", "gradient", "hvp", "step")
 # pipeline.DEFAULT_STAGES that do such work (optimization does not import pipeline; a test keeps the two in step)
 DEFAULT_STAGES = ("train", "sharpness", "landscape")
 CALIBRATION_SECONDS = 0.5  # a forward this long is compute-bound: larger batches of the model reuse its FLOP/s
@@ -204,7 +205,7 @@ def prune_passes(run: RunConfig) -> list[Passes]:
         passes += [Passes("λ_max", "hvp", lambdas * run.sharpness.max_iter, measurement_texts(run), run.sharpness.batch_size),
                    Passes("λ_max (loss)", "forward", lambdas, measurement_texts(run), run.sharpness.batch_size)]
     if rewinds:
-        passes.append(Passes("rewind", "gradient", rewinds * cfg.rewind_epochs, run.data.n_train, run.train.batch_size))
+        passes.append(Passes("rewind", "step", rewinds * cfg.rewind_epochs, run.data.n_train, run.train.batch_size))
     return passes
 
 
@@ -212,7 +213,7 @@ def train_passes(run: RunConfig) -> list[Passes]:
     """Training (optimization.estimate's steps), its evaluations, and train.track's points."""
     train, data = run.train, run.data
     steps = estimate(run)["steps"]
-    passes = [Passes("steps", "gradient", 1, steps * train.batch_size, train.batch_size),
+    passes = [Passes("steps", "step", 1, steps * train.batch_size, train.batch_size),
               # the initial weights' and every epoch's validation; the test set and the training set at the end
               Passes("validation", "forward", train.epochs + 1, data.n_val, train.eval_batch_size),
               Passes("test, final training loss", "forward", 1, data.n_test + data.n_train, train.eval_batch_size)]
@@ -265,62 +266,71 @@ def sequence_flops(run: RunConfig, merged: bool = False) -> tuple[float, float]:
     return _SEQUENCE_FLOPS[key]
 
 
+def kind_flops(run: RunConfig, kind: str, merged: bool = False) -> float:
+    """FLOPs of one pass of `kind` over one sequence of data.max_length tokens."""
+    forward, gradient = sequence_flops(run, merged)
+    return {"forward": forward, "gradient": gradient, "hvp": HVP_PER_GRADIENT * gradient, "step": gradient}[kind]
+
+
 def flops(run: RunConfig, passes: Passes) -> float:
-    forward, gradient = sequence_flops(run, passes.merged)
-    per_text = {"forward": forward, "gradient": gradient, "hvp": HVP_PER_GRADIENT * gradient}[passes.kind]
-    return passes.count * passes.texts * per_text
+    return passes.count * passes.texts * kind_flops(run, passes.kind, passes.merged)
 
 
 class Throughput:
-    """Seconds of one pass of each kind over a batch of a run's model on `device`. On a CPU, a loss and a gradient
-    (optimization.objective) of the model (random weights) on random tokens, timed once per model and batch shape:
-    a small model's passes cost more per call than their FLOPs say (a tiny model's gradient took 7 forwards, not
-    3), and the timing sees it; once a forward takes CALIBRATION_SECONDS or more it is compute-bound, and every
-    shape of that model runs at its FLOP/s. On a GPU: its peak × the price table's assumed_mfu."""
+    """Seconds of one pass of each kind over a batch of a run's model on `device`. On a CPU, a loss, a gradient and
+    a training step (its optimizer's update included) of the model (random weights) on random tokens, timed once per
+    architecture and batch shape: a small model's passes cost more per call than their FLOPs say (a tiny model's
+    gradient took 7 forwards, not 3, and its step 2–3 gradients), and the timing sees it; once a forward takes
+    CALIBRATION_SECONDS or more it is compute-bound, and every pass of that architecture runs at its FLOP/s. On a
+    GPU: its peak × the price table's assumed_mfu."""
 
     def __init__(self, device: torch.device):
         self.device = device
-        # architecture -> {(batch size, with adapter), or 0 once compute-bound: (forward, gradient) FLOP/s}
+        # (architecture, length) -> {(batch size, with adapter[, optimizer]), or 0 once compute-bound: FLOP/s}
         self.rates: dict[tuple, dict] = {}
         self.architectures: dict[str, str] = {}  # model settings -> its transformers config (JSON)
+        self.objectives: dict[tuple, object] = {}  # a timed shape's Objective, for timing its steps
         self.calibration_s = 0.0
         self.source = ""
 
     def seconds(self, run: RunConfig, kind: str, batch_size: int, merged: bool = False) -> float:
         """Seconds of one pass of `kind` over a batch of batch_size texts of data.max_length tokens."""
-        forward, gradient = (batch_size * f for f in sequence_flops(run, merged))
-        forward_rate, gradient_rate = self._rates(run, batch_size, merged)
-        return {"forward": forward / forward_rate, "gradient": gradient / gradient_rate,
-                "hvp": HVP_PER_GRADIENT * gradient / gradient_rate}[kind]
-
-    def _rates(self, run: RunConfig, batch_size: int, merged: bool) -> tuple[float, float]:
+        work = batch_size * kind_flops(run, kind, merged)
         if self.device.type == "cuda":
             peak, source = peak_for_name(torch.cuda.get_device_name(self.device), run.train.precision)
             mfu = load_prices().assumed_mfu
             self.source = f"{source} × assumed_mfu {mfu:g}"
-            return ((peak or math.nan) * mfu,) * 2
-        # runs of one architecture share their rates (a LoRA rank changes the FLOPs, not the FLOP/s, much)
-        if repr(run.model) not in self.architectures:
+            return work / ((peak or math.nan) * mfu)
+        if repr(run.model) not in self.architectures:  # runs of one architecture share their rates
             self.architectures[repr(run.model)] = model_config(run).to_json_string()
         rates = self.rates.setdefault((self.architectures[repr(run.model)], run.data.max_length), {})
         shape = (batch_size, run.model.adapter.type != "none" and not merged)
         if 0 not in rates and shape not in rates:
-            forward, gradient, bound = self._timed(run, batch_size, merged)
-            rates[0 if bound else shape] = (forward, gradient)
-        self.source = f"a loss and a gradient per batch shape timed on the {self.device.type}, {self.calibration_s:.1f} s"
-        return rates.get(0) or rates[shape]
+            rates[shape] = self._timed(run, shape, merged)
+            if rates[shape]["bound"]:
+                rates[0] = rates[shape]
+        if kind == "step" and 0 not in rates:
+            update = (*shape, repr(run.train))
+            if update not in rates:
+                rates[update] = self._timed_step(shape, run, batch_size * kind_flops(run, "step", merged))
+            rate = rates[update]
+        else:
+            rate = (rates.get(0) or rates[shape])["forward" if kind == "forward" else "gradient"]
+        self.source = (f"a loss, a gradient and a training step timed per batch shape on the {self.device.type}: "
+                       f"{self.calibration_s:.1f} s")
+        return work / rate
 
-    def _timed(self, run: RunConfig, batch_size: int, merged: bool) -> tuple[float, float, bool]:
-        """(forward, gradient) FLOP/s of the model at this batch shape (_typical_time of each), and whether the
+    def _timed(self, run: RunConfig, shape: tuple[int, bool], merged: bool) -> dict:
+        """Forward and gradient FLOP/s of the model at this batch shape (_typical_time of each), and whether the
         forward is compute-bound (then the gradient is not timed but taken at the forward's FLOP/s)."""
         from transformers import AutoModelForCausalLM
 
         from optimization.objective import Objective
 
         start = time.perf_counter()
-        config = model_config(run)
+        (batch_size, adapted), config = shape, model_config(run)
         model = AutoModelForCausalLM.from_config(config)
-        if run.model.adapter.type != "none" and not merged:
+        if adapted:
             model = add_adapter(model, run.model.adapter, 0)
         tokens = torch.randint(0, config.vocab_size, (batch_size, run.data.max_length))
         batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
@@ -328,9 +338,29 @@ class Throughput:
         forward, gradient = (batch_size * f for f in sequence_flops(run, merged))
         forward_s = _typical_time(objective.loss)
         bound = forward_s >= CALIBRATION_SECONDS
+        if not bound:
+            self.objectives[shape] = objective
         gradient_rate = forward / forward_s if bound else gradient / _typical_time(objective.loss_and_grad)
         self.calibration_s += time.perf_counter() - start
-        return forward / forward_s, gradient_rate, bound
+        return {"forward": forward / forward_s, "gradient": gradient_rate, "bound": bound}
+
+    def _timed_step(self, shape: tuple[int, bool], run: RunConfig, gradient: float) -> float:
+        """FLOP/s of a training step with the run's optimizer (its weights put back after)."""
+        from optimization.optimizers import make_optimizer
+
+        start, objective = time.perf_counter(), self.objectives[shape]
+        optimizer = make_optimizer(objective.params, run.train)
+
+        def step():
+            loss = objective.batch_loss.summed(objective.model, objective.batches[0]) / objective.n_tokens
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        seconds = _typical_time(step)
+        objective.restore()
+        self.calibration_s += time.perf_counter() - start
+        return gradient / seconds
 
 
 def _typical_time(work) -> float:
@@ -345,6 +375,7 @@ def _typical_time(work) -> float:
 
 
 def seconds(run: RunConfig, passes: Passes, throughput: Throughput) -> float:
+    """Seconds of all the passes (each batch at the batch size's rate; the last, smaller batch too)."""
     return passes.count * passes.batches * throughput.seconds(run, passes.kind, passes.batch_size, passes.merged)
 
 
