@@ -24,9 +24,7 @@ on fixed evaluation sets: the same texts for every run, tokenized once per run.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -89,18 +87,15 @@ def landscape_results(trained: TrainedRun) -> list[Result]:
 
 
 class EvaluationSets:
-    """Each run's fixed training and validation sets, tokenized once; texts loaded once per data config."""
+    """Each run's fixed training and validation sets, tokenized once (the texts: once per command, load_texts)."""
 
     def __init__(self):
-        self.texts, self.sets = {}, {}
+        self.sets = {}
 
     def of(self, job: TrainedRun, tokenizer) -> tuple[FixedSet, FixedSet]:
         if job.label not in self.sets:
             run, cfg = job.run, job.run.landscape
-            key = json.dumps({**asdict(run.data), "order": None}, sort_keys=True)  # the order picks no texts
-            if key not in self.texts:
-                self.texts[key] = load_texts(run.data)
-            texts = self.texts[key]
+            texts = load_texts(run.data)
             self.sets[job.label] = tuple(
                 fixed_set(split, cfg.eval_batches, cfg.eval_batch_size, cfg.eval_seed, tokenizer, run.data.max_length)
                 for split in (texts.train, texts.validation))
