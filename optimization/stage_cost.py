@@ -306,13 +306,15 @@ class Throughput:
         rates = self.rates.setdefault((self.architectures[repr(run.model)], run.data.max_length), {})
         shape = (batch_size, run.model.adapter.type != "none" and not merged)
         if 0 not in rates and shape not in rates:
-            rates[shape] = self._timed(run, shape, merged)
+            with torch.random.fork_rng(devices=[]):  # the random weights and tokens draw nothing from the run's RNG
+                rates[shape] = self._timed(run, shape, merged)
             if rates[shape]["bound"]:
                 rates[0] = rates[shape]
         if kind == "step" and 0 not in rates:
             update = (*shape, repr(run.train))
             if update not in rates:
-                rates[update] = self._timed_step(shape, run, batch_size * kind_flops(run, "step", merged))
+                with torch.random.fork_rng(devices=[]):
+                    rates[update] = self._timed_step(shape, run, batch_size * kind_flops(run, "step", merged))
             rate = rates[update]
         else:
             rate = (rates.get(0) or rates[shape])["forward" if kind == "forward" else "gradient"]

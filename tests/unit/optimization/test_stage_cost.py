@@ -95,13 +95,14 @@ def test_flops_and_seconds_of_a_pass():
     assert gradient == pytest.approx(3 * forward, rel=0.05)  # backward: two matmuls per forward one, bar the embeddings
     hvp = Passes("hvps", "hvp", 5, 10, 4)
     assert hvp.batches == 3 and flops(run, hvp) == pytest.approx(5 * 10 * HVP_PER_GRADIENT * gradient)
-    throughput = Throughput(torch.device("cpu"))
+    throughput, rng = Throughput(torch.device("cpu")), torch.get_rng_state()
     per_gradient = throughput.seconds(run, "gradient", 4)
     assert seconds(run, hvp, throughput) == pytest.approx(5 * 3 * HVP_PER_GRADIENT * per_gradient)
     timing = throughput.calibration_s
     assert throughput.seconds(run, "gradient", 4) == per_gradient and throughput.calibration_s == timing  # timed once
     assert throughput.seconds(run, "step", 4) > 0 and throughput.calibration_s > timing  # a step is timed on its own
     assert throughput.seconds(run, "forward", 4) > 0 and "timed per batch shape on the cpu" in throughput.source
+    assert torch.equal(torch.get_rng_state(), rng)  # run.py times before training: no draw may change the run's
 
 
 def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeypatch):
