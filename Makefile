@@ -1,6 +1,7 @@
 # make demo   the quickstart on a fresh machine (no network, CPU): config/quickstart.yaml -> results/
 # make test   the test suite (what CI runs)
 # make bench  the benchmarks of bench/ (prints figures; see bench/README.md)
+# make results  every config/laptop/*.yaml into results/laptop (finished work is skipped), then docs/results.md
 # Each target installs what it needs into .venv first: torch==2.13.0 before everything else, then requirements.txt,
 # then the lab itself as an editable install without dependencies (pyproject.toml declares none).
 
@@ -8,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench results clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +34,12 @@ bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/geometry_speed.py --arch both
 	HF_HUB_OFFLINE=1 $(PY) bench/tracking_speed.py
 	HF_HUB_OFFLINE=1 env -u OMP_NUM_THREADS $(PY) bench/threads.py
+
+# Each laptop config runs to the end (its stages skip what is done), then docs/results.md is regenerated from the
+# finished experiments' summaries, copied into docs/results/ with their headline figures.
+results: install
+	for config in config/laptop/*.yaml; do $(PY) run.py --config $$config --output results/laptop || exit $$?; done
+	$(PY) -m report.results_doc --collect results/laptop
 
 clean:
 	rm -rf results .pytest_cache

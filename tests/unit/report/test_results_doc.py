@@ -1,0 +1,92 @@
+"""docs/results.md: regenerated from the saved summaries it equals the committed page, it lists every laptop config,
+and its verdicts follow the mean ± 2 s.e. rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from config.loading import load_experiment
+from report import results_doc
+from report.results_doc import CLAIMS, collect, configs, experiment_section, number, render, verdict
+from tests.conftest import REPO
+
+
+def stat(mean, stderr, n=3, **left_out):
+    return {"mean": mean, "stderr": stderr, "n": n, "non_finite": 0, "below_resolution": 0, "missing": 0, **left_out}
+
+
+@pytest.mark.parametrize("lower, higher, expected", [
+    (stat(1.0, 0.1), stat(2.0, 0.1), "seen"),                      # 1.2 < 1.8
+    (stat(2.0, 0.1), stat(1.0, 0.1), "not seen"),                  # apart, the other way
+    (stat(1.0, 0.25), stat(2.0, 0.25), "not resolvable"),          # 1.5 = 1.5: touching is not apart
+    (stat(1.0, 0.3), stat(2.0, 0.3), "not resolvable"),            # overlapping: 1.6 > 1.4
+    (stat(1.0, None, n=1), stat(2.0, 0.1), "not resolvable"),      # one seed: no interval
+    (stat(None, None, n=0, missing=3), stat(2.0, 0.1), "not resolvable"),
+])
+def test_verdict_compares_two_standard_error_intervals(lower, higher, expected):
+    assert verdict(lower, higher) == expected
+
+
+def test_a_number_says_its_seeds_and_what_was_left_out():
+    assert number(stat(12.3456, 0.0123)) == "12.35 ± 0.012 (n = 3)"
+    assert number(stat(5.0, None, n=1, missing=2)) == "5 (n = 1; 2 missing)"
+    assert number(stat(None, None, n=0, below_resolution=3)) == "– (n = 0; 3 below resolution)"
+
+
+def summary(**runs):
+    return {"experiment": "exp1", "missing": [], "runs": {
+        name: {"seeds": [1, 2, 3], "quantities": {
+            "eps_sharpness_eigvec@0.001": stat(*values),
+            "train_time_s": {"per_seed": {"1": 60.0, "2": 60.0, "3": 60.0}},
+            "sharpness_time_s": {"per_seed": {"1": 30.0, "2": None, "3": 30.0}}}}
+        for name, values in runs.items()}}
+
+
+def test_a_section_shows_the_summary_numbers_the_time_the_figure_and_the_verdict():
+    lines = experiment_section("exp1", results_doc.Path("config/laptop/exp1.yaml"), CLAIMS["exp1"],
+                               summary(bs4=(20.0, 1.0), **{"bs24-wd": (10.0, 1.0)}))
+    text = "\n".join(lines)
+    assert "| eps_sharpness_eigvec@0.001 | 20 ± 1 (n = 3) | 10 ± 1 (n = 3) |" in text
+    assert "eps_sharpness_eigvec@0.001 lower in bs24-wd than in bs4: seen (10 ± 1 (n = 3) against 20 ± 1 (n = 3))" in text
+    assert "Time: 8.0 min of stage time over 2 runs × their seeds (train 6.0, sharpness 2.0)" in text
+    assert "![surfaces_2d](figures/exp1-surfaces_2d.png)" in text and "Not run yet" not in text
+
+
+def test_a_config_without_results_is_listed_as_not_run_yet_with_its_command():
+    text = "\n".join(experiment_section("exp2", results_doc.Path("config/laptop/exp2.yaml"), CLAIMS["exp2"], None))
+    assert "**Not run yet.**" in text and "python run.py --config config/laptop/exp2.yaml --output results/laptop" in text
+
+
+def test_the_committed_page_is_what_the_saved_summaries_give_and_lists_every_config(monkeypatch):
+    monkeypatch.chdir(REPO)
+    page = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    assert page == render(), "docs/results.md is stale: run python -m report.results_doc"
+    names = [name for name, _ in configs()]
+    assert names and all(f"## {name}\n" in page for name in names)
+    saved = sorted(p.name for p in (REPO / "docs" / "results").iterdir()) if (REPO / "docs" / "results").is_dir() else []
+    assert set(saved) <= set(names), "docs/results/ holds an experiment no laptop config makes"
+    for name in saved:  # each saved experiment is reported with its figure, not as not run yet
+        section = page.split(f"## {name}\n")[1].split("\n## ")[0]
+        assert "Not run yet" not in section and (REPO / "docs" / "figures" / f"{name}-{CLAIMS[name].figure}.png").is_file()
+
+
+def test_every_claim_names_runs_of_its_laptop_config(monkeypatch):
+    monkeypatch.chdir(REPO)
+    for name, path in configs():
+        runs = {run.name for run in load_experiment(path).runs}
+        assert {r for m in CLAIMS[name].measures for r in (m.lower, m.higher)} <= runs, path
+        assert len(load_experiment(path).seeds) >= 3, path
+
+
+def test_collect_copies_finished_experiments_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    results, saved, figures = tmp_path / "results", tmp_path / "saved", tmp_path / "figures"
+    for name, missing in (("exp1", []), ("exp2", ["bs1/seed-42/sharpness.json"])):
+        (results / name / "figures").mkdir(parents=True)
+        (results / name / "summary.json").write_text(json.dumps({"runs": {}, "missing": missing}))
+        (results / name / "figures" / "surfaces_2d.png").write_bytes(b"png")
+    assert collect(results, saved, figures) == ["exp1"]
+    assert json.loads((saved / "exp1" / "summary.json").read_text())["missing"] == []
+    assert (figures / "exp1-surfaces_2d.png").read_bytes() == b"png" and not (saved / "exp2").exists()
