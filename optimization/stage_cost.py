@@ -39,6 +39,7 @@ GPT2_VOCABULARY = 50257
 # HVP cost and eigen-solvers"): 2.81 at DistilGPT2's shape and 3.33 on a tiny model with GPT-2's vocabulary, CPU.
 HVP_PER_GRADIENT = 2.81
 KINDS = ("forward", "gradient", "hvp", "step")
+KIND_NAMES = {"forward": "forward", "gradient": "gradient", "hvp": "HVP", "step": "training-step"}
 # pipeline.DEFAULT_STAGES that do such work (optimization does not import pipeline; a test keeps the two in step)
 DEFAULT_STAGES = ("train", "sharpness", "landscape")
 CALIBRATION_SECONDS = 0.5  # a forward this long is compute-bound: larger batches of the model reuse its FLOP/s
@@ -422,9 +423,11 @@ def announce_long_run(experiment: Experiment, stages: list[str]) -> None:
         costs, _ = stage_costs(experiment, stages, device)
     except (UserError, ValueError):
         return
-    if sum(cost.seconds for cost in costs) < LONG_RUN_S:
+    total = sum(cost.seconds for cost in costs)
+    if total < LONG_RUN_S:
         return
+    print(f"{experiment.name}: estimated at most {duration(total)} on {device.type} (work already done is skipped):")
+    width = max(len(cost.stage) for cost in costs)
     for cost in costs:
-        passes = ", ".join(f"{cost.passes[kind]} {kind}" for kind in KINDS if cost.passes[kind])
-        print(f"{experiment.name}: {cost.stage} estimated at {duration(cost.seconds)} on {device.type} "
-              f"({passes} batch passes; at most: work already done is skipped)", flush=True)
+        passes = ", ".join(f"{cost.passes[kind]} {KIND_NAMES[kind]}" for kind in KINDS if cost.passes[kind])
+        print(f"  {cost.stage:<{width}}  {duration(cost.seconds):>7}  ({passes} batch passes)", flush=True)

@@ -114,8 +114,9 @@ def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeyp
     monkeypatch.setattr("optimization.stage_cost.LONG_RUN_S", 0)
     announce_long_run(experiment, ["train", "sharpness", "report"])
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 2 and lines[1].startswith(f"{experiment.name}: sharpness estimated at ")
-    assert "hvp batch passes" in lines[1]
+    assert len(lines) == 3 and lines[0].startswith(f"{experiment.name}: estimated at most ")
+    assert lines[1].startswith("  train ") and "training-step batch passes" in lines[1]
+    assert lines[2].startswith("  sharpness ") and " HVP batch passes" in lines[2]
 
 
 def test_what_the_estimate_knows_of_other_layers_is_theirs(tiny_experiment):
