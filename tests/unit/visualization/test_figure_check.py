@@ -118,3 +118,70 @@ def test_rotated_tick_labels_overlap_only_where_their_letters_do():
     assert figure_problems(fig) == []
     ax.set_xticks(np.linspace(0, 2, 12), labels=[f"a long name {i}" for i in range(12)], rotation=10, ha="right")
     assert any("overlap" in p for p in figure_problems(fig))
+
+
+def surface_3d(x_ticks: int) -> Figure:
+    fig = Figure(figsize=(5, 4), layout="constrained")
+    ax = fig.add_subplot(projection="3d")
+    a, b = np.meshgrid(np.linspace(-1, 1, 5), np.linspace(-1, 1, 5))
+    ax.plot_surface(a, b, a ** 2 + b ** 2)
+    ax.set_xticks(np.linspace(-1, 1, x_ticks), labels=[f"{v:.5f}" for v in np.linspace(-1, 1, x_ticks)])
+    ax.set_yticks([-1, 0, 1])
+    ax.set(xlabel="α", ylabel="β", zlabel="loss")
+    return fig
+
+
+def test_overlapping_tick_labels_of_a_3d_axis_are_named():
+    problems = figure_problems(surface_3d(9))
+    assert any("x tick labels '-1.00000' and '-0.75000' overlap" in p for p in problems), problems
+    assert figure_problems(surface_3d(3)) == []
+
+
+def test_tick_labels_of_two_3d_axes_meeting_at_a_corner_are_named():
+    fig = surface_3d(3)
+    ax = fig.axes[0]
+    ax.set_yticks([-1, 0, 1], labels=["a long label −1", "0", "1"])
+    ax.view_init(elev=30, azim=-45)  # the x axis's last tick label and the y axis's first meet
+    problems = figure_problems(fig)
+    assert any("x tick label '1.00000' and y tick label 'a long label −1' overlap" in p for p in problems), problems
+
+
+def many_points(legend_loc: str | None) -> Figure:
+    fig = Figure(figsize=(5, 3.5), layout="constrained")
+    ax = fig.subplots()
+    ax.set(xlabel="epoch", ylabel="loss", ylim=(0.0, 3.0))
+    x = np.linspace(0, 2, 200)
+    for offset in range(6):
+        ax.plot(x, 2.0 + 0.1 * offset + 0.0 * x, label=f"run {offset}")
+    ax.scatter(x[::10], np.full(20, 2.2), label="points")
+    if legend_loc == "outside":
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    elif legend_loc:
+        ax.legend(loc=legend_loc)
+    return fig
+
+
+def test_a_legend_over_the_data_is_named_and_one_beside_it_passes():
+    problems = figure_problems(many_points("center"))
+    assert any("a legend covers" in p and "of a plotted line's or scatter's points" in p for p in problems), problems
+    assert figure_problems(many_points("outside")) == []
+    assert figure_problems(many_points("lower left")) == []  # below the lines: it hides none of them
+
+
+def todays_surface_3d() -> Figure:
+    """surface_3d_figure as it drew a layer-normalised surface before: matplotlib's 3D label padding puts β's label
+    on its first tick label."""
+    fig = Figure(figsize=(6.5, 5.2), layout="constrained")
+    ax = fig.add_subplot(projection="3d")
+    a = np.linspace(-0.5, 0.5, 5)
+    drawn = ax.plot_surface(*np.meshgrid(a, a, indexing="ij"), np.add.outer(a ** 2, a ** 2) / 3 + 5)
+    fig.colorbar(drawn, ax=ax, shrink=0.6, pad=0.08, label="training loss")
+    ax.set_xticks([-0.25, 0.0, 0.25], labels=["−0.25", "0", "0.25"])
+    ax.set_yticks([-0.25, 0.0, 0.25], labels=["−0.25", "0", "0.25"])
+    ax.set(xlabel="α (direction 1)", ylabel="β (direction 2)", zlabel="training loss", title="large, seed 42")
+    return fig
+
+
+def test_an_axis_label_over_a_tick_label_of_a_3d_panel_is_named():
+    problems = figure_problems(todays_surface_3d())
+    assert any("y tick label '−0.25' and y axis label 'β (direction 2)' overlap" in p for p in problems), problems
