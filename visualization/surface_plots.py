@@ -29,6 +29,7 @@ DIVERGED_COLOR = "0.35"
 PATH_COLOR = "tab:red"
 MAX_STRETCH = 2.0  # a panel's width : height follows its grid's up to this ratio either way
 COLUMNS = 4  # panels per row in a figure of many surfaces
+MAX_PANELS = 12  # beyond, a figure shows a selection of this many panels and says which: its height stays bounded
 LEVELS = 24  # about this many contour levels, at round values
 
 
@@ -72,8 +73,9 @@ def draw_interpolation(ax, alphas, curve: dict, endpoints: tuple[str, str], titl
     ax.set_ylabel("loss")
     scale_axis(ax, "y", np.concatenate([train, np.asarray(curve["val_loss"], dtype=float)]))
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="best", fontsize=8, title_fontsize=8,
-              title=f"barrier: {_barrier_text('train', height, at)}\n{_barrier_text('validation', val_height, val_at)}")
+    # Under the panel: inside, the legend and its barrier title would hide part of the lines.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, fontsize=8, title_fontsize=8, frameon=False,
+              title=f"barrier: {_barrier_text('train', height, at)}; {_barrier_text('validation', val_height, val_at)}")
 
 
 def _barrier_text(loss: str, height: float, at: float) -> str:
@@ -83,15 +85,25 @@ def _barrier_text(loss: str, height: float, at: float) -> str:
 
 
 def interpolation_figure(alphas, curves: list[dict], endpoints: list[tuple[str, str]], titles: list[str]) -> Figure:
-    """One panel per line (e.g. one per pair of runs and seed)."""
+    """One panel per line (e.g. one per pair of runs and seed); of more than MAX_PANELS lines, those of the
+    MAX_PANELS highest training barriers (diverged first), in their order, and a title that says so."""
+    total = len(curves)
+    if total > MAX_PANELS:
+        height = [float(curve["barrier"]) for curve in curves]  # "nan" or "inf" where it diverged (from JSON)
+        ranked = sorted(range(total), key=lambda i: -height[i] if math.isfinite(height[i]) else -math.inf)
+        kept = sorted(ranked[:MAX_PANELS])
+        curves, endpoints, titles = ([items[i] for i in kept] for items in (curves, endpoints, titles))
     columns = min(len(curves), 3)
     rows = math.ceil(len(curves) / columns)
-    fig = Figure(figsize=(5.5 * columns, 4.2 * rows), layout="constrained")
+    fig = Figure(figsize=(5.5 * columns, 5.0 * rows), layout="constrained")
     axes = fig.subplots(rows, columns, squeeze=False).ravel()
     for ax, curve, ends, title in zip(axes, curves, endpoints, titles):
         draw_interpolation(ax, alphas, curve, ends, title)
     for ax in axes[len(curves):]:
         ax.set_visible(False)
+    if total > MAX_PANELS:
+        fig.suptitle(f"The {MAX_PANELS} of {total} lines with the highest training barrier (diverged first); every "
+                     "line's barrier is in the report's table", fontsize=10)
     return fig
 
 
@@ -125,6 +137,10 @@ def surface_3d_figure(surface: Surface, label: str = "training loss") -> Figure:
     _label_plane(ax, surface)
     for axis in (ax.xaxis, ax.yaxis):  # the x axis's last tick label and the y axis's first meet at a corner
         axis.set_major_locator(MaxNLocator(nbins=4, prune="both"))
+    # Room for the labels beside their tick labels (matplotlib's 3D defaults put β on its first tick label), and a
+    # smaller box so that they stay on the canvas: constrained layout does not place a 3D panel's labels.
+    ax.xaxis.labelpad, ax.yaxis.labelpad, ax.zaxis.labelpad = 10, 10, 14
+    ax.set_box_aspect(None, zoom=0.85)
     ax.zaxis.set_major_locator(MaxNLocator(nbins=6))  # as the colour bar's (style.round_colorbar): the same ticks
     ax.zaxis.set_major_formatter(PlainFormatter())
     ax.set_zlabel(label)
@@ -134,7 +150,10 @@ def surface_3d_figure(surface: Surface, label: str = "training loss") -> Figure:
 
 def surfaces_figure(surfaces: list[Surface], label: str = "training loss") -> Figure:
     """The surfaces side by side, COLUMNS to a row, on one colour scale per weight space (rows of one space
-    together, its colour bar naming it): colours compare within a space only."""
+    together, its colour bar naming it): colours compare within a space only. Of more than MAX_PANELS surfaces,
+    the first MAX_PANELS (taken from each space in turn), and a title that says so."""
+    total = len(surfaces)
+    surfaces = _first_of_each_space(surfaces, MAX_PANELS)
     spaces = list(dict.fromkeys(surface.space for surface in surfaces))
     groups = [[surface for surface in surfaces if surface.space == space] for space in spaces]
     columns = min(COLUMNS, max(len(group) for group in groups))
@@ -156,7 +175,20 @@ def surfaces_figure(surfaces: list[Surface], label: str = "training loss") -> Fi
         colorbar = part.colorbar(filled, ax=list(axes[:len(group)]))
         round_colorbar(colorbar, f"{_space_label(label, group[0].space)}\n({scale})")
     _key(fig, surfaces)
+    if total > len(surfaces):
+        fig.suptitle(f"The first {len(surfaces)} of {total} surfaces (each run's own: "
+                     "figures/surface_2d_<run>_seed-<s>.png)", fontsize=10)
     return fig
+
+
+def _first_of_each_space(surfaces: list[Surface], count: int) -> list[Surface]:
+    """At most `count` surfaces, in their order: the first of each weight space, then the second, and so on."""
+    before: dict[str, int] = {}  # surfaces of each space so far
+    turns = []
+    for index, surface in enumerate(surfaces):
+        turns.append((before.get(surface.space, 0), index))
+        before[surface.space] = before.get(surface.space, 0) + 1
+    return [surfaces[index] for index in sorted(index for _, index in sorted(turns)[:count])]
 
 
 def _draw_surface(ax, surface: Surface, levels: np.ndarray):

@@ -127,3 +127,41 @@ def test_many_surfaces_of_two_spaces_pass_the_figure_check():
     for figure in (surfaces_figure(panels), surface_contour_figure(panels[0]), surface_3d_figure(panels[0]),
                    surface_3d_figure(panels[-1])):
         assert figure_problems(figure) == []
+
+
+def test_of_many_surfaces_or_lines_a_bounded_selection_is_drawn_and_named():
+    """At 100 runs the figures are as tall as at 12: the first surfaces (of each weight space in turn), the lines of
+    the highest barriers (diverged first), and a title saying which; at 1 run, one panel as before."""
+    spaces = ["full model", "LoRA adapter"]
+    panels = [Surface(f"run-{k:03d}, seed 42", AXIS, AXIS, BOWL + k / 100, space=spaces[k < 3]) for k in range(100)]
+    figure = surfaces_figure(panels)
+    drawn = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert drawn == [f"run-{k:03d}, seed 42" for k in range(3)] + [f"run-{k:03d}, seed 42" for k in range(3, 12)]
+    assert figure.get_suptitle().startswith("The first 12 of 100 surfaces")
+    assert tuple(figure.get_size_inches()) == tuple(surfaces_figure(panels[:12]).get_size_inches())
+    assert figure_problems(figure) == []
+    assert surfaces_figure(panels[:1]).get_suptitle() == ""
+
+    barriers = [0.01 * k for k in range(100)]
+    barriers[5] = "nan"  # diverged: read back from JSON as a string
+    curves = [curve([1.0, 1.0 + float(b) if b != "nan" else np.nan, 1.0], [1.0, 1.0, 1.0], barrier=b, at=0.5)
+              for b in barriers]
+    lines = interpolation_figure([0.0, 0.5, 1.0], curves, [(f"a{k}", f"b{k}") for k in range(100)],
+                                 [f"line {k}" for k in range(100)])
+    assert [ax.get_title() for ax in lines.axes if ax.get_title()] == ["line 5"] + [f"line {k}" for k in range(89, 100)]
+    assert lines.get_suptitle().startswith("The 12 of 100 lines with the highest training barrier")
+    assert figure_problems(lines) == []
+
+
+def test_the_legend_of_a_line_hides_none_of_it():
+    """Inside the panel (loc="best"), the legend with its barrier title covered the top of the validation line."""
+    hill = interpolation_figure([0.0, 0.5, 1.0], [curve([1.0, 2.9, 1.0], [1.0, 3.3, 1.0], barrier=1.9, at=0.5)],
+                                [("a", "b")], ["hill"])
+    assert figure_problems(hill) == []
+
+
+def test_a_3d_surface_keeps_its_axis_labels_off_the_tick_labels_and_on_the_canvas():
+    for half_width in (0.1, 0.5, 18.0, 1000.0):
+        axis = np.linspace(-half_width, half_width, 5)
+        surface = Surface("large, seed 42", axis, axis, np.add.outer(axis ** 2, axis ** 2) / 3 + 5)
+        assert figure_problems(surface_3d_figure(surface)) == [], half_width
