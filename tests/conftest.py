@@ -116,13 +116,28 @@ def checked_figures():
         yield
 
 
+# Run in the notebook's kernel with its OUTPUT cell: the figures it draws itself (a report section's Figure.draw)
+# pass visualization.figure_check before it shows them (savefig), or the cell fails with their problems.
+NOTEBOOK_FIGURES_CHECKED = """
+from matplotlib.figure import Figure as _Figure
+from visualization.figure_check import figure_problems as _figure_problems
+_unchecked_savefig = _Figure.savefig
+def _checked_savefig(figure, *args, **kwargs):
+    problems = _figure_problems(figure)
+    assert not problems, f"the notebook's figure {figure.get_suptitle() or figure.axes[0].get_title()!r}: {problems}"
+    return _unchecked_savefig(figure, *args, **kwargs)
+_Figure.savefig = _checked_savefig
+"""
+
+
 def execute_notebook(output: Path):
-    """results.ipynb run on `output` (its OUTPUT cell rewritten); the executed notebook."""
+    """results.ipynb run on `output` (its OUTPUT cell rewritten, the figures it draws checked); the executed
+    notebook."""
     import nbformat
     from nbclient import NotebookClient
 
     notebook = nbformat.read(REPO / "results.ipynb", as_version=4)
     assert notebook.cells[1].source.startswith('OUTPUT = "results"')
-    notebook.cells[1].source = f"OUTPUT = {str(output)!r}\nEXPERIMENTS = None"
+    notebook.cells[1].source = f"OUTPUT = {str(output)!r}\nEXPERIMENTS = None\n" + NOTEBOOK_FIGURES_CHECKED
     NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
     return notebook

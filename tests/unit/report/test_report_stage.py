@@ -341,3 +341,21 @@ def test_an_appendix_of_an_earlier_report_with_more_runs_is_removed(results, tmp
     stale.write_text("# Experiment `small`: appendix to report.md\n\n| run |\n|---|\n" + "| a |\n" * 13)
     run_experiment(experiment, ["report"], out)  # 2 runs: every table fits in report.md
     assert not stale.exists() and "report_appendix.md" not in (out / "small" / "report.md").read_text()
+
+
+def test_the_notebook_checks_each_figure_it_draws_before_showing_it(monkeypatch, tmp_path):
+    """execute_notebook runs NOTEBOOK_FIGURES_CHECKED in the kernel: run here, a figure with a problem fails."""
+    from matplotlib.figure import Figure as MatplotlibFigure
+
+    from tests.conftest import NOTEBOOK_FIGURES_CHECKED
+
+    monkeypatch.setattr(MatplotlibFigure, "savefig", MatplotlibFigure.savefig)  # undone after the test
+    exec(NOTEBOOK_FIGURES_CHECKED, {})
+    figure = MatplotlibFigure(layout="constrained")
+    figure.subplots().plot([0, 1], [1, 0])
+    figure.axes[0].set_title("unlabelled")
+    with pytest.raises(AssertionError, match="the notebook's figure 'unlabelled'.*the x axis has no label"):
+        figure.savefig(tmp_path / "figure.png")
+    figure.axes[0].set(xlabel="step", ylabel="loss")
+    figure.savefig(tmp_path / "figure.png")
+    assert (tmp_path / "figure.png").is_file()
