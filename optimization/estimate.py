@@ -37,11 +37,12 @@ def stage_table(experiment, stages: str | None) -> str:
     lines = [f"each stage over the experiment's {len(experiment.jobs())} (run, seed) jobs: batch passes (Lanczos at "
              f"its max_iter, every batch at data.max_length: at most), FLOPs (an HVP counted as {HVP_PER_GRADIENT:g} "
              f"gradients) and time on {device.type} ({throughput.source or 'nothing timed'})",
-             "| stage | forward / gradient / HVP / training-step batch passes | FLOPs | time |", "|---|--:|--:|--:|"]
+             "| stage | forward / gradient / HVP / training-step batch passes | FLOPs | time | most of it |",
+             "|---|--:|--:|--:|---|"]
     for cost in costs:
         passes = " / ".join(str(cost.passes[kind]) for kind in KINDS)
-        lines.append(f"| {cost.stage} | {passes} | {cost.flops:.3g} | {duration(cost.seconds)} |")
-    lines.append(f"| all | | {sum(c.flops for c in costs):.3g} | {duration(sum(c.seconds for c in costs))} |")
+        lines.append(f"| {cost.stage} | {passes} | {cost.flops:.3g} | {duration(cost.seconds)} | {cost.largest_part()} |")
+    lines.append(f"| all | | {sum(c.flops for c in costs):.3g} | {duration(sum(c.seconds for c in costs))} | |")
     return "\n".join(lines)
 
 

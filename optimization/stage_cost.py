@@ -385,10 +385,17 @@ def seconds(run: RunConfig, passes: Passes, throughput: Throughput) -> float:
 @dataclass
 class StageCost:
     stage: str
-    runs: int
     passes: dict[str, int]  # batch passes of each kind, over all runs
     flops: float
     seconds: float
+    parts: dict[str, float]  # seconds of each part of the stage (a Passes' `what`), over all runs
+
+    def largest_part(self) -> str:
+        """The part that takes most of the time, and its share."""
+        if not self.seconds:
+            return "–"
+        what = max(self.parts, key=self.parts.__getitem__)
+        return f"{what} ({self.parts[what] / self.seconds:.0%})"
 
 
 def stage_costs(experiment: Experiment, stages: list[str], device: torch.device) -> tuple[list[StageCost], Throughput]:
@@ -399,8 +406,11 @@ def stage_costs(experiment: Experiment, stages: list[str], device: torch.device)
         if stage not in PASSES:
             continue
         every = [(run, p) for _, run, passes in stage_passes(experiment, stage, stages) for p in passes]
-        costs.append(StageCost(stage, len(experiment.jobs()), totals([p for _, p in every]),
-                               sum(flops(run, p) for run, p in every), sum(seconds(run, p, throughput) for run, p in every)))
+        parts: dict[str, float] = {}
+        for run, p in every:
+            parts[p.what] = parts.get(p.what, 0.0) + seconds(run, p, throughput)
+        costs.append(StageCost(stage, totals([p for _, p in every]), sum(flops(run, p) for run, p in every),
+                               sum(parts.values()), parts))
     return costs, throughput
 
 
