@@ -31,7 +31,7 @@ import torch
 from config.checks import ARCH_PRESETS, scratch_model_config
 from config.schema import Experiment, RunConfig
 from models.adapters import add_adapter
-from optimization.cost import forward_flops, load_prices, peak_for_name, step_flops
+from optimization.cost import cpu_matmul_peak, forward_flops, load_prices, peak_for_name, step_flops
 from utils.errors import UserError
 
 GPT2_VOCABULARY = 50257
@@ -421,6 +421,9 @@ def duration(value: float) -> str:
 
 
 LONG_RUN_S = 180  # run.py prints the estimate before stages estimated to take this long or longer
+# The small experiments' stages ran at 5–19% of the CPU's matmul peak (bench/stage_cost.py): work that would end within
+# LONG_RUN_S even at this share needs no timing before run.py starts it
+SLOWEST_SHARE = 0.01
 
 
 def announce_long_run(experiment: Experiment, stages: list[str]) -> None:
@@ -430,6 +433,11 @@ def announce_long_run(experiment: Experiment, stages: list[str]) -> None:
 
     device = resolve_device(experiment.runs[0].device if experiment.runs else "auto")
     try:
+        if device.type == "cpu":  # no timing where even the slowest rate would finish in time (FLOPs are cheap)
+            work = sum(flops(run, p) for stage in stages if stage in PASSES
+                       for _, run, passes in stage_passes(experiment, stage, stages) for p in passes)
+            if work < LONG_RUN_S * SLOWEST_SHARE * cpu_matmul_peak():
+                return
         costs, _ = stage_costs(experiment, stages, device)
     except (UserError, ValueError):
         return

@@ -110,8 +110,11 @@ def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeyp
     assert [cost.stage for cost in costs] == ["train", "sharpness"]  # the report does no such work
     assert costs[0].seconds == pytest.approx(sum(costs[0].parts.values()))
     assert costs[0].largest_part().startswith(max(costs[0].parts, key=costs[0].parts.get) + " (")
+    timed = []
+    monkeypatch.setattr(Throughput, "_timed", lambda *args: timed.append(args))
     announce_long_run(experiment, ["train", "sharpness"])
-    assert capsys.readouterr().out == ""  # seconds, not minutes
+    assert capsys.readouterr().out == "" and not timed  # seconds even at 1% of the CPU's peak: nothing is timed
+    monkeypatch.undo()
     monkeypatch.setattr("optimization.stage_cost.LONG_RUN_S", 0)
     announce_long_run(experiment, ["train", "sharpness", "report"])
     lines = capsys.readouterr().out.splitlines()
