@@ -169,18 +169,21 @@ def render(saved: Path = SAVED, root: Path = LAPTOP_CONFIGS) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def collect(results: Path, saved: Path = SAVED, figures: Path = FIGURES, root: Path = LAPTOP_CONFIGS) -> list[str]:
-    """Copy each finished experiment's summary and headline figure (every run and seed reported); the names copied."""
-    copied = []
+def collect(results: Path, saved: Path = SAVED, figures: Path = FIGURES, root: Path = LAPTOP_CONFIGS) -> dict[str, str]:
+    """Copy each finished experiment's summary and headline figure (every run and seed reported): {name: what was done}."""
+    done = {}
     for name, _ in configs(root):
         summary = results / name / "summary.json"
         figure = results / name / "figures" / f"{CLAIMS[name].figure}.png"
-        if not summary.is_file() or not figure.is_file() or read_json(summary).get("missing"):
-            continue  # not finished: stays (or is listed as) not run yet
-        shutil.copyfile(summary, make_dir(saved / name) / "summary.json")
-        shutil.copyfile(figure, make_dir(figures) / f"{name}-{CLAIMS[name].figure}.png")
-        copied.append(name)
-    return copied
+        if not summary.is_file() or not figure.is_file():
+            done[name] = f"not finished ({summary if not summary.is_file() else figure} is missing)"
+        elif missing := read_json(summary).get("missing"):
+            done[name] = f"not finished ({len(missing)} results missing, e.g. {missing[0]})"
+        else:
+            shutil.copyfile(summary, make_dir(saved / name) / "summary.json")
+            shutil.copyfile(figure, make_dir(figures) / f"{name}-{CLAIMS[name].figure}.png")
+            done[name] = "copied"
+    return done
 
 
 def main(argv=None) -> int:
@@ -190,7 +193,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.collect:
-            print(f"copied from {args.collect}: {', '.join(collect(args.collect)) or 'nothing finished'}")
+            for name, done in collect(args.collect).items():
+                print(f"{name}: {done}")
         write_text(DOC, render())
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -87,6 +87,8 @@ def test_collect_copies_finished_experiments_only(tmp_path, monkeypatch):
         (results / name / "figures").mkdir(parents=True)
         (results / name / "summary.json").write_text(json.dumps({"runs": {}, "missing": missing}))
         (results / name / "figures" / "surfaces_2d.png").write_bytes(b"png")
-    assert collect(results, saved, figures) == ["exp1"]
+    done = collect(results, saved, figures)
+    assert done["exp1"] == "copied" and done["exp2"] == "not finished (1 results missing, e.g. bs1/seed-42/sharpness.json)"
+    assert done["exp3"].startswith("not finished (") and done["exp3"].endswith("summary.json is missing)")
     assert json.loads((saved / "exp1" / "summary.json").read_text())["missing"] == []
     assert (figures / "exp1-surfaces_2d.png").read_bytes() == b"png" and not (saved / "exp2").exists()
