@@ -6,6 +6,7 @@ times each; the estimate's calibration runs first, in the same process and with 
 within 2× of its estimate.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/stage_cost.py [--experiments quickstart exp4-geometry-small] [--out DIR]
+                                                           [--as-shipped]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=list(EXPERIMENTS))
     parser.add_argument("--out", help="results folder (default: a temporary one)")
+    parser.add_argument("--as-shipped", action="store_true", help="the configs as they are, not shortened")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="stage-cost-"))
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, torch {torch.__version__}, "
@@ -49,7 +51,7 @@ def main() -> None:
           "measured / estimated |")
     print("|---|---|--:|--:|--:|--:|")
     for name in args.experiments:
-        experiment = load_experiment(ROOT / "config" / f"{name}.yaml", EXPERIMENTS[name])
+        experiment = load_experiment(ROOT / "config" / f"{name}.yaml", [] if args.as_shipped else EXPERIMENTS[name])
         use_threads(experiment.threads)
         stages = experiment_stages(experiment, None)
         for stage in stages:  # imports are the process's start, not a stage's work
