@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from optimization.cost import load_prices, on_priced_gpus, priced_gpus
-from optimization.stage_cost import DEFAULT_STAGES, HVP_PER_GRADIENT, KINDS, duration, estimate, stage_costs
+from optimization.cost import HVP_PER_GRADIENT, estimate, load_prices, on_priced_gpus, priced_gpus
+from optimization.stage_cost import DEFAULT_STAGES, KINDS, duration, stage_costs
 from config.loading import load_experiment
 from utils.errors import UserError
 

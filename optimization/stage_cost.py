@@ -1,10 +1,11 @@
 """What every stage of an experiment costs before it runs: the passes over data that its settings imply, their FLOPs
 and their time on the run's device (optimization.estimate prints them; run.py before a long run).
 
-Every stage's work is passes of three kinds over fixed sets of texts, each pass batch by batch:
+Every stage's work is passes of four kinds over fixed sets of texts, each pass batch by batch (their FLOPs:
+optimization.cost.kind_flops):
   forward   a loss (an evaluation, a grid point, a point of a line): forward_flops of each batch
-  gradient  a loss and its gradient (a training step, a worst-case ascent step): step_flops
-  hvp       a Hessian-vector product: HVP_PER_GRADIENT gradients
+  gradient  a loss and its gradient (sharpness's gradient, a worst-case ascent step): step_flops
+  hvp       a Hessian-vector product: cost.HVP_PER_GRADIENT gradients
   step      a training step: a gradient and the optimizer's update (step_flops: the update's FLOPs are not counted)
 The counts are read off each stage's code (sharpness.sharpness_stage, sharpness.geometry and its stage,
 visualization.landscape_stage, optimization.prune_stage, optimization.tracking); an iterative solver counts at its
@@ -28,22 +29,20 @@ from dataclasses import dataclass
 
 import torch
 
-from config.checks import ARCH_PRESETS, scratch_model_config
 from config.schema import Experiment, RunConfig
 from models.adapters import add_adapter
-from optimization.cost import cpu_matmul_peak, forward_flops, load_prices, peak_for_name, step_flops
+from optimization.cost import (HVP_PER_GRADIENT, cpu_matmul_peak, estimate, kind_flops, load_prices, model_config,
+                               peak_for_name, sequence_flops)
 from utils.errors import UserError
 
-GPT2_VOCABULARY = 50257
-# One reverse-over-reverse HVP against one gradient on the same batch, timed side by side on a CPU (bench/README.md,
-# "Sharpness: HVP cost and eigen-solvers"): 2.81 at DistilGPT2's shape (2.8-3.1 with the closed-form cross-entropy
-# curvature, bound by matrix products), 2.26 on a tiny model with GPT-2's vocabulary.
-HVP_PER_GRADIENT = 2.81
 KINDS = ("forward", "gradient", "hvp", "step")
 KIND_NAMES = {"forward": "forward", "gradient": "gradient", "hvp": "HVP", "step": "training-step"}
 # pipeline.DEFAULT_STAGES that do such work (optimization does not import pipeline; a test keeps the two in step)
 DEFAULT_STAGES = ("train", "sharpness", "landscape")
 CALIBRATION_SECONDS = 0.5  # a forward this long is compute-bound: larger batches of the model reuse its FLOP/s
+# A model with more weights is not built for timing (its weights would take GBs of memory before the run needs them):
+# it is compute-bound, and its passes run at the CPU's matmul peak (cost.cpu_matmul_peak) × the price table's assumed_mfu
+CALIBRATION_WEIGHTS = 5e8
 
 
 @dataclass(frozen=True)
@@ -61,59 +60,6 @@ class Passes:
     def batches(self) -> int:
         """Batches per pass."""
         return math.ceil(self.texts / self.batch_size)
-
-
-# ----------------------------------------------------------------------------------------------
-# Training: its steps from the config alone.
-
-def model_config(run: RunConfig):
-    """The transformers config of the run's model (no weights): GPT-2-family shapes from config.checks.ARCH_PRESETS
-    (distilgpt2 and gpt2 need no download), other hub models from their config (local cache or hub)."""
-    from transformers import AutoConfig, GPT2Config
-
-    cfg = run.model
-    vocabulary = {"bytes": 257, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer, GPT2_VOCABULARY)
-    if cfg.init == "scratch":
-        return scratch_model_config(cfg, vocabulary, vocabulary - 1)  # an end token in the vocabulary; no FLOPs
-    if cfg.name in ARCH_PRESETS:
-        return GPT2Config(**ARCH_PRESETS[cfg.name], vocab_size=GPT2_VOCABULARY)
-    from utils.hub import load_from_hub
-
-    return load_from_hub(AutoConfig.from_pretrained, cfg.name, "model config",
-                         **({"revision": cfg.revision} if cfg.revision else {}))
-
-
-def model_on_meta(run: RunConfig, adapter: bool = True):
-    """The run's model (with its adapter, unless `adapter` is False: a LoRA run's merged model) as shapes only."""
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config(run))
-    return add_adapter(model, run.model.adapter, 0) if adapter and run.model.adapter.type != "none" else model
-
-
-_FLOPS_PER_STEP: dict[tuple, float] = {}  # by (model settings, batch_size, max_length)
-
-
-def _flops_per_step(run: RunConfig) -> float:
-    """step_flops of the run's model at its largest batch, counted once per model and batch shape (a report
-    estimates every run of an experiment, and most share both)."""
-    shape = (repr(run.model), run.train.batch_size, run.data.max_length)
-    if shape not in _FLOPS_PER_STEP:
-        _FLOPS_PER_STEP[shape] = step_flops(model_on_meta(run), run.train.batch_size, run.data.max_length)
-    return _FLOPS_PER_STEP[shape]
-
-
-def estimate(run: RunConfig) -> dict:
-    """Steps, FLOPs per step (at most) and training FLOPs (at most) of one run (optimization.estimate's table)."""
-    try:
-        per_step = _flops_per_step(run)
-    except ValueError as err:
-        raise UserError(f"run {run.name}: no FLOP estimate: {err}") from None
-    steps = run.train.epochs * math.ceil(run.data.n_train / run.train.batch_size)
-    if run.train.budget.flops:
-        steps = min(steps, math.ceil(run.train.budget.flops / per_step))
-    return {"steps": steps, "flops_per_step": per_step, "flops": steps * per_step}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -256,24 +202,6 @@ def totals(passes: list[Passes]) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------------
 # FLOPs and seconds.
 
-_SEQUENCE_FLOPS: dict[tuple, tuple[float, float]] = {}  # by (model settings, merged, max_length)
-
-
-def sequence_flops(run: RunConfig, merged: bool = False) -> tuple[float, float]:
-    """(forward, gradient) FLOPs of one sequence of data.max_length tokens, counted once per model and length."""
-    key = (repr(run.model), merged, run.data.max_length)
-    if key not in _SEQUENCE_FLOPS:
-        model = model_on_meta(run, adapter=not merged)
-        _SEQUENCE_FLOPS[key] = (forward_flops(model, 1, run.data.max_length), step_flops(model, 1, run.data.max_length))
-    return _SEQUENCE_FLOPS[key]
-
-
-def kind_flops(run: RunConfig, kind: str, merged: bool = False) -> float:
-    """FLOPs of one pass of `kind` over one sequence of data.max_length tokens."""
-    forward, gradient = sequence_flops(run, merged)
-    return {"forward": forward, "gradient": gradient, "hvp": HVP_PER_GRADIENT * gradient, "step": gradient}[kind]
-
-
 def flops(run: RunConfig, passes: Passes) -> float:
     return passes.count * passes.texts * kind_flops(run, passes.kind, passes.merged)
 
@@ -326,20 +254,24 @@ class Throughput:
 
     def _timed(self, run: RunConfig, shape: tuple[int, bool], merged: bool) -> dict:
         """Forward and gradient FLOP/s of the model at this batch shape (_typical_time of each), and whether the
-        forward is compute-bound (then the gradient is not timed but taken at the forward's FLOP/s)."""
+        forward is compute-bound (then the gradient is not timed but taken at the forward's FLOP/s); a model of
+        more than CALIBRATION_WEIGHTS is not timed at all."""
         from transformers import AutoModelForCausalLM
 
         from optimization.objective import Objective
 
         start = time.perf_counter()
         (batch_size, adapted), config = shape, model_config(run)
+        forward, gradient = (batch_size * f for f in sequence_flops(run, merged))
+        if forward / (2 * batch_size * run.data.max_length) > CALIBRATION_WEIGHTS:  # ≈ its matmul weights
+            rate = cpu_matmul_peak() * load_prices().assumed_mfu  # compute-bound: as a GPU's peak × assumed_mfu
+            return {"forward": rate, "gradient": rate, "bound": True}
         model = AutoModelForCausalLM.from_config(config)
         if adapted:
             model = add_adapter(model, run.model.adapter, 0)
         tokens = torch.randint(0, config.vocab_size, (batch_size, run.data.max_length))
         batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
         objective = Objective(model.to(self.device), [batch])
-        forward, gradient = (batch_size * f for f in sequence_flops(run, merged))
         forward_s = _typical_time(objective.loss)
         bound = forward_s >= CALIBRATION_SECONDS
         if not bound:

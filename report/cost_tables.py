@@ -5,8 +5,7 @@ and both in dollars.
 from __future__ import annotations
 
 from config.loading import run_config_from_dict
-from optimization.cost import Prices, on_priced_gpus, price_for_device, priced_gpus, usd
-from optimization.stage_cost import estimate
+from optimization.cost import Prices, estimate, on_priced_gpus, price_for_device, priced_gpus, usd
 from report.experiment_results import ExperimentResults
 from report.summary import mean_and_stderr
 from report.tables import has_geometry, md_table

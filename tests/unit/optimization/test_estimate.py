@@ -8,9 +8,8 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from models.adapters import add_adapter
-from optimization.cost import step_flops
+from optimization.cost import estimate, step_flops
 from optimization.estimate import main
-from optimization.stage_cost import estimate
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -12,8 +12,9 @@ import optimization.train_setup
 import optimization.training
 from models.runs import run_dir
 from optimization.objective import Objective
-from optimization.stage_cost import (DEFAULT_STAGES, HVP_PER_GRADIENT, KINDS, PASSES, Passes, Throughput, _line_points,
-                                     announce_long_run, flops, seconds, sequence_flops, stage_costs, stage_passes, totals)
+from optimization.cost import HVP_PER_GRADIENT, sequence_flops
+from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, Passes, Throughput, _line_points, announce_long_run,
+                                     flops, seconds, stage_costs, stage_passes, totals)
 from pipeline import STAGES
 
 # Every solver at most 10 steps: Lanczos cannot flag convergence before (optimization.curvature.MIN_STABLE_STEPS), so
@@ -102,6 +103,21 @@ def test_flops_and_seconds_of_a_pass():
     assert throughput.seconds(run, "step", 4) > 0 and throughput.calibration_s > timing  # a step is timed on its own
     assert throughput.seconds(run, "forward", 4) > 0 and "timed per batch shape on the cpu" in throughput.source
     assert torch.equal(torch.get_rng_state(), rng)  # run.py times before training: no draw may change the run's
+
+
+def test_a_large_model_is_not_built_to_be_timed(monkeypatch):
+    """Its weights could take GBs: its passes run at the CPU's matmul peak × assumed_mfu, as a GPU's at its peak."""
+    from config.schema import RunConfig
+    from optimization.cost import cpu_matmul_peak, load_prices
+
+    run = RunConfig()  # DistilGPT2's shape
+    forward, step = sequence_flops(run)  # counted on the meta device (and kept)
+    monkeypatch.setattr("optimization.stage_cost.CALIBRATION_WEIGHTS", 1e6)
+    monkeypatch.setattr("transformers.AutoModelForCausalLM.from_config", None)  # building it would fail
+    throughput = Throughput(torch.device("cpu"))
+    rate = cpu_matmul_peak() * load_prices().assumed_mfu
+    assert throughput.seconds(run, "forward", 8) == pytest.approx(8 * forward / rate)
+    assert throughput.seconds(run, "step", 8) == pytest.approx(8 * step / rate)
 
 
 def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeypatch):
