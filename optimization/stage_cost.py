@@ -210,7 +210,7 @@ class Throughput:
     """Seconds of one pass of each kind over a batch of a run's model on `device`. On a CPU, a loss, a gradient and
     a training step (its optimizer's update included) of the model (random weights) on random tokens, timed once per
     architecture and batch shape: a small model's passes cost more per call than their FLOPs say (a tiny model's
-    gradient took 7 forwards, not 3, and its step 2–3 gradients), and the timing sees it; once a forward takes
+    gradient took 7 forwards, not 3; an AdaHessian step 4.6 gradients), and the timing sees it; once a forward takes
     CALIBRATION_SECONDS or more it is compute-bound, and every pass of that architecture runs at its FLOP/s. On a
     GPU: its peak × the price table's assumed_mfu."""
 
@@ -219,7 +219,7 @@ class Throughput:
         # (architecture, length) -> {(batch size, with adapter[, optimizer]), or 0 once compute-bound: FLOP/s}
         self.rates: dict[tuple, dict] = {}
         self.architectures: dict[str, str] = {}  # model settings -> its transformers config (JSON)
-        self.objectives: dict[tuple, object] = {}  # a timed shape's Objective, for timing its steps
+        self.objectives: dict[tuple, object] = {}  # a timed (architecture, length, shape)'s Objective, for its steps
         self.calibration_s = 0.0
         self.source = ""
 
@@ -275,23 +275,26 @@ class Throughput:
         forward_s = _typical_time(objective.loss)
         bound = forward_s >= CALIBRATION_SECONDS
         if not bound:
-            self.objectives[shape] = objective
+            self.objectives[(self.architectures[repr(run.model)], run.data.max_length, *shape)] = objective
         gradient_rate = forward / forward_s if bound else gradient / _typical_time(objective.loss_and_grad)
         self.calibration_s += time.perf_counter() - start
         return {"forward": forward / forward_s, "gradient": gradient_rate, "bound": bound}
 
     def _timed_step(self, shape: tuple[int, bool], run: RunConfig, gradient: float) -> float:
         """FLOP/s of a training step with the run's optimizer (its weights put back after)."""
-        from optimization.optimizers import make_optimizer
+        from optimization.optimizers import hessian_diagonal, make_optimizer, needs_hessian_diagonal
 
-        start, objective = time.perf_counter(), self.objectives[shape]
-        optimizer = make_optimizer(objective.params, run.train)
+        start = time.perf_counter()
+        objective = self.objectives[(self.architectures[repr(run.model)], run.data.max_length, *shape)]
+        optimizer, generator = make_optimizer(objective.params, run.train), torch.Generator().manual_seed(0)
 
-        def step():
+        def step():  # as optimization.training._step takes it
             loss = objective.batch_loss.summed(objective.model, objective.batches[0]) / objective.n_tokens
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            inputs = {"hessian": hessian_diagonal(optimizer, objective.model, objective.batches[0], list(objective.params),
+                                                  None, generator)} if needs_hessian_diagonal(optimizer) else {}
+            optimizer.step(**inputs)
 
         seconds = _typical_time(step)
         objective.restore()

@@ -103,6 +103,8 @@ def test_flops_and_seconds_of_a_pass():
     assert throughput.seconds(run, "step", 4) > 0 and throughput.calibration_s > timing  # a step is timed on its own
     assert throughput.seconds(run, "forward", 4) > 0 and "timed per batch shape on the cpu" in throughput.source
     assert torch.equal(torch.get_rng_state(), rng)  # run.py times before training: no draw may change the run's
+    run.train.optimizer = "adahessian"  # its step takes the Hessian's diagonal, as training gives it
+    assert throughput.seconds(run, "step", 4) > 0 and len(throughput.rates[next(iter(throughput.rates))]) == 3
 
 
 def test_a_large_model_is_not_built_to_be_timed(monkeypatch):
