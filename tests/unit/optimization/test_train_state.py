@@ -21,7 +21,7 @@ from tests.unit.optimization.layout_of import layout_of
 # recorded; lora: a LoRA adapter with dropout on model.base_run's weights.
 CASES = {
     "rotated": ("experiment: rotated\ntrain: {epochs: 3, optimizer: adam, lr: 0.003, rotation: global, precision: fp16, "
-                "grad_clip: 1.0, track: {every: 2, iters: 12}, trajectory: {every: 4}}\n", "default"),
+                "grad_clip: 1.0, track: {every: 3, iters: 6}, trajectory: {every: 4}}\n", "default"),
     "lora": ("experiment: lora\ntrain: {epochs: 3, optimizer: adamw, lr: 0.01}\nruns:\n  base: {train: {epochs: 1}}\n"
              "  tuned: {model: {base_run: base, adapter: {type: lora, r: 2, dropout: 0.1}}}\n", "tuned"),
 }

@@ -104,10 +104,15 @@ def test_one_seed_prints_no_plus_minus_and_missing_stages_are_named(tiny_experim
     assert "- 2D surface of default/seed-42 (no landscape_2d.npz)" in report
 
 
-def test_notebook_runs_clean_and_shows_every_figure_and_table(results):
-    _, out = results
-    notebook = execute_notebook(out)
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+@pytest.fixture(scope="module")
+def notebook_outputs(results):
+    """The outputs of results.ipynb run once on `results` (a kernel start and every figure: seconds)."""
+    notebook = execute_notebook(results[1])
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+
+
+def test_notebook_runs_clean_and_shows_every_figure_and_table(notebook_outputs):
+    outputs = notebook_outputs
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 3  # learning curves, interpolation, 2D surfaces
@@ -125,11 +130,9 @@ def shown_in(markdown: str) -> dict[str, list[str]]:
             "figures": re.findall(r"!\[[^]]*\]\(figures/([^)]+)\.png\)", markdown)}
 
 
-def test_the_notebook_shows_the_reports_sections_tables_and_figures(results):
-    _, out = results
-    report = shown_in((out / "small" / "report.md").read_text())
-    notebook = execute_notebook(out)
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+def test_the_notebook_shows_the_reports_sections_tables_and_figures(results, notebook_outputs):
+    report = shown_in((results[1] / "small" / "report.md").read_text())
+    outputs = notebook_outputs
     shown = shown_in("\n\n".join(o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})))
     assert shown["headings"] == report["headings"] and len(report["headings"]) == 9
     assert shown["tables"] == report["tables"] and len(report["tables"]) == 11  # no dollars: a CPU run
