@@ -21,9 +21,9 @@ import argparse
 import sys
 
 from optimization.cost import HVP_PER_GRADIENT, estimate, load_prices, on_priced_gpus, priced_gpus
-from optimization.stage_cost import DEFAULT_STAGES, KINDS, duration, stage_costs
+from optimization.stage_cost import DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STAGES, duration, stage_costs
 from config.loading import load_experiment
-from utils.errors import UserError
+from utils.errors import ConfigError, UserError
 
 
 def stage_table(experiment, stages: str | None) -> str:
@@ -32,8 +32,11 @@ def stage_table(experiment, stages: str | None) -> str:
 
     device = resolve_device(experiment.runs[0].device if experiment.runs else "auto")
     use_threads(experiment.threads)
-    names = stages.split(",") if stages else experiment.stages or DEFAULT_STAGES
-    costs, throughput = stage_costs(experiment, [name.strip() for name in names], device)
+    names = [name.strip() for name in stages.split(",")] if stages else experiment.stages or DEFAULT_STAGES
+    unknown = [name for name in names if name not in PASSES and name not in UNCOSTED_STAGES]
+    if unknown:
+        raise ConfigError(f"--stages: unknown stage {unknown[0]!r} (stages: {', '.join([*PASSES, *UNCOSTED_STAGES])})")
+    costs, throughput = stage_costs(experiment, names, device)
     lines = [f"each stage over the experiment's {len(experiment.jobs())} (run, seed) jobs: batch passes (Lanczos at "
              f"its max_iter, every batch at data.max_length: at most), FLOPs (an HVP counted as {HVP_PER_GRADIENT:g} "
              f"gradients) and time on {device.type} ({throughput.source or 'nothing timed'})",

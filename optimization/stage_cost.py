@@ -37,8 +37,10 @@ from utils.errors import UserError
 
 KINDS = ("forward", "gradient", "hvp", "step")
 KIND_NAMES = {"forward": "forward", "gradient": "gradient", "hvp": "HVP", "step": "training-step"}
-# pipeline.DEFAULT_STAGES that do such work (optimization does not import pipeline; a test keeps the two in step)
+# pipeline.DEFAULT_STAGES that do such work, and pipeline's stages that do none (optimization does not import
+# pipeline; a test keeps them in step)
 DEFAULT_STAGES = ("train", "sharpness", "landscape")
+UNCOSTED_STAGES = ("search", "correlate", "report")  # search: its trials' training is not estimated
 CALIBRATION_SECONDS = 0.5  # a forward this long is compute-bound: larger batches of the model reuse its FLOP/s
 # A model with more weights is not built for timing (its weights would take GBs of memory before the run needs them):
 # it is compute-bound, and its passes run at the CPU's matmul peak (cost.cpu_matmul_peak) × the price table's assumed_mfu

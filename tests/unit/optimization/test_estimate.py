@@ -36,6 +36,12 @@ def test_the_paper_scale_config_is_priced_offline(capsys):
     assert "| train | " in out and "| sharpness | " in out and "| prune | " in out and "| all | " in out
 
 
+def test_an_unknown_stage_is_one_line_and_exit_2(capsys):
+    assert main(["--config", str(REPO / "config/quickstart.yaml"), "--stages", "train,sharpnes"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--stages: unknown stage 'sharpnes' (stages: train, sharpness, "
+                                                    "geometry, landscape, prune, search, correlate, report)")
+
+
 def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(write_config, tmp_path):
     """The builtin corpus's texts are longer than the tiny max_length (32 tokens), so no batch is padded: the
     estimate's steps and FLOPs are then exactly those training counts, for full fine-tuning and LoRA, with and

@@ -13,8 +13,8 @@ import optimization.training
 from models.runs import run_dir
 from optimization.objective import Objective
 from optimization.cost import HVP_PER_GRADIENT, sequence_flops
-from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, Passes, Throughput, _line_points, announce_long_run,
-                                     flops, seconds, stage_costs, stage_passes, totals)
+from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STAGES, Passes, Throughput, _line_points,
+                                     announce_long_run, flops, seconds, stage_costs, stage_passes, totals)
 from pipeline import STAGES
 
 # Every solver at most 10 steps: Lanczos cannot flag convergence before (optimization.curvature.MIN_STABLE_STEPS), so
@@ -143,10 +143,11 @@ def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeyp
 
 def test_what_the_estimate_knows_of_other_layers_is_theirs(tiny_experiment):
     """optimization imports neither pipeline nor visualization: its copies of their facts must agree with them."""
-    from pipeline import DEFAULT_STAGES as PIPELINE_DEFAULTS
+    from pipeline import DEFAULT_STAGES as PIPELINE_DEFAULTS, STAGES as PIPELINE_STAGES
     from visualization.interpolation import interpolation_alphas
 
     assert list(DEFAULT_STAGES) == [stage for stage in PIPELINE_DEFAULTS if stage in PASSES]
+    assert set(PASSES) | set(UNCOSTED_STAGES) == set(PIPELINE_STAGES) and not set(PASSES) & set(UNCOSTED_STAGES)
     for line in ("{}", "{points: 5, alpha_min: 0.0, alpha_max: 1.0}", "{points: 4, alpha_min: -0.3, alpha_max: 1.7}",
                  "{points: 2, alpha_min: 0.25, alpha_max: 0.75}"):
         run = tiny_experiment(f"landscape: {line}\n").runs[0]
