@@ -28,21 +28,21 @@ from __future__ import annotations
 import dataclasses
 import socket
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
+from optimization.study_storage import damage_named, open_storage, redacted, storage_url
 from optimization.train_stage import write_manifest
 from optimization.training import train_run
 from config.loading import search_axes, with_values
 from config.schema import Experiment, RunConfig, SearchConfig
-from utils.errors import ConfigError, CorruptFileError, DivergedError, OutputError
+from utils.errors import ConfigError, DivergedError, OutputError
 from utils.io import read_own_output, write_json
 from models.runs import experiment_dir, run_dir, run_label, training_fingerprint
 from utils.lock import manifest_lock, run_lock
 from config.space import Axis
 
 SEARCH_FILE = "search.json"
-OPEN_ATTEMPTS = 4  # opening a database that another worker is creating
 WORKER = "worker"  # a trial's system attribute: the host and experiment folder of the worker that trains it
 
 
@@ -66,7 +66,7 @@ def run_study(experiment: Experiment, template: RunConfig, output: Path, force: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     folder = experiment_dir(output, experiment)
-    with _damage_named(template, folder):
+    with damage_named(template, folder):
         study = _open_study(experiment, template, folder)
         while True:
             with ExitStack() as held:  # the trial's run lock, released once its result is in the study
@@ -234,83 +234,6 @@ def _pruner(template: RunConfig):
     return optuna.pruners.NopPruner()
 
 
-def storage_url(template: RunConfig, folder: Path) -> str:
-    """search.storage as Optuna opens it: '' is <experiment>/search.db; a relative journal path is in the folder."""
-    spec = template.search.storage
-    if not spec:
-        return f"sqlite:///{(folder / 'search.db').resolve()}"
-    if spec.startswith("journal:"):
-        path = Path(spec[len("journal:"):]).expanduser()
-        return f"journal:{path if path.is_absolute() else (folder / path).resolve()}"
-    return spec
-
-
-def _open_storage(template: RunConfig, folder: Path):
-    from optuna.storages import JournalStorage, RDBStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    url = storage_url(template, folder)
-    where = f"search.storage of run {template.name} ({_redacted(url)})"
-    for attempt in range(OPEN_ATTEMPTS):
-        try:
-            if url.startswith("journal:"):
-                return JournalStorage(JournalFileBackend(url[len("journal:"):]))
-            return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None)
-        except ModuleNotFoundError as err:
-            raise ConfigError(f"{where}: its database driver is not installed ({err.name}); e.g. pip install "
-                              "psycopg2-binary for postgresql://") from None
-        except Exception as err:  # a bad URL, an unreachable server, a locked file: SQLAlchemy has many kinds
-            if _damaged(err, url):
-                raise  # _damage_named says so
-            # Workers that start together race to create the tables; the losers find them made on a second look.
-            if attempt + 1 == OPEN_ATTEMPTS or type(err).__name__ not in ("IntegrityError", "OperationalError"):
-                raise ConfigError(f"{where} cannot be opened: {str(err).splitlines()[0]}") from None
-            time.sleep(1.0 + attempt)
-
-
-def _damaged(err: Exception, url: str) -> BaseException | None:
-    """The error that says the storage's file is damaged (not that it is locked, say, or unreachable), if `err`
-    is or wraps one (Optuna wraps SQLAlchemy's, which wraps the driver's)."""
-    import json
-    import sqlite3
-
-    while err is not None:
-        if url.startswith("journal:"):  # a line that is not JSON (Optuna skips only a half-written last one)
-            if isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
-                return err
-        elif isinstance(err, sqlite3.DatabaseError) and err.sqlite_errorname in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
-            return err
-        err = err.__cause__ or err.__context__
-    return None
-
-
-@contextmanager
-def _damage_named(template: RunConfig, folder: Path):
-    """A damaged storage, whenever it is read, is one sentence naming it and the way forward."""
-    try:
-        yield
-    except Exception as err:
-        url = storage_url(template, folder)
-        damage = _damaged(err, url)
-        if damage is None:
-            raise
-        ours = url.startswith(("sqlite:///", "journal:"))
-        where = url.split("sqlite:///", 1)[-1].removeprefix("journal:") if ours else f"the database {_redacted(url)}"
-        raise CorruptFileError(where, str(damage).splitlines()[0],
-                               f"{'remove it' if ours else 'delete its study'} to start the search over (search.storage "
-                               f"of run {template.name}): a new trial that draws the values of a run folder trained "
-                               "before uses it without training again") from None
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for messages and search.json."""
-    if "://" in url and "@" in url.split("://", 1)[1]:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-    return url
-
-
 def _settings(template: RunConfig) -> dict:
     """What a study was made with; a later worker or invocation must use the same (n_trials may grow)."""
     cfg = dataclasses.asdict(template.search)
@@ -323,7 +246,7 @@ def _open_study(experiment: Experiment, template: RunConfig, folder: Path):
     import optuna
 
     name = template.search.study or f"{experiment.name}.{template.name}"
-    storage = _open_storage(template, folder)
+    storage = open_storage(template, folder)
     with manifest_lock(folder):  # the workers of one machine create the study once
         study = optuna.create_study(storage=storage, study_name=name, direction=template.search.direction,
                                     sampler=_sampler(template, template.search.seed), pruner=_pruner(template),
@@ -336,7 +259,7 @@ def _open_study(experiment: Experiment, template: RunConfig, folder: Path):
             changed = sorted(k for k in set(made_with["search"]) | set(settings["search"])
                              if made_with["search"].get(k) != settings["search"].get(k))
             what = f"search.{', search.'.join(changed)}" if changed else "the run's training settings"
-            raise ConfigError(f"study {name} in {_redacted(storage_url(template, folder))} was made with other "
+            raise ConfigError(f"study {name} in {redacted(storage_url(template, folder))} was made with other "
                             f"{what}; set search.study to start another study, or delete the old one")
     if study.direction.name.lower() != template.search.direction:
         raise ConfigError(f"study {name} in storage seeks to {study.direction.name.lower()}, not "
@@ -357,5 +280,5 @@ def study_summary(study, template: RunConfig, folder: Path) -> dict:
     pick = max if template.search.direction == "maximize" else min
     best = pick(done, key=lambda t: t["value"]) if done else None
     return {"study": study.study_name, **dataclasses.asdict(template.search),
-            "storage": _redacted(storage_url(template, folder)), "counted": sum(t["counted"] for t in trials),
+            "storage": redacted(storage_url(template, folder)), "counted": sum(t["counted"] for t in trials),
             "trials": trials, "best": None if best is None else {k: best[k] for k in ("number", "run", "value", "params")}}

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import optimization.search_stage as search
+from optimization.study_storage import storage_url
 from pipeline import run_experiment
 from config.loading import load_experiment
 from utils.errors import ConfigError, UserError
@@ -133,7 +134,7 @@ def test_a_draw_past_n_trials_is_surplus_and_trains_nothing(write_config, tmp_pa
     other.ask()  # trial 0, running in "another worker"
     monkeypatch.setattr(search, "_counted", lambda study: 0)  # as if this worker looked before trial 0 existed
     search.run_study(experiment, experiment.runs[0], out)
-    trials = optuna.load_study(study_name="exp.default", storage=search.storage_url(experiment.runs[0], folder)).trials
+    trials = optuna.load_study(study_name="exp.default", storage=storage_url(experiment.runs[0], folder)).trials
     assert trials[1].user_attrs["surplus"] and trials[1].state.name == "PRUNED" and "run" not in trials[1].user_attrs
     assert not (folder / "t001").exists()
     assert read_json(folder / "search.json")["studies"]["default"]["counted"] == 1
@@ -158,26 +159,3 @@ def test_two_workers_share_one_study(write_config, tmp_path, storage):
     assert sorted(trained) == sorted(f"exp/{t['run']}/seed-42" for t in trials)  # each once, by one worker
     assert all(any(": done; test loss" in line for line in log.splitlines()) for log in logs), logs  # both worked
     assert sorted(read_json(out / "exp" / "experiment.json")["trials"]) == sorted(t["run"] for t in trials)
-
-
-def test_workers_that_create_the_database_together_all_open_it(tmp_path):
-    """Four processes opening one new SQLite study database at the same instant race to create its tables;
-    the losers' UNIQUE-constraint failure is retried, so every one opens it (without the retry, about one
-    start in three lost a worker here)."""
-    opener = ("import sys, time; from types import SimpleNamespace as S; "
-              "from pathlib import Path; from optimization.search_stage import _open_storage; import optuna.storages; "
-              "print('ready', flush=True); go = Path(sys.argv[1])\n"
-              "while not go.exists(): time.sleep(0.001)\n"
-              "_open_storage(S(name='x', search=S(storage='')), Path(sys.argv[2])); print('opened')")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    folders = [tmp_path / "exp0"]  # one new database, four openers at one instant
-    for folder in folders:
-        folder.mkdir()
-    go = tmp_path / "go"
-    openers = [subprocess.Popen([sys.executable, "-c", opener, str(go), str(folder)], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for folder in folders for _ in range(4)]
-    assert [p.stdout.readline() for p in openers] == ["ready\n"] * 4  # every one has imported Optuna: go at once
-    go.touch()
-    logs = [p.communicate(timeout=900)[0] for p in openers]
-    assert [p.returncode for p in openers] == [0] * 4, logs
