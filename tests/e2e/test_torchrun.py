@@ -27,9 +27,9 @@ DDP = """
 data: {n_train: 41}
 model: {config: {resid_pdrop: 0.0, embd_pdrop: 0.0, attn_pdrop: 0.0}}
 train: {epochs: 1}
-sharpness: {max_iter: 20, tol: 1.0e-4, random_directions: 2, worst_case_steps: 2, trace_samples: 4}
-geometry: {cauchy_vectors: 10, bootstrap: 20, frobenius_probes: 6}
-landscape: {resolution: 5, points: 5, eval_batches: 3, eval_batch_size: 4}
+sharpness: {max_iter: 10, tol: 1.0e-4, random_directions: 2, worst_case_steps: 2, trace_samples: 2}
+geometry: {cauchy_vectors: 6, bootstrap: 10, frobenius_probes: 3}
+landscape: {resolution: 4, points: 5, eval_batches: 2, eval_batch_size: 4}
 """
 
 
@@ -111,7 +111,7 @@ def test_a_torchrun_job_trains_and_measures_as_one_process(write_config, tmp_pat
     partial["train_loss"][2:] = np.nan
     save_npz(surface, **partial)
     log = finished(torchrun(str(ROOT / "run.py"), *args[:2], "--stages", "landscape", "--output", str(tmp_path / "two")))
-    assert "resuming the 2D landscape (10 of 25 points done)" in log
+    assert "resuming the 2D landscape (8 of 16 points done)" in log
     assert np.allclose(load_npz(surface)["train_loss"], grids[0], rtol=1e-5) and load_npz(surface)["done"].all()
 
 
