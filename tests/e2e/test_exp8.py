@@ -16,7 +16,8 @@ from report.reader import load_results
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
-SHORT = ["train.epochs=2", "train.warmup_steps=0", "data.n_train=48", "sharpness.batches=1", "sharpness.max_iter=12",
+SHORT = ["train.epochs=2", "train.warmup_steps=0", "data.n_train=48", "data.n_val=16", "data.n_test=16",
+         "sharpness.batches=1", "sharpness.max_iter=8",
          "sharpness.worst_case_steps=2", "sharpness.trace_samples=2", "sharpness.random_directions=2",
          "correlate.resamples=200"]
 
