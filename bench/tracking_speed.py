@@ -1,10 +1,10 @@
 """What geometry along training costs, measured side by side in one run (figures, not a test).
 
 1. Warm against cold starts of tracked λ_max (optimization.tracking): a model is trained with AdamW and, every
-   --every steps, λ_max of the Hessian on a fixed measurement batch is taken twice, by a tracker that starts
-   Lanczos from the previous point's top vector (warm; every COLD_EVERY-th point cold, as train.track does)
-   and by a fresh one (a random start, cold), with the same stopping rule and tolerance. Printed per point: both HVP counts and values, and the ratio of cold to warm
-   HVPs over the points after the first (the issue asks for at least 3).
+   --every steps, λ_max of the Hessian on a fixed measurement batch is taken twice, by one tracker along the
+   run (its points after the first warm: from the previous point's top Ritz vectors, as train.track does) and
+   by a fresh one (a random start, cold), with the same tolerance. Printed per point: both HVP counts and
+   values, and the ratio of cold to warm HVPs over the points after the first (the issue asks for at least 3).
 2. The SLQ spectral density (sharpness.density) of the final model: --probes × --steps HVPs, their time, and
    the memory of its Lanczos vectors with and without full reorthogonalization.
 

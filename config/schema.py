@@ -76,10 +76,12 @@ class TrackConfig:
         ["lambda_max", "preconditioned_lambda_max"],
         "lambda_max | preconditioned_lambda_max (of P^-1/2 H P^-1/2, Adam family and adahessian only) | trace "
         "(Hutchinson)")
-    iters: int = option(40, "Lanczos steps per point at most (each one HVP; 3 points in 4 warm-started from the last "
-                              "point; at most 10 cannot converge)", ge=2)
-    tol: float = option(1e-3, "a λ has converged when its residual is within tol·|λ_max| and it moved by at most that "
-                              "over max(10, m/2) of its m Lanczos steps (the sharpness stage's rule)", gt=0)
+    iters: int = option(40, "Lanczos steps per point at most (each one HVP; points after the first warm-started from "
+                              "the last one's top two vectors, 2 HVPs more; at most 10 cannot converge a first point)",
+                        ge=2)
+    tol: float = option(1e-3, "a λ has converged when its residual is within tol·|λ_max| and, at the first point, it "
+                              "moved by at most that over max(10, m/2) of its m Lanczos steps (the sharpness stage's "
+                              "rule); at a warm point, once its exploration settled (optimization/tracking.py)", gt=0)
     trace_samples: int = option(10, "Hutchinson samples per point (metric trace)", ge=1)
     seed: int = option(0, "draws the first Lanczos start and the Hutchinson vectors", ge=0)
 

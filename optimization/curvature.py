@@ -5,6 +5,8 @@ power    the study's method: random start, v <- Hv/||Hv||. Finds the eigenvalue 
          nothing about the most negative one.
 lanczos  Lanczos with full reorthogonalization (twice, against every earlier basis vector): the top-k
          Ritz values and the smallest one from the same Krylov space.
+warm_eigenpair  the top one from a nearby matrix's top eigenvectors (the tracker's points after its first):
+         Rayleigh–Ritz on them and the Krylov space of the operator deflated of them.
 
 Both `lanczos` and the spectral density (sharpness.density's SLQ) run the one recurrence of `lanczos_steps`,
 which yields the tridiagonal matrix T after every step and leaves the caller to decide when to stop (the
@@ -65,6 +67,7 @@ class EigenResult:
     eigenvector: torch.Tensor    # unit vector of top[0]
     matvecs: int
     history: list[float] = field(default_factory=list)  # λ_max estimate after each product
+    vectors: list[torch.Tensor] = field(default_factory=list)  # the top Ritz vectors asked for, top first
 
     @property
     def eigenvalues(self) -> list[float]:
@@ -182,7 +185,8 @@ def lanczos_tridiagonal(matvec: MatVec, start: torch.Tensor, steps: int, *, reor
 
 def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, seed: int = 0, device="cpu",
             dtype=torch.float32, progress=None, start: torch.Tensor | None = None, stable_steps: int = MIN_STABLE_STEPS,
-            bottom: bool = True, residual_test: bool = True, true_residuals: bool = False) -> EigenResult:
+            bottom: bool = True, residual_test: bool = True, true_residuals: bool = False,
+            vectors: int = 1) -> EigenResult:
     """`start`: the first Krylov vector (e.g. the top eigenvector of a nearby matrix, a warm start that
     converges in a few products); a random one drawn from `seed` when None. `stable_steps`: the shortest
     window over which a converged Ritz value must have stayed put (see the module's docstring). `bottom`:
@@ -196,7 +200,8 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
     the recurrence's β·|last component of the Ritz vector|: the two agree in exact arithmetic, but the
     recurrence's keeps falling (to 1e-22 and below) where a float32 product cannot show a residual below
     about 1e-7·‖H‖. Either way the stopping rule uses the recurrence's (it is free at every step); the extra
-    products are not in `matvecs` (one per Lanczos step, as `history`)."""
+    products are not in `matvecs` (one per Lanczos step, as `history`). `vectors`: how many top Ritz vectors
+    the result's `vectors` holds (the tracker's next warm start)."""
     history: list[float] = []
     ritz_by_step: list[torch.Tensor] = []  # ascending Ritz values after every step, for the stability test
     q = _start_vector(dim, seed, device, dtype) if start is None else (start / start.norm()).to(device=device, dtype=dtype)
@@ -224,8 +229,76 @@ def lanczos(matvec: MatVec, dim: int, *, k: int = 1, max_iter: int, tol: float, 
     if true_residuals:
         top = [measured(estimate, ritz_vector(-1 - rank)) for rank, estimate in enumerate(top)]
         smallest = [measured(estimate, ritz_vector(0)) for estimate in smallest]
-    eigenvector = ritz_vector(-1)
-    return EigenResult(top, smallest[0] if bottom else None, eigenvector, t.steps, history)
+    leading = [ritz_vector(-1 - rank) for rank in range(min(vectors, t.steps))]
+    return EigenResult(top, smallest[0] if bottom else None, leading[0], t.steps, history, leading)
+
+
+def warm_eigenpair(matvec: MatVec, previous: torch.Tensor, start: torch.Tensor, *, max_iter: int, tol: float,
+                   gap_share: float, vectors: int = 1, progress=None) -> EigenResult:
+    """λ_max of H from the top eigenvectors of a nearby matrix (`previous`, k rows) and a random `start`:
+    Rayleigh–Ritz on a space that grows one product at a time from span(previous), every product kept. Two
+    kinds of vectors are added, each orthogonalized against the space:
+
+    explore  the random start, then the last exploring vector's product: the Krylov space of H deflated of
+             everything found so far. A direction that overtook the old top ones is the top of that operator,
+             well above the rest of its spectrum, so it shows in a few steps however close it is to the old
+             top eigenvalue (a single Krylov space from a start holding the old top vector must first tell the
+             two apart). Until the exploration has settled: its top Ritz value t (H on the exploring vectors)
+             rose over the last step by at most max(gap_share·(θ − t), tol·s), θ the top Ritz value, s the
+             largest |Ritz value|. Ritz values rise toward their limit ever slower; one rising by a small share
+             of its distance below θ is settling below it.
+    refine   then the top Ritz pair's residual Hx − θx (where the top eigenvector moved; a Krylov step from x),
+             until its norm, measured as a combination of the kept products, is within tol·s.
+
+    It stops early when a vector has no direction outside the space (an invariant space, to rounding). It holds
+    two vectors of d floats per product (the space and its image), where lanczos holds one per step.
+    `matvecs`: k + the vectors added (at most `max_iter`); `history`: θ before each addition and at the end;
+    `vectors`: how many top Ritz vectors the result holds, top first."""
+    basis, products, history, explored = [], [], [], []
+
+    def add(v: torch.Tensor) -> bool:
+        """Whether v had a direction outside the space (else the space is invariant to rounding)."""
+        norm = float(v.norm())
+        if basis:
+            space = torch.stack(basis, dim=1)
+            for _ in range(2):  # twice, enough in floating point
+                v = v - space @ (space.T @ v)
+        if float(v.norm()) <= BREAKDOWN * torch.finfo(v.dtype).eps * norm:
+            return False
+        basis.append(v / v.norm())
+        products.append(matvec(basis[-1]))
+        if progress is not None:
+            progress.update(1)
+        return True
+
+    for v in previous.to(start):
+        add(v)
+    k, explore, exploration_before, settled, exhausted = len(basis), start, None, False, False
+    while True:
+        space, image = torch.stack(basis, dim=1), torch.stack(products, dim=1)
+        quotient = (space.T @ image).double()
+        values, ritz = torch.linalg.eigh((quotient + quotient.T) / 2)
+        value, scale, top = float(values[-1]), float(values.abs().max()), ritz[:, -1].to(start)
+        residual = image @ top - value * (space @ top)
+        history.append(value)
+        if explored:
+            exploration = float(torch.linalg.eigvalsh(quotient[explored][:, explored])[-1])
+            settled = exploration_before is not None and \
+                exploration - exploration_before <= max(gap_share * (value - exploration), tol * scale)
+            exploration_before = exploration
+        converged = (settled or exhausted) and float(residual.norm()) <= tol * scale
+        if converged or exhausted or len(basis) - k >= max_iter:
+            break
+        if settled:
+            exhausted = not add(residual)
+        else:
+            exhausted = not add(explore)
+            if not exhausted:
+                explored.append(len(basis) - 1)
+                explore = products[-1]
+    leading = [space @ ritz[:, -1 - rank].to(start) for rank in range(min(vectors, len(basis)))]
+    return EigenResult([Estimate(value, float(residual.norm()), converged)], None, leading[0], len(basis), history,
+                       leading)
 
 
 def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: int, tolerance: float,

@@ -20,19 +20,24 @@ preconditioned_lambda_max  λ_max(P^-1/2 H P^-1/2) with P = (1 − β₁^(t+1))�
 trace                      tr(H) by Hutchinson's estimator (the same Rademacher vectors at every point), with its
                            standard error.
 
-Convergence. Each λ is Lanczos's top Ritz value, called converged by the sharpness stage's rule
-(optimization.curvature: residual within tol·s and no move over max(10, m/2) of its m steps), and recorded
-with its true residual ‖Hx − λx‖ (one more HVP). A Ritz value is a lower bound of λ_max and no rule can see
-a direction the Krylov space has not met, so how the start meets a direction that overtook the old top one
-decides whether a crossing is found. Most points start warm: the previous point's top eigenvector plus an
-equal share of a random unit vector, so the new direction has nearly a cold start's weight in the start
-while the old top one is there at once. Every COLD_EVERY-th point starts cold (the random vector alone):
-on crossings from deep in the spectrum a warm start still settles on the old top eigenvalue a few times in
-a hundred when the new one is within 1% above it, and a cold point bounds how long such a miss can last.
-bench/tracking_misses.py measures both: on 40 synthetic crossings per gap the rule before this one (stable
-over 2 steps, no residual test, a 10% random share) missed every crossing up to a 10% gap after 4 HVPs;
-this one misses none from 1% up (2 in 40 at 0.3% from the bulk), and where nothing crosses a warm point
-takes 1.3× fewer HVPs than a cold one, a track with its cold points 1.2× (bench/README.md).
+Convergence. The first point is Lanczos from a random start, called converged by the sharpness stage's
+rule (optimization.curvature: residual within tol·s and no move over max(10, m/2) of its m steps) and
+recorded with its true residual ‖Hx − λx‖ (one more HVP). A Ritz value is a lower bound of λ_max and no
+rule can see a direction the Krylov space has not met, so how a later point meets a direction that overtook
+the old top one decides whether a crossing is found. Every later point is warm (optimization.curvature.
+warm_eigenpair): Rayleigh–Ritz on the previous point's top WARM_VECTORS Ritz vectors, grown by the Krylov
+space of H deflated of them from a fresh random vector until that exploration settles (its top Ritz value
+rises by at most GAP_SHARE of its distance below λ), then by the top pair's residual until it is within
+tol·s (measured from the kept products, no extra HVP). A direction that overtook the old top ones is the
+deflated operator's top, far above the rest of its spectrum, so the exploration finds it in a few steps
+however close it is to the old top eigenvalue; the warm start before this one (the old top vector plus an
+equal random share in one Krylov space) had to tell the two apart, missed 2 in 40 risers 0.3% above, and
+needed a cold point every fourth. bench/tracking_misses.py: on 40 synthetic crossings per gap the rule
+before issue 21 missed every crossing up to 10% after 4 HVPs; this one misses none from 0.3% up, and where
+nothing crosses takes 8.2 HVPs a point against a cold start's 18.9 (2.3×). On the tiny model along AdamW
+training (bench/tracking_speed.py) it takes 15.8 against 20.2 at lr 5e-5 and 17.6 against 20.4 at 3e-4
+(1.2–1.3×): there both halves cost, the exploration settling on a spectrum whose top values crowd the
+old top one, and the refinement of a top vector that moves between points (bench/README.md).
 
 Training does not see the measurement: the model is measured in eval mode (no dropout draws) with random
 vectors from generators of its own, so the weights, the data order and every RNG stream are the same with
@@ -48,11 +53,11 @@ import time
 import torch
 
 from optimization.optimizers import ADAM_FAMILY, PRECONDITIONED
-from optimization.curvature import hutchinson_trace, lanczos
+from optimization.curvature import hutchinson_trace, lanczos, warm_eigenpair
 from config.schema import TrackConfig, TrainConfig
 
-WARM_NOISE = 1.0  # the warm start's share of a random unit vector: room for a direction that overtook the old top one
-COLD_EVERY = 4  # every this many points (the first too), Lanczos starts from the random vector alone
+WARM_VECTORS = 2  # the previous point's top Ritz vectors a warm point starts from (bench/tracking_misses.py)
+GAP_SHARE = 0.05  # a warm point stops once its exploration rises by at most this share of its distance below λ
 
 
 NO_THRESHOLD = {  # why a tracked λ has no drawn limit for these optimizers (the literature defines none)
@@ -124,7 +129,7 @@ class SharpnessTracker:
         self.metrics = tracked_metrics(cfg, train)
         state = state or {}
         self.points: list[dict] = list(state.get("points", []))
-        self.warm: dict[str, torch.Tensor] = dict(state.get("warm", {}))  # metric -> last top eigenvector (CPU)
+        self.warm: dict[str, torch.Tensor] = dict(state.get("warm", {}))  # metric -> last top Ritz vectors (rows, CPU)
         self.seconds: float = state.get("seconds", 0.0)
         self.hvps: int = state.get("hvps", 0)
 
@@ -172,15 +177,18 @@ class SharpnessTracker:
         index, warm = len(self.points), self.warm.get(metric)
         generator = torch.Generator().manual_seed(self.cfg.seed + index)  # the first point: lanczos's own seed
         random = torch.randn(objective.dim, generator=generator, dtype=torch.float64)
-        cold = warm is None or index % COLD_EVERY == 0
-        start = random if cold else warm.to(random) / warm.norm() + WARM_NOISE * random / random.norm()
         hvps_before = objective.hvp_count
-        result = lanczos(matvec, objective.dim, k=1, max_iter=self.cfg.iters, tol=self.cfg.tol,
-                         device=objective.base.device, dtype=objective.base.dtype, bottom=False, true_residuals=True,
-                         start=start.to(objective.base))
-        self.warm[metric] = result.eigenvector.detach().cpu()
+        if warm is None:
+            result = lanczos(matvec, objective.dim, k=1, max_iter=self.cfg.iters, tol=self.cfg.tol,
+                             device=objective.base.device, dtype=objective.base.dtype, bottom=False,
+                             true_residuals=True, start=random, vectors=WARM_VECTORS)
+        else:  # atleast_2d: a last.pt written before warm points kept WARM_VECTORS holds one vector
+            result = warm_eigenpair(matvec, torch.atleast_2d(warm), random.to(objective.base),
+                                    max_iter=self.cfg.iters, tol=self.cfg.tol, gap_share=GAP_SHARE,
+                                    vectors=WARM_VECTORS)
+        self.warm[metric] = torch.stack(result.vectors).detach().cpu()
         return {metric: result.lambda_max, f"{metric}_converged": result.top[0].converged,
-                f"{metric}_residual": result.top[0].residual, f"{metric}_start": "cold" if cold else "warm",
+                f"{metric}_residual": result.top[0].residual, f"{metric}_start": "cold" if warm is None else "warm",
                 f"{metric}_hvps": objective.hvp_count - hvps_before}
 
     def record(self) -> dict:

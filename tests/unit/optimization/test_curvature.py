@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimization.curvature import lanczos, lanczos_steps, lanczos_tridiagonal
+from optimization.curvature import warm_eigenpair, lanczos, lanczos_steps, lanczos_tridiagonal
 from sharpness.density import slq
 
 
@@ -57,3 +57,52 @@ def test_the_steps_yield_a_growing_tridiagonal_whose_basis_is_orthonormal():
     alphas, betas = torch.tensor(t.alphas, dtype=torch.float64), torch.tensor(t.betas, dtype=torch.float64)
     tridiagonal = torch.diag(alphas) + torch.diag(betas, 1) + torch.diag(betas, -1)
     assert torch.allclose(q.T @ h @ q, tridiagonal, atol=1e-10)  # QᵀHQ = T: the recurrence's defining identity
+
+
+def _rotated(eigenvalues: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    q, _ = torch.linalg.qr(torch.randn(len(eigenvalues), len(eigenvalues), generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    return q @ torch.diag(eigenvalues) @ q.T, q
+
+
+def test_lanczos_returns_the_top_ritz_vectors_asked_for_top_first():
+    h, q = _rotated(torch.cat([torch.linspace(-1.0, 1.0, 58, dtype=torch.float64),
+                               torch.tensor([5.0, 8.0], dtype=torch.float64)]), seed=1)
+    result = lanczos(lambda v: h @ v, 60, max_iter=60, tol=1e-10, dtype=torch.float64, bottom=False, vectors=2)
+    assert len(result.vectors) == 2 and result.vectors[0] is result.eigenvector
+    assert abs(float(result.vectors[0] @ q[:, -1])) == pytest.approx(1.0, abs=1e-8)
+    assert abs(float(result.vectors[1] @ q[:, -2])) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_warm_eigenpair_finds_a_top_direction_orthogonal_to_the_previous_ones():
+    """The previous top two eigenvectors stay eigenvectors (of 1 and 0.9); a direction from the middle of the
+    spectrum rises to 1.001, 0.1% above: the exploring Krylov space finds it, the Rayleigh
+    quotient gives it to rounding, and the residual is ‖Hx − θx‖ as measured."""
+    eigenvalues = torch.cat([torch.linspace(-0.1, 0.3, 198, dtype=torch.float64),
+                             torch.tensor([0.9, 1.0], dtype=torch.float64)])
+    h, q = _rotated(eigenvalues, seed=2)
+    rising = q[:, 100]
+    h = h + (1.001 - float(eigenvalues[100])) * torch.outer(rising, rising)
+    start = torch.randn(200, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    calls = []
+    result = warm_eigenpair(lambda v: calls.append(v) or h @ v, q[:, [-1, -2]].T, start, max_iter=60, tol=1e-6,
+                              gap_share=0.05, vectors=2)
+    assert result.lambda_max == pytest.approx(1.001, rel=1e-10) and result.top[0].converged
+    assert abs(float(result.eigenvector @ rising)) == pytest.approx(1.0, abs=1e-6)
+    assert abs(float(result.vectors[1] @ q[:, -1])) == pytest.approx(1.0, abs=1e-6)  # the old top, now second
+    x = result.eigenvector
+    assert result.top[0].residual == pytest.approx(float((h @ x - result.lambda_max * x).norm()), rel=1e-3, abs=1e-14)
+    assert result.matvecs == len(calls) == 2 + len(result.history) - 1 < 20
+
+
+def test_warm_eigenpair_stops_at_the_tolerance_when_nothing_rose():
+    """The previous eigenvectors, a little off the new ones: refined to a residual within tol·λ_max."""
+    eigenvalues = torch.cat([torch.linspace(-0.1, 0.3, 198, dtype=torch.float64),
+                             torch.tensor([0.9, 1.0], dtype=torch.float64)])
+    h, q = _rotated(eigenvalues, seed=4)
+    noise = torch.randn(200, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    previous = (q[:, [-1, -2]] + 1e-2 * noise).T
+    start = torch.randn(200, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    result = warm_eigenpair(lambda v: h @ v, previous, start, max_iter=60, tol=1e-4, gap_share=0.05)
+    assert result.top[0].converged and result.top[0].residual <= 1e-4 * 1.0
+    assert abs(result.lambda_max - 1.0) <= result.top[0].residual
