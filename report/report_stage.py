@@ -35,8 +35,7 @@ def render_report(shown: Shown) -> tuple[str, str | None]:
     for block in blocks:
         if isinstance(block, Figure) and block.draw is not None:
             figure = block.draw()
-            for ext in ("png", "pdf"):
-                save_figure(shown.results.folder / "figures" / f"{block.stem}.{ext}", figure)
+            save_figure(shown.results.folder / "figures" / block.stem, figure)
         texts.append(block if isinstance(block, str) else block.markdown())
     return "\n\n".join(texts) + "\n", appendix_markdown(shown.results.name, blocks)
 

@@ -76,10 +76,11 @@ def placeholder_figures():
     figures show."""
     import report.report_stage
     import visualization.landscape_stage
-    from utils.io import write_bytes
+    from utils.io import FIGURE_FORMATS, write_bytes
 
-    def placeholder(path, figure, dpi=150):
-        write_bytes(path, b"figure not drawn in this test")
+    def placeholder(stem, figure, dpi=150):
+        for ext in FIGURE_FORMATS:
+            write_bytes(Path(f"{stem}.{ext}"), b"figure not drawn in this test")
 
     with pytest.MonkeyPatch.context() as patch:
         for module in (report.report_stage, visualization.landscape_stage):
@@ -103,11 +104,10 @@ def checked_figures():
     from visualization.figure_check import figure_problems
 
     def checked(save):
-        def save_checked(path, figure, dpi=150):
-            if Path(path).suffix == ".png":  # one check per figure: its PDF is the same figure
-                problems = figure_problems(figure)
-                assert not problems, f"{Path(path).name}: " + "; ".join(problems)
-            save(path, figure, dpi)
+        def save_checked(stem, figure, dpi=150):
+            problems = figure_problems(figure)
+            assert not problems, f"{Path(stem).name}: " + "; ".join(problems)
+            save(stem, figure, dpi)
         return save_checked
 
     with pytest.MonkeyPatch.context() as patch:

@@ -348,6 +348,5 @@ def draw(stem: Path, source: Path, force: bool, make_figure) -> None:
     if not force and drawn_from(stem.parent, stem.name, source):
         return
     figure = make_figure()
-    for ext in ("png", "pdf"):
-        save_figure(stem.parent / f"{stem.name}.{ext}", figure)
+    save_figure(stem, figure)
     record_figure(stem.parent, stem.name, source)
