@@ -119,22 +119,23 @@ def model_on_meta(run: RunConfig, adapter: bool = True):
     return add_adapter(model, run.model.adapter, 0) if adapter and run.model.adapter.type != "none" else model
 
 
-_FLOPS_PER_STEP: dict[tuple, float] = {}  # by (model settings, batch_size, max_length)
+_SEQUENCE_FLOPS: dict[tuple, tuple[float, float]] = {}  # by (model settings, merged, max_length)
 
 
-def _flops_per_step(run: RunConfig) -> float:
-    """step_flops of the run's model at its largest batch, counted once per model and batch shape (a report
-    estimates every run of an experiment, and most share both)."""
-    shape = (repr(run.model), run.train.batch_size, run.data.max_length)
-    if shape not in _FLOPS_PER_STEP:
-        _FLOPS_PER_STEP[shape] = step_flops(model_on_meta(run), run.train.batch_size, run.data.max_length)
-    return _FLOPS_PER_STEP[shape]
+def sequence_flops(run: RunConfig, merged: bool = False) -> tuple[float, float]:
+    """(forward, gradient) FLOPs of one sequence of data.max_length tokens, counted once per model and length (a report
+    and the stage estimates ask for every run of an experiment, and most share both)."""
+    key = (repr(run.model), merged, run.data.max_length)
+    if key not in _SEQUENCE_FLOPS:
+        model = model_on_meta(run, adapter=not merged)
+        _SEQUENCE_FLOPS[key] = (forward_flops(model, 1, run.data.max_length), step_flops(model, 1, run.data.max_length))
+    return _SEQUENCE_FLOPS[key]
 
 
 def estimate(run: RunConfig) -> dict:
     """Steps, FLOPs per step (at most) and training FLOPs (at most) of one run (optimization.estimate's table)."""
     try:
-        per_step = _flops_per_step(run)
+        per_step = run.train.batch_size * sequence_flops(run)[1]
     except ValueError as err:
         raise UserError(f"run {run.name}: no FLOP estimate: {err}") from None
     steps = run.train.epochs * math.ceil(run.data.n_train / run.train.batch_size)
@@ -147,18 +148,6 @@ def estimate(run: RunConfig) -> dict:
 # "Sharpness: HVP cost and eigen-solvers"): 2.81 at DistilGPT2's shape (2.8-3.1 with the closed-form cross-entropy
 # curvature, bound by matrix products), 2.26 on a tiny model with GPT-2's vocabulary.
 HVP_PER_GRADIENT = 2.81
-
-
-_SEQUENCE_FLOPS: dict[tuple, tuple[float, float]] = {}  # by (model settings, merged, max_length)
-
-
-def sequence_flops(run: RunConfig, merged: bool = False) -> tuple[float, float]:
-    """(forward, gradient) FLOPs of one sequence of data.max_length tokens, counted once per model and length."""
-    key = (repr(run.model), merged, run.data.max_length)
-    if key not in _SEQUENCE_FLOPS:
-        model = model_on_meta(run, adapter=not merged)
-        _SEQUENCE_FLOPS[key] = (forward_flops(model, 1, run.data.max_length), step_flops(model, 1, run.data.max_length))
-    return _SEQUENCE_FLOPS[key]
 
 
 def kind_flops(run: RunConfig, kind: str, merged: bool = False) -> float:
