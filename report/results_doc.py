@@ -16,6 +16,7 @@ or a run has fewer than two measured seeds.
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import sys
 from dataclasses import dataclass
@@ -23,12 +24,13 @@ from pathlib import Path
 
 from config.loading import load_experiment
 from utils.errors import UserError
-from utils.io import make_dir, read_json, write_text
+from utils.io import make_dir, read_json, write_bytes, write_text
 
 LAPTOP_CONFIGS = Path("config/laptop")
 SAVED = Path("docs/results")
 FIGURES = Path("docs/figures")
 DOC = Path("docs/results.md")
+FIGURE_WIDTH = 1200  # pixels: a page's width, a fraction of the report's print resolution
 STUDY = "the study's report (Boscariol, De Novellis, Diallo, EPFL CS-439)"
 
 
@@ -45,17 +47,21 @@ class Claim:
     text: str                      # the paper's claim and its numbers, with the source
     measures: tuple[Measure, ...]  # what the claim predicts, each judged on its own
     figure: str                    # the headline figure: results/<experiment>/figures/<figure>.png
+    design: str = ""               # what else differs between the runs by design, to read the verdict with
 
 
 CLAIMS = {
     "exp1": Claim(f"{STUDY}, Table I(a): SGD with batch 24 and weight decay 5e-4 reaches a flatter minimum than batch 4 "
                   "without it (ε-sharpness 15.74% against 21.88% at ε = 1e-3), though its λ_max is higher "
                   "(8943 against 5043).",
-                  (Measure("eps_sharpness_eigvec@0.001", "bs24-wd", "bs4"),), "surfaces_2d"),
+                  (Measure("eps_sharpness_eigvec@0.001", "bs24-wd", "bs4"), Measure("lambda_max", "bs24-wd", "bs4")),
+                  "surfaces_2d", "at equal epochs and learning rate, batch 24 takes 6 times fewer steps than batch 4, "
+                  "so it is also less trained (compare test_perplexity)."),
     "exp2": Claim(f"{STUDY}, Table I(b) and II: AdamW at batch 1 is unstable and lands in a flat, non-informative "
                   "minimum (λ_max 17.3 against 2353.7) that generalizes worse (perplexity 889.5 against 78.3) than "
                   "batch 32.",
-                  (Measure("lambda_max", "bs1", "bs32"), Measure("test_perplexity", "bs32", "bs1")), "surfaces_2d"),
+                  (Measure("lambda_max", "bs1", "bs32"), Measure("test_perplexity", "bs32", "bs1")), "surfaces_2d",
+                  "at equal epochs and learning rate, batch 1 takes 32 times more steps than batch 32."),
     "exp3": Claim(f"{STUDY}, Table I(c): the short-to-long curriculum reaches a flatter minimum than random order "
                   "(ε-sharpness 15.38% against 19.65%, λ_max 4029 against 4793) at a similar perplexity.",
                   (Measure("eps_sharpness_eigvec@0.001", "sorted", "random"), Measure("lambda_max", "sorted", "random")),
@@ -118,13 +124,15 @@ def measure_sentence(measure: Measure, runs: dict) -> str:
 
 
 def experiment_section(name: str, config: Path, claim: Claim, summary: dict | None) -> list[str]:
-    lines = [f"## {name}", "", f"Config: [{config}](../{config}). Claim: {claim.text}", ""]
+    lines = [f"## {name}", "", f"Config: [{config}](../{config}). Claim: {claim.text}"
+             + (f" By design: {claim.design}" if claim.design else ""), ""]
     command = f"python run.py --config {config} --output results/laptop"
     if summary is None:
         return lines + [f"**Not run yet.** Run it with `{command}` (or `make results`).", ""]
     runs = summary["runs"]
     minutes = stage_minutes(summary)
-    lines += [f"Time: {sum(minutes.values()):.1f} min of stage time over {len(runs)} runs × their seeds ("
+    jobs = sum(len(run["seeds"]) for run in runs.values())
+    lines += [f"Time: {sum(minutes.values()):.1f} min, the stages' seconds summed over {jobs} runs and seeds ("
               + ", ".join(f"{stage} {m:.1f}" for stage, m in minutes.items()) + "). Command: `" + command + "`.", "",
               f"![{claim.figure}](figures/{name}-{claim.figure}.png)", "",
               "**Verdict:** " + "; ".join(measure_sentence(m, runs) for m in claim.measures) + ".", "",
@@ -169,6 +177,18 @@ def render(saved: Path = SAVED, root: Path = LAPTOP_CONFIGS) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def shrink_png(source: Path, target: Path, width: int = FIGURE_WIDTH) -> None:
+    """A copy of a PNG figure at most `width` pixels wide (the same aspect), small enough to commit."""
+    from PIL import Image
+
+    with Image.open(source) as image:
+        if image.width > width:
+            image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=True)
+    write_bytes(target, buffer.getvalue())
+
+
 def collect(results: Path, saved: Path = SAVED, figures: Path = FIGURES, root: Path = LAPTOP_CONFIGS) -> dict[str, str]:
     """Copy each finished experiment's summary and headline figure (every run and seed reported): {name: what was done}."""
     done = {}
@@ -181,7 +201,7 @@ def collect(results: Path, saved: Path = SAVED, figures: Path = FIGURES, root: P
             done[name] = f"not finished ({len(missing)} results missing, e.g. {missing[0]})"
         else:
             shutil.copyfile(summary, make_dir(saved / name) / "summary.json")
-            shutil.copyfile(figure, make_dir(figures) / f"{name}-{CLAIMS[name].figure}.png")
+            shrink_png(figure, make_dir(figures) / f"{name}-{CLAIMS[name].figure}.png")
             done[name] = "copied"
     return done
 

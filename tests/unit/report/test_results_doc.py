@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from PIL import Image
 
 from config.loading import load_experiment
 from report import results_doc
@@ -50,7 +51,8 @@ def test_a_section_shows_the_summary_numbers_the_time_the_figure_and_the_verdict
     text = "\n".join(lines)
     assert "| eps_sharpness_eigvec@0.001 | 20 ± 1 (n = 3) | 10 ± 1 (n = 3) |" in text
     assert "eps_sharpness_eigvec@0.001 lower in bs24-wd than in bs4: seen (10 ± 1 (n = 3) against 20 ± 1 (n = 3))" in text
-    assert "Time: 8.0 min of stage time over 2 runs × their seeds (train 6.0, sharpness 2.0)" in text
+    assert "Time: 8.0 min, the stages' seconds summed over 6 runs and seeds (train 6.0, sharpness 2.0)" in text
+    assert "By design: at equal epochs" in text
     assert "![surfaces_2d](figures/exp1-surfaces_2d.png)" in text and "Not run yet" not in text
 
 
@@ -86,9 +88,11 @@ def test_collect_copies_finished_experiments_only(tmp_path, monkeypatch):
     for name, missing in (("exp1", []), ("exp2", ["bs1/seed-42/sharpness.json"])):
         (results / name / "figures").mkdir(parents=True)
         (results / name / "summary.json").write_text(json.dumps({"runs": {}, "missing": missing}))
-        (results / name / "figures" / "surfaces_2d.png").write_bytes(b"png")
+        Image.new("RGB", (2400, 1000), "white").save(results / name / "figures" / "surfaces_2d.png")
     done = collect(results, saved, figures)
     assert done["exp1"] == "copied" and done["exp2"] == "not finished (1 results missing, e.g. bs1/seed-42/sharpness.json)"
     assert done["exp3"].startswith("not finished (") and done["exp3"].endswith("summary.json is missing)")
     assert json.loads((saved / "exp1" / "summary.json").read_text())["missing"] == []
-    assert (figures / "exp1-surfaces_2d.png").read_bytes() == b"png" and not (saved / "exp2").exists()
+    with Image.open(figures / "exp1-surfaces_2d.png") as copied:  # shrunk to a page's width, the same aspect
+        assert copied.size == (results_doc.FIGURE_WIDTH, 500)
+    assert not (saved / "exp2").exists()
