@@ -71,6 +71,7 @@ CLAIMS = {
 # The numbers shown for every experiment (those its summary has), then each claim's own.
 SHOWN = ("test_perplexity", "generalization_gap", "lambda_max", "eps_sharpness_eigvec@0.001",
          "eps_sharpness_eigvec@0.01", "init_to_final_barrier")
+PERCENT = ("eps_sharpness", "worst_case")  # relative loss increases, in percent (sharpness.sharpness)
 STAGE_TIMES = ("train_time_s", "sharpness_time_s", "landscape_time_s")
 
 
@@ -140,7 +141,8 @@ def experiment_section(name: str, config: Path, claim: Claim, summary: dict | No
     shown = list(SHOWN) + [m.quantity for m in claim.measures if m.quantity not in SHOWN]
     for quantity in shown:
         if any(quantity in run["quantities"] for run in runs.values()):
-            lines.append(f"| {quantity} | " + " | ".join(number(run["quantities"].get(quantity, {}))
+            unit = " (%)" if quantity.startswith(PERCENT) else ""
+            lines.append(f"| {quantity}{unit} | " + " | ".join(number(run["quantities"].get(quantity, {}))
                                                           for run in runs.values()) + " |")
     return lines + [""]
 

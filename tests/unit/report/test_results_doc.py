@@ -49,7 +49,7 @@ def test_a_section_shows_the_summary_numbers_the_time_the_figure_and_the_verdict
     lines = experiment_section("exp1", results_doc.Path("config/laptop/exp1.yaml"), CLAIMS["exp1"],
                                summary(bs4=(20.0, 1.0), **{"bs24-wd": (10.0, 1.0)}))
     text = "\n".join(lines)
-    assert "| eps_sharpness_eigvec@0.001 | 20 ± 1 (n = 3) | 10 ± 1 (n = 3) |" in text
+    assert "| eps_sharpness_eigvec@0.001 (%) | 20 ± 1 (n = 3) | 10 ± 1 (n = 3) |" in text
     assert "eps_sharpness_eigvec@0.001 lower in bs24-wd than in bs4: seen (10 ± 1 (n = 3) against 20 ± 1 (n = 3))" in text
     assert "Time: 8.0 min, the stages' seconds summed over 6 runs and seeds (train 6.0, sharpness 2.0)" in text
     assert "By design: at equal epochs" in text
