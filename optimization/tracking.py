@@ -36,8 +36,8 @@ needed a cold point every fourth. bench/tracking_misses.py: on 40 synthetic cros
 before issue 21 missed every crossing up to 10% after 4 HVPs; this one misses none from 0.3% up, and where
 nothing crosses takes 8.2 HVPs a point against a cold start's 18.9 (2.3×). On the tiny model along AdamW
 training (bench/tracking_speed.py) it takes 15.8 against 20.2 at lr 5e-5 and 17.6 against 20.4 at 3e-4
-(1.2–1.3×): there both halves cost, the exploration settling on a spectrum whose top values crowd the
-old top one, and the refinement of a top vector that moves between points (bench/README.md).
+(1.2–1.3×, what issue 21's tracker took): there both halves cost, the exploration settling slowly and
+the refinement of a top vector that moves between points (bench/README.md).
 
 Training does not see the measurement: the model is measured in eval mode (no dropout draws) with random
 vectors from generators of its own, so the weights, the data order and every RNG stream are the same with
