@@ -171,9 +171,13 @@ def train_passes(run: RunConfig) -> list[Passes]:
     if track.every:
         from optimization.tracking import tracked_metrics
 
-        points, per_lanczos = 1 + steps // track.every, track.iters + 1  # + its true residual
+        points = 1 + steps // track.every
         metrics = tracked_metrics(track, train)
-        hvps = points * per_lanczos * ("lambda_max" in metrics) + (points - 1) * per_lanczos * (  # no P before step 1
+
+        def lanczos_hvps(measured: int) -> int:  # a cold first point (+ its true residual), then warm points
+            return (track.iters + 1 + (measured - 1) * (track.iters + 2)) if measured > 0 else 0  # + the 2 kept vectors
+
+        hvps = lanczos_hvps(points) * ("lambda_max" in metrics) + lanczos_hvps(points - 1) * (  # no P before step 1
             "preconditioned_lambda_max" in metrics) + points * track.trace_samples * ("trace" in metrics)
         passes.append(Passes("train.track", "hvp", hvps, measurement_texts(run), run.sharpness.batch_size))
     return passes

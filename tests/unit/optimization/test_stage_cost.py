@@ -14,6 +14,7 @@ from models.runs import run_dir
 from optimization.objective import Objective
 from optimization.cost import HVP_PER_GRADIENT, sequence_flops
 from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STAGES, Passes, Throughput, _line_points,
+                                     train_passes,
                                      announce_long_run, flops, seconds, stage_costs, stage_passes, totals)
 from pipeline import STAGES
 
@@ -152,3 +153,16 @@ def test_what_the_estimate_knows_of_other_layers_is_theirs(tiny_experiment):
                  "{points: 2, alpha_min: 0.25, alpha_max: 0.75}"):
         run = tiny_experiment(f"landscape: {line}\n").runs[0]
         assert _line_points(run) == len(interpolation_alphas(run.landscape)), line
+
+
+def test_tracked_points_make_at_most_the_hvps_counted_and_exactly_that_when_none_converges(tiny_experiment, tmp_path):
+    """train.track: a cold first point (its Lanczos steps and a true residual), then warm points (the two kept
+    vectors and the steps added); Adam's preconditioned λ from the first step on. With a tolerance no point meets,
+    every point takes all its steps: the estimate is then the count, not a bound."""
+    experiment = tiny_experiment("train: {epochs: 1, optimizer: adam, lr: 0.003, "
+                                 "track: {every: 2, iters: 5, tol: 1.0e-12, metrics: [lambda_max, preconditioned_lambda_max]}}")
+    STAGES["train"].handler()(experiment, tmp_path, False)
+    track = json.loads((run_dir(tmp_path, experiment, experiment.runs[0]) / "track.json").read_text())
+    (estimated,) = [p.count for p in train_passes(experiment.runs[0]) if p.what == "train.track"]
+    assert [p["lambda_max_start"] for p in track["points"]] == ["cold"] + ["warm"] * (len(track["points"]) - 1)
+    assert track["hvps"] == estimated == (5 + 1) + 3 * (5 + 2) + (5 + 1) + 2 * (5 + 2)  # 6 steps: 4 points
