@@ -149,9 +149,9 @@ def experiment_section(name: str, config: Path, claim: Claim, summary: dict | No
 
 HEADER = """# Results at laptop scale
 
-What the lab finds when each experiment runs on real WikiText-2 at the largest scale that finishes in about 30 minutes
-on 2 CPU cores, with 3 seeds: each config in config/laptop/ (why that scale: the comment at its top), the paper's claim
-it tests, and a verdict computed from the saved numbers. Numbers are mean ± standard error over seeds (n seeds); a
+What the lab finds when each experiment runs on real WikiText-2 at a scale chosen to finish within 30 minutes on 2 CPU
+cores, with 3 seeds: each config in config/laptop/ (why that scale: the comment at its top), the paper's claim it
+tests, and a verdict computed from the saved numbers. Numbers are mean ± standard error over seeds (n seeds); a
 verdict compares two runs' mean ± 2 standard errors: **seen** when the intervals are apart in the claimed direction,
 **not seen** when they are apart the other way, **not resolvable** when they overlap. Times are the stages' own
 seconds where they ran (summary.json), longer on a machine shared with other work.
