@@ -42,7 +42,9 @@ def tracked(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TENSORBOARD_LOGGING_DIR", str(folder / "tb"))  # else ./runs
         run = trainer(folder, "tensorboard")
-        callback = track_sharpness(run, batches, every=2, iters=200, tol=1e-9)
+        # tol 1e-6, not tighter: Llama's RMSNorm computes in float32 even in a float64 model, so its products are
+        # float32-exact (H·v asymmetric to ~1e-7) and a warm point's measured residual cannot fall below that
+        callback = track_sharpness(run, batches, every=2, iters=200, tol=1e-6)
         run.train()
     return run, batches, callback, folder
 
