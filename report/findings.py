@@ -28,7 +28,7 @@ def _counts(groups: list[dict]) -> str:
     return f"n={ns.pop()} each" if len(ns) == 1 else "n=" + "/".join(str(stats["n"]) for stats in groups)
 
 
-def _separated(low: dict, high: dict) -> bool | None:
+def separated(low: dict, high: dict) -> bool | None:
     """Whether the lowest and highest means lie apart by more than their spreads (None: a spread is unknown)."""
     if low["stderr"] is None or high["stderr"] is None:
         return None
@@ -36,10 +36,10 @@ def _separated(low: dict, high: dict) -> bool | None:
 
 
 def _verdict(low: dict, high: dict) -> str:
-    separated = _separated(low, high)
-    if separated is None:
+    apart = separated(low, high)
+    if apart is None:
         return "one seed: the seed spread is unknown, so no difference is claimed"
-    return ("a difference beyond the seed spread (mean ± 2 s.e. do not overlap)" if separated
+    return ("a difference beyond the seed spread (mean ± 2 s.e. do not overlap)" if apart
             else "within the seed spread (mean ± 2 s.e. overlap)")
 
 
@@ -93,8 +93,8 @@ def confounds(summary: dict) -> str | None:
     losses = by_run("final_train_loss") or by_run("train_loss")
     if len(losses) > 1:
         low, high = sorted(losses.values(), key=lambda stats: stats["mean"])[::len(losses) - 1]
-        separated = _separated(low, high)
-        if separated or (separated is None and high["mean"] - low["mean"] > UNKNOWN_SPREAD * abs(high["mean"])):
+        apart = separated(low, high)
+        if apart or (apart is None and high["mean"] - low["mean"] > UNKNOWN_SPREAD * abs(high["mean"])):
             differences.append(_range("final training loss", losses, 3))
     if not differences:
         return None

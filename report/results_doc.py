@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config.loading import load_experiment
+from report.findings import separated
+from report.tables import md_table
 from utils.errors import UserError
 from utils.io import make_dir, read_json, write_bytes, write_text
 
@@ -75,21 +77,14 @@ PERCENT = ("eps_sharpness", "worst_case")  # relative loss increases, in percent
 STAGE_TIMES = ("train_time_s", "sharpness_time_s", "landscape_time_s")
 
 
-def interval(stat: dict) -> tuple[float, float] | None:
-    """mean ± 2 standard errors over seeds, or None with fewer than two measured seeds."""
-    if stat.get("mean") is None or stat.get("stderr") is None:
-        return None
-    return stat["mean"] - 2 * stat["stderr"], stat["mean"] + 2 * stat["stderr"]
-
-
 def verdict(lower: dict, higher: dict) -> str:
-    """'seen', 'not seen' or 'not resolvable': whether `lower`'s interval lies below `higher`'s (see the module doc)."""
-    low, high = interval(lower), interval(higher)
-    if low is None or high is None:
+    """'seen', 'not seen' or 'not resolvable': whether `lower`'s mean ± 2 s.e. lies below `higher`'s (the report's
+    findings' rule, report.findings.separated; see the module doc)."""
+    if lower.get("mean") is None or higher.get("mean") is None:
         return "not resolvable"
-    if low[1] < high[0]:
+    if separated(lower, higher):
         return "seen"
-    if high[1] < low[0]:
+    if separated(higher, lower):
         return "not seen"
     return "not resolvable"
 
@@ -136,15 +131,12 @@ def experiment_section(name: str, config: Path, claim: Claim, summary: dict | No
     lines += [f"Time: {sum(minutes.values()):.1f} min, the stages' seconds summed over {jobs} runs and seeds ("
               + ", ".join(f"{stage} {m:.1f}" for stage, m in minutes.items()) + "). Command: `" + command + "`.", "",
               f"![{claim.figure}](figures/{name}-{claim.figure}.png)", "",
-              "**Verdict:** " + "; ".join(measure_sentence(m, runs) for m in claim.measures) + ".", "",
-              "| quantity | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+              "**Verdict:** " + "; ".join(measure_sentence(m, runs) for m in claim.measures) + ".", ""]
     shown = list(SHOWN) + [m.quantity for m in claim.measures if m.quantity not in SHOWN]
-    for quantity in shown:
-        if any(quantity in run["quantities"] for run in runs.values()):
-            unit = " (%)" if quantity.startswith(PERCENT) else ""
-            lines.append(f"| {quantity}{unit} | " + " | ".join(number(run["quantities"].get(quantity, {}))
-                                                          for run in runs.values()) + " |")
-    return lines + [""]
+    rows = [[quantity + (" (%)" if quantity.startswith(PERCENT) else "")]
+            + [number(run["quantities"].get(quantity, {})) for run in runs.values()]
+            for quantity in shown if any(quantity in run["quantities"] for run in runs.values())]
+    return lines + [md_table(["quantity", *runs], rows), ""]
 
 
 HEADER = """# Results at laptop scale
