@@ -31,6 +31,13 @@ train: {optimizer: sgd, lr: 0.3, momentum: 0.9, batch_size: 8, epochs: 2, eval_b
 """
 
 
+def shipped_config_args(config: str, output: Path, overrides=(), *extra: str) -> list[str]:
+    """run.py's arguments for config/<config> into `output`, each override as --set (the e2e tests' trimmed
+    budgets), then `extra` (e.g. --runs ...)."""
+    return ["--config", str(REPO / "config" / config), "--output", str(output), *extra,
+            *[arg for override in overrides for arg in ("--set", override)]]
+
+
 @pytest.fixture
 def write_config(tmp_path):
     """Write a YAML experiment file (tiny settings unless `tiny=False`) and return its path."""

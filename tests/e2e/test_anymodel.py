@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import run
+from tests.conftest import shipped_config_args
 from utils.io import load_torch
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 TRIMMED = ["data.n_train=64", "sharpness.max_iter=12", "sharpness.trace_samples=2", "geometry.cauchy_vectors=8",
            "geometry.bootstrap=5", "geometry.frobenius_probes=4", "landscape.resolution=3", "landscape.points=5"]
@@ -25,10 +25,8 @@ def metrics_of(folder: Path, name: str) -> dict:
 
 def test_anymodel_small_trains_llama_and_gpt_neox_and_measures_one_as_is(tmp_path):
     out = tmp_path / "results"
-    args = ["--config", str(REPO / "config/anymodel-small.yaml"), "--output", str(out)]
-    for override in TRIMMED:
-        args += ["--set", override]
-    assert run.main(args) == 0  # the config's stages: train, sharpness, geometry, landscape, report
+    # the config's stages: train, sharpness, geometry, landscape, report
+    assert run.main(shipped_config_args("anymodel-small.yaml", out, TRIMMED)) == 0
     folder = out / "anymodel-small"
     for name, model_type in (("llama", "llama"), ("neox", "gpt_neox")):
         metrics = metrics_of(folder, name)

@@ -4,14 +4,12 @@ and the notebook, on a trimmed budget."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import run
-from tests.conftest import execute_notebook
+from tests.conftest import execute_notebook, shipped_config_args
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 TRIMMED = ["train.epochs=1", "geometry.cauchy_vectors=6", "geometry.bootstrap=5", "geometry.frobenius_probes=3",
            "sharpness.max_iter=8", "data.n_train=32"]
@@ -19,10 +17,8 @@ TRIMMED = ["train.epochs=1", "geometry.cauchy_vectors=6", "geometry.bootstrap=5"
 
 def test_exp4_small_runs_end_to_end_with_its_table_figures_and_notebook(tmp_path, capsys):
     out = tmp_path / "results"
-    args = ["--config", str(REPO / "config/exp4-geometry-small.yaml"), "--output", str(out),
-            "--runs", "sgd", "sgd-rotated", "adam", "adam-rotated"]
-    for override in TRIMMED:
-        args += ["--set", override]
+    args = shipped_config_args("exp4-geometry-small.yaml", out, TRIMMED, "--runs", "sgd", "sgd-rotated", "adam",
+                               "adam-rotated")
     assert run.main(args) == 0  # the config's stages: train, geometry, report
     folder = out / "exp4-geometry-small"
     assert json.loads((folder / "experiment.json").read_text())["stages"] == ["train", "geometry", "report"]

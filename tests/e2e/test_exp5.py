@@ -5,15 +5,13 @@ and the PCA-path surface, for an SGD and an Adam run."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import run
-from tests.conftest import execute_notebook
+from tests.conftest import execute_notebook, shipped_config_args
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 TRIMMED = ["train.epochs=2", "data.n_train=64", "sharpness.max_iter=8", "sharpness.density.probes=2",
            "sharpness.density.steps=12", "landscape.resolution=5", "landscape.points=5", "landscape.eval_batches=2"]
@@ -21,10 +19,8 @@ TRIMMED = ["train.epochs=2", "data.n_train=64", "sharpness.max_iter=8", "sharpne
 
 def test_exp5_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_path):
     out = tmp_path / "results"
-    args = ["--config", str(REPO / "config/exp5-dynamics-small.yaml"), "--output", str(out)]
-    for override in TRIMMED:
-        args += ["--set", override]
-    assert run.main(args) == 0  # the config's stages: train, sharpness, landscape, report
+    # the config's stages: train, sharpness, landscape, report
+    assert run.main(shipped_config_args("exp5-dynamics-small.yaml", out, TRIMMED)) == 0
     folder = out / "exp5-dynamics-small"
     report = (folder / "report.md").read_text()
     assert "## Missing" not in report

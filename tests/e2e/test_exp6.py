@@ -5,15 +5,13 @@ budget, geometry in both weight spaces, the pruning figure, the cost table in do
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import run
 from optimization.cost import PEAK_FLOPS, load_prices
-from tests.conftest import execute_notebook
+from tests.conftest import execute_notebook, shipped_config_args
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 TRIMMED = ["train.budget.flops=1.5e9", "data.n_train=64", "sharpness.max_iter=8", "landscape.resolution=3",
            "landscape.points=5", "landscape.eval_batches=2", "prune.fractions=[0.0,0.5,0.9]", "prune.random_seeds=2",
@@ -23,10 +21,8 @@ TRIMMED = ["train.budget.flops=1.5e9", "data.n_train=64", "sharpness.max_iter=8"
 
 def test_exp6_small_runs_end_to_end_with_its_figures_tables_and_notebook(tmp_path):
     out = tmp_path / "results"
-    args = ["--config", str(REPO / "config/exp6-peft-small.yaml"), "--output", str(out)]
-    for override in TRIMMED:
-        args += ["--set", override]
-    assert run.main(args) == 0  # the config's stages: train, sharpness, landscape, prune, report
+    # the config's stages: train, sharpness, landscape, prune, report
+    assert run.main(shipped_config_args("exp6-peft-small.yaml", out, TRIMMED)) == 0
     folder = out / "exp6-peft-small"
     report = (folder / "report.md").read_text()
     assert "## Missing" not in report

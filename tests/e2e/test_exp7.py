@@ -5,19 +5,18 @@ run.py to report.md, so that the search figures are checked on real output: the 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 import run
+from tests.conftest import shipped_config_args
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("checked_figures")  # every figure drawn passes visualization.figure_check
 
 
 def test_exp7_small_searches_end_to_end_with_its_figures_and_report(tmp_path):
     out = tmp_path / "results"
-    assert run.main(["--config", str(REPO / "config/exp7-search-small.yaml"), "--output", str(out)]) == 0
+    assert run.main(shipped_config_args("exp7-search-small.yaml", out)) == 0
     folder = out / "exp7-search-small"
     studies = json.loads((folder / "search.json").read_text())["studies"]
     assert sorted((s["sampler"], s["seed"]) for s in studies.values()) == [
