@@ -10,7 +10,8 @@ as not run yet, with the command that runs it.
 
 A verdict compares two runs' mean ± 2 standard errors over seeds: the effect is seen when the intervals are apart in
 the claimed direction, not seen when they are apart the other way, and not resolvable at this scale when they overlap
-or a run has fewer than two measured seeds.
+or a run has fewer than two measured seeds. A pruning claim (PrunedMeasure) is judged the same way on numbers its
+experiment's summary lacks: each seed's prune.json, which --collect copies to docs/results/<experiment>/ too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from config.loading import load_experiment
 from report.findings import separated
+from report.summary import mean_and_stderr
 from report.tables import md_table
 from utils.errors import UserError
 from utils.io import make_dir, read_json, write_bytes, write_text
@@ -43,13 +45,47 @@ class Measure:
     lower: str
     higher: str
 
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return self.lower, self.higher
+
+    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
+        """What is claimed, and the lower and the higher side's numbers (summary.json's)."""
+        lower, higher = (runs[name]["quantities"].get(self.quantity, {}) for name in self.runs)
+        return f"{self.quantity} lower in {self.lower} than in {self.higher}", lower, higher
+
+
+@dataclass(frozen=True)
+class PrunedMeasure:
+    """The claim that zeroing the fraction `fraction` of LoRA run `run`'s adapter weights by smallest magnitude leaves
+    a lower validation perplexity than zeroing as many at random: each seed's prune.json (the prune stage's, copied
+    to docs/results/<experiment>/<run>/seed-<s>/) gives one value of each, the random side its masks' mean."""
+    run: str
+    fraction: float
+    FILES = "*/seed-*/prune.json"  # what collect copies for it
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run,)
+
+    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
+        magnitude, random = [], []
+        for path in sorted((saved / self.run).glob("seed-*/prune.json")):
+            pruned = read_json(path)
+            masks = [row for row in pruned["random"] if row["fraction"] == self.fraction]
+            magnitude += [row["val_perplexity"] for row in pruned["magnitude"] if row["fraction"] == self.fraction]
+            random += [mean_and_stderr([seed["val_perplexity"] for seed in row["seeds"]])["mean"] for row in masks]
+        return (f"val_perplexity of {self.run} with {self.fraction:.0%} of its adapter zeroed lower by magnitude than "
+                "at random", mean_and_stderr(magnitude), mean_and_stderr(random))
+
 
 @dataclass(frozen=True)
 class Claim:
     text: str                      # the paper's claim and its numbers, with the source
-    measures: tuple[Measure, ...]  # what the claim predicts, each judged on its own
+    measures: tuple[Measure | PrunedMeasure, ...]  # what the claim predicts, each judged on its own
     figure: str                    # the headline figure: results/<experiment>/figures/<figure>.png
     design: str = ""               # what else differs between the runs by design, to read the verdict with
+    shown: tuple[str, ...] = ()    # summary.json quantities shown besides SHOWN and the measures' (e.g. what was spent)
 
 
 CLAIMS = {
@@ -68,6 +104,18 @@ CLAIMS = {
                   "(ε-sharpness 15.38% against 19.65%, λ_max 4029 against 4793) at a similar perplexity.",
                   (Measure("eps_sharpness_eigvec@0.001", "sorted", "random"), Measure("lambda_max", "sorted", "random")),
                   "surfaces_2d"),
+    "exp6": Claim("Hu et al. 2021 (LoRA, ICLR 2022), Table 3: on GPT-2 medium, LoRA (r = 4, 0.35M trainable weights) "
+                  "matches or beats full fine-tuning (354.92M) on E2E NLG (BLEU 70.4 against 68.2); and the LoRA-pruning "
+                  "finding (docs/experiments/exp6-peft.md, no numbers given) that zeroing LoRA weights by smallest "
+                  "magnitude degrades perplexity far more gracefully than zeroing as many at random.",
+                  (Measure("test_perplexity", "lora-r8", "full"), PrunedMeasure("lora-r8", 0.9)),
+                  "perplexity_vs_pruned",
+                  "no pretrained model is available offline, so the run base is a GPT-2 trained from scratch on 800 "
+                  "texts (one epoch: a weak model), and full and lora-r8 continue it on the first 600 of the same texts, "
+                  "each stopped at the same 5e11 training FLOPs: LoRA adapts the model to more of its own data, not to "
+                  "a new task, and takes more steps for the FLOPs (compare optimizer_steps). Learning rates are not "
+                  "tuned (LoRA's 10 times full fine-tuning's, the usual ratio).",
+                  ("train_flops", "optimizer_steps", "trainable_parameters", "best_val_perplexity")),
 }
 
 # The numbers shown for every experiment (those its summary has), then each claim's own.
@@ -113,13 +161,12 @@ def stage_minutes(summary: dict) -> dict[str, float]:
     return minutes
 
 
-def measure_sentence(measure: Measure, runs: dict) -> str:
-    lower, higher = (runs[name]["quantities"].get(measure.quantity, {}) for name in (measure.lower, measure.higher))
-    return (f"{measure.quantity} lower in {measure.lower} than in {measure.higher}: {verdict(lower, higher)} "
-            f"({number(lower)} against {number(higher)})")
+def measure_sentence(measure: Measure | PrunedMeasure, runs: dict, saved: Path) -> str:
+    claimed, lower, higher = measure.judged(runs, saved)
+    return f"{claimed}: {verdict(lower, higher)} ({number(lower)} against {number(higher)})"
 
 
-def experiment_section(name: str, config: Path, claim: Claim, summary: dict | None) -> list[str]:
+def experiment_section(name: str, config: Path, claim: Claim, summary: dict | None, saved: Path = SAVED) -> list[str]:
     lines = [f"## {name}", "", f"Config: [{config}](../{config}). Claim: {claim.text}"
              + (f" By design: {claim.design}" if claim.design else ""), ""]
     command = f"python run.py --config {config} --output results/laptop"
@@ -131,8 +178,9 @@ def experiment_section(name: str, config: Path, claim: Claim, summary: dict | No
     lines += [f"Time: {sum(minutes.values()):.1f} min, the stages' seconds summed over {jobs} runs and seeds ("
               + ", ".join(f"{stage} {m:.1f}" for stage, m in minutes.items()) + "). Command: `" + command + "`.", "",
               f"![{claim.figure}](figures/{name}-{claim.figure}.png)", "",
-              "**Verdict:** " + "; ".join(measure_sentence(m, runs) for m in claim.measures) + ".", ""]
-    shown = list(SHOWN) + [m.quantity for m in claim.measures if m.quantity not in SHOWN]
+              "**Verdict:** " + "; ".join(measure_sentence(m, runs, saved / name) for m in claim.measures) + ".", ""]
+    measured = [m.quantity for m in claim.measures if isinstance(m, Measure)]
+    shown = list(dict.fromkeys([*SHOWN, *measured, *claim.shown]))
     rows = [[quantity + (" (%)" if quantity.startswith(PERCENT) else "")]
             + [number(run["quantities"].get(quantity, {})) for run in runs.values()]
             for quantity in shown if any(quantity in run["quantities"] for run in runs.values())]
@@ -167,7 +215,7 @@ def render(saved: Path = SAVED, root: Path = LAPTOP_CONFIGS) -> str:
     lines = [HEADER]
     for name, config in configs(root):
         path = saved / name / "summary.json"
-        lines += experiment_section(name, config, CLAIMS[name], read_json(path) if path.is_file() else None)
+        lines += experiment_section(name, config, CLAIMS[name], read_json(path) if path.is_file() else None, saved)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -195,6 +243,9 @@ def collect(results: Path, saved: Path = SAVED, figures: Path = FIGURES, root: P
             done[name] = f"not finished ({len(missing)} results missing, e.g. {missing[0]})"
         else:
             shutil.copyfile(summary, make_dir(saved / name) / "summary.json")
+            for pattern in {m.FILES for m in CLAIMS[name].measures if isinstance(m, PrunedMeasure)}:
+                for path in (results / name).glob(pattern):  # the measures' own files, at the same relative paths
+                    shutil.copyfile(path, make_dir(saved / name / path.parent.relative_to(results / name)) / path.name)
             shrink_png(figure, make_dir(figures) / f"{name}-{CLAIMS[name].figure}.png")
             done[name] = "copied"
     return done

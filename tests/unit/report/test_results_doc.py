@@ -10,7 +10,7 @@ from PIL import Image
 
 from config.loading import load_experiment
 from report import results_doc
-from report.results_doc import CLAIMS, collect, configs, experiment_section, number, render, verdict
+from report.results_doc import CLAIMS, PrunedMeasure, collect, configs, experiment_section, number, render, verdict
 from tests.conftest import REPO
 
 
@@ -56,6 +56,31 @@ def test_a_section_shows_the_summary_numbers_the_time_the_figure_and_the_verdict
     assert "![surfaces_2d](figures/exp1-surfaces_2d.png)" in text and "Not run yet" not in text
 
 
+def pruned(folder, run, by_seed):
+    """Hand-made prune.json files: {seed: (magnitude val perplexity at 0.9, [random masks' val perplexities])}."""
+    for seed, (magnitude, random) in by_seed.items():
+        path = folder / run / f"seed-{seed}" / "prune.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({
+            "magnitude": [{"fraction": 0.0, "val_perplexity": 1.0}, {"fraction": 0.9, "val_perplexity": magnitude}],
+            "random": [{"fraction": 0.0, "seeds": [{"seed": 0, "val_perplexity": 1.0}]},
+                       {"fraction": 0.9, "seeds": [{"seed": s, "val_perplexity": v} for s, v in enumerate(random)]}]}))
+
+
+@pytest.mark.parametrize("by_seed, expected", [
+    ({1: (10.0, [19.0, 21.0]), 2: (11.0, [20.0, 22.0]), 3: (12.0, [21.0, 23.0])}, "seen"),  # 11 ± 0.58 < 21 ± 0.58
+    ({1: (30.0, [19.0, 21.0]), 2: (31.0, [20.0, 22.0]), 3: (32.0, [21.0, 23.0])}, "not seen"),
+    ({1: (10.0, [10.0, 12.0]), 2: (20.0, [20.0, 22.0]), 3: (30.0, [30.0, 32.0])}, "not resolvable"),
+    ({1: (10.0, [19.0, 21.0])}, "not resolvable"),  # one seed: no interval
+])
+def test_magnitude_against_random_pruning_is_judged_over_seeds_on_each_seeds_mean_random_mask(tmp_path, by_seed, expected):
+    pruned(tmp_path, "lora", by_seed)
+    claimed, magnitude, random = PrunedMeasure("lora", 0.9).judged({}, tmp_path)
+    assert claimed == "val_perplexity of lora with 90% of its adapter zeroed lower by magnitude than at random"
+    assert verdict(magnitude, random) == expected and magnitude["n"] == random["n"] == len(by_seed)
+    assert random["mean"] == pytest.approx(sum(sum(r) / len(r) for _, r in by_seed.values()) / len(by_seed))
+
+
 def test_a_config_without_results_is_listed_as_not_run_yet_with_its_command():
     text = "\n".join(experiment_section("exp2", results_doc.Path("config/laptop/exp2.yaml"), CLAIMS["exp2"], None))
     assert "**Not run yet.**" in text and "python run.py --config config/laptop/exp2.yaml --output results/laptop" in text
@@ -78,7 +103,7 @@ def test_every_claim_names_runs_of_its_laptop_config(monkeypatch):
     monkeypatch.chdir(REPO)
     for name, path in configs():
         runs = {run.name for run in load_experiment(path).runs}
-        assert {r for m in CLAIMS[name].measures for r in (m.lower, m.higher)} <= runs, path
+        assert {r for m in CLAIMS[name].measures for r in m.runs} <= runs, path
         assert len(load_experiment(path).seeds) >= 3, path
 
 
@@ -96,3 +121,14 @@ def test_collect_copies_finished_experiments_only(tmp_path, monkeypatch):
     with Image.open(figures / "exp1-surfaces_2d.png") as copied:  # shrunk to a page's width, the same aspect
         assert copied.size == (results_doc.FIGURE_WIDTH, 500)
     assert not (saved / "exp2").exists()
+
+
+def test_collect_copies_the_prune_files_a_pruning_claim_reads(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    results, saved = tmp_path / "results", tmp_path / "saved"
+    (results / "exp6" / "figures").mkdir(parents=True)
+    (results / "exp6" / "summary.json").write_text(json.dumps({"runs": {}, "missing": []}))
+    Image.new("RGB", (20, 10), "white").save(results / "exp6" / "figures" / f"{CLAIMS['exp6'].figure}.png")
+    pruned(results / "exp6", "lora-r8", {42: (10.0, [20.0])})
+    assert collect(results, saved, tmp_path / "figures")["exp6"] == "copied"
+    assert json.loads((saved / "exp6" / "lora-r8" / "seed-42" / "prune.json").read_text())["magnitude"][1]["val_perplexity"] == 10.0
