@@ -50,6 +50,7 @@ import torch
 MatVec = Callable[[torch.Tensor], torch.Tensor]
 
 MIN_STABLE_STEPS = 10  # Lanczos: a converged Ritz value moved by at most tol·s over max(10, m/2) of its m steps
+STALL_STEPS, STALL_DROP = 5, 0.5  # warm_eigenpair: refinement stalled when 5 steps left its residual above half its best
 BREAKDOWN = 100  # the recurrence stops when β <= BREAKDOWN·eps(dtype)·‖T‖: its Krylov space is invariant
 
 
@@ -58,6 +59,7 @@ class Estimate:
     value: float
     residual: float   # ||Hx − θx|| of its unit vector x
     converged: bool
+    stalled: bool = False  # stopped short of tol: the residual stopped falling where the products' rounding shows
 
 
 @dataclass
@@ -250,11 +252,15 @@ def warm_eigenpair(matvec: MatVec, previous: torch.Tensor, start: torch.Tensor, 
     refine   then the top Ritz pair's residual Hx − θx (where the top eigenvector moved; a Krylov step from x),
              until its norm, measured as a combination of the kept products, is within tol·s.
 
-    It stops early when a vector has no direction outside the space (an invariant space, to rounding). It holds
+    It stops early when a vector has no direction outside the space (an invariant space, to rounding), and when
+    the refinement stalls (`_stalled`: its residual stopped falling, at the rounding of the products, a tol
+    below what their arithmetic can show, e.g. a float32 RMSNorm inside a float64 model): then the estimate is
+    not converged but `stalled`, its residual measured as ‖Hx − θx‖ with one more product (not in `matvecs`),
+    since the residual from the kept products has absorbed part of their rounding and understates it. It holds
     two vectors of d floats per product (the space and its image), where lanczos holds one per step.
     `matvecs`: k + the vectors added (at most `max_iter`); `history`: θ before each addition and at the end;
     `vectors`: how many top Ritz vectors the result holds, top first."""
-    basis, products, history, explored = [], [], [], []
+    basis, products, history, explored, refined = [], [], [], [], []
 
     def add(v: torch.Tensor) -> bool:
         """Whether v had a direction outside the space (else the space is invariant to rounding)."""
@@ -287,7 +293,10 @@ def warm_eigenpair(matvec: MatVec, previous: torch.Tensor, start: torch.Tensor, 
                 exploration - exploration_before <= max(gap_share * (value - exploration), tol * scale)
             exploration_before = exploration
         converged = (settled or exhausted) and float(residual.norm()) <= tol * scale
-        if converged or exhausted or len(basis) - k >= max_iter:
+        if settled:
+            refined.append(float(residual.norm()))
+        stalled = not converged and _stalled(refined)
+        if converged or stalled or exhausted or len(basis) - k >= max_iter:
             break
         if settled:
             exhausted = not add(residual)
@@ -297,8 +306,20 @@ def warm_eigenpair(matvec: MatVec, previous: torch.Tensor, start: torch.Tensor, 
                 explored.append(len(basis) - 1)
                 explore = products[-1]
     leading = [space @ ritz[:, -1 - rank].to(start) for rank in range(min(vectors, len(basis)))]
-    return EigenResult([Estimate(value, float(residual.norm()), converged)], None, leading[0], len(basis), history,
-                       leading)
+    if stalled:  # the kept products' residual has absorbed their own rounding: measure it as a product shows it
+        residual = matvec(leading[0]) - value * leading[0]
+    return EigenResult([Estimate(value, float(residual.norm()), converged, stalled)], None, leading[0], len(basis),
+                       history, leading)
+
+
+def _stalled(residuals: list[float]) -> bool:
+    """Whether a refinement's residuals (one per step) stopped falling: the last STALL_STEPS stayed above
+    STALL_DROP of the smallest before them. In exact arithmetic each step shrinks the residual by a factor set
+    by the gap below λ_max; once it reaches the rounding of the products (the noise they carry, which no
+    further step removes), it wanders at that level instead."""
+    if len(residuals) <= STALL_STEPS:
+        return False
+    return min(residuals[-STALL_STEPS:]) > STALL_DROP * min(residuals[:-STALL_STEPS])
 
 
 def _estimate(ritz_by_step: list[torch.Tensor], residuals: torch.Tensor, rank: int, tolerance: float,

@@ -188,6 +188,7 @@ class SharpnessTracker:
                                     vectors=WARM_VECTORS)
         self.warm[metric] = torch.stack(result.vectors).detach().cpu()
         return {metric: result.lambda_max, f"{metric}_converged": result.top[0].converged,
+                f"{metric}_stalled": result.top[0].stalled,  # stopped short of tol at the products' rounding
                 f"{metric}_residual": result.top[0].residual, f"{metric}_start": "cold" if warm is None else "warm",
                 f"{metric}_hvps": objective.hvp_count - hvps_before}
 

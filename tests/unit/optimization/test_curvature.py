@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimization.curvature import warm_eigenpair, lanczos, lanczos_steps, lanczos_tridiagonal
+from optimization.curvature import STALL_STEPS, warm_eigenpair, lanczos, lanczos_steps, lanczos_tridiagonal
 from sharpness.density import slq
 
 
@@ -106,3 +106,37 @@ def test_warm_eigenpair_stops_at_the_tolerance_when_nothing_rose():
     result = warm_eigenpair(lambda v: h @ v, previous, start, max_iter=60, tol=1e-4, gap_share=0.05)
     assert result.top[0].converged and result.top[0].residual <= 1e-4 * 1.0
     assert abs(result.lambda_max - 1.0) <= result.top[0].residual
+
+
+def test_warm_eigenpair_stops_where_noisy_products_stall_its_refinement():
+    """Products carrying noise of norm δ = 1e-6 (a float32 layer in a float64 model) cannot show a residual below
+    about δ: at tol 1e-12 the refinement stalls there and stops STALL_STEPS steps later, where it once ran to
+    max_iter. θ is within δ of λ_max = 1, and the residual, measured with one more product, is √(δ² + δ²)
+    (‖Hx − θx‖ ≈ δ plus that product's own noise). Without noise the same solve converges to tol."""
+    eigenvalues = torch.cat([torch.linspace(-0.1, 0.3, 198, dtype=torch.float64),
+                             torch.tensor([0.9, 1.0], dtype=torch.float64)])
+    h, q = _rotated(eigenvalues, seed=4)
+    previous = (q[:, [-1, -2]] + 1e-2 * torch.randn(200, 2, generator=torch.Generator().manual_seed(5),
+                                                     dtype=torch.float64)).T
+    start = torch.randn(200, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+
+    def solve(delta: float, tol: float):
+        generator, calls = torch.Generator().manual_seed(7), []
+
+        def noisy(v):
+            calls.append(v)
+            noise = torch.randn(200, generator=generator, dtype=torch.float64)
+            return h @ v + delta * noise / noise.norm()
+
+        return warm_eigenpair(noisy, previous, start, max_iter=120, tol=tol, gap_share=0.05), len(calls)
+
+    exact, exact_calls = solve(0.0, 1e-12)
+    assert exact.top[0].converged and not exact.top[0].stalled and exact_calls == exact.matvecs
+    to_noise, _ = solve(0.0, 1e-6)  # the products it takes without noise to reach a residual of δ
+    noisy, noisy_calls = solve(1e-6, 1e-12)
+    estimate = noisy.top[0]
+    assert estimate.stalled and not estimate.converged
+    assert abs(estimate.value - 1.0) <= 1e-6
+    assert 1e-6 <= estimate.residual <= 2e-6
+    assert noisy_calls == noisy.matvecs + 1  # the measured residual's product
+    assert noisy.matvecs <= to_noise.matvecs + STALL_STEPS + 1 < 120

@@ -42,9 +42,9 @@ def tracked(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TENSORBOARD_LOGGING_DIR", str(folder / "tb"))  # else ./runs
         run = trainer(folder, "tensorboard")
-        # tol 1e-6, not tighter: Llama's RMSNorm computes in float32 even in a float64 model, so its products are
-        # float32-exact (H·v asymmetric to ~1e-7) and a warm point's measured residual cannot fall below that
-        callback = track_sharpness(run, batches, every=2, iters=200, tol=1e-6)
+        # Llama's RMSNorm computes in float32 even in a float64 model: a warm point's residual cannot show below
+        # ~1e-7, so at tol 1e-9 its refinement stalls there (and stops) instead of converging
+        callback = track_sharpness(run, batches, every=2, iters=200, tol=1e-9)
         run.train()
     return run, batches, callback, folder
 
@@ -64,7 +64,9 @@ def test_the_track_holds_the_formed_hessians_top_eigenvalues_at_the_final_weight
     assert points[-1]["preconditioned_lambda_max"] == pytest.approx(float(torch.linalg.eigvalsh(preconditioned)[-1]),
                                                                     rel=1e-6)
     assert points[-1]["preconditioned_threshold"] == pytest.approx((2 + 2 * BETA1) / ((1 - BETA1) * LR))
-    assert points[-1]["threshold"] is None and all(p["lambda_max_converged"] for p in points)
+    assert points[-1]["threshold"] is None
+    assert all(p["lambda_max_converged"] or p["lambda_max_stalled"] for p in points)
+    assert all(p["lambda_max_hvps"] < 200 for p in points)
 
 
 def test_the_points_after_steps_reach_the_trainers_logs_and_tensorboard(tracked):
