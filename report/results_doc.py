@@ -80,9 +80,36 @@ class PrunedMeasure:
 
 
 @dataclass(frozen=True)
+class SameMeasure:
+    """The claim that `quantity` is the same in runs `first` and `second`: each seed's |difference| between the two
+    (a seed pairs them: the same texts, order and initial weights) lies below `tolerance`, judged by the same rule
+    against that fixed value (the mean |difference| + 2 s.e. below it: seen; - 2 s.e. above it: not seen)."""
+    quantity: str
+    first: str
+    second: str
+    tolerance: float
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return self.first, self.second
+
+    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
+        first, second = (runs[name]["quantities"].get(self.quantity, {}).get("per_seed", {}) for name in self.runs)
+        differences = [abs(first[seed] - second[seed]) for seed in first
+                       if first[seed] is not None and second.get(seed) is not None]
+        return (f"{self.quantity} the same in {self.first} and {self.second} (each seed's |difference| below "
+                f"{self.tolerance:g})", mean_and_stderr(differences), fixed(self.tolerance))
+
+
+def fixed(value: float) -> dict:
+    """A fixed value as verdict() and number() take a measured one: no spread, no seeds."""
+    return {"mean": value, "stderr": 0.0, "fixed": True}
+
+
+@dataclass(frozen=True)
 class Claim:
     text: str                      # the paper's claim and its numbers, with the source
-    measures: tuple[Measure | PrunedMeasure, ...]  # what the claim predicts, each judged on its own
+    measures: tuple[Measure | PrunedMeasure | SameMeasure, ...]  # what the claim predicts, each judged on its own
     figure: str                    # the headline figure: results/<experiment>/figures/<figure>.png
     design: str = ""               # what else differs between the runs by design, to read the verdict with
     shown: tuple[str, ...] = ()    # summary.json quantities shown besides SHOWN and the measures' (e.g. what was spent)
@@ -116,6 +143,23 @@ CLAIMS = {
                   "a new task, and takes more steps for the FLOPs (compare optimizer_steps). Learning rates are not "
                   "tuned (LoRA's 10 times full fine-tuning's, the usual ratio).",
                   ("train_flops", "optimizer_steps", "trainable_parameters", "best_val_perplexity")),
+    "exp4": Claim("Xie, Mohamadi & Li (ICLR 2025), GPT-2 (124M) trained from scratch on OpenWebText: Adam reaches a "
+                  "clearly lower training loss than Adam on the randomly rotated loss θ̃ ↦ L(Rθ̃), whose ℓ∞ geometry the "
+                  "rotation destroys (its ‖H‖₁,₁/(d‖H‖₂) rises toward 1), while SGD provably does not change (its "
+                  "updates rotate with R); Adam beats SGD. (The paper's loss curves and smoothness estimates are not "
+                  "quoted here: its numbers could not be checked offline.)",
+                  (Measure("final_train_loss", "adam", "adam-rotated"),
+                   Measure("final_train_loss", "adam-width32", "adam-width32-rotated"),
+                   Measure("final_train_loss", "adam", "sgd"),
+                   SameMeasure("final_train_loss", "sgd", "sgd-rotated", 0.01)),
+                  "loss_per_step",
+                  "a 2-layer GPT-2 (64 wide, and 32 wide for the smaller scale) trained from scratch for 75 steps of 8 "
+                  "texts, not 124M weights for thousands of steps: the scale is a point of the paper's curves early in "
+                  "training, where the tied 50,257-word embedding holds 97% (width 64) of the weights. Learning rates "
+                  "are untuned, the same for a run and its rotated twin. No geometry stage: at an affordable number "
+                  "of Cauchy sketches its ‖H‖₁,₁ intervals span a factor of 2-4 (exp4-geometry-small), so the budget "
+                  "went to seeds.",
+                  ("test_loss", "n_parameters")),
 }
 
 # The numbers shown for every experiment (those its summary has), then each claim's own.
@@ -139,6 +183,8 @@ def verdict(lower: dict, higher: dict) -> str:
 
 def number(stat: dict) -> str:
     """mean ± s.e. (n), with what was left out of the mean said."""
+    if stat.get("fixed"):
+        return f"{stat['mean']:.4g} (fixed)"
     if stat.get("mean") is None:
         text = "–"
     elif stat.get("stderr") is None:
@@ -161,7 +207,7 @@ def stage_minutes(summary: dict) -> dict[str, float]:
     return minutes
 
 
-def measure_sentence(measure: Measure | PrunedMeasure, runs: dict, saved: Path) -> str:
+def measure_sentence(measure: Measure | PrunedMeasure | SameMeasure, runs: dict, saved: Path) -> str:
     claimed, lower, higher = measure.judged(runs, saved)
     return f"{claimed}: {verdict(lower, higher)} ({number(lower)} against {number(higher)})"
 

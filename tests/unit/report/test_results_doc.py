@@ -10,7 +10,8 @@ from PIL import Image
 
 from config.loading import load_experiment
 from report import results_doc
-from report.results_doc import CLAIMS, PrunedMeasure, collect, configs, experiment_section, number, render, verdict
+from report.results_doc import (CLAIMS, PrunedMeasure, SameMeasure, collect, configs, experiment_section, number,
+                                render, verdict)
 from tests.conftest import REPO
 
 
@@ -80,6 +81,20 @@ def test_magnitude_against_random_pruning_is_judged_over_seeds_on_each_seeds_mea
     assert verdict(magnitude, random) == expected and magnitude["n"] == random["n"] == len(by_seed)
     assert random["mean"] == pytest.approx(sum(sum(r) / len(r) for _, r in by_seed.values()) / len(by_seed))
 
+
+
+@pytest.mark.parametrize("first, second, expected", [
+    ({"1": 2.0, "2": 3.0, "3": 4.0}, {"1": 2.001, "2": 2.999, "3": 4.002}, "seen"),  # |d| 0.0013 ± 0.00033 < 0.01
+    ({"1": 2.0, "2": 3.0, "3": 4.0}, {"1": 2.5, "2": 3.6, "3": 4.4}, "not seen"),     # |d| 0.5 ± 0.058 > 0.01
+    ({"1": 2.0, "2": 3.0, "3": 4.0}, {"1": 2.0, "2": 3.0, "3": 4.03}, "not resolvable"),  # 0.01 ± 0.01 straddles it
+    ({"1": 2.0, "2": 3.0, "3": None}, {"1": 2.0, "2": 3.5}, "not resolvable"),          # one seed has both: no spread
+])
+def test_the_same_in_two_runs_is_judged_on_each_seeds_difference_against_the_tolerance(first, second, expected):
+    runs = {name: {"quantities": {"final_train_loss": {"per_seed": values}}}
+            for name, values in (("sgd", first), ("sgd-rotated", second))}
+    claimed, difference, tolerance = SameMeasure("final_train_loss", "sgd", "sgd-rotated", 0.01).judged(runs, None)
+    assert claimed == "final_train_loss the same in sgd and sgd-rotated (each seed's |difference| below 0.01)"
+    assert verdict(difference, tolerance) == expected and number(tolerance) == "0.01 (fixed)"
 
 def test_a_config_without_results_is_listed_as_not_run_yet_with_its_command():
     text = "\n".join(experiment_section("exp2", results_doc.Path("config/laptop/exp2.yaml"), CLAIMS["exp2"], None))
