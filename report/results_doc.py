@@ -11,20 +11,23 @@ as not run yet, with the command that runs it.
 A verdict compares two runs' mean ± 2 standard errors over seeds: the effect is seen when the intervals are apart in
 the claimed direction, not seen when they are apart the other way, and not resolvable at this scale when they overlap
 or a run has fewer than two measured seeds. A pruning claim (PrunedMeasure) is judged the same way on numbers its
-experiment's summary lacks: each seed's prune.json, which --collect copies to docs/results/<experiment>/ too.
+experiment's summary lacks: each seed's prune.json, which --collect copies to docs/results/<experiment>/ too; so is a
+tracked λ_max against its threshold (EdgeMeasure: each seed's track.json). A rank correlation (CorrelationMeasure:
+the correlate stage's correlation.json) is judged by its bootstrap interval against 0 instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.loading import load_experiment
-from report.findings import separated
+from report.findings import SPREAD, separated
 from report.summary import mean_and_stderr
 from report.tables import md_table
 from utils.errors import UserError
@@ -107,9 +110,67 @@ def fixed(value: float) -> dict:
 
 
 @dataclass(frozen=True)
+class EdgeMeasure:
+    """The claim that run `run`'s tracked λ_max over its edge-of-stability threshold (train.track: λ_max over 2/η, or
+    with `preconditioned` Adam's preconditioned λ_max over (2 + 2β₁)/((1 − β₁)η)) is lower at `lower` than at
+    `higher`, each 'lowest', 'highest' or 'last' (of the tracked points) or a fixed ratio (1: the threshold itself).
+    Each seed's track.json (the train stage's, copied to docs/results/<experiment>/<run>/seed-<s>/) gives one ratio
+    per side."""
+    run: str
+    lower: str | float
+    higher: str | float
+    preconditioned: bool = False
+    FILES = "*/seed-*/track.json"  # what collect copies for it
+    AT = {"lowest": min, "highest": max, "last": lambda ratios: ratios[-1]}
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        return (self.run,)
+
+    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
+        value, limit = (("preconditioned_lambda_max", "preconditioned_threshold") if self.preconditioned
+                        else ("lambda_max", "threshold"))
+        ratios = [[p[value] / p[limit] for p in read_json(path)["points"] if p.get(value) is not None and p.get(limit)]
+                  for path in sorted((saved / self.run).glob("seed-*/track.json"))]
+
+        def side(at: str | float) -> tuple[str, dict]:
+            if isinstance(at, str):
+                return f"its {at} point", mean_and_stderr([self.AT[at](r) for r in ratios if r])
+            return f"{at:g}", fixed(at)
+
+        (low_text, low), (high_text, high) = side(self.lower), side(self.higher)
+        return f"{value} / {limit} of {self.run}: {low_text} below {high_text}", low, high
+
+
+@dataclass(frozen=True)
+class CorrelationMeasure:
+    """The claim that `measure` rises with the generalization gap over every run and seed: Kendall's τ with the gap
+    (the correlate stage's correlation.json, copied to docs/results/<experiment>/) has its bootstrap interval above 0
+    (seen), below 0 (not seen) or around 0 (not resolvable)."""
+    measure: str
+    FILES = "correlation.json"  # what collect copies for it
+    runs = ()  # the points are every run and seed of the experiment
+
+    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
+        tau = read_json(saved / self.FILES)["measures"].get(self.measure, {}).get("vs_gap", {})
+        return f"Kendall τ of {self.measure} with the generalization gap above 0", fixed(0.0), interval(tau)
+
+
+def interval(correlation: dict) -> dict:
+    """A rank correlation and its bootstrap interval as verdict() and number() take a mean over seeds: the interval's
+    middle ± SPREAD "standard errors" is exactly the interval, so separated() compares its bounds."""
+    bounds = correlation.get("kendall_interval") or [None, None]
+    if any(b is None or math.isnan(b) for b in bounds):  # an undefined τ (a constant measure; JSON null): no verdict
+        return {"mean": None, "n": correlation.get("n", 0)}
+    low, high = bounds
+    return {"mean": (low + high) / 2, "stderr": (high - low) / (2 * SPREAD), "n": correlation["n"],
+            "estimate": correlation["kendall_tau"], "interval": bounds}
+
+
+@dataclass(frozen=True)
 class Claim:
     text: str                      # the paper's claim and its numbers, with the source
-    measures: tuple[Measure | PrunedMeasure | SameMeasure, ...]  # what the claim predicts, each judged on its own
+    measures: tuple[Measure | PrunedMeasure | SameMeasure | EdgeMeasure | CorrelationMeasure, ...]  # each judged on its own
     figure: str                    # the headline figure: results/<experiment>/figures/<figure>.png
     design: str = ""               # what else differs between the runs by design, to read the verdict with
     shown: tuple[str, ...] = ()    # summary.json quantities shown besides SHOWN and the measures' (e.g. what was spent)
@@ -160,6 +221,21 @@ CLAIMS = {
                   "of Cauchy sketches its ‖H‖₁,₁ intervals span a factor of 2-4 (exp4-geometry-small), so the budget "
                   "went to seeds.",
                   ("test_loss", "n_parameters")),
+    "exp5": Claim("Cohen et al. 2021 (ICLR; a Transformer on WikiText-2 among their networks): under full-batch gradient "
+                  "descent λ_max rises (progressive sharpening) until it reaches 2/η, then hovers just above it while "
+                  "the loss keeps falling, non-monotonically (the edge of stability); Cohen et al. 2022: full-batch "
+                  "Adam's preconditioned λ_max likewise rises to its own threshold 38/η (β₁ = 0.9) and hovers there.",
+                  (EdgeMeasure("gd-lr0.1", "lowest", "last"), EdgeMeasure("gd-lr0.1", 1.0, "highest"),
+                   EdgeMeasure("gd-lr0.2", "lowest", "last"), EdgeMeasure("gd-lr0.2", 1.0, "highest"),
+                   EdgeMeasure("adam", "lowest", "last", preconditioned=True),
+                   EdgeMeasure("adam", 1.0, "highest", preconditioned=True)),
+                  "sharpness_along_training",
+                  "a 2-layer, 64-wide GPT-2 from scratch (a 1,024-token BPE vocabulary) takes 150 full-batch steps on "
+                  "32 texts, far from convergence; λ_max is tracked every 10 steps, so its highest point is the "
+                  "highest of 16 (λ_max oscillates at the edge: it may be missed between points). 'lowest below last' "
+                  "asks whether λ_max rose after its lowest point (sharpening); '1 below highest' whether it reached "
+                  "its threshold (the ratio 1); the table's track_edge_ratio is the last point's ratio.",
+                  ("track_edge_ratio", "track_preconditioned_edge_ratio", "final_train_loss")),
 }
 
 # The numbers shown for every experiment (those its summary has), then each claim's own.
@@ -185,6 +261,9 @@ def number(stat: dict) -> str:
     """mean ± s.e. (n), with what was left out of the mean said."""
     if stat.get("fixed"):
         return f"{stat['mean']:.4g} (fixed)"
+    if stat.get("interval"):
+        low, high = stat["interval"]
+        return f"{stat['estimate']:.3g}, interval [{low:.3g}, {high:.3g}] (n = {stat['n']})"
     if stat.get("mean") is None:
         text = "–"
     elif stat.get("stderr") is None:
@@ -207,7 +286,8 @@ def stage_minutes(summary: dict) -> dict[str, float]:
     return minutes
 
 
-def measure_sentence(measure: Measure | PrunedMeasure | SameMeasure, runs: dict, saved: Path) -> str:
+def measure_sentence(measure: Measure | PrunedMeasure | SameMeasure | EdgeMeasure | CorrelationMeasure, runs: dict,
+                     saved: Path) -> str:
     claimed, lower, higher = measure.judged(runs, saved)
     return f"{claimed}: {verdict(lower, higher)} ({number(lower)} against {number(higher)})"
 
@@ -289,7 +369,7 @@ def collect(results: Path, saved: Path = SAVED, figures: Path = FIGURES, root: P
             done[name] = f"not finished ({len(missing)} results missing, e.g. {missing[0]})"
         else:
             shutil.copyfile(summary, make_dir(saved / name) / "summary.json")
-            for pattern in {m.FILES for m in CLAIMS[name].measures if isinstance(m, PrunedMeasure)}:
+            for pattern in {m.FILES for m in CLAIMS[name].measures if hasattr(m, "FILES")}:
                 for path in (results / name).glob(pattern):  # the measures' own files, at the same relative paths
                     shutil.copyfile(path, make_dir(saved / name / path.parent.relative_to(results / name)) / path.name)
             shrink_png(figure, make_dir(figures) / f"{name}-{CLAIMS[name].figure}.png")

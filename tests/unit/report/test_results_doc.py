@@ -10,8 +10,8 @@ from PIL import Image
 
 from config.loading import load_experiment
 from report import results_doc
-from report.results_doc import (CLAIMS, PrunedMeasure, SameMeasure, collect, configs, experiment_section, number,
-                                render, verdict)
+from report.results_doc import (CLAIMS, CorrelationMeasure, EdgeMeasure, PrunedMeasure, SameMeasure, collect, configs,
+                                experiment_section, number, render, verdict)
 from tests.conftest import REPO
 
 
@@ -95,6 +95,53 @@ def test_the_same_in_two_runs_is_judged_on_each_seeds_difference_against_the_tol
     claimed, difference, tolerance = SameMeasure("final_train_loss", "sgd", "sgd-rotated", 0.01).judged(runs, None)
     assert claimed == "final_train_loss the same in sgd and sgd-rotated (each seed's |difference| below 0.01)"
     assert verdict(difference, tolerance) == expected and number(tolerance) == "0.01 (fixed)"
+
+
+def tracked(folder, run, by_seed, value="lambda_max", limit="threshold"):
+    """Hand-made track.json files: {seed: [λ over its threshold 20 at each tracked point]}."""
+    for seed, ratios in by_seed.items():
+        path = folder / run / f"seed-{seed}" / "track.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"points": [{"step": 10 * i, value: 20.0 * r, limit: 20.0}
+                                               for i, r in enumerate(ratios)]}))
+
+
+RISING = {1: [0.5, 0.3, 0.8, 1.2, 1.1], 2: [0.5, 0.35, 0.9, 1.3, 1.0], 3: [0.5, 0.3, 0.85, 1.25, 1.05]}
+
+
+@pytest.mark.parametrize("by_seed, lower, higher, expected", [
+    (RISING, "lowest", "last", "seen"),                  # 0.32 ± 0.017 below 1.05 ± 0.029
+    (RISING, 1.0, "highest", "seen"),                    # 1 below 1.25 ± 0.029
+    (RISING, "last", "lowest", "not seen"),
+    ({1: [0.5, 0.7], 2: [0.6, 0.8], 3: [0.5, 0.6]}, 1.0, "highest", "not seen"),   # peaks 0.7 ± 0.058 below 1
+    ({1: [0.5, 0.9], 2: [0.6, 1.1], 3: [0.5, 1.0]}, 1.0, "highest", "not resolvable"),  # 1.0 ± 0.058 straddles 1
+    ({1: [0.5, 1.5]}, 1.0, "highest", "not resolvable"),  # one seed: no interval
+])
+def test_tracked_lambda_max_is_judged_over_seeds_against_its_threshold(tmp_path, by_seed, lower, higher, expected):
+    tracked(tmp_path, "gd", by_seed)
+    claimed, low, high = EdgeMeasure("gd", lower, higher).judged({}, tmp_path)
+    assert verdict(low, high) == expected
+    assert claimed.startswith("lambda_max / threshold of gd: ")
+
+
+def test_the_preconditioned_edge_reads_the_preconditioned_points_and_says_its_sides(tmp_path):
+    tracked(tmp_path, "adam", RISING, "preconditioned_lambda_max", "preconditioned_threshold")
+    claimed, low, high = EdgeMeasure("adam", 1.0, "highest", preconditioned=True).judged({}, tmp_path)
+    assert claimed == "preconditioned_lambda_max / preconditioned_threshold of adam: 1 below its highest point"
+    assert number(low) == "1 (fixed)" and high["mean"] == pytest.approx(1.25) and high["n"] == 3
+
+
+@pytest.mark.parametrize("correlation, expected, shown", [
+    ({"n": 24, "kendall_tau": 0.4, "kendall_interval": [0.1, 0.6]}, "seen", "0.4, interval [0.1, 0.6] (n = 24)"),
+    ({"n": 24, "kendall_tau": -0.4, "kendall_interval": [-0.6, -0.1]}, "not seen", "-0.4, interval [-0.6, -0.1] (n = 24)"),
+    ({"n": 24, "kendall_tau": 0.2, "kendall_interval": [-0.05, 0.45]}, "not resolvable", "0.2, interval [-0.05, 0.45] (n = 24)"),
+    ({"n": 24, "kendall_tau": None, "kendall_interval": [None, None]}, "not resolvable", "– (n = 24)"),  # undefined
+])
+def test_a_rank_correlation_is_judged_by_its_bootstrap_interval_against_0(tmp_path, correlation, expected, shown):
+    (tmp_path / "correlation.json").write_text(json.dumps({"measures": {"trace": {"vs_gap": correlation}}}))
+    claimed, zero, tau = CorrelationMeasure("trace").judged({}, tmp_path)
+    assert claimed == "Kendall τ of trace with the generalization gap above 0"
+    assert verdict(zero, tau) == expected and number(tau) == shown
 
 def test_a_config_without_results_is_listed_as_not_run_yet_with_its_command():
     text = "\n".join(experiment_section("exp2", results_doc.Path("config/laptop/exp2.yaml"), CLAIMS["exp2"], None))
