@@ -80,7 +80,7 @@ def run_stages(experiment: Experiment, stages: list[str], output: str, force: bo
         if distributed.is_main():  # before a long run, what each stage will cost
             from optimization.stage_cost import announce_long_run
 
-            announce_long_run(experiment, stages)
+            announce_long_run(experiment, stages, Path(output), force)
         run_experiment(experiment, stages, output, force=force)
     except RuntimeError as err:
         if distributed.world_size() > 1 and output_error(err, Path(output)) is None:

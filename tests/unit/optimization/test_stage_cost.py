@@ -17,6 +17,7 @@ from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STA
                                      train_passes,
                                      announce_long_run, flops, seconds, stage_costs, stage_passes, totals)
 from pipeline import STAGES
+from utils.errors import UserError
 
 # Every solver at most 10 steps: Lanczos cannot flag convergence before (optimization.curvature.MIN_STABLE_STEPS), so
 # it runs to max_iter and the counts are exact, not bounds.
@@ -123,7 +124,7 @@ def test_a_large_model_is_not_built_to_be_timed(monkeypatch):
     assert throughput.seconds(run, "step", 8) == pytest.approx(8 * step / rate)
 
 
-def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeypatch):
+def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeypatch, tmp_path):
     experiment = tiny_experiment(EVERY_PASS)
     costs, _ = stage_costs(experiment, ["train", "sharpness", "report"], torch.device("cpu"))
     assert [cost.stage for cost in costs] == ["train", "sharpness"]  # the report does no such work
@@ -131,15 +132,40 @@ def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeyp
     assert costs[0].largest_part().startswith(max(costs[0].parts, key=costs[0].parts.get) + " (")
     timed = []
     monkeypatch.setattr(Throughput, "_timed", lambda *args: timed.append(args))
-    announce_long_run(experiment, ["train", "sharpness"])
+    announce_long_run(experiment, ["train", "sharpness"], tmp_path)
     assert capsys.readouterr().out == "" and not timed  # seconds even at 1% of the CPU's peak: nothing is timed
     monkeypatch.undo()
     monkeypatch.setattr("optimization.stage_cost.LONG_RUN_S", 0)
-    announce_long_run(experiment, ["train", "sharpness", "report"])
+    announce_long_run(experiment, ["train", "sharpness", "report"], tmp_path)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0].startswith(f"{experiment.name}: estimated at most ")
     assert lines[1].startswith("  train ") and "training-step batch passes" in lines[1]
     assert lines[2].startswith("  sharpness ") and " HVP batch passes" in lines[2]
+
+
+def test_texts_the_training_cannot_read_stop_the_run_before_the_model_is_counted_or_timed(tiny_experiment, monkeypatch,
+                                                                                            tmp_path):
+    """An offline hub dataset: its error comes first (it once came after a DistilGPT2 was counted and timed); a run
+    trained already, which the train stage skips, has its texts left unread."""
+    import data.corpus
+
+    experiment = tiny_experiment("runs: {a: {}, b: {data: {n_train: 24}}}")
+    read, counted = [], []
+
+    def unreadable(cfg):
+        read.append(cfg.n_train)
+        raise UserError("could not load dataset wikitext/wikitext-2-raw-v1 from the hub or its cache")
+
+    monkeypatch.setattr(data.corpus, "_read_texts", unreadable)
+    monkeypatch.setattr("optimization.stage_cost.stage_passes", lambda *args: counted.append(args) or [])
+    monkeypatch.setattr(Throughput, "_timed", lambda *args: counted.append(args))
+    (run_dir(tmp_path, experiment, experiment.runs[0])).mkdir(parents=True)
+    (run_dir(tmp_path, experiment, experiment.runs[0]) / "metrics.json").write_text("{}")  # a trained
+    with pytest.raises(UserError, match="could not load dataset"):
+        announce_long_run(experiment, ["train", "sharpness"], tmp_path)
+    assert read == [24] and not counted
+    announce_long_run(experiment, ["sharpness"], tmp_path)  # nothing to train: no texts read for it
+    assert read == [24] and counted
 
 
 def test_what_the_estimate_knows_of_other_layers_is_theirs(tiny_experiment):
