@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         overrides = args.overrides + ([f"device={args.device}"] if args.device else [])
-        experiment = load_experiment(args.config, overrides, args.runs)
+        # a list leaves out the checks that import a library (seconds): a run makes them
+        experiment = load_experiment(args.config, overrides, args.runs, library_checks=not args.list)
         if args.list:
             print(describe_runs(experiment))
             return 0

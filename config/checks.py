@@ -197,11 +197,12 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith(("/", "./", "../", "~"))
 
 
-def check_run(run: RunConfig, flat: dict) -> None:
+def check_run(run: RunConfig, flat: dict, library_checks: bool = True) -> None:
+    """ConfigError on the first setting of `run` that cannot work (`library_checks`: config.loading.load_experiment)."""
     def where(key: str) -> str:
         return flat[key][1] if key in flat else f"(default) {key}"
 
-    check_optimizer(run.train, where)
+    check_optimizer(run.train, where, library_checks)
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", run.device):
         raise ConfigError(f"{where('device')}: must be auto, cpu, cuda or cuda:N, got {run.device!r}")
     if run.data.source == "local":
@@ -218,7 +219,7 @@ def check_run(run: RunConfig, flat: dict) -> None:
     if run.model.revision and (run.model.init == "scratch" or Path(run.model.name).expanduser().is_dir()):
         raise ConfigError(f"{where('model.revision')}: a revision selects a version of a hub model; model.name "
                           f"{run.model.name!r} is {'trained from scratch' if run.model.init == 'scratch' else 'a local folder'}")
-    if run.model.init == "scratch":
+    if run.model.init == "scratch" and library_checks:
         try:
             check_scratch_config(run.model, run.data.max_length)
         except ValueError as err:

@@ -228,9 +228,12 @@ def _merge(base: dict, top: dict) -> dict:
     return merged
 
 
-def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str] | None = None) -> Experiment:
+def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str] | None = None,
+                    library_checks: bool = True) -> Experiment:
     """Read, merge, type and check an experiment file; `runs` keeps only the named runs (or, with a
-    sweep, every run made from a named one)."""
+    sweep, every run made from a named one). `library_checks`: whether what only a library knows is checked too, a
+    scratch model's config (transformers) and train.optimizer_args (the optimizer's library): seconds of imports,
+    which `run.py --list` skips."""
     path = Path(path)
     flat, meta, run_layers = _load_layers(path)
     _apply_overrides(cli := {}, meta, list(overrides))
@@ -246,7 +249,7 @@ def load_experiment(path: str | Path, overrides: list[str] = (), runs: list[str]
         wheres[run_name] = merged["model.base_run"][1] if "model.base_run" in merged else "model.base_run"
         run = _build(RunConfig, merged)
         run = dataclasses.replace(run, name=run_name, seed=seeds[0])
-        check_run(run, merged)
+        check_run(run, merged, library_checks)
         if run.search.n_trials and len(seeds) > 1:
             raise ConfigError(f"{meta['seeds'][1]}: a search trains each trial at one seed; list one seed and vary "
                               f"search.seed to repeat the search (run {run_name} searches)")

@@ -95,9 +95,10 @@ def train_settings(cls: type, train) -> dict:
             if k in parameters and (k == "lr" or _same_kind(parameters[k].default, v))}
 
 
-def check_optimizer(train, where) -> None:
+def check_optimizer(train, where, library_checks: bool = True) -> None:
     """ConfigError unless train.optimizer names an optimizer and every key of train.optimizer_args is a parameter
-    of it that no train.* key sets; `where(key)` says where a key was written."""
+    of it that no train.* key sets (read from its library: only with `library_checks`); `where(key)` says where a
+    key was written."""
     try:
         check_name(train.optimizer)
     except ValueError as err:
@@ -105,7 +106,7 @@ def check_optimizer(train, where) -> None:
     if not isinstance(train.optimizer_args, dict):
         raise ConfigError(f"{where('train.optimizer_args')}: expected a mapping of argument names to values, "
                           f"got {train.optimizer_args!r}")
-    if not train.optimizer_args:
+    if not train.optimizer_args or not library_checks:
         return
     cls = library_class(train.optimizer)  # imports its library (pytorch-optimizer takes seconds) only now
     if cls is None:
