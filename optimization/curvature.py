@@ -295,7 +295,8 @@ def warm_eigenpair(matvec: MatVec, previous: torch.Tensor, start: torch.Tensor, 
         converged = (settled or exhausted) and float(residual.norm()) <= tol * scale
         if settled:
             refined.append(float(residual.norm()))
-        stalled = not converged and _stalled(refined)
+        # at max_iter it has run out, not stalled: no product for a measured residual beyond the k + max_iter
+        stalled = not converged and len(basis) - k < max_iter and _stalled(refined)
         if converged or stalled or exhausted or len(basis) - k >= max_iter:
             break
         if settled:
