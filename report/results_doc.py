@@ -236,6 +236,20 @@ CLAIMS = {
                   "asks whether λ_max rose after its lowest point (sharpening); '1 below highest' whether it reached "
                   "its threshold (the ratio 1); the table's track_edge_ratio is the last point's ratio.",
                   ("track_edge_ratio", "track_preconditioned_edge_ratio", "final_train_loss")),
+    "exp8": Claim("Jiang et al. 2020 (ICLR; over 10,000 CNNs on CIFAR-10 and SVHN, more than 40 measures): sharpness-based "
+                  "measures are among those that best predict the generalization gap (Kendall τ with it above 0), "
+                  "though less well than earlier, smaller studies suggested; Andriushchenko et al. 2023 (ICML) found "
+                  "sharpness, adaptive worst-case included, weakly or even negatively correlated with generalization in "
+                  "transformers. (Their per-measure τ values are not quoted here: they could not be checked offline.)",
+                  (CorrelationMeasure("lambda_max"), CorrelationMeasure("trace"),
+                   CorrelationMeasure("worst_case@0.001")),
+                  "correlation",
+                  "24 points (2 optimizers x 2 learning rates x 2 batch sizes x 3 seeds) of a 2-layer, 64-wide GPT-2 "
+                  "from scratch, 20 epochs over 48 texts of 32 tokens: the gaps mostly say how far each run overfit, "
+                  "and the learning rate and batch size change both that (through the number and size of the steps) "
+                  "and the sharpness, so a correlation may come through training length rather than flatness "
+                  "(correlation.json's granulated ψ per setting holds the others fixed). The sweep's runs are the "
+                  "points; the table shows each setting's mean over seeds."),
 }
 
 # The numbers shown for every experiment (those its summary has), then each claim's own.
