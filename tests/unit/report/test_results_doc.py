@@ -106,13 +106,13 @@ def tracked(folder, run, by_seed, value="lambda_max", limit="threshold"):
                                                for i, r in enumerate(ratios)]}))
 
 
-RISING = {1: [0.5, 0.3, 0.8, 1.2, 1.1], 2: [0.5, 0.35, 0.9, 1.3, 1.0], 3: [0.5, 0.3, 0.85, 1.25, 1.05]}
+RISING = {1: [0.5, 0.3, 0.8, 1.2, 1.1], 2: [0.6, 0.35, 0.9, 1.3, 1.0], 3: [0.55, 0.3, 0.85, 1.25, 1.05]}
 
 
 @pytest.mark.parametrize("by_seed, lower, higher, expected", [
-    (RISING, "lowest", "last", "seen"),                  # 0.32 ± 0.017 below 1.05 ± 0.029
+    (RISING, "first", 1.0, "seen"),                      # 0.55 ± 0.029 below 1
     (RISING, 1.0, "highest", "seen"),                    # 1 below 1.25 ± 0.029
-    (RISING, "last", "lowest", "not seen"),
+    (RISING, "highest", "first", "not seen"),
     ({1: [0.5, 0.7], 2: [0.6, 0.8], 3: [0.5, 0.6]}, 1.0, "highest", "not seen"),   # peaks 0.7 ± 0.058 below 1
     ({1: [0.5, 0.9], 2: [0.6, 1.1], 3: [0.5, 1.0]}, 1.0, "highest", "not resolvable"),  # 1.0 ± 0.058 straddles 1
     ({1: [0.5, 1.5]}, 1.0, "highest", "not resolvable"),  # one seed: no interval
