@@ -35,6 +35,7 @@ EXPERIMENTS = {
     "quickstart": ["train.epochs=2", "landscape.resolution=11"],
     "exp4-geometry-small": ["train.epochs=2", "geometry.cauchy_vectors=12", "geometry.frobenius_probes=6",
                             "geometry.bootstrap=10"],
+    "exp7-search-small": ["stages=[search]"],  # its 18 trials' training, as shipped
 }
 
 

@@ -3,7 +3,7 @@ device of config/prices.yaml (paper-scale dollars without a paper-scale run), an
 on the experiment's device (optimization.stage_cost says how they are counted and timed).
 
     python -m optimization.estimate --config config/exp6-peft.yaml [--set key=value ...] [--runs NAME ...]
-                                    [--stages train,sharpness,geometry,landscape,prune]
+                                    [--stages train,search,sharpness,geometry,landscape,prune]
 
 The model is built on PyTorch's meta device (shapes, no weights, no memory): GPT-2-family shapes come from
 config.checks.ARCH_PRESETS (distilgpt2 and gpt2 need no download), other hub models from their config (local
@@ -37,7 +37,9 @@ def stage_table(experiment, stages: str | None) -> str:
     if unknown:
         raise ConfigError(f"--stages: unknown stage {unknown[0]!r} (stages: {', '.join([*PASSES, *UNCOSTED_STAGES])})")
     costs, throughput = stage_costs(experiment, names, device)
-    lines = [f"each stage over the experiment's {len(experiment.jobs())} (run, seed) jobs: batch passes (Lanczos at "
+    trials = sum(template.search.n_trials for template in experiment.studies())
+    searched = f" and its searches' {trials} trials" if trials else ""
+    lines = [f"each stage over the experiment's {len(experiment.jobs())} (run, seed) jobs{searched}: batch passes (Lanczos at "
              f"its max_iter, every batch at data.max_length: at most), FLOPs (an HVP counted as {HVP_PER_GRADIENT:g} "
              f"gradients) and time on {device.type} ({throughput.source or 'nothing timed'})",
              "| stage | forward / gradient / HVP / training-step batch passes | FLOPs | time | most of it |",

@@ -8,7 +8,8 @@ optimization.cost.kind_flops):
   hvp       a Hessian-vector product: cost.HVP_PER_GRADIENT gradients
   step      a training step: a gradient and the optimizer's update (step_flops: the update's FLOPs are not counted)
 The counts are read off each stage's code (sharpness.sharpness_stage, sharpness.geometry and its stage,
-visualization.landscape_stage, optimization.prune_stage, optimization.tracking); an iterative solver counts at its
+visualization.landscape_stage, optimization.prune_stage, optimization.tracking, optimization.search_stage: its
+trials are trainings of the search's run, each counted at the values its space leaves); an iterative solver counts at its
 max_iter (Lanczos stops earlier once its estimates converge, so its counts are upper bounds; exact when it runs to
 max_iter, as tests/unit/optimization/test_stage_cost.py checks against the passes the stages make). Every batch is
 counted at data.max_length tokens and every set at the texts it asks for: upper bounds where texts are shorter or the
@@ -22,6 +23,7 @@ assumed_mfu), as optimization.estimate prices training.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -42,7 +44,7 @@ KIND_NAMES = {"forward": "forward", "gradient": "gradient", "hvp": "HVP", "step"
 # pipeline.DEFAULT_STAGES that do such work, and pipeline's stages that do none (optimization does not import
 # pipeline; a test keeps them in step)
 DEFAULT_STAGES = ("train", "sharpness", "landscape")
-UNCOSTED_STAGES = ("search", "correlate", "report")  # search: its trials' training is not estimated
+UNCOSTED_STAGES = ("correlate", "report")
 CALIBRATION_SECONDS = 0.5  # a forward this long is compute-bound: larger batches of the model reuse its FLOP/s
 # A model with more weights is not built for timing (its weights would take GBs of memory before the run needs them):
 # it is compute-bound, and its passes run at the CPU's matmul peak (cost.cpu_matmul_peak) × the price table's assumed_mfu
@@ -185,14 +187,22 @@ def train_passes(run: RunConfig) -> list[Passes]:
     return passes
 
 
-PASSES = {"train": train_passes, "sharpness": sharpness_passes, "geometry": geometry_passes,
+def search_passes(template: RunConfig) -> list[Passes]:
+    """The search stage's study of `template`: search.n_trials trainings as train_passes counts them, each at the
+    values the space leaves (what a trial draws may cost more or less; a pruned or failed trial stops early)."""
+    return [dataclasses.replace(p, what=f"trials' {p.what}", count=p.count * template.search.n_trials)
+            for p in train_passes(template)]
+
+
+PASSES = {"train": train_passes, "search": search_passes, "sharpness": sharpness_passes, "geometry": geometry_passes,
           "landscape": landscape_passes, "prune": prune_passes}
 
 
 def stage_passes(experiment: Experiment, stage: str, stages: list[str] = ()) -> list[tuple[str, RunConfig, list[Passes]]]:
-    """(label, run, its passes) of every (run, seed) of the experiment in `stage`, one of `stages` that run together;
-    the landscape's lines between runs under the experiment's name, on the first run's model."""
-    jobs = experiment.jobs()
+    """(label, run, its passes) of every (run, seed) of the experiment in `stage`, one of `stages` that run together
+    (the search stage's: every study's template, at its seed); the landscape's lines between runs under the
+    experiment's name, on the first run's model."""
+    jobs = experiment.studies() if stage == "search" else experiment.jobs()
     count = (lambda run: geometry_passes(run, "sharpness" in stages)) if stage == "geometry" else PASSES[stage]
     passes = [(f"{run.name}/seed-{run.seed}", run, count(run)) for run in jobs]
     if stage == "landscape" and jobs:

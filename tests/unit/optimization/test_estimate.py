@@ -41,8 +41,8 @@ def test_the_paper_scale_config_is_priced_offline(capsys, monkeypatch):
 
 def test_an_unknown_stage_is_one_line_and_exit_2(capsys):
     assert main(["--config", str(REPO / "config/quickstart.yaml"), "--stages", "train,sharpnes"]) == 2
-    assert capsys.readouterr().err.strip().endswith("--stages: unknown stage 'sharpnes' (stages: train, sharpness, "
-                                                    "geometry, landscape, prune, search, correlate, report)")
+    assert capsys.readouterr().err.strip().endswith("--stages: unknown stage 'sharpnes' (stages: train, search, "
+                                                    "sharpness, geometry, landscape, prune, correlate, report)")
 
 
 def test_the_estimate_is_what_training_spends_when_every_text_fills_max_length(write_config, tmp_path):

@@ -84,6 +84,23 @@ def test_every_stage_makes_the_passes_its_estimate_counts(tiny_experiment, tmp_p
     assert hvps == 6 + 3 + 3 + 2
 
 
+def test_a_search_trains_its_trials_as_the_estimate_counts(tiny_experiment, tmp_path, monkeypatch):
+    """search.n_trials trainings, each making the passes train_passes counts of its run (exact: the test above);
+    a space over train.lr leaves every trial's passes the search run's, so the estimate is the count."""
+    import optimization.search_stage
+
+    trained = []
+    monkeypatch.setattr(optimization.search_stage, "train_run",
+                        lambda run, *args, **kwargs: trained.append(run) or {"val_loss": [1.0]})
+    experiment = tiny_experiment("search: {n_trials: 3, space: {train.lr: {loguniform: [0.01, 1.0]}}, "
+                                 f"storage: 'journal:{tmp_path / 'study.log'}'}}\n")  # quicker to open than SQLite
+    STAGES["search"].handler()(experiment, tmp_path, False)
+    made = totals([p for run in trained for p in train_passes(run)])
+    estimated = totals([p for _, _, passes in stage_passes(experiment, "search", ["search"]) for p in passes])
+    assert len(trained) == 3 and made == estimated
+    assert estimated == {kind: 3 * count for kind, count in totals(train_passes(experiment.runs[0])).items()}
+
+
 def test_flops_and_seconds_of_a_pass():
     """A pass's FLOPs are its texts times one sequence's (an HVP HVP_PER_GRADIENT gradients); its seconds are its
     batches times one batch's, timed once per batch shape."""
