@@ -100,12 +100,15 @@ class TrainedModel:
 
     @property
     def tokenizer_identity(self) -> str:
-        """Which tokenizer this is, for what is tokenized once per command: its folder's recorded checksum, or its
-        hub id at the revision it is loaded from."""
-        ref = tokenizer_ref(self.checkpoint)
-        if ref == TOKENIZER_DIR:
-            return recorded_sha256(self.path.parent / TOKENIZER_DIR)
-        return f"{ref}@{self.run.model.revision if ref == self.run.model.name else ''}"
+        return tokenizer_identity(tokenizer_ref(self.checkpoint), self.path.parent, self.run)
+
+
+def tokenizer_identity(ref: str, folder: Path, run: RunConfig) -> str:
+    """Which tokenizer a checkpoint's `ref` names (its `folder`'s TOKENIZER_DIR, or a hub id), for what is tokenized
+    once per command: the saved folder's recorded checksum, or the hub id at the revision it is loaded from."""
+    if ref == TOKENIZER_DIR:
+        return recorded_sha256(folder / TOKENIZER_DIR)
+    return f"{ref}@{run.model.revision if ref == run.model.name else ''}"
 
 
 def load_trained(path: Path, device: torch.device | str = "cpu", space: str = "adapter") -> TrainedModel:

@@ -118,14 +118,8 @@ class TrainedRun:
         return load_trained(self.folder / name, self.device, space)
 
     def measurement_set(self, trained: TrainedModel) -> FixedSet:
-        """The texts every Hessian measurement sees (data.measurement.measurement_set), tokenized for `trained`:
-        built once per command for the runs and stages that share the data, the set's settings and the tokenizer."""
-        key = fingerprint({"data": {**asdict(self.run.data), "order": None},  # the training order picks no texts
-                           "set": measurement_set_settings(self.run), "tokenizer": trained.tokenizer_identity})
-        if key not in _measurement_sets:
-            _measurement_sets[key] = measurement_set(self.texts.train, self.run.sharpness, trained.tokenizer,
-                                                     self.run.data.max_length)
-        return _measurement_sets[key]
+        """The texts every Hessian measurement sees, tokenized for `trained` (shared_measurement_set)."""
+        return shared_measurement_set(self.run, self.texts.train, trained.tokenizer, trained.tokenizer_identity)
 
     def open(self, space: str = "adapter") -> Opened:
         trained = self.load(space)
@@ -133,7 +127,18 @@ class TrainedRun:
         return Opened(trained, measurement, Objective(trained.model, measurement.batches, hvp_mode=self.run.sharpness.hvp))
 
 
-_measurement_sets: dict[str, FixedSet] = {}  # TrainedRun.measurement_set's, by what picks and tokenizes the texts
+_measurement_sets: dict[str, FixedSet] = {}  # shared_measurement_set's, by what picks and tokenizes the texts
+
+
+def shared_measurement_set(run: RunConfig, train_texts: list[str], tokenizer, tokenizer_identity: str) -> FixedSet:
+    """The run's measurement set (data.measurement.measurement_set) from its data's training texts: built once per
+    command for the runs, the stages and the tracked trainings (train.track) that share the data, the set's settings
+    and the tokenizer (`tokenizer_identity`: models.checkpoint.tokenizer_identity)."""
+    key = fingerprint({"data": {**asdict(run.data), "order": None},  # the training order picks no texts
+                       "set": measurement_set_settings(run), "tokenizer": tokenizer_identity})
+    if key not in _measurement_sets:
+        _measurement_sets[key] = measurement_set(train_texts, run.sharpness, tokenizer, run.data.max_length)
+    return _measurement_sets[key]
 
 
 def measured_runs(experiment: Experiment, output: Path) -> list[TrainedRun]:

@@ -18,14 +18,15 @@ from torch.nn.parallel import DistributedDataParallel
 from config.schema import RunConfig
 from data.batches import Batch, fixed_batches, to_device, tokenize
 from data.corpus import Texts, load_texts
-from data.measurement import measurement_set
+from data.measurement import FixedSet, measurement_set
 from models.adapters import add_adapter, is_adapted
-from models.checkpoint import TOKENIZER_DIR, load_trained, read_checkpoint, save_checkpoint
+from models.checkpoint import TOKENIZER_DIR, load_trained, read_checkpoint, save_checkpoint, tokenizer_identity
 from models.models import build_model, build_tokenizer, load_tokenizer, tokenizer_is_hub_id
 from models.runs import base_folder, base_weights, training_fingerprint
 from optimization.cost import step_flops
 from optimization.evaluation import evaluate
 from optimization.experiment_log import RunLog, open_log
+from optimization.measured_run import shared_measurement_set
 from optimization.objective import Objective
 from optimization.optimizers import diagonal_preconditioner
 from optimization.train_state import RunIdentity, TrainState
@@ -200,8 +201,7 @@ def set_up(run: RunConfig, run_dir: Path, label: str, device: torch.device, star
     t = Training(run, run_dir, label, device, data, state, flops_of_step, wall_start)
     # Along the way (train.track, train.trajectory): measured between steps, outside the training time.
     if run.train.track.every:
-        t.track_batches = [to_device(b, device) for b in
-                           measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length).batches]
+        t.track_batches = [to_device(b, device) for b in _track_set(run, run_dir, texts, tokenizer, tokenizer_ref).batches]
     damaged = state.open_trajectory(run_dir, data.total_steps)
     if distributed.any_rank(damaged is not None):  # torchrun: every rank starts over with rank 0
         print(f"{label}: warning: {damaged}; starting over")
@@ -213,6 +213,15 @@ def set_up(run: RunConfig, run_dir: Path, label: str, device: torch.device, star
         t.along_the_way(0)
     _ready_to_step(t)
     return t
+
+
+def _track_set(run: RunConfig, run_dir: Path, texts: Texts, tokenizer, tokenizer_ref: str) -> FixedSet:
+    """The measurement set train.track measures on: the later stages' (shared_measurement_set), built once per
+    command for both. A torchrun rank that does not write the run folder builds its own: the saved tokenizer that
+    names the set is rank 0's, and may not be written yet."""
+    if not distributed.writes():
+        return measurement_set(texts.train, run.sharpness, tokenizer, run.data.max_length)
+    return shared_measurement_set(run, texts.train, tokenizer, tokenizer_identity(tokenizer_ref, run_dir, run))
 
 
 def _ready_to_step(t: Training) -> None:

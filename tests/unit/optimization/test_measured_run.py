@@ -159,9 +159,11 @@ def test_a_corrupt_result_is_measured_again(tmp_path, capsys):
 
 def test_texts_and_measurement_sets_are_built_once_per_command(tiny_experiment, tmp_path, monkeypatch):
     """Before, every run loaded the texts in each stage (train, sharpness, geometry: 6 loads for 2 seeds) and each
-    measuring stage built each run's measurement set (4 builds)."""
+    measuring stage built each run's measurement set (4 builds); the tracked training (train.track) then still built
+    its own for each run (3 builds)."""
     import data.corpus
     import optimization.measured_run as measured_run
+    import optimization.train_setup
     from pipeline import run_experiment
 
     loads, builds = [], []
@@ -170,9 +172,10 @@ def test_texts_and_measurement_sets_are_built_once_per_command(tiny_experiment, 
     monkeypatch.setattr(measured_run, "_measurement_sets", {})
     monkeypatch.setattr(data.corpus, "_read_texts", lambda cfg: loads.append(cfg) or read_texts(cfg))
     monkeypatch.setattr(measured_run, "measurement_set", lambda *args: builds.append(args) or build_set(*args))
+    monkeypatch.setattr(optimization.train_setup, "measurement_set", lambda *args: builds.append(args) or build_set(*args))
     experiment = tiny_experiment("""
         seeds: [1, 2]
-        train: {epochs: 1}
+        train: {epochs: 1, track: {every: 100, iters: 3}}
         sharpness: {max_iter: 4, random_directions: 1, worst_case_steps: 0, trace_samples: 0}
         geometry: {cauchy_vectors: 5, bootstrap: 0, frobenius_probes: 0, rotation: none}
     """)
