@@ -128,23 +128,57 @@ def checked_figures():
 NOTEBOOK_FIGURES_CHECKED = """
 from matplotlib.figure import Figure as _Figure
 from visualization.figure_check import figure_problems as _figure_problems
-_unchecked_savefig = _Figure.savefig
+_unchecked_savefig = getattr(_Figure.savefig, "unchecked", _Figure.savefig)  # checked once in a reused kernel
 def _checked_savefig(figure, *args, **kwargs):
     problems = _figure_problems(figure)
     assert not problems, f"the notebook's figure {figure.get_suptitle() or figure.axes[0].get_title()!r}: {problems}"
     return _unchecked_savefig(figure, *args, **kwargs)
+_checked_savefig.unchecked = _unchecked_savefig
 _Figure.savefig = _checked_savefig
 """
 
 
+# One notebook kernel per test process (see execute_notebook); shut down when the session ends.
+_kernel: dict = {}
+
+
 def execute_notebook(output: Path):
     """results.ipynb run on `output` (its OUTPUT cell rewritten, the figures it draws checked); the executed
-    notebook."""
+    notebook. The kernel is this process's, reused with its namespace reset (%reset -f) before each notebook: a
+    kernel's start and its imports cost ~4 CPU s, once per process instead of once per notebook. A failed run
+    leaves no kernel behind for the next."""
     import nbformat
     from nbclient import NotebookClient
 
     notebook = nbformat.read(REPO / "results.ipynb", as_version=4)
     assert notebook.cells[1].source.startswith('OUTPUT = "results"')
-    notebook.cells[1].source = f"OUTPUT = {str(output)!r}\nEXPERIMENTS = None\n" + NOTEBOOK_FIGURES_CHECKED
-    NotebookClient(notebook, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
+    notebook.cells[1].source = (f"%reset -f\nOUTPUT = {str(output)!r}\nEXPERIMENTS = None\n" +
+                                NOTEBOOK_FIGURES_CHECKED)
+    client = NotebookClient(notebook, km=_kernel.get("manager"), timeout=900, kernel_name="python3",
+                            resources={"metadata": {"path": str(REPO)}})
+    try:
+        client.execute(cleanup_kc=False)
+    except BaseException:
+        _kernel["manager"] = client.km  # in an unknown state: not reused
+        _stop_kernel()
+        raise
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
+    _kernel["manager"] = client.km
     return notebook
+
+
+def _stop_kernel() -> None:
+    from jupyter_core.utils import run_sync
+
+    manager = _kernel.pop("manager", None)
+    if manager is not None:
+        run_sync(manager.shutdown_kernel)(now=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def notebook_kernel_stopped():
+    """The notebook kernel (if a test started one) ends with the session, its CPU counted with the suite's."""
+    yield
+    _stop_kernel()
