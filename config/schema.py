@@ -81,7 +81,9 @@ class TrackConfig:
                         ge=2)
     tol: float = option(1e-3, "a λ has converged when its residual is within tol·|λ_max| and, at the first point, it "
                               "moved by at most that over max(10, m/2) of its m Lanczos steps (the sharpness stage's "
-                              "rule); at a warm point, once its exploration settled (optimization/tracking.py)", gt=0)
+                              "rule); at a warm point, once its exploration settled (optimization/tracking.py); a "
+                              "warm point whose residual stops falling above it (the HVPs' rounding) stops, _stalled",
+                        gt=0)
     trace_samples: int = option(10, "Hutchinson samples per point (metric trace)", ge=1)
     seed: int = option(0, "draws the first Lanczos start and the Hutchinson vectors", ge=0)
 
