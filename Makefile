@@ -23,9 +23,11 @@ install: $(VENV)/.installed
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) run.py --config config/quickstart.yaml --output results
 
-# One pytest worker per core (pytest-xdist), each test file on one worker so its module fixtures are made once.
+# One pytest worker per core (pytest-xdist), each test file on one worker so its module fixtures are made once;
+# files in collection order (tests/e2e, the longest, first), not most tests first, which left a worker alone with
+# the one-test end-to-end files (up to 2 CPU min) at the end.
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 bench: install
 	HF_HUB_OFFLINE=1 $(PY) bench/train_throughput.py
