@@ -202,7 +202,9 @@ CLAIMS = {
                   "texts (one epoch: a weak model), and full and lora-r8 continue it on the first 600 of the same texts, "
                   "each stopped at the same 5e11 training FLOPs: LoRA adapts the model to more of its own data, not to "
                   "a new task, and takes more steps for the FLOPs (compare optimizer_steps). Learning rates are not "
-                  "tuned (LoRA's 10 times full fine-tuning's, the usual ratio).",
+                  "tuned (LoRA's 10 times full fine-tuning's, the usual ratio). Each seed's magnitude and random masks "
+                  "prune the same trained adapter, so the pruning comparison across seeds also carries the spread of the "
+                  "three base models (compare base's test_perplexity; the figure shows each seed's curves).",
                   ("train_flops", "optimizer_steps", "trainable_parameters", "best_val_perplexity")),
     "exp4": Claim("Xie, Mohamadi & Li (ICLR 2025), GPT-2 (124M) trained from scratch on OpenWebText: Adam reaches a "
                   "clearly lower training loss than Adam on the randomly rotated loss θ̃ ↦ L(Rθ̃), whose ℓ∞ geometry the "
@@ -257,7 +259,8 @@ CLAIMS = {
 SHOWN = ("test_perplexity", "generalization_gap", "lambda_max", "eps_sharpness_eigvec@0.001",
          "eps_sharpness_eigvec@0.01", "init_to_final_barrier")
 PERCENT = ("eps_sharpness", "worst_case")  # relative loss increases, in percent (sharpness.sharpness)
-STAGE_TIMES = ("train_time_s", "track_time_s", "sharpness_time_s", "landscape_time_s")  # tracking: not in train_time_s
+STAGE_TIMES = ("train_time_s", "track_time_s", "sharpness_time_s", "landscape_time_s",  # tracking: not in train_time_s
+               "prune_time_s")
 
 
 def verdict(lower: dict, higher: dict) -> str:
