@@ -96,7 +96,7 @@ def forward_flops(model, batch_size: int, seq_len: int) -> int:
 def model_config(run: RunConfig):
     """The transformers config of the run's model (no weights): GPT-2-family shapes from config.checks.ARCH_PRESETS
     (distilgpt2 and gpt2 need no download), other hub models from their config (local cache or hub)."""
-    from transformers import AutoConfig, GPT2Config
+    from transformers import GPT2Config
 
     cfg = run.model
     vocabulary = {"bytes": 257, "bpe": cfg.bpe_vocab_size}.get(cfg.tokenizer, GPT2_VOCABULARY)
@@ -104,8 +104,16 @@ def model_config(run: RunConfig):
         return scratch_model_config(cfg, vocabulary, vocabulary - 1)  # an end token in the vocabulary; no FLOPs
     if cfg.name in ARCH_PRESETS:
         return GPT2Config(**ARCH_PRESETS[cfg.name], vocab_size=GPT2_VOCABULARY)
+    return hub_model_config(run)
+
+
+def hub_model_config(run: RunConfig):
+    """The transformers config of model.name at model.revision, from the local cache or the hub (kilobytes)."""
+    from transformers import AutoConfig
+
     from utils.hub import load_from_hub
 
+    cfg = run.model
     return load_from_hub(AutoConfig.from_pretrained, cfg.name, "model config",
                          **({"revision": cfg.revision} if cfg.revision else {}))
 

@@ -35,8 +35,8 @@ import torch
 from config.schema import Experiment, RunConfig
 from models.adapters import add_adapter
 from models.runs import run_dir
-from optimization.cost import (HVP_PER_GRADIENT, cpu_matmul_peak, estimate, kind_flops, load_prices, model_config,
-                               peak_for_name, sequence_flops)
+from optimization.cost import (HVP_PER_GRADIENT, cpu_matmul_peak, estimate, hub_model_config, kind_flops, load_prices,
+                               model_config, peak_for_name, sequence_flops)
 from utils.errors import UserError
 
 KINDS = ("forward", "gradient", "hvp", "step")
@@ -374,10 +374,11 @@ def duration(value: float) -> str:
     return f"{value / 60:.1f} min" if value >= 90 else f"{value:.0f} s" if value >= 10 else f"{value:.1f} s"
 
 
-def read_training_texts(experiment: Experiment, stages: list[str], output: Path, force: bool) -> None:
-    """The texts of every run the train stage will train, read now: it reads them first, and data.corpus.load_texts
-    keeps them for it (once per command), so a hub dataset neither cached nor reachable says so before the seconds
-    that counting and timing the model take (transformers' model code loads, a DistilGPT2 is timed), not after."""
+def read_training_inputs(experiment: Experiment, stages: list[str], output: Path, force: bool) -> None:
+    """What the train stage reads first for every run it will train, read now: the texts (data.corpus.load_texts
+    keeps them for it: once per command) and a hub model's config (kilobytes, cached by the hub library), so a
+    dataset or model neither cached nor reachable says so before the seconds that counting and timing the model
+    take (transformers' model code loads, a DistilGPT2 is timed), not after."""
     if "train" not in stages:
         return
     from data.corpus import load_texts
@@ -385,6 +386,9 @@ def read_training_texts(experiment: Experiment, stages: list[str], output: Path,
     for run in experiment.jobs():
         if force or not (run_dir(output, experiment, run) / "metrics.json").is_file():
             load_texts(run.data)
+            model = run.model  # a base run's weights and a folder's are no download
+            if model.init == "pretrained" and not model.base_run and not Path(model.name).expanduser().is_dir():
+                hub_model_config(run)
 
 
 LONG_RUN_S = 180  # run.py prints the estimate before stages estimated to take this long or longer
@@ -395,11 +399,11 @@ SLOWEST_SHARE = 0.01
 
 def announce_long_run(experiment: Experiment, stages: list[str], output: Path, force: bool = False) -> None:
     """Before stages estimated at LONG_RUN_S or more on the experiment's device: one line per stage (run.py). A model
-    the estimate cannot count (optimization.estimate) leaves the run unannounced, not stopped; texts the training
-    cannot read stop it, before the model is counted or timed (read_training_texts)."""
+    the estimate cannot count (optimization.estimate) leaves the run unannounced, not stopped; texts or a hub model
+    the training cannot read stop it, before the model is counted or timed (read_training_inputs)."""
     from utils.device import resolve_device
 
-    read_training_texts(experiment, stages, output, force)
+    read_training_inputs(experiment, stages, output, force)
     device = resolve_device(experiment.runs[0].device if experiment.runs else "auto")
     try:
         if device.type == "cpu":  # no timing where even the slowest rate would finish in time (FLOPs are cheap)

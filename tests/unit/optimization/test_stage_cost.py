@@ -160,7 +160,7 @@ def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeyp
     assert lines[2].startswith("  sharpness ") and " HVP batch passes" in lines[2]
 
 
-def test_texts_the_training_cannot_read_stop_the_run_before_the_model_is_counted_or_timed(tiny_experiment, monkeypatch,
+def test_inputs_the_training_cannot_read_stop_the_run_before_the_model_is_counted_or_timed(tiny_experiment, monkeypatch,
                                                                                             tmp_path):
     """An offline hub dataset: its error comes first (it once came after a DistilGPT2 was counted and timed); a run
     trained already, which the train stage skips, has its texts left unread."""
@@ -183,6 +183,15 @@ def test_texts_the_training_cannot_read_stop_the_run_before_the_model_is_counted
     assert read == [24] and not counted
     announce_long_run(experiment, ["sharpness"], tmp_path)  # nothing to train: no texts read for it
     assert read == [24] and counted
+
+
+def test_a_hub_model_the_training_cannot_load_stops_the_run_before_it_is_counted(tiny_experiment, monkeypatch,
+                                                                                 tmp_path):
+    """Its config is read first (kilobytes); counted, its error would leave the run unannounced, not stopped."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    experiment = tiny_experiment("model: {init: pretrained, name: nobody/no-such-model, tokenizer: '', config: {}}")
+    with pytest.raises(UserError, match="'nobody/no-such-model' is not in the local Hugging Face cache"):
+        announce_long_run(experiment, ["train"], tmp_path)
 
 
 def test_what_the_estimate_knows_of_other_layers_is_theirs(tiny_experiment):
