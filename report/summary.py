@@ -206,15 +206,25 @@ def summarize(results: ExperimentResults) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Curves and per-seed files, in the runs' order, for the figures of visualization.plots.
 
+def _unrotated(config: dict) -> dict:
+    """What a run and its rotated twin share: its config without its name, seed and rotation."""
+    train = {key: value for key, value in config["train"].items() if key not in ("rotation", "rotation_seed")}
+    return {**{key: value for key, value in config.items() if key not in ("name", "seed")}, "train": train}
+
+
 def step_loss_curves(results: ExperimentResults) -> dict[str, dict]:
-    """{run: {"losses": per-seed step_loss, "optimizer", "rotation"}} for visualization.plots.step_losses_figure."""
+    """{run: {"losses": per-seed step_loss, "group", "rotation"}} for visualization.plots.step_losses_figure; a run's
+    group is the first run whose config differs from its own only in the rotation (itself where none does), so a run
+    and its rotated twin share a colour even where two runs share an optimizer (e.g. at two widths)."""
     curves = {}
     for run in results.runs:
         losses = [results.metrics[run][seed].get("step_loss") for seed in results.seeds.get(run, [])]
         losses = [series for series in losses if series]
         if losses:
-            train = results.configs[run]["train"]
-            curves[run] = {"losses": losses, "optimizer": train["optimizer"], "rotation": train.get("rotation", "none")}
+            group = next(other for other in results.runs
+                         if _unrotated(results.configs[other]) == _unrotated(results.configs[run]))
+            rotation = results.configs[run]["train"].get("rotation", "none")
+            curves[run] = {"losses": losses, "group": group, "rotation": rotation}
     return curves
 
 

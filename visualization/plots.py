@@ -81,15 +81,16 @@ ROTATION_STYLES = {"none": "-", "global": "--", "per-layer": ":"}
 
 
 def step_losses_figure(runs: dict[str, dict], title: str) -> Figure:
-    """Training loss against optimizer step: one colour per optimizer, solid for the loss's own coordinates,
-    dashed (global) or dotted (per-layer) for a rotated loss. A run whose curve equals another's (SGD on a rotated
-    loss follows the same path) is said to in the legend, and the one under it is drawn wide so both show.
+    """Training loss against optimizer step: one colour per group (a run and its rotated twins), solid for the
+    loss's own coordinates, dashed (global) or dotted (per-layer) for a rotated loss. A run whose curve equals
+    another's (SGD on a rotated loss follows the same path) is said to in the legend, and the one under it is drawn
+    wide so both show.
 
-    `runs[name]` = {"losses": [step_loss of each seed], "optimizer": ..., "rotation": ...}. Each curve is the
+    `runs[name]` = {"losses": [step_loss of each seed], "group": ..., "rotation": ...}. Each curve is the
     mean over seeds of the per-step batch losses, smoothed by a running mean over a 50th of the steps."""
     fig = Figure(figsize=(8.0, 4.5), layout="constrained")
     ax = fig.subplots()
-    optimizer_colors = color_map(run["optimizer"] for run in runs.values())
+    group_colors = color_map(run["group"] for run in runs.values())
     rotation_styles = {rotation: ROTATION_STYLES.get(rotation, "-.") for rotation in
                        dict.fromkeys(run["rotation"] for run in runs.values())}
     window, curves = 1, {}
@@ -105,8 +106,8 @@ def step_losses_figure(runs: dict[str, dict], title: str) -> Figure:
         run = runs[name]
         under = name in twins.values()
         ax.plot(np.arange(window, window + len(curve)), curve, rotation_styles[run["rotation"]],
-                color=optimizer_colors[run["optimizer"]], linewidth=3.5 if under else 1.5, alpha=0.45 if under else 1.0)
-    handles, labels = key_handles(optimizer_colors, rotation_styles, style_title="rotation: ")
+                color=group_colors[run["group"]], linewidth=3.5 if under else 1.5, alpha=0.45 if under else 1.0)
+    handles, labels = key_handles(group_colors, rotation_styles, style_title="rotation: ")
     for name, other in twins.items():
         handles.append(Line2D([], [], linestyle="none"))
         labels.append(f"{name} = {other} (identical curves)")

@@ -42,9 +42,9 @@ def test_learning_curves_of_many_runs_are_grouped():
 def test_step_losses_name_identical_rotated_twins():
     rng = np.random.default_rng(0)
     sgd = list(5.0 - np.cumsum(rng.uniform(0, 0.1, 100)))
-    runs = {"sgd": {"losses": [sgd], "optimizer": "sgd", "rotation": "none"},
-            "sgd-rotated": {"losses": [list(sgd)], "optimizer": "sgd", "rotation": "global"},
-            "adam": {"losses": [list(np.array(sgd) - 0.5)], "optimizer": "adam", "rotation": "none"}}
+    runs = {"sgd": {"losses": [sgd], "group": "sgd", "rotation": "none"},
+            "sgd-rotated": {"losses": [list(sgd)], "group": "sgd", "rotation": "global"},
+            "adam": {"losses": [list(np.array(sgd) - 0.5)], "group": "adam", "rotation": "none"}}
     fig = step_losses_figure(runs, "exp4")
     assert figure_problems(fig) == []
     entries = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
