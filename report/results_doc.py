@@ -231,7 +231,10 @@ CLAIMS = {
                   "loss_per_step",
                   "a 2-layer GPT-2 (64 wide, and 32 wide for the smaller scale) trained from scratch for 75 steps of 8 "
                   "texts, not 124M weights for thousands of steps: the scale is a point of the paper's curves early in "
-                  "training, where the tied 50,257-word embedding holds 97% (width 64) of the weights. Learning rates "
+                  "training, where the tied 50,257-word embedding holds 97% (width 64) of the weights. In one epoch "
+                  "each step's batch is new, so the figure's per-step loss is the analog of the paper's training "
+                  "curve, while final_train_loss measures the texts already trained on, after training (test_loss "
+                  "shows the new texts). Learning rates "
                   "are untuned, the same for a run and its rotated twin. No geometry stage: at an affordable number "
                   "of Cauchy sketches its ‖H‖₁,₁ intervals span a factor of 2-4 (exp4-geometry-small), so the budget "
                   "went to seeds.",
@@ -340,7 +343,7 @@ def experiment_section(name: str, config: Path, claim: Claim, summary: dict | No
     shown = list(dict.fromkeys([*SHOWN, *measured, *claim.shown]))
     rows = [[quantity + (" (%)" if quantity.startswith(PERCENT) else "")]
             + [number(run["quantities"].get(quantity, {})) for run in runs.values()]
-            for quantity in shown if any(quantity in run["quantities"] for run in runs.values())]
+            for quantity in shown if any(run["quantities"].get(quantity, {}).get("n") for run in runs.values())]
     return lines + [md_table(["quantity", *runs], rows), ""]
 
 

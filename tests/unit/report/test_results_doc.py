@@ -57,6 +57,14 @@ def test_a_section_shows_the_summary_numbers_the_time_the_figure_and_the_verdict
     assert "![surfaces_2d](figures/exp1-surfaces_2d.png)" in text and "Not run yet" not in text
 
 
+
+def test_a_quantity_no_run_measured_is_not_a_row():
+    saved = summary(bs4=(20.0, 1.0), **{"bs24-wd": (10.0, 1.0)})
+    for run in saved["runs"].values():  # no sharpness stage: the summary lists lambda_max with every seed missing
+        run["quantities"]["lambda_max"] = stat(None, None, n=0, missing=3)
+    text = "\n".join(experiment_section("exp1", results_doc.Path("config/laptop/exp1.yaml"), CLAIMS["exp1"], saved))
+    assert "| eps_sharpness_eigvec@0.001 (%) |" in text and "| lambda_max |" not in text
+
 def pruned(folder, run, by_seed):
     """Hand-made prune.json files: {seed: (magnitude val perplexity at 0.9, [random masks' val perplexities])}."""
     for seed, (magnitude, random) in by_seed.items():
