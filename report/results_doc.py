@@ -113,9 +113,9 @@ def fixed(value: float) -> dict:
 class EdgeMeasure:
     """The claim that run `run`'s tracked λ_max over its edge-of-stability threshold (train.track: λ_max over 2/η, or
     with `preconditioned` Adam's preconditioned λ_max over (2 + 2β₁)/((1 − β₁)η)) is lower at `lower` than at
-    `higher`, each 'first' or 'highest' (of the tracked points) or a fixed ratio (1: the threshold itself).
-    Each seed's track.json (the train stage's, copied to docs/results/<experiment>/<run>/seed-<s>/) gives one ratio
-    per side."""
+    `higher`, each 'first' or 'highest' (of the tracked points with a value: Adam's preconditioned λ_max has none at
+    step 0) or a fixed ratio (1: the threshold itself). Each seed's track.json (the train stage's, copied to
+    docs/results/<experiment>/<run>/seed-<s>/) gives one ratio per side."""
     run: str
     lower: str | float
     higher: str | float
@@ -248,9 +248,9 @@ CLAIMS = {
                    EdgeMeasure("adam", "first", 1.0, preconditioned=True),
                    EdgeMeasure("adam", 1.0, "highest", preconditioned=True)),
                   "sharpness_along_training",
-                  "a 2-layer, 64-wide GPT-2 from scratch (a 1,024-token BPE vocabulary) takes 100 full-batch steps on "
-                  "32 texts of 32 tokens, far from convergence; λ_max is tracked every 10 steps, so its highest point "
-                  "is the highest of 11 and the oscillation between points is not seen. 'first below 1' asks whether "
+                  "a 2-layer, 64-wide GPT-2 from scratch (a 1,024-token BPE vocabulary) takes 150 full-batch steps on "
+                  "32 texts of 32 tokens, far from convergence; λ_max is tracked every 5 steps, so its highest point "
+                  "is the highest of 31 and the oscillation between points is not seen. 'first below 1' asks whether "
                   "λ_max started below its threshold, '1 below highest' whether it reached it: both, that it rose to "
                   "it; whether it then hovers there is read from the figure and track_edge_ratio (the last point's "
                   "ratio), not judged.",
