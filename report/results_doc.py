@@ -39,14 +39,17 @@ FIGURES = Path("docs/figures")
 DOC = Path("docs/results.md")
 FIGURE_WIDTH = 1200  # pixels: a page's width, a fraction of the report's print resolution
 STUDY = "the study's report (Boscariol, De Novellis, Diallo, EPFL CS-439)"
+SEED_BY_SEED = ", seed by seed (the difference against 0)"
 
 
 @dataclass(frozen=True)
 class Measure:
-    """The claim that `quantity` (a summary.json quantity) is lower in run `lower` than in run `higher`."""
+    """The claim that `quantity` (a summary.json quantity) is lower in run `lower` than in run `higher`; `paired`: each
+    seed's lower - higher against 0, for runs a seed pairs beyond training (exp6: each seed's own base model)."""
     quantity: str
     lower: str
     higher: str
+    paired: bool = False
 
     @property
     def runs(self) -> tuple[str, ...]:
@@ -55,16 +58,21 @@ class Measure:
     def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
         """What is claimed, and the lower and the higher side's numbers (summary.json's)."""
         lower, higher = (runs[name]["quantities"].get(self.quantity, {}) for name in self.runs)
-        return f"{self.quantity} lower in {self.lower} than in {self.higher}", lower, higher
+        claimed = f"{self.quantity} lower in {self.lower} than in {self.higher}"
+        if self.paired:
+            return claimed + SEED_BY_SEED, paired(lower.get("per_seed", {}), higher.get("per_seed", {})), fixed(0.0)
+        return claimed, lower, higher
 
 
 @dataclass(frozen=True)
 class PrunedMeasure:
     """The claim that zeroing the fraction `fraction` of LoRA run `run`'s adapter weights by smallest magnitude leaves
     a lower validation perplexity than zeroing as many at random: each seed's prune.json (the prune stage's, copied
-    to docs/results/<experiment>/<run>/seed-<s>/) gives one value of each, the random side its masks' mean."""
+    to docs/results/<experiment>/<run>/seed-<s>/) gives one value of each, the random side its masks' mean; `paired`:
+    each seed's magnitude - random (the same adapter) against 0."""
     run: str
     fraction: float
+    paired: bool = False
     FILES = "*/seed-*/prune.json"  # what collect copies for it
 
     @property
@@ -72,14 +80,17 @@ class PrunedMeasure:
         return (self.run,)
 
     def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
-        magnitude, random = [], []
+        magnitude, random = {}, {}
         for path in sorted((saved / self.run).glob("seed-*/prune.json")):
-            pruned = read_json(path)
-            masks = [row for row in pruned["random"] if row["fraction"] == self.fraction]
-            magnitude += [row["val_perplexity"] for row in pruned["magnitude"] if row["fraction"] == self.fraction]
-            random += [mean_and_stderr([seed["val_perplexity"] for seed in row["seeds"]])["mean"] for row in masks]
-        return (f"val_perplexity of {self.run} with {self.fraction:.0%} of its adapter zeroed lower by magnitude than "
-                "at random", mean_and_stderr(magnitude), mean_and_stderr(random))
+            pruned, seed = read_json(path), path.parent.name
+            magnitude |= {seed: row["val_perplexity"] for row in pruned["magnitude"] if row["fraction"] == self.fraction}
+            random |= {seed: mean_and_stderr([mask["val_perplexity"] for mask in row["seeds"]])["mean"]
+                       for row in pruned["random"] if row["fraction"] == self.fraction}
+        claimed = (f"val_perplexity of {self.run} with {self.fraction:.0%} of its adapter zeroed lower by magnitude than "
+                   "at random")
+        if self.paired:
+            return claimed + SEED_BY_SEED, paired(magnitude, random), fixed(0.0)
+        return claimed, mean_and_stderr(list(magnitude.values())), mean_and_stderr(list(random.values()))
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,12 @@ class SameMeasure:
                        if first[seed] is not None and second.get(seed) is not None]
         return (f"{self.quantity} the same in {self.first} and {self.second} (each seed's |difference| below "
                 f"{self.tolerance:g})", mean_and_stderr(differences), fixed(self.tolerance))
+
+
+def paired(lower: dict, higher: dict) -> dict:
+    """Mean ± s.e. of each seed's lower - higher, over the seeds both measured as numbers."""
+    return mean_and_stderr([lower[seed] - higher[seed] for seed in lower
+                            if isinstance(lower[seed], float | int) and isinstance(higher.get(seed), float | int)])
 
 
 def fixed(value: float) -> dict:
@@ -196,15 +213,15 @@ CLAIMS = {
                   "matches or beats full fine-tuning (354.92M) on E2E NLG (BLEU 70.4 against 68.2); and the LoRA-pruning "
                   "finding (docs/experiments/exp6-peft.md, no numbers given) that zeroing LoRA weights by smallest "
                   "magnitude degrades perplexity far more gracefully than zeroing as many at random.",
-                  (Measure("test_perplexity", "lora-r8", "full"), PrunedMeasure("lora-r8", 0.9)),
+                  (Measure("test_perplexity", "lora-r8", "full"), Measure("test_perplexity", "lora-r8", "full", paired=True),
+                   PrunedMeasure("lora-r8", 0.9), PrunedMeasure("lora-r8", 0.9, paired=True)),
                   "perplexity_vs_pruned",
-                  "no pretrained model is available offline, so the run base is a GPT-2 trained from scratch on 800 "
-                  "texts (one epoch: a weak model), and full and lora-r8 continue it on the first 600 of the same texts, "
-                  "each stopped at the same 5e11 training FLOPs: LoRA adapts the model to more of its own data, not to "
-                  "a new task, and takes more steps for the FLOPs (compare optimizer_steps). Learning rates are not "
-                  "tuned (LoRA's 10 times full fine-tuning's, the usual ratio). Each seed's magnitude and random masks "
-                  "prune the same trained adapter, so the pruning comparison across seeds also carries the spread of the "
-                  "three base models (compare base's test_perplexity; the figure shows each seed's curves).",
+                  "no pretrained model is available offline, so the run base is a GPT-2 trained from scratch on 800 texts "
+                  "(one epoch: a weak model), and full and lora-r8 continue it on the first 600 of them, each stopped at "
+                  "5e11 training FLOPs: LoRA adapts the model to more of its own data, not to a new task, in more steps "
+                  "(optimizer_steps). Learning rates are untuned (LoRA's 10 times full's). Each seed's full and lora-r8 "
+                  "start from that seed's base, and its masks prune one adapter, so both comparisons are also judged seed "
+                  "by seed: the spread of the three bases (base's test_perplexity) is not the runs' own.",
                   ("train_flops", "optimizer_steps", "trainable_parameters", "best_val_perplexity")),
     "exp7": Claim(f"{STUDY}, Table II: its AdamW runs (Experiment 2) use learning rate 1e-4 and weight decay 5e-4, and "
                   "the better of its two batch sizes, 32, reaches test perplexity 78.34 ± 0.19; its README says the "

@@ -10,8 +10,8 @@ from PIL import Image
 
 from config.loading import load_experiment
 from report import results_doc
-from report.results_doc import (CLAIMS, CorrelationMeasure, EdgeMeasure, PrunedMeasure, SameMeasure, collect, configs,
-                                experiment_section, number, render, verdict)
+from report.results_doc import (CLAIMS, CorrelationMeasure, EdgeMeasure, Measure, PrunedMeasure, SameMeasure,
+                                collect, configs, experiment_section, number, render, verdict)
 from tests.conftest import REPO
 
 
@@ -150,6 +150,29 @@ def test_a_rank_correlation_is_judged_by_its_bootstrap_interval_against_0(tmp_pa
     claimed, zero, tau = CorrelationMeasure("trace").judged({}, tmp_path)
     assert claimed == "Kendall τ of trace with the generalization gap above 0"
     assert verdict(zero, tau) == expected and number(tau) == shown
+
+def test_magnitude_against_random_pruning_seed_by_seed_judges_each_seeds_difference(tmp_path):
+    # the seeds' levels differ by far more than magnitude and random differ within a seed: apart only seed by seed
+    pruned(tmp_path, "lora", {1: (10.0, [11.0, 13.0]), 2: (20.0, [22.0, 22.0]), 3: (30.0, [32.0, 33.0])})
+    assert verdict(*PrunedMeasure("lora", 0.9).judged({}, tmp_path)[1:]) == "not resolvable"
+    claimed, difference, zero = PrunedMeasure("lora", 0.9, paired=True).judged({}, tmp_path)
+    assert claimed.endswith("at random, seed by seed (the difference against 0)")
+    assert difference["mean"] == pytest.approx(-13 / 6) and difference["n"] == 3 and verdict(difference, zero) == "seen"
+
+
+@pytest.mark.parametrize("lora, expected", [
+    ({"1": 99.0, "2": 198.0, "3": 297.0}, "seen"),             # 1, 2, 3 lower: -2 ± 0.58
+    ({"1": 101.0, "2": 202.0, "3": 303.0}, "not seen"),
+    ({"1": 99.0, "2": 202.0, "3": 297.0}, "not resolvable"),   # -1, +2, -3
+    ({"1": 99.0, "2": None, "3": "below resolution"}, "not resolvable"),  # one seed both measured: no interval
+])
+def test_a_paired_measure_judges_each_seeds_difference_against_0(lora, expected):
+    runs = {name: {"quantities": {"test_perplexity": {"per_seed": values}}}
+            for name, values in (("lora", lora), ("full", {"1": 100.0, "2": 200.0, "3": 300.0}))}
+    claimed, difference, zero = Measure("test_perplexity", "lora", "full", paired=True).judged(runs, results_doc.Path())
+    assert claimed == "test_perplexity lower in lora than in full, seed by seed (the difference against 0)"
+    assert verdict(difference, zero) == expected
+
 
 def test_a_config_without_results_is_listed_as_not_run_yet_with_its_command():
     text = "\n".join(experiment_section("exp2", results_doc.Path("config/laptop/exp2.yaml"), CLAIMS["exp2"], None))
