@@ -280,7 +280,7 @@ CLAIMS = {
                   (CorrelationMeasure("lambda_max"), CorrelationMeasure("trace"),
                    CorrelationMeasure("worst_case@0.001")),
                   "correlation",
-                  "24 points (2 optimizers x 2 learning rates x 2 batch sizes x 3 seeds) of a 2-layer, 64-wide GPT-2 "
+                  "40 points (2 optimizers x 2 learning rates x 2 batch sizes x 5 seeds) of a 2-layer, 64-wide GPT-2 "
                   "from scratch, 30 epochs over 64 texts of 32 tokens: the gaps mostly say how far each run overfit, "
                   "and the learning rate and batch size change both that (through the number and size of the steps) "
                   "and the sharpness, so a correlation may come through training length rather than flatness "
