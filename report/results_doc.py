@@ -8,28 +8,24 @@ to docs/figures/ (make results does this after running the configs); then, and w
 written from docs/results/ alone, so a test can regenerate it and compare. A config without saved results is listed
 as not run yet, with the command that runs it.
 
-A verdict compares two runs' mean ± 2 standard errors over seeds: the effect is seen when the intervals are apart in
-the claimed direction, not seen when they are apart the other way, and not resolvable at this scale when they overlap
-or a run has fewer than two measured seeds. A pruning claim (PrunedMeasure) is judged the same way on numbers its
-experiment's summary lacks: each seed's prune.json, which --collect copies to docs/results/<experiment>/ too; so is a
-tracked λ_max against its threshold (EdgeMeasure: each seed's track.json). A rank correlation (CorrelationMeasure:
-the correlate stage's correlation.json) is judged by its bootstrap interval against 0 instead.
+Each claim's verdicts are computed by the forms of report.verdicts (seen, not seen or not resolvable at this scale, by
+mean ± 2 standard errors over seeds); the files some of them read besides summary.json (each seed's prune.json or
+track.json, the correlate stage's correlation.json) are copied by --collect to docs/results/<experiment>/ too.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import math
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from config.loading import load_experiment
-from report.findings import SPREAD, separated
-from report.summary import mean_and_stderr
 from report.tables import md_table
+from report.verdicts import (AnyMeasure, CorrelationMeasure, EdgeMeasure, Measure, PrunedMeasure, SameMeasure,
+                             measure_sentence, number)
 from utils.errors import UserError
 from utils.io import make_dir, read_json, write_bytes, write_text
 
@@ -39,155 +35,12 @@ FIGURES = Path("docs/figures")
 DOC = Path("docs/results.md")
 FIGURE_WIDTH = 1200  # pixels: a page's width, a fraction of the report's print resolution
 STUDY = "the study's report (Boscariol, De Novellis, Diallo, EPFL CS-439)"
-SEED_BY_SEED = ", seed by seed (the difference against 0)"
-
-
-@dataclass(frozen=True)
-class Measure:
-    """The claim that `quantity` (a summary.json quantity) is lower in run `lower` than in run `higher`; `paired`: each
-    seed's lower - higher against 0, for runs a seed pairs beyond training (exp6: each seed's own base model)."""
-    quantity: str
-    lower: str
-    higher: str
-    paired: bool = False
-
-    @property
-    def runs(self) -> tuple[str, ...]:
-        return self.lower, self.higher
-
-    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
-        """What is claimed, and the lower and the higher side's numbers (summary.json's)."""
-        lower, higher = (runs[name]["quantities"].get(self.quantity, {}) for name in self.runs)
-        claimed = f"{self.quantity} lower in {self.lower} than in {self.higher}"
-        if self.paired:
-            return claimed + SEED_BY_SEED, paired(lower.get("per_seed", {}), higher.get("per_seed", {})), fixed(0.0)
-        return claimed, lower, higher
-
-
-@dataclass(frozen=True)
-class PrunedMeasure:
-    """The claim that zeroing the fraction `fraction` of LoRA run `run`'s adapter weights by smallest magnitude leaves
-    a lower validation perplexity than zeroing as many at random: each seed's prune.json (the prune stage's, copied
-    to docs/results/<experiment>/<run>/seed-<s>/) gives one value of each, the random side its masks' mean; `paired`:
-    each seed's magnitude - random (the same adapter) against 0."""
-    run: str
-    fraction: float
-    paired: bool = False
-    FILES = "*/seed-*/prune.json"  # what collect copies for it
-
-    @property
-    def runs(self) -> tuple[str, ...]:
-        return (self.run,)
-
-    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
-        magnitude, random = {}, {}
-        for path in sorted((saved / self.run).glob("seed-*/prune.json")):
-            pruned, seed = read_json(path), path.parent.name
-            magnitude |= {seed: row["val_perplexity"] for row in pruned["magnitude"] if row["fraction"] == self.fraction}
-            random |= {seed: mean_and_stderr([mask["val_perplexity"] for mask in row["seeds"]])["mean"]
-                       for row in pruned["random"] if row["fraction"] == self.fraction}
-        claimed = (f"val_perplexity of {self.run} with {self.fraction:.0%} of its adapter zeroed lower by magnitude than "
-                   "at random")
-        if self.paired:
-            return claimed + SEED_BY_SEED, paired(magnitude, random), fixed(0.0)
-        return claimed, mean_and_stderr(list(magnitude.values())), mean_and_stderr(list(random.values()))
-
-
-@dataclass(frozen=True)
-class SameMeasure:
-    """The claim that `quantity` is the same in runs `first` and `second`: each seed's |difference| between the two
-    (a seed pairs them: the same texts, order and initial weights) lies below `tolerance`, judged by the same rule
-    against that fixed value (the mean |difference| + 2 s.e. below it: seen; - 2 s.e. above it: not seen)."""
-    quantity: str
-    first: str
-    second: str
-    tolerance: float
-
-    @property
-    def runs(self) -> tuple[str, ...]:
-        return self.first, self.second
-
-    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
-        first, second = (runs[name]["quantities"].get(self.quantity, {}).get("per_seed", {}) for name in self.runs)
-        differences = [abs(first[seed] - second[seed]) for seed in first
-                       if first[seed] is not None and second.get(seed) is not None]
-        return (f"{self.quantity} the same in {self.first} and {self.second} (each seed's |difference| below "
-                f"{self.tolerance:g})", mean_and_stderr(differences), fixed(self.tolerance))
-
-
-def paired(lower: dict, higher: dict) -> dict:
-    """Mean ± s.e. of each seed's lower - higher, over the seeds both measured as numbers."""
-    return mean_and_stderr([lower[seed] - higher[seed] for seed in lower
-                            if isinstance(lower[seed], float | int) and isinstance(higher.get(seed), float | int)])
-
-
-def fixed(value: float) -> dict:
-    """A fixed value as verdict() and number() take a measured one: no spread, no seeds."""
-    return {"mean": value, "stderr": 0.0, "fixed": True}
-
-
-@dataclass(frozen=True)
-class EdgeMeasure:
-    """The claim that run `run`'s tracked λ_max over its edge-of-stability threshold (train.track: λ_max over 2/η, or
-    with `preconditioned` Adam's preconditioned λ_max over (2 + 2β₁)/((1 − β₁)η)) is lower at `lower` than at
-    `higher`, each 'first' or 'highest' (of the tracked points with a value: Adam's preconditioned λ_max has none at
-    step 0) or a fixed ratio (1: the threshold itself). Each seed's track.json (the train stage's, copied to
-    docs/results/<experiment>/<run>/seed-<s>/) gives one ratio per side."""
-    run: str
-    lower: str | float
-    higher: str | float
-    preconditioned: bool = False
-    FILES = "*/seed-*/track.json"  # what collect copies for it
-    AT = {"first": lambda ratios: ratios[0], "highest": max}
-
-    @property
-    def runs(self) -> tuple[str, ...]:
-        return (self.run,)
-
-    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
-        value, limit = (("preconditioned_lambda_max", "preconditioned_threshold") if self.preconditioned
-                        else ("lambda_max", "threshold"))
-        ratios = [[p[value] / p[limit] for p in read_json(path)["points"] if p.get(value) is not None and p.get(limit)]
-                  for path in sorted((saved / self.run).glob("seed-*/track.json"))]
-
-        def side(at: str | float) -> tuple[str, dict]:
-            if isinstance(at, str):
-                return f"its {at} point", mean_and_stderr([self.AT[at](r) for r in ratios if r])
-            return f"{at:g}", fixed(at)
-
-        (low_text, low), (high_text, high) = side(self.lower), side(self.higher)
-        return f"{value} / {limit} of {self.run}: {low_text} below {high_text}", low, high
-
-
-@dataclass(frozen=True)
-class CorrelationMeasure:
-    """The claim that `measure` rises with the generalization gap over every run and seed: Kendall's τ with the gap
-    (the correlate stage's correlation.json, copied to docs/results/<experiment>/) has its bootstrap interval above 0
-    (seen), below 0 (not seen) or around 0 (not resolvable)."""
-    measure: str
-    FILES = "correlation.json"  # what collect copies for it
-    runs = ()  # the points are every run and seed of the experiment
-
-    def judged(self, runs: dict, saved: Path) -> tuple[str, dict, dict]:
-        tau = read_json(saved / self.FILES)["measures"].get(self.measure, {}).get("vs_gap", {})
-        return f"Kendall τ of {self.measure} with the generalization gap above 0", fixed(0.0), interval(tau)
-
-
-def interval(correlation: dict) -> dict:
-    """A rank correlation and its bootstrap interval as verdict() and number() take a mean over seeds: the interval's
-    middle ± SPREAD "standard errors" is exactly the interval, so separated() compares its bounds."""
-    bounds = correlation.get("kendall_interval") or [None, None]
-    if any(b is None or math.isnan(b) for b in bounds):  # an undefined τ (a constant measure; JSON null): no verdict
-        return {"mean": None, "n": correlation.get("n", 0)}
-    low, high = bounds
-    return {"mean": (low + high) / 2, "stderr": (high - low) / (2 * SPREAD), "n": correlation["n"],
-            "estimate": correlation["kendall_tau"], "interval": bounds}
 
 
 @dataclass(frozen=True)
 class Claim:
     text: str                      # the paper's claim and its numbers, with the source
-    measures: tuple[Measure | PrunedMeasure | SameMeasure | EdgeMeasure | CorrelationMeasure, ...]  # each judged on its own
+    measures: tuple[AnyMeasure, ...]  # each judged on its own (report.verdicts)
     figure: str                    # the headline figure: results/<experiment>/figures/<figure>.png
     design: str = ""               # what else differs between the runs by design, to read the verdict with
     shown: tuple[str, ...] = ()    # summary.json quantities shown besides SHOWN and the measures' (e.g. what was spent)
@@ -296,36 +149,6 @@ STAGE_TIMES = ("train_time_s", "track_time_s", "sharpness_time_s", "landscape_ti
                "prune_time_s")
 
 
-def verdict(lower: dict, higher: dict) -> str:
-    """'seen', 'not seen' or 'not resolvable': whether `lower`'s mean ± 2 s.e. lies below `higher`'s (the report's
-    findings' rule, report.findings.separated; see the module doc)."""
-    if lower.get("mean") is None or higher.get("mean") is None:
-        return "not resolvable"
-    if separated(lower, higher):
-        return "seen"
-    if separated(higher, lower):
-        return "not seen"
-    return "not resolvable"
-
-
-def number(stat: dict) -> str:
-    """mean ± s.e. (n), with what was left out of the mean said."""
-    if stat.get("fixed"):
-        return f"{stat['mean']:.4g} (fixed)"
-    if stat.get("interval"):
-        low, high = stat["interval"]
-        return f"{stat['estimate']:.3g}, interval [{low:.3g}, {high:.3g}] (n = {stat['n']})"
-    if stat.get("mean") is None:
-        text = "–"
-    elif stat.get("stderr") is None:
-        text = f"{stat['mean']:.4g}"
-    else:
-        text = f"{stat['mean']:.4g} ± {stat['stderr']:.2g}"
-    left_out = [f"{stat[key]} {label}" for key, label in (("non_finite", "not finite"), ("below_resolution",
-                "below resolution"), ("missing", "missing")) if stat.get(key)]
-    return f"{text} (n = {stat.get('n', 0)}{'; ' + ', '.join(left_out) if left_out else ''})"
-
-
 def stage_minutes(summary: dict) -> dict[str, float]:
     """Each stage's seconds summed over every run and seed, in minutes."""
     minutes = {}
@@ -335,12 +158,6 @@ def stage_minutes(summary: dict) -> dict[str, float]:
         if seconds:
             minutes[key.removesuffix("_time_s")] = sum(seconds) / 60
     return minutes
-
-
-def measure_sentence(measure: Measure | PrunedMeasure | SameMeasure | EdgeMeasure | CorrelationMeasure, runs: dict,
-                     saved: Path) -> str:
-    claimed, lower, higher = measure.judged(runs, saved)
-    return f"{claimed}: {verdict(lower, higher)} ({number(lower)} against {number(higher)})"
 
 
 def experiment_section(name: str, config: Path, claim: Claim, summary: dict | None, saved: Path = SAVED) -> list[str]:
