@@ -74,7 +74,8 @@ CLAIMS = {
                   "5e11 training FLOPs: LoRA adapts the model to more of its own data, not to a new task, in more steps "
                   "(optimizer_steps). Learning rates are untuned (LoRA's 10 times full's). Each seed's full and lora-r8 "
                   "start from that seed's base, and its masks prune one adapter, so both comparisons are also judged seed "
-                  "by seed: the spread of the three bases (base's test_perplexity) is not the runs' own.",
+                  "by seed: the spread of the three bases (base's test_perplexity) is not the runs' own. The seed-by-seed "
+                  "form was added after the runs were seen; the form over the runs' intervals was set before.",
                   ("train_flops", "optimizer_steps", "trainable_parameters", "best_val_perplexity")),
     "exp7": Claim(f"{STUDY}, Table II: its AdamW runs (Experiment 2) use learning rate 1e-4 and weight decay 5e-4, and "
                   "the better of its two batch sizes, 32, reaches test perplexity 78.34 ± 0.19; its README says the "
