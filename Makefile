@@ -38,9 +38,11 @@ bench: install
 	HF_HUB_OFFLINE=1 env -u OMP_NUM_THREADS $(PY) bench/threads.py
 
 # Each laptop config runs to the end (its stages skip what is done), then docs/results.md is regenerated from the
-# finished experiments' summaries, copied into docs/results/ with their headline figures.
+# finished experiments' summaries, copied into docs/results/ with their headline figures. The searches of
+# config/laptop/search/ run first (exp7.yaml's run `best` holds the values its search found).
 results: install
-	for config in config/laptop/*.yaml; do $(PY) run.py --config $$config --output results/laptop || exit $$?; done
+	for config in config/laptop/search/*.yaml config/laptop/*.yaml; do \
+		$(PY) run.py --config $$config --output results/laptop || exit $$?; done
 	$(PY) -m report.results_doc --collect results/laptop
 
 clean:
