@@ -30,6 +30,17 @@ model:
 train: {optimizer: sgd, lr: 0.3, momentum: 0.9, batch_size: 8, epochs: 2, eval_batch_size: 8}
 """
 
+# A search of TINY's learning rate and batch size: four trials, TPE after two random ones. Its `search:` block comes
+# last, so that a test may add keys to it (e.g. SEARCH + "  storage: ...\n").
+SEARCH = """
+search:
+  n_trials: 4
+  startup_trials: 2
+  space:
+    train.lr: {loguniform: [0.01, 1.0]}
+    train.batch_size: [4, 8]
+"""
+
 
 def shipped_config_args(config: str, output: Path, overrides=(), *extra: str) -> list[str]:
     """run.py's arguments for config/<config> into `output`, each override as --set (the e2e tests' trimmed

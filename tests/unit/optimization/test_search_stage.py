@@ -11,33 +11,26 @@ from pathlib import Path
 import pytest
 
 import optimization.search_stage as search
+import run
 from optimization.study_storage import storage_url
 from pipeline import run_experiment
 from config.loading import load_experiment
 from utils.errors import ConfigError, UserError
 from utils.io import read_json
 from models.runs import with_trials
+from tests.conftest import SEARCH  # TINY's two epochs
 
 ROOT = Path(__file__).resolve().parents[3]
-
-SEARCH = """
-train: {epochs: 2}
-search:
-  n_trials: 4
-  startup_trials: 2
-  space:
-    train.lr: {loguniform: [0.01, 1.0]}
-    train.batch_size: [4, 8]
-"""
 
 
 def trials_of(folder: Path, study: str = "default") -> list[dict]:
     return read_json(folder / "search.json")["studies"][study]["trials"]
 
 
-def test_trials_are_runs_and_the_study_has_n_trials(write_config, tmp_path):
+def test_trials_are_runs_and_the_study_has_n_trials(write_config, tmp_path, figures_not_drawn):
     """4 trials, each a trained run folder listed in experiment.json; each value is the trial's lowest
-    validation loss; the best is the lowest; a second invocation trains nothing more."""
+    validation loss; the best is the lowest; a second invocation trains nothing more. (What the report's figures
+    show is test_plots' and test_exp7's to check.)"""
     path = write_config(SEARCH + "  pruner: median\n")
     out = tmp_path / "out"
     run_experiment(load_experiment(path), ["search"], out)
@@ -141,18 +134,25 @@ def test_a_draw_past_n_trials_is_surplus_and_trains_nothing(write_config, tmp_pa
 
 
 @pytest.mark.parametrize("storage", ["", "journal:search.journal"])
-def test_two_workers_share_one_study(write_config, tmp_path, storage):
-    """Two processes started with --stages search on one SQLite file (or one journal file) are two workers of
-    one study: n_trials in all, every trial trained once, by one of them."""
-    path = write_config(SEARCH.replace("n_trials: 4", "n_trials: 6") + f"  storage: '{storage}'\n")
-    out = tmp_path / "out"
+def test_two_workers_share_one_study(write_config, tmp_path, capsys, storage):
+    """Two workers of one SQLite file (or one journal file), run.py --stages search in another process and, once
+    that one has claimed trial 0, run.py's main in this one (a second new interpreter would only add its start-up):
+    n_trials in all, every trial trained once, by one of them. One epoch a trial: which worker trains a trial does
+    not depend on how long it trains."""
+    path = write_config("train: {epochs: 1}\n" + SEARCH.replace("n_trials: 4", "n_trials: 6") +
+                        f"  storage: '{storage}'\n")
+    out, worker_log = tmp_path / "out", tmp_path / "worker.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "search", "--output", str(out)]
-    workers = [subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
-    logs = [w.communicate(timeout=900)[0] for w in workers]
-    for worker, log in zip(workers, logs):
-        assert worker.returncode == 0, log[-3000:]  # the end of the log, where the error is
+    with worker_log.open("w") as log:  # a file, not a pipe: nobody reads the worker's output while this one works
+        worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    while not (out / "exp" / "t000").is_dir() and worker.poll() is None:
+        time.sleep(0.01)
+    capsys.readouterr()
+    assert run.main(command[2:]) == 0, capsys.readouterr().err
+    logs = ["".join(capsys.readouterr())]
+    assert worker.wait(timeout=900) == 0, worker_log.read_text()[-3000:]  # the end of the log, where the error is
+    logs.append(worker_log.read_text())
     trials = [t for t in trials_of(out / "exp") if t["counted"]]
     assert len(trials) == 6 and all(t["state"] == "complete" for t in trials)
     trained = [line.split(":")[0] for log in logs for line in log.splitlines() if ": done; test loss" in line]
