@@ -1,9 +1,14 @@
-"""torchrun jobs on the CPU (gloo, 2 processes): the same numbers as one process, and only rank 0 writes."""
+"""torchrun jobs on the CPU (gloo, 2 processes): the same numbers as one process, and only rank 0 writes.
+
+Two jobs run under torchrun itself (run.py end to end, and a rank killed under its launcher); the other checks
+fork their processes from this one (`forked`), which has torch and transformers imported already: a process
+torchrun or Popen starts spends seconds of CPU importing them before it does anything."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +18,7 @@ import numpy as np
 import psutil
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import run
 from models.checkpoint import read_checkpoint
@@ -45,6 +51,33 @@ def finished(process: subprocess.Popen, timeout: float = 900) -> str:
     return log
 
 
+def forked(work, *args, processes: int = 2, ranks: bool = True) -> None:
+    """`work(index, *args)` in `processes` processes forked from this one, each with the environment torchrun
+    gives its ranks when `ranks` (RANK, WORLD_SIZE, a rendezvous address); a process that fails fails the test
+    with its traceback."""
+    with socket.socket() as probe:  # a free port for the ranks' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_in_environment, args=(processes, port if ranks else None, work, args), nprocs=processes,
+                       start_method="fork")
+
+
+def _in_environment(index: int, processes: int, port: int | None, work, args: tuple) -> None:
+    if port is not None:
+        os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(processes),
+                          LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    work(index, *args)
+
+
+def run_logged(index: int, argv: list[str], logs: Path) -> None:
+    """run.py's main with `argv`, its output in logs/<index>.log; it must succeed."""
+    log = logs / f"{index}.log"
+    with log.open("w") as out:
+        sys.stdout = sys.stderr = out
+        code = run.main(argv)
+    assert code == 0, log.read_text()
+
+
 def files_under(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
 
@@ -56,7 +89,7 @@ def test_the_objective_and_sharpness_on_two_ranks_equal_one_process(tmp_path):
 
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     check(one)  # here, as one process
-    finished(torchrun(str(ROOT / "tests" / "e2e" / "distributed_check.py"), str(two)))
+    forked(lambda rank: check(two))
     single, split = json.loads(one.read_text()), json.loads(two.read_text())
     assert (single["world_size"], split["world_size"]) == (1, 2) and split["local_batches"] == 3
     for key in ("loss", "evaluate", "lambda_max", "lambda_min", "trace", "eps_sharpness", "worst_case"):
@@ -110,8 +143,8 @@ def test_a_torchrun_job_trains_and_measures_as_one_process(write_config, tmp_pat
     partial["done"][2:] = False
     partial["train_loss"][2:] = np.nan
     save_npz(surface, **partial)
-    log = finished(torchrun(str(ROOT / "run.py"), *args[:2], "--stages", "landscape", "--output", str(tmp_path / "two")))
-    assert "resuming the 2D landscape (8 of 16 points done)" in log
+    forked(run_logged, args[:2] + ["--stages", "landscape", "--output", str(tmp_path / "two")], tmp_path)
+    assert "resuming the 2D landscape (8 of 16 points done)" in (tmp_path / "0.log").read_text()
     assert np.allclose(load_npz(surface)["train_loss"], grids[0], rtol=1e-5) and load_npz(surface)["done"].all()
 
 
@@ -144,10 +177,10 @@ def test_processes_given_other_runs_train_side_by_side_in_one_folder(write_confi
     """The alternative to DDP for many small runs: one process per --runs subset, in one experiment folder (the
     train stage's lock is shared); a run given to two processes is trained by the one that took it first."""
     path = write_config("runs:\n  a: {train: {epochs: 30}}\n  b: {train: {epochs: 5, lr: 0.1}}\n")
-    args = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "train", "--output", str(tmp_path)]
-    workers = [subprocess.Popen(args + ["--runs", name], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True) for name in ("a", "b", "a")]
-    logs = [finished(worker) for worker in workers]
+    args = ["--config", str(path), "--stages", "train", "--output", str(tmp_path)]
+    given = ("a", "b", "a")
+    forked(lambda index: run_logged(index, args + ["--runs", given[index]], tmp_path), processes=3, ranks=False)
+    logs = [(tmp_path / f"{index}.log").read_text() for index in range(3)]
     manifest = json.loads((tmp_path / "exp" / "experiment.json").read_text())
     assert sorted(manifest["runs"]) == ["a", "b"]
     for name in ("a", "b"):
