@@ -4,6 +4,7 @@ database, bad storage URLs, Ctrl-C while run.py starts, two configs on one exper
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,21 +19,17 @@ import run
 from pipeline import run_experiment
 from config.loading import load_experiment
 from utils.io import read_json
+from tests import conftest
+from tests.conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
-# TPE after two random trials; three epochs, so that a trial stopped in its second has a last.pt to resume from.
-SEARCH = """
-train: {epochs: 3}
-search:
-  n_trials: 4
-  startup_trials: 2
-  space:
-    train.lr: {loguniform: [0.01, 1.0]}
-    train.batch_size: [4, 8]
-"""
-GRID = SEARCH.replace("{loguniform: [0.01, 1.0]}", "[0.03, 0.3]") + "  sampler: grid\n"
+# Three epochs, so that a trial stopped in its second has a last.pt to resume from.
+SEARCH = "train: {epochs: 3}\n" + conftest.SEARCH
+# One epoch where no trial resumes from its last.pt (the grid's is stopped in its first epoch, before one is written).
+ONE_EPOCH = "train: {epochs: 1}\n" + conftest.SEARCH
+GRID = ONE_EPOCH.replace("{loguniform: [0.01, 1.0]}", "[0.03, 0.3]") + "  sampler: grid\n"
 
 
 def trials_of(out: Path) -> list[dict]:
@@ -48,8 +45,6 @@ def outcome(out: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The trials of SEARCH and of GRID, each run without interruption."""
-    from tests.conftest import TINY
-
     results = {}
     for name, text in (("search", SEARCH), ("grid", GRID)):
         folder = tmp_path_factory.mktemp(name)
@@ -116,7 +111,7 @@ def test_an_interrupted_grid_search_covers_its_grid(write_config, tmp_path, monk
 def test_a_trial_of_a_live_worker_is_left_to_it(write_config, tmp_path, capsys):
     """A running trial whose run lock another worker holds is that worker's: the search trains the others, says
     which trial still runs, and claims it only once its worker is gone."""
-    experiment = load_experiment(write_config(SEARCH.replace("n_trials: 4", "n_trials: 2")))
+    experiment = load_experiment(write_config(ONE_EPOCH.replace("n_trials: 4", "n_trials: 2")))
     template, out = experiment.runs[0], tmp_path / "out"
     folder = out / "exp"
     folder.mkdir(parents=True)
@@ -163,14 +158,24 @@ def cli(config: Path, out: Path, capsys, *args: str) -> tuple[int, list[str]]:
     return code, capsys.readouterr().err.strip().splitlines()
 
 
+@pytest.fixture(scope="module")
+def two_trials_searched(tmp_path_factory) -> tuple[Path, Path]:
+    """(a config of two trials, its output folder) once run.py has searched it: the tests that damage the output
+    damage a copy."""
+    folder = tmp_path_factory.mktemp("two_trials")
+    (folder / "tiny.yaml").write_text(TINY)
+    (folder / "exp.yaml").write_text("extends: tiny.yaml\n" + ONE_EPOCH.replace("n_trials: 4", "n_trials: 2"))
+    assert run.main(["--config", str(folder / "exp.yaml"), "--output", str(folder / "out"), "--stages", "search"]) == 0
+    return folder / "exp.yaml", folder / "out"
+
+
 @pytest.mark.parametrize("damage", ["header", "page", "truncated"])
-def test_a_damaged_study_database_is_one_line_with_the_way_forward(write_config, tmp_path, capsys, damage):
+def test_a_damaged_study_database_is_one_line_with_the_way_forward(two_trials_searched, tmp_path, capsys, damage):
     """A search.db with overwritten bytes (in its header: it does not open; in a table's page: Optuna's first
     write fails) or cut short: one line naming it and how to start over (exit 2), every time; that way forward
     works and reuses the trained trials."""
-    path = write_config(SEARCH.replace("n_trials: 4", "n_trials: 2"))
-    out = tmp_path / "out"
-    assert cli(path, out, capsys, "--stages", "search")[0] == 0
+    path, out = two_trials_searched[0], tmp_path / "out"
+    shutil.copytree(two_trials_searched[1], out)
     database = out / "exp" / "search.db"
     data = bytearray(database.read_bytes())
     if damage == "header":
@@ -222,8 +227,6 @@ def test_ctrl_c_while_run_py_loads_its_libraries_is_one_line(write_config, tmp_p
 
 def two_configs(tmp_path: Path) -> list[Path]:
     """Two config files of one experiment name (exp), with other learning rates."""
-    from tests.conftest import TINY
-
     (tmp_path / "tiny.yaml").write_text(TINY)
     paths = []
     for name, lr in (("a", 0.3), ("b", 0.1)):
@@ -233,21 +236,26 @@ def two_configs(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def test_two_configs_run_together_on_one_experiment_folder(tmp_path):
-    """Two configs named alike, trained at once into one --output: one trains, the other stops with one line
-    naming the first (exit 2), and experiment.json describes the checkpoints that are there."""
+def test_two_configs_run_together_on_one_experiment_folder(tmp_path, capsys):
+    """Two configs named alike, trained at once into one --output (run.py in another process and, once that one
+    holds the folder's lock, run.py's main in this one: a second new interpreter would only add its start-up): one
+    trains, the other stops with one line naming the first (exit 2), and experiment.json describes the checkpoints
+    that are there."""
     out = tmp_path / "out"
-    commands = [[sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "train", "--output", str(out)]
-                for path in two_configs(tmp_path)]
-    workers = [subprocess.Popen(c, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-               for c in commands]
-    ends = [(w.wait(timeout=900), w.stderr.read().strip().splitlines()) for w in workers]
+    commands = [["--config", str(path), "--stages", "train", "--output", str(out)] for path in two_configs(tmp_path)]
+    worker = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *commands[0]], cwd=ROOT, env=ENV,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not any((out / "exp").glob(".lock.holder*")) and worker.poll() is None:
+        time.sleep(0.01)
+    here = (run.main(commands[1]), capsys.readouterr().err.strip().splitlines())
+    there = worker.communicate(timeout=900)[1].strip().splitlines()
+    ends = [(worker.returncode, there), here]
     assert sorted(code for code, _ in ends) == [0, 2], ends
     trained = [code for code, _ in ends].index(0)
     refused = ends[1 - trained][1]
-    assert len(refused) == 1 and f"holds the experiment exp of another config, {commands[trained][3]}" in refused[0]
+    assert len(refused) == 1 and f"holds the experiment exp of another config, {commands[trained][1]}" in refused[0]
     manifest = read_json(out / "exp" / "experiment.json")
-    assert manifest["config_path"] == commands[trained][3]
+    assert manifest["config_path"] == commands[trained][1]
     metrics = read_json(out / "exp" / "default" / "seed-42" / "metrics.json")
     assert manifest["configs"]["default"]["train"]["lr"] == metrics["config"]["train"]["lr"] == [0.3, 0.1][trained]
 
