@@ -134,11 +134,11 @@ def test_a_draw_past_n_trials_is_surplus_and_trains_nothing(write_config, tmp_pa
 
 
 @pytest.mark.parametrize("storage", ["", "journal:search.journal"])
-def test_two_workers_share_one_study(write_config, tmp_path, capsys, storage):
-    """Two workers of one SQLite file (or one journal file), run.py --stages search in another process and, once
-    that one has claimed trial 0, run.py's main in this one (a second new interpreter would only add its start-up):
-    n_trials in all, every trial trained once, by one of them. One epoch a trial: which worker trains a trial does
-    not depend on how long it trains."""
+def test_two_workers_share_one_study(write_config, tmp_path, capsys, monkeypatch, storage):
+    """Two workers of one SQLite file (or one journal file), run.py's main in this process and run.py --stages
+    search in another (a second new interpreter would only add its start-up): n_trials in all, every trial trained
+    once, by one of them. This one trains its first trial once the other has claimed one, so that both work however
+    fast each starts; one epoch a trial, as which worker trains a trial does not depend on how long it trains."""
     path = write_config("train: {epochs: 1}\n" + SEARCH.replace("n_trials: 4", "n_trials: 6") +
                         f"  storage: '{storage}'\n")
     out, worker_log = tmp_path / "out", tmp_path / "worker.log"
@@ -146,8 +146,14 @@ def test_two_workers_share_one_study(write_config, tmp_path, capsys, storage):
     command = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "search", "--output", str(out)]
     with worker_log.open("w") as log:  # a file, not a pipe: nobody reads the worker's output while this one works
         worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    while not (out / "exp" / "t000").is_dir() and worker.poll() is None:
-        time.sleep(0.01)
+    train = search.train_run
+
+    def train_once_the_other_works(run, folder, **kwargs):
+        while not (out / "exp" / "t001").is_dir() and worker.poll() is None:  # this worker holds t000
+            time.sleep(0.01)
+        return train(run, folder, **kwargs)
+
+    monkeypatch.setattr(search, "train_run", train_once_the_other_works)
     capsys.readouterr()
     assert run.main(command[2:]) == 0, capsys.readouterr().err
     logs = ["".join(capsys.readouterr())]
