@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import textwrap
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -47,6 +49,43 @@ def shipped_config_args(config: str, output: Path, overrides=(), *extra: str) ->
     budgets), then `extra` (e.g. --runs ...)."""
     return ["--config", str(REPO / "config" / config), "--output", str(output), *extra,
             *[arg for override in overrides for arg in ("--set", override)]]
+
+
+def forked_run_py(argv: list[str], stdout: Path, stderr: Path) -> int:
+    """run.py's main with `argv` in a process forked from this one, its output in the files `stdout` and `stderr`:
+    the pid, for a test of another worker (to signal, or to run beside this one); exit_status gives its end. A new
+    interpreter would first spend ~5 CPU s importing torch and transformers, which this one has imported."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1  # the child: it leaves through os._exit, never back into pytest
+    try:
+        import run
+
+        with stdout.open("w") as out, stderr.open("w") as err:
+            os.dup2(out.fileno(), 1)
+            os.dup2(err.fileno(), 2)
+            sys.stdout, sys.stderr = out, err
+            try:
+                code = run.main(argv)
+            except BaseException:
+                traceback.print_exc()
+                raise
+            finally:
+                out.flush()
+                err.flush()
+    finally:
+        os._exit(code)
+
+
+def still_running(pid: int) -> bool:
+    """Whether a forked process has not ended yet (its end is left for exit_status)."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None
+
+
+def exit_status(pid: int) -> int:
+    """A forked process's exit code once it has ended; -N if signal N ended it."""
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
 
 @pytest.fixture

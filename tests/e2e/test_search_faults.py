@@ -20,7 +20,7 @@ from pipeline import run_experiment
 from config.loading import load_experiment
 from utils.io import read_json
 from tests import conftest
-from tests.conftest import TINY
+from tests.conftest import TINY, exit_status, forked_run_py, still_running
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
@@ -130,22 +130,24 @@ def test_a_trial_of_a_live_worker_is_left_to_it(write_config, tmp_path, capsys):
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_a_worker_killed_or_interrupted_mid_trial_is_resumed_by_the_rerun(write_config, tmp_path, capsys, sig,
                                                                           reference):
-    """kill -9 or Ctrl-C of a worker in trial 1 (after its first epoch's last.pt): Ctrl-C ends it with one line and
-    exit 130; the rerun (run.py's main in this process: a second interpreter would only add its start-up) resumes
-    trial 1 in its folder and ends with the trials of a search never interrupted."""
+    """kill -9 or Ctrl-C of a worker (run.py's main in a process forked from this one) in trial 1, after its first
+    epoch's last.pt: Ctrl-C ends it with one line and exit 130 (test_ctrl_c_while_run_py_loads_its_libraries checks
+    that run.py exits with main's code); the rerun (run.py's main in this process) resumes trial 1 in its folder and
+    ends with the trials of a search never interrupted."""
     path = write_config(SEARCH)
     out = tmp_path / "out"
-    command = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "search", "--output", str(out)]
-    worker = subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = ["--config", str(path), "--stages", "search", "--output", str(out)]
+    worker = forked_run_py(argv, tmp_path / "worker.out", tmp_path / "worker.err")
     last = out / "exp" / "t001" / "seed-42" / "last.pt"
-    while not last.is_file() and worker.poll() is None:
+    while not last.is_file() and still_running(worker):
         time.sleep(0.01)
-    worker.send_signal(sig)
-    _, err = worker.communicate(timeout=900)
+    os.kill(worker, sig)
+    code, err = exit_status(worker), (tmp_path / "worker.err").read_text()
+    assert code == (130 if sig == signal.SIGINT else -signal.SIGKILL), err
     if sig == signal.SIGINT:
-        assert worker.returncode == 130 and err.strip() == "interrupted: rerun the same command to resume", err
+        assert err.strip() == "interrupted: rerun the same command to resume", err
     capsys.readouterr()
-    assert run.main(command[2:]) == 0, capsys.readouterr().err
+    assert run.main(argv) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "exp/t001/seed-42: trial 1 lost its worker; resuming it" in printed
     assert "exp/t001/seed-42: resuming after epoch" in printed
@@ -237,19 +239,16 @@ def two_configs(tmp_path: Path) -> list[Path]:
 
 
 def test_two_configs_run_together_on_one_experiment_folder(tmp_path, capsys):
-    """Two configs named alike, trained at once into one --output (run.py in another process and, once that one
-    holds the folder's lock, run.py's main in this one: a second new interpreter would only add its start-up): one
-    trains, the other stops with one line naming the first (exit 2), and experiment.json describes the checkpoints
-    that are there."""
+    """Two configs named alike, trained at once into one --output (run.py's main in a process forked from this one
+    and, once that one holds the folder's lock, in this one): one trains, the other stops with one line naming the
+    first (exit 2), and experiment.json describes the checkpoints that are there."""
     out = tmp_path / "out"
     commands = [["--config", str(path), "--stages", "train", "--output", str(out)] for path in two_configs(tmp_path)]
-    worker = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *commands[0]], cwd=ROOT, env=ENV,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    while not any((out / "exp").glob(".lock.holder*")) and worker.poll() is None:
+    worker = forked_run_py(commands[0], tmp_path / "worker.out", tmp_path / "worker.err")
+    while not any((out / "exp").glob(".lock.holder*")) and still_running(worker):
         time.sleep(0.01)
     here = (run.main(commands[1]), capsys.readouterr().err.strip().splitlines())
-    there = worker.communicate(timeout=900)[1].strip().splitlines()
-    ends = [(worker.returncode, there), here]
+    ends = [(exit_status(worker), (tmp_path / "worker.err").read_text().strip().splitlines()), here]
     assert sorted(code for code, _ in ends) == [0, 2], ends
     trained = [code for code, _ in ends].index(0)
     refused = ends[1 - trained][1]

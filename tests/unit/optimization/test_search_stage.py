@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,9 +15,7 @@ from config.loading import load_experiment
 from utils.errors import ConfigError, UserError
 from utils.io import read_json
 from models.runs import with_trials
-from tests.conftest import SEARCH  # TINY's two epochs
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.conftest import SEARCH, exit_status, forked_run_py, still_running  # SEARCH: TINY's two epochs
 
 
 def trials_of(folder: Path, study: str = "default") -> list[dict]:
@@ -135,30 +130,28 @@ def test_a_draw_past_n_trials_is_surplus_and_trains_nothing(write_config, tmp_pa
 
 @pytest.mark.parametrize("storage", ["", "journal:search.journal"])
 def test_two_workers_share_one_study(write_config, tmp_path, capsys, monkeypatch, storage):
-    """Two workers of one SQLite file (or one journal file), run.py's main in this process and run.py --stages
-    search in another (a second new interpreter would only add its start-up): n_trials in all, every trial trained
-    once, by one of them. This one trains its first trial once the other has claimed one, so that both work however
-    fast each starts; one epoch a trial, as which worker trains a trial does not depend on how long it trains."""
+    """Two workers of one SQLite file (or one journal file), run.py's main in a process forked from this one and in
+    this one: n_trials in all, every trial trained once, by one of them. This one trains its first trial once both
+    have claimed one, so that both work however fast each starts; one epoch a trial, as which worker trains a trial
+    does not depend on how long it trains."""
     path = write_config("train: {epochs: 1}\n" + SEARCH.replace("n_trials: 4", "n_trials: 6") +
                         f"  storage: '{storage}'\n")
-    out, worker_log = tmp_path / "out", tmp_path / "worker.log"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "run.py"), "--config", str(path), "--stages", "search", "--output", str(out)]
-    with worker_log.open("w") as log:  # a file, not a pipe: nobody reads the worker's output while this one works
-        worker = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    out = tmp_path / "out"
+    argv = ["--config", str(path), "--stages", "search", "--output", str(out)]
+    worker = forked_run_py(argv, tmp_path / "worker.log", tmp_path / "worker.err")
     train = search.train_run
 
-    def train_once_the_other_works(run, folder, **kwargs):
-        while not (out / "exp" / "t001").is_dir() and worker.poll() is None:  # this worker holds t000
+    def train_once_both_work(run, folder, **kwargs):
+        while not (out / "exp" / "t001").is_dir() and still_running(worker):  # t000 and t001: one each
             time.sleep(0.01)
         return train(run, folder, **kwargs)
 
-    monkeypatch.setattr(search, "train_run", train_once_the_other_works)
+    monkeypatch.setattr(search, "train_run", train_once_both_work)
     capsys.readouterr()
-    assert run.main(command[2:]) == 0, capsys.readouterr().err
+    assert run.main(argv) == 0, capsys.readouterr().err
     logs = ["".join(capsys.readouterr())]
-    assert worker.wait(timeout=900) == 0, worker_log.read_text()[-3000:]  # the end of the log, where the error is
-    logs.append(worker_log.read_text())
+    assert exit_status(worker) == 0, (tmp_path / "worker.err").read_text()[-3000:]  # the end, where the error is
+    logs.append((tmp_path / "worker.log").read_text())
     trials = [t for t in trials_of(out / "exp") if t["counted"]]
     assert len(trials) == 6 and all(t["state"] == "complete" for t in trials)
     trained = [line.split(":")[0] for log in logs for line in log.splitlines() if ": done; test loss" in line]
