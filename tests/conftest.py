@@ -8,6 +8,7 @@ import textwrap
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may wait on the network
 os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported
@@ -51,31 +52,38 @@ def shipped_config_args(config: str, output: Path, overrides=(), *extra: str) ->
             *[arg for override in overrides for arg in ("--set", override)]]
 
 
-def forked_run_py(argv: list[str], stdout: Path, stderr: Path) -> int:
-    """run.py's main with `argv` in a process forked from this one, its output in the files `stdout` and `stderr`:
-    the pid, for a test of another worker (to signal, or to run beside this one); exit_status gives its end. A new
-    interpreter would first spend ~5 CPU s importing torch and transformers, which this one has imported."""
+def forked(work: Callable[[], int]) -> int:
+    """`work()` in a process forked from this one, for a test of another process (to signal, or to run beside this
+    one): its pid; exit_status gives its end, work's return value (1 if it raised, its traceback on its stderr).
+    A new interpreter would first spend ~5 CPU s importing torch and transformers, which this one has imported."""
     pid = os.fork()
     if pid:
         return pid
     code = 1  # the child: it leaves through os._exit, never back into pytest
     try:
+        code = work()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def forked_run_py(argv: list[str], stdout: Path, stderr: Path) -> int:
+    """run.py's main with `argv` in a forked process (`forked`), its output in the files `stdout` and `stderr`."""
+
+    def main() -> int:
         import run
 
-        with stdout.open("w") as out, stderr.open("w") as err:
-            os.dup2(out.fileno(), 1)
-            os.dup2(err.fileno(), 2)
-            sys.stdout, sys.stderr = out, err
-            try:
-                code = run.main(argv)
-            except BaseException:
-                traceback.print_exc()
-                raise
-            finally:
-                out.flush()
-                err.flush()
-    finally:
-        os._exit(code)
+        for fd, path in ((1, stdout), (2, stderr)):
+            file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(file, fd)
+            os.close(file)
+        sys.stdout, sys.stderr = open(1, "w", closefd=False), open(2, "w", closefd=False)
+        return run.main(argv)
+
+    return forked(main)
 
 
 def still_running(pid: int) -> bool:

@@ -20,7 +20,8 @@ from pipeline import run_experiment
 from config.loading import load_experiment
 from utils.io import read_json
 from tests import conftest
-from tests.conftest import TINY, exit_status, forked_run_py, still_running
+from tests.conftest import TINY, exit_status, forked, forked_run_py, still_running
+from utils.lock import experiment_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
@@ -264,12 +265,19 @@ def test_a_refused_process_is_told_which_stage_holds_the_folder(tmp_path, capsys
     its stage, and not a shared holder killed earlier whose note outlived it."""
     first, _ = two_configs(tmp_path)
     out = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from utils.lock import experiment_lock\n"
-         f"with experiment_lock({str(out / 'exp')!r}, shared=True, stage='train'):\n"
-         "    print('held', flush=True); time.sleep(60)"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    held, holding = os.pipe()
+
+    def hold() -> int:
+        sys.argv = ["holder.py"]  # the command its note names (pytest's would name this file, "search" in it)
+        with experiment_lock(out / "exp", shared=True, stage="train"):
+            os.write(holding, b"held")
+            time.sleep(60)
+        return 0
+
+    holder = forked(hold)
+    os.close(holding)  # the holder's: a holder that fails ends the read below
     try:
-        assert holder.stdout.readline().strip() == "held"
+        assert os.read(held, 4) == b"held"
         (out / "exp" / "experiment.json").write_text("{}")
         killed = subprocess.Popen(["true"])
         killed.wait()
@@ -278,9 +286,10 @@ def test_a_refused_process_is_told_which_stage_holds_the_folder(tmp_path, capsys
             f'{{"pid": {killed.pid}, "host": "{host}", "started": 0, "command": "run.py", "stage": "search"}}')
         code, lines = cli(first, out, capsys, "--stages", "report")
         assert code == 2 and len(lines) == 1, lines
-        assert lines[0].startswith(f"error: {out / 'exp'} is in use by pid {holder.pid} on host {host} (the train "
+        assert lines[0].startswith(f"error: {out / 'exp'} is in use by pid {holder} on host {host} (the train "
                                    "stage, started ") and lines[0].endswith("; wait for it to finish or stop it")
         assert "search" not in lines[0] and f"pid {killed.pid}" not in lines[0]
     finally:
-        holder.kill()
-        holder.wait()
+        os.kill(holder, signal.SIGKILL)
+        exit_status(holder)
+        os.close(held)
