@@ -65,9 +65,11 @@ def forked(work: Callable[[], int]) -> int:
     except BaseException:
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
 
 
 def forked_run_py(argv: list[str], stdout: Path, stderr: Path) -> int:
