@@ -16,6 +16,7 @@ from pathlib import Path
 
 from report.findings import SPREAD, separated
 from report.summary import mean_and_stderr
+from report.tables import format_number
 from utils.io import read_json
 
 SEED_BY_SEED = ", seed by seed (the difference against 0)"
@@ -185,12 +186,9 @@ def number(stat: dict) -> str:
     if stat.get("interval"):
         low, high = stat["interval"]
         return f"{stat['estimate']:.3g}, interval [{low:.3g}, {high:.3g}] (n = {stat['n']})"
-    if stat.get("mean") is None:
-        text = "–"
-    elif stat.get("stderr") is None:
-        text = f"{stat['mean']:.4g}"
-    else:
-        text = f"{stat['mean']:.4g} ± {stat['stderr']:.2g}"
+    text = format_number(stat.get("mean"))  # the report tables' digits; n is always said, unlike format_value's
+    if stat.get("mean") is not None and stat.get("stderr") is not None:
+        text += f" ± {stat['stderr']:.2g}"
     left_out = [f"{stat[key]} {label}" for key, label in (("non_finite", "not finite"), ("below_resolution",
                 "below resolution"), ("missing", "missing")) if stat.get(key)]
     return f"{text} (n = {stat.get('n', 0)}{'; ' + ', '.join(left_out) if left_out else ''})"

@@ -1,8 +1,8 @@
 """torchrun jobs on the CPU (gloo, 2 processes): the same numbers as one process, and only rank 0 writes.
 
 Two jobs run under torchrun itself (run.py end to end, and a rank killed under its launcher); the other checks
-fork their processes from this one (`forked`), which has torch and transformers imported already: a process
-torchrun or Popen starts spends seconds of CPU importing them before it does anything."""
+fork their processes from this one (`in_forked_processes`), which has torch and transformers imported already: a
+process torchrun or Popen starts spends seconds of CPU importing them before it does anything."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def finished(process: subprocess.Popen, timeout: float = 900) -> str:
     return log
 
 
-def forked(work, *args, processes: int = 2, ranks: bool = True) -> None:
+def in_forked_processes(work, *args, processes: int = 2, ranks: bool = True) -> None:
     """`work(index, *args)` in `processes` processes forked from this one, each with the environment torchrun
     gives its ranks when `ranks` (RANK, WORLD_SIZE, a rendezvous address); a process that fails fails the test
     with its traceback."""
@@ -89,7 +89,7 @@ def test_the_objective_and_sharpness_on_two_ranks_equal_one_process(tmp_path):
 
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     check(one)  # here, as one process
-    forked(lambda rank: check(two))
+    in_forked_processes(lambda rank: check(two))
     single, split = json.loads(one.read_text()), json.loads(two.read_text())
     assert (single["world_size"], split["world_size"]) == (1, 2) and split["local_batches"] == 3
     for key in ("loss", "evaluate", "lambda_max", "lambda_min", "trace", "eps_sharpness", "worst_case"):
@@ -143,7 +143,7 @@ def test_a_torchrun_job_trains_and_measures_as_one_process(write_config, tmp_pat
     partial["done"][2:] = False
     partial["train_loss"][2:] = np.nan
     save_npz(surface, **partial)
-    forked(run_logged, args[:2] + ["--stages", "landscape", "--output", str(tmp_path / "two")], tmp_path)
+    in_forked_processes(run_logged, args[:2] + ["--stages", "landscape", "--output", str(tmp_path / "two")], tmp_path)
     assert "resuming the 2D landscape (8 of 16 points done)" in (tmp_path / "0.log").read_text()
     assert np.allclose(load_npz(surface)["train_loss"], grids[0], rtol=1e-5) and load_npz(surface)["done"].all()
 
@@ -179,7 +179,8 @@ def test_processes_given_other_runs_train_side_by_side_in_one_folder(write_confi
     path = write_config("runs:\n  a: {train: {epochs: 30}}\n  b: {train: {epochs: 5, lr: 0.1}}\n")
     args = ["--config", str(path), "--stages", "train", "--output", str(tmp_path)]
     given = ("a", "b", "a")
-    forked(lambda index: run_logged(index, args + ["--runs", given[index]], tmp_path), processes=3, ranks=False)
+    in_forked_processes(lambda index: run_logged(index, args + ["--runs", given[index]], tmp_path), processes=3,
+                        ranks=False)
     logs = [(tmp_path / f"{index}.log").read_text() for index in range(3)]
     manifest = json.loads((tmp_path / "exp" / "experiment.json").read_text())
     assert sorted(manifest["runs"]) == ["a", "b"]
