@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,20 +30,36 @@ def format_number(value: float | str | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if math.isfinite(value) else str(value)
 
 
-def format_value(stats: dict, digits: int = 4) -> str:
-    """Mean ± stderr of a quantity over seeds, e.g. "3.21 ± 0.05 (n=3)", "3.2 (n=1, 1 diverged)", "3.2",
-    "< res." (every value below the loss's resolution)."""
-    n, diverged, below, missing = stats["n"], stats["non_finite"], stats["below_resolution"], stats["missing"]
-    if n == diverged == 0 and below:
-        return "< res." + (f" (n={below}, {missing} missing)" if missing else "")
-    text = format_number(stats["mean"], digits)
-    if stats["stderr"] is not None:
+@dataclass(frozen=True)
+class Wording:
+    """How format_value words the seeds in a mean and what was left out of it: report.md's cells say n only where
+    it tells something (terse), docs/results.md's sentences (report.verdicts) always say it."""
+    seeds: str         # the count of seeds in the mean, {} for the count
+    then: str          # between that count and what was left out
+    non_finite: str    # what a NaN or infinite value is called
+    terse: bool        # n only above one value or beside values left out, "missing" only beside other values,
+                       # "< res." for a quantity whose every value is below resolution
+
+
+REPORT = Wording("n={}", ", ", "diverged", terse=True)
+RESULTS_PAGE = Wording("n = {}", "; ", "not finite", terse=False)
+
+
+def format_value(stats: dict, digits: int = 4, wording: Wording = REPORT) -> str:
+    """Mean ± stderr of a quantity over seeds: in report.md "3.21 ± 0.05 (n=3)", "3.2 (n=1, 1 diverged)", "3.2",
+    "< res." (every value below the loss's resolution); on the results page "3.2 (n = 1; 1 not finite)"."""
+    n, diverged, below, missing = (stats.get(key, 0) for key in ("n", "non_finite", "below_resolution", "missing"))
+    if wording.terse and n == diverged == 0 and below:
+        return "< res." + (f" ({wording.seeds.format(below)}{wording.then}{missing} missing)" if missing else "")
+    text = format_number(stats.get("mean"), digits)
+    if stats.get("stderr") is not None:
         text += f" ± {stats['stderr']:.2g}"
-    notes = ([f"{diverged} diverged"] if diverged else []) + ([f"{below} below resolution"] if below else []) + \
-        ([f"{missing} missing"] if missing and n + diverged + below else [])
-    if n > 1 or notes:
-        notes.insert(0, f"n={n}")
-    return f"{text} ({', '.join(notes)})" if notes else text
+    said_missing = missing if n + diverged + below or not wording.terse else 0
+    left_out = [f"{count} {label}" for count, label in ((diverged, wording.non_finite), (below, "below resolution"),
+                                                        (said_missing, "missing")) if count]
+    if left_out or n > 1 or not wording.terse:
+        return f"{text} ({wording.seeds.format(n)}{wording.then if left_out else ''}{', '.join(left_out)})"
+    return text
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from report.findings import SPREAD, separated
 from report.summary import mean_and_stderr
-from report.tables import format_number
+from report.tables import RESULTS_PAGE, format_number, format_value
 from utils.io import read_json
 
 SEED_BY_SEED = ", seed by seed (the difference against 0)"
@@ -180,18 +180,14 @@ def verdict(lower: dict, higher: dict) -> str:
 
 
 def number(stat: dict) -> str:
-    """mean ± s.e. (n), with what was left out of the mean said."""
+    """mean ± s.e. (n), with what was left out of the mean said (report.tables.format_value in the results page's
+    words); a fixed value, or a rank correlation with its interval."""
     if stat.get("fixed"):
-        return f"{stat['mean']:.4g} (fixed)"
+        return f"{format_number(stat['mean'])} (fixed)"
     if stat.get("interval"):
-        low, high = stat["interval"]
-        return f"{stat['estimate']:.3g}, interval [{low:.3g}, {high:.3g}] (n = {stat['n']})"
-    text = format_number(stat.get("mean"))  # the report tables' digits; n is always said, unlike format_value's
-    if stat.get("mean") is not None and stat.get("stderr") is not None:
-        text += f" ± {stat['stderr']:.2g}"
-    left_out = [f"{stat[key]} {label}" for key, label in (("non_finite", "not finite"), ("below_resolution",
-                "below resolution"), ("missing", "missing")) if stat.get(key)]
-    return f"{text} (n = {stat.get('n', 0)}{'; ' + ', '.join(left_out) if left_out else ''})"
+        low, high = (format_number(bound, 3) for bound in stat["interval"])
+        return f"{format_number(stat['estimate'], 3)}, interval [{low}, {high}] (n = {stat['n']})"
+    return format_value(stat, wording=RESULTS_PAGE)
 
 
 def measure_sentence(measure: AnyMeasure, runs: dict, saved: Path) -> str:

@@ -31,6 +31,8 @@ def test_a_number_says_its_seeds_and_what_was_left_out():
     assert number(stat(12.3456, 0.0123)) == "12.35 ± 0.012 (n = 3)"
     assert number(stat(5.0, None, n=1, missing=2)) == "5 (n = 1; 2 missing)"
     assert number(stat(None, None, n=0, below_resolution=3)) == "– (n = 0; 3 below resolution)"
+    assert number(stat(2.0, 0.5, n=2, non_finite=1, missing=1)) == "2 ± 0.5 (n = 2; 1 not finite, 1 missing)"
+    assert number({}) == "– (n = 0)"  # a quantity the runs lack (results_doc's tables)
 
 
 def pruned(folder, run, by_seed):
