@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import textwrap
 import traceback
@@ -16,6 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # run.py's threads: auto keeps th
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
 # Tiny models: one thread is as fast as two, and far faster when other work shares the CPU.
 torch.set_num_threads(1)
 
@@ -96,6 +98,28 @@ def still_running(pid: int) -> bool:
 def exit_status(pid: int) -> int:
     """A forked process's exit code once it has ended; -N if signal N ended it."""
     return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def in_forked_processes(work: Callable, *args, processes: int = 2, ranks: bool = True) -> None:
+    """`work(index, *args)` in `processes` processes forked from this one (index 0, 1, …), returning when every one
+    has ended: the suite's one way to run a function on N gloo ranks. With `ranks`, each process has the environment
+    torchrun gives its ranks (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR and a free MASTER_PORT), so
+    `torch.distributed.init_process_group("gloo")` (or utils.distributed) joins them into one group; without, they
+    only run side by side. A process that raises ends the others and fails the test with its traceback. Unlike
+    `forked` (one process, its pid, for a test of how a process ends), this waits for its processes; forked, not
+    spawned, for the same reason: they start with this process's imports."""
+    with socket.socket() as probe:  # a free port for the ranks' rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(_in_environment, args=(processes, port if ranks else None, work, args), nprocs=processes,
+                       start_method="fork")
+
+
+def _in_environment(index: int, processes: int, port: int | None, work: Callable, args: tuple) -> None:
+    if port is not None:
+        os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(processes),
+                          LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    work(index, *args)
 
 
 @pytest.fixture

@@ -1,14 +1,13 @@
 """torchrun jobs on the CPU (gloo, 2 processes): the same numbers as one process, and only rank 0 writes.
 
 Two jobs run under torchrun itself (run.py end to end, and a rank killed under its launcher); the other checks
-fork their processes from this one (`in_forked_processes`), which has torch and transformers imported already: a
-process torchrun or Popen starts spends seconds of CPU importing them before it does anything."""
+fork their processes from this one (tests.conftest.in_forked_processes), which has torch and transformers imported
+already: a process torchrun or Popen starts spends seconds of CPU importing them before it does anything."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,10 +17,10 @@ import numpy as np
 import psutil
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import run
 from models.checkpoint import read_checkpoint
+from tests.conftest import in_forked_processes
 from utils.io import load_npz, save_npz, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,24 +48,6 @@ def finished(process: subprocess.Popen, timeout: float = 900) -> str:
     log = process.communicate(timeout=timeout)[0]
     assert process.returncode == 0, log
     return log
-
-
-def in_forked_processes(work, *args, processes: int = 2, ranks: bool = True) -> None:
-    """`work(index, *args)` in `processes` processes forked from this one, each with the environment torchrun
-    gives its ranks when `ranks` (RANK, WORLD_SIZE, a rendezvous address); a process that fails fails the test
-    with its traceback."""
-    with socket.socket() as probe:  # a free port for the ranks' rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.start_processes(_in_environment, args=(processes, port if ranks else None, work, args), nprocs=processes,
-                       start_method="fork")
-
-
-def _in_environment(index: int, processes: int, port: int | None, work, args: tuple) -> None:
-    if port is not None:
-        os.environ.update(RANK=str(index), LOCAL_RANK=str(index), WORLD_SIZE=str(processes),
-                          LOCAL_WORLD_SIZE=str(processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    work(index, *args)
 
 
 def run_logged(index: int, argv: list[str], logs: Path) -> None:

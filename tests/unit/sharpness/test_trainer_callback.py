@@ -15,6 +15,7 @@ from optimization.optimizers import diagonal_preconditioner
 from sharpness.hessian import as_batch
 from optimization.tracking import gd_threshold
 from sharpness.trainer_callback import SharpnessCallback, track_sharpness, train_settings
+from tests.conftest import in_forked_processes
 from tests.unit.sharpness.test_hessian import VOCAB, formed_hessian, tiny_llama
 from utils.io import read_json
 
@@ -129,9 +130,9 @@ def test_the_thresholds_settings_are_read_from_the_trainers_optimizer():
 MEASURED = {"metrics": ("lambda_max", "trace"), "iters": 30, "tol": 1e-9, "trace_samples": 2}
 
 
-def _measure_on_rank(rank: int, folder: str, batches: list, world_size: int) -> None:
-    """One rank of a gloo job: the callback's first point on its share of `batches`; the shares it measured on, in
-    shares-<rank>.json."""
+def _measure_on_rank(rank: int, folder: str, batches: list) -> None:
+    """One rank of a gloo job (in_forked_processes): the callback's first point on its share of `batches`; the
+    shares it measured on, in shares-<rank>.json."""
     import json
 
     import torch.distributed as dist
@@ -139,7 +140,7 @@ def _measure_on_rank(rank: int, folder: str, batches: list, world_size: int) -> 
     import sharpness.trainer_callback as callback_module
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo")  # the rendezvous in the environment in_forked_processes gives its ranks
     shares = []
 
     class Recorded(callback_module.Hessian):
@@ -162,14 +163,11 @@ def test_under_ddp_each_rank_measures_its_share_and_gets_the_whole_sets_numbers(
     on every rank, are those of one process measuring both."""
     import json
 
-    import torch.multiprocessing as mp
-
     generator = torch.Generator().manual_seed(5)
     batches = [torch.randint(0, VOCAB, (2, 12), generator=generator) for _ in range(2)]
     folder = tmp_path / "ddp"
     folder.mkdir()
-    # forked, not spawned: the ranks start with this process's imports (a spawned one takes seconds to import them)
-    mp.start_processes(_measure_on_rank, args=(str(folder), batches, 2), nprocs=2, start_method="fork")
+    in_forked_processes(_measure_on_rank, str(folder), batches)
     whole = SharpnessCallback(batches, every=1, folder=tmp_path / "one", **MEASURED)
     model = tiny_llama()
     whole.on_train_begin(SimpleNamespace(output_dir=str(tmp_path / "one"), run_name="one", seed=0),
