@@ -124,7 +124,8 @@ class TrainedRun:
     def open(self, space: str = "adapter") -> Opened:
         trained = self.load(space)
         measurement = self.measurement_set(trained)
-        return Opened(trained, measurement, Objective(trained.model, measurement.batches, hvp_mode=self.run.sharpness.hvp))
+        return Opened(trained, measurement, Objective(trained.model, measurement.batches, hvp_mode=self.run.sharpness.hvp,
+                                                           graph_memory=self.run.sharpness.graph_memory))
 
 
 _measurement_sets: dict[str, FixedSet] = {}  # shared_measurement_set's, by what picks and tokenizes the texts

@@ -86,7 +86,8 @@ def prune_run(trained_run: TrainedRun) -> dict:
             {"seed": seed, **losses_with(random_masks(params, fraction, cfg.scope, seed))} for seed in range(cfg.random_seeds)]})
 
     # reverse-over-reverse HVPs whatever sharpness.hvp says, as this stage has always taken them (the modes round apart)
-    measurement = Objective(trained.model, trained_run.measurement_set(trained).batches)
+    measurement = Objective(trained.model, trained_run.measurement_set(trained).batches,
+                            graph_memory=run.sharpness.graph_memory)
     for fraction in cfg.lambda_max_fractions:
         masks = magnitude_masks(params, fraction, cfg.scope)
         with mover.moved([1.0], [zeroing(masks)]):

@@ -124,7 +124,8 @@ class Training:
         start = time.perf_counter()
         state = self.state
         if state.tracker is not None and state.tracker.due(step):
-            objective = Objective(state.model, self.track_batches, hvp_mode=self.run.sharpness.hvp)
+            objective = Objective(state.model, self.track_batches, hvp_mode=self.run.sharpness.hvp,
+                                  graph_memory=self.run.sharpness.graph_memory)
             latent = objective.params if state.rotated is None else state.rotated.latent
             point = state.tracker.measure(step, state.scheduler.get_last_lr()[0], objective,
                                           diagonal_preconditioner(state.optimizer, latent),

@@ -94,17 +94,20 @@ class Hessian:
     nn.Module and a batch anything it takes (a tensor, or a tuple, list or mapping of them): L is the mean over
     examples, each batch weighted by its size (custom_loss). The function must call the model as `model(...)`, as
     it is given (with hvp_mode="forward" it is given a functional stand-in). Only parameters with requires_grad
-    count. `hvp_mode`: "reverse" (reverse-over-reverse) or "forward" (forward-over-reverse). The model is put in
-    eval mode; every vector is flat, ordered like its parameters."""
+    count. `hvp_mode`: "reverse" (reverse-over-reverse) or "forward" (forward-over-reverse). `graph_memory`: the
+    share of the free memory in which reverse-mode products keep each batch's gradient graph while the weights stay
+    put (later products are then cheaper; 0: never). The model is put in eval mode; every vector is flat, ordered
+    like its parameters."""
 
-    def __init__(self, model, batches, *, loss=None, hvp_mode: str = SHARPNESS.hvp):
+    def __init__(self, model, batches, *, loss=None, hvp_mode: str = SHARPNESS.hvp,
+                 graph_memory: float = SHARPNESS.graph_memory):
         batches = list(batches) if loss is not None else [as_batch(b) for b in batches]
         if not batches:
             raise ValueError("Hessian needs at least one batch")
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError("Hessian needs at least one parameter with requires_grad=True")
         batch_loss = TOKEN_LOSS if loss is None else custom_loss(loss)
-        self.objective = Objective(model, batches, hvp_mode=hvp_mode, batch_loss=batch_loss)
+        self.objective = Objective(model, batches, hvp_mode=hvp_mode, batch_loss=batch_loss, graph_memory=graph_memory)
 
     @property
     def model(self):

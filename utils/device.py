@@ -1,4 +1,4 @@
-"""Device choice, its name, torch's threads on the CPU, and the peak memory of a stretch of work."""
+"""Device choice, its name, torch's threads on the CPU, its free memory, and the peak memory of a stretch of work."""
 
 from __future__ import annotations
 
@@ -60,6 +60,18 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu: {platform.processor() or platform.machine()}, {psutil.cpu_count(logical=True)} threads"
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes this process could still take on `device`: the GPU's free memory plus what torch's allocator holds
+    unused; on the CPU the available RAM, shared among the local ranks of a torchrun job (they share the machine)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "mps":
+        return max(0, torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory())
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if launched() else 1
+    return psutil.virtual_memory().available // ranks
 
 
 class PeakMemory:

@@ -1,7 +1,9 @@
-"""Objective's H·v through the closed-form cross-entropy curvature, against autograd's and the formed Hessian."""
+"""Objective's H·v through the closed-form cross-entropy curvature, against autograd's and the formed Hessian; the
+gradient graphs it keeps between products at the same weights."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -11,7 +13,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM, GPT2Config
 
 from data.batches import collate
-from optimization import evaluation
+from optimization import evaluation, objective
 from optimization.objective import TOKEN_LOSS, Objective
 
 AUTOGRAD_CROSS_ENTROPY = dataclasses.replace(TOKEN_LOSS, summed_for_hvp=None)
@@ -74,3 +76,51 @@ def test_token_cross_entropy_second_derivatives_are_exact_and_padding_counts_not
         hessian = torch.diag(p[row]) - torch.outer(p[row], p[row])  # of one token's cross-entropy in its logits
         expected = weights[row] * hessian @ u[row] if target != -100 else torch.zeros(7, dtype=torch.float64)
         torch.testing.assert_close(hu[row], expected, rtol=1e-12, atol=1e-15)
+
+
+def vectors(dim: int, count: int) -> list[torch.Tensor]:
+    return [torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) for seed in range(count)]
+
+
+def test_kept_graphs_give_the_same_products_bit_for_bit_with_one_forward_and_backward_per_batch(tiny64):
+    model, batches = tiny64
+    kept, rebuilt = Objective(model, batches), Objective(model, batches, graph_memory=0)
+    for v in vectors(kept.dim, 3):
+        assert torch.equal(kept.hvp(v), rebuilt.hvp(v))
+    assert (kept.graph_builds, rebuilt.graph_builds) == (2, 6)  # two batches: built once, or for each of 3 products
+    assert kept.hvp_count == rebuilt.hvp_count == 3
+
+
+def test_a_graph_is_built_again_when_the_weights_move_by_any_means(tiny64):
+    model, batches = copy.deepcopy(tiny64[0]), tiny64[1]
+    kept = Objective(model, batches)
+    v, direction = vectors(kept.dim, 2)
+    kept.hvp(v)
+    first = model.transformer.wte.weight
+
+    def step():  # as an optimizer steps: in place, under no_grad
+        with torch.no_grad():
+            first.add_(0.1)
+
+    def through_data():  # unseen by autograd's version counters
+        first.data.mul_(0.5)
+
+    moves = [step, through_data, lambda: kept.move_to([0.01], [direction])]
+    for number, move in enumerate(moves, start=1):
+        move()
+        fresh = Objective(model, batches, graph_memory=0)
+        assert torch.equal(kept.hvp(v), fresh.hvp(v))
+        assert kept.graph_builds == 2 * (number + 1)
+
+
+def test_graphs_are_kept_only_within_their_share_of_the_free_memory(tiny64, monkeypatch, capsys):
+    model, batches = tiny64
+    v = vectors(Objective(model, batches).dim, 1)[0]
+    for free, builds, said in ((0, 4, 1), (10**12, 2, 0)):  # none fits (said once), or every one: 2 products, 2 batches
+        monkeypatch.setattr(objective, "free_memory", lambda device: free)
+        measured = Objective(model, batches)
+        measured.hvp(v), measured.hvp(v)
+        assert measured.graph_builds == builds
+        assert capsys.readouterr().out.count("gradient graph") == said
+    with pytest.raises(ValueError, match="graph_memory is a share of the free memory"):
+        Objective(model, batches, graph_memory=2)
