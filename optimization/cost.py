@@ -152,16 +152,21 @@ def estimate(run: RunConfig) -> dict:
     return {"steps": steps, "flops_per_step": per_step, "flops": steps * per_step}
 
 
-# One reverse-over-reverse HVP against one gradient on the same batch, timed side by side on a CPU (bench/README.md,
-# "Sharpness: HVP cost and eigen-solvers"): 2.81 at DistilGPT2's shape (2.8-3.1 with the closed-form cross-entropy
-# curvature, bound by matrix products), 2.26 on a tiny model with GPT-2's vocabulary.
-HVP_PER_GRADIENT = 2.81
+# Reverse-over-reverse HVPs against one gradient on the same batch, timed side by side on a CPU (bench/README.md,
+# "Sharpness: HVP cost and eigen-solvers") at DistilGPT2's shape: an HVP that builds its batch's gradient graph (a
+# forward and a backward with create_graph) costs 3.0 gradients, one that differentiates a kept graph again 1.8
+# (optimization.objective keeps them between products at the same weights; on a tiny model with GPT-2's vocabulary
+# 2.3 and 1.4). So a graph costs 1.2 gradients and each product on it 1.8.
+HVP_PER_GRADIENT = 1.81
+GRAPH_PER_GRADIENT = 1.2
 
 
 def kind_flops(run: RunConfig, kind: str, merged: bool = False) -> float:
-    """FLOPs of one pass of `kind` over one sequence of data.max_length tokens."""
+    """FLOPs of one pass of `kind` over one sequence of data.max_length tokens ("graph": the forward and backward an
+    HVP builds to differentiate again, "hvp": that second differentiation)."""
     forward, gradient = sequence_flops(run, merged)
-    return {"forward": forward, "gradient": gradient, "hvp": HVP_PER_GRADIENT * gradient, "step": gradient}[kind]
+    return {"forward": forward, "gradient": gradient, "graph": GRAPH_PER_GRADIENT * gradient,
+            "hvp": HVP_PER_GRADIENT * gradient, "step": gradient}[kind]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Every stage's work is passes of four kinds over fixed sets of texts, each pass b
 optimization.cost.kind_flops):
   forward   a loss (an evaluation, a grid point, a point of a line): forward_flops of each batch
   gradient  a loss and its gradient (sharpness's gradient, a worst-case ascent step): step_flops
-  hvp       a Hessian-vector product: cost.HVP_PER_GRADIENT gradients
+  hvp       a Hessian-vector product on a kept gradient graph: cost.HVP_PER_GRADIENT gradients, plus the graph's build
+            (cost.GRAPH_PER_GRADIENT gradients) once at each weights its pass is taken at (`graphs`); every HVP builds
+            its graphs when sharpness.graph_memory is 0 (optimization.objective; the estimate takes the graphs to fit)
   step      a training step: a gradient and the optimizer's update (step_flops: the update's FLOPs are not counted)
 The counts are read off each stage's code (sharpness.sharpness_stage, sharpness.geometry and its stage,
 visualization.landscape_stage, optimization.prune_stage, optimization.tracking, optimization.search_stage: its
@@ -35,7 +37,7 @@ import torch
 from config.schema import Experiment, RunConfig
 from models.adapters import add_adapter
 from models.runs import run_dir
-from optimization.cost import (HVP_PER_GRADIENT, cpu_matmul_peak, estimate, hub_model_config, kind_flops, load_prices,
+from optimization.cost import (cpu_matmul_peak, estimate, hub_model_config, kind_flops, load_prices,
                                model_config, peak_for_name, sequence_flops)
 from utils.errors import UserError
 
@@ -61,6 +63,7 @@ class Passes:
     texts: int
     batch_size: int
     merged: bool = False
+    graphs: int = 0  # an HVP pass's gradient graphs built (each over the set's batches): hvp_passes
 
     @property
     def batches(self) -> int:
@@ -70,6 +73,14 @@ class Passes:
 
 # ----------------------------------------------------------------------------------------------
 # Each stage's passes.
+
+def hvp_passes(run: RunConfig, what: str, count: int, points: int, texts: int, batch_size: int,
+               merged: bool = False) -> Passes:
+    """`count` HVPs taken at `points` weights (from the last weights HVPs were taken at: 0): their gradient graphs are
+    built once at each, or for every HVP when sharpness.graph_memory keeps none."""
+    graphs = min(points, count) if run.sharpness.graph_memory else count
+    return Passes(what, "hvp", count, texts, batch_size, merged, graphs)
+
 
 def measurement_texts(run: RunConfig) -> int:
     """Texts of the sharpness measurement set (data.measurement.measurement_set), at most."""
@@ -86,16 +97,19 @@ def sharpness_passes(run: RunConfig) -> list[Passes]:
     for merged in [False] + ([True] if cfg.merged and run.model.adapter.type != "none" else []):
         space = " (merged)" if merged else ""
         passes += [Passes(f"gradient{space}", "gradient", 1, texts, size, merged),
-                   Passes(f"{cfg.method}{space}", "hvp", solver, texts, size, merged),
-                   Passes(f"curvatures{space}", "hvp", 1 + cfg.random_directions, texts, size, merged),
+                   hvp_passes(run, f"{cfg.method}{space}", solver, 1, texts, size, merged),
+                   hvp_passes(run, f"curvatures{space}", 1 + cfg.random_directions, 0, texts, size, merged),
                    Passes(f"eps-sharpness{space}", "forward", eps * (2 + 2 * cfg.random_directions), texts, size, merged)]
         if cfg.worst_case_steps:
             passes += [Passes(f"worst-case{space}", "gradient", eps * cfg.worst_case_steps, texts, size, merged),
                        Passes(f"worst-case{space}", "forward", eps, texts, size, merged)]
         if cfg.trace_samples:
-            passes.append(Passes(f"trace{space}", "hvp", cfg.trace_samples, texts, size, merged))
+            # after the eps-sharpness moved the weights and put them back
+            passes.append(hvp_passes(run, f"trace{space}", cfg.trace_samples, bool(cfg.epsilons), texts, size, merged))
     if cfg.density.probes:
-        passes.append(Passes("density", "hvp", cfg.density.probes * cfg.density.steps, texts, size))
+        # on the trace's graphs, at the trained weights, when it ran last (sharpness_stage.measure_run)
+        passes.append(hvp_passes(run, "density", cfg.density.probes * cfg.density.steps, not cfg.trace_samples, texts,
+                                 size))
     return passes
 
 
@@ -106,9 +120,9 @@ def geometry_passes(run: RunConfig, after_sharpness: bool = False) -> list[Passe
     cfg, texts, size = run.geometry, measurement_texts(run), run.sharpness.batch_size
     frames = 1 if cfg.rotation == "none" else 2
     own_lanczos = frames - (after_sharpness and run.sharpness.method == "lanczos")
-    return [Passes("Cauchy sketches", "hvp", frames * cfg.cauchy_vectors, texts, size),
-            Passes("‖H‖₂ Lanczos", "hvp", own_lanczos * run.sharpness.max_iter, texts, size),
-            Passes("‖H‖_F", "hvp", frames * cfg.frobenius_probes, texts, size)]
+    return [hvp_passes(run, "Cauchy sketches", frames * cfg.cauchy_vectors, 1, texts, size),  # all at the trained weights
+            hvp_passes(run, "‖H‖₂ Lanczos", own_lanczos * run.sharpness.max_iter, 0, texts, size),
+            hvp_passes(run, "‖H‖_F", frames * cfg.frobenius_probes, 0, texts, size)]
 
 
 def _line_points(run: RunConfig) -> int:
@@ -156,7 +170,8 @@ def prune_passes(run: RunConfig) -> list[Passes]:
     passes = [Passes("masks (validation)", "forward", masks + rewinds, run.data.n_val, size),
               Passes("masks (test)", "forward", masks + rewinds, run.data.n_test, size)]
     if lambdas:
-        passes += [Passes("λ_max", "hvp", lambdas * run.sharpness.max_iter, measurement_texts(run), run.sharpness.batch_size),
+        passes += [hvp_passes(run, "λ_max", lambdas * run.sharpness.max_iter, lambdas, measurement_texts(run),
+                              run.sharpness.batch_size),
                    Passes("λ_max (loss)", "forward", lambdas, measurement_texts(run), run.sharpness.batch_size)]
     if rewinds:
         passes.append(Passes("rewind", "step", rewinds * cfg.rewind_epochs, run.data.n_train, run.train.batch_size))
@@ -183,7 +198,8 @@ def train_passes(run: RunConfig) -> list[Passes]:
 
         hvps = lanczos_hvps(points) * ("lambda_max" in metrics) + lanczos_hvps(points - 1) * (  # no P before step 1
             "preconditioned_lambda_max" in metrics) + points * track.trace_samples * ("trace" in metrics)
-        passes.append(Passes("train.track", "hvp", hvps, measurement_texts(run), run.sharpness.batch_size))
+        measured = points - ("lambda_max" not in metrics and "trace" not in metrics)  # P's λ only: none at step 0
+        passes.append(hvp_passes(run, "train.track", hvps, measured, measurement_texts(run), run.sharpness.batch_size))
     return passes
 
 
@@ -213,15 +229,18 @@ def stage_passes(experiment: Experiment, stage: str, stages: list[str] = ()) -> 
 
 
 def totals(passes: list[Passes]) -> dict[str, int]:
-    """Batch passes of each kind (a pass over a set of n batches counts n): what the stages' objectives make."""
-    return {kind: sum(p.count * p.batches for p in passes if p.kind == kind) for kind in KINDS}
+    """Batch passes of each kind (a pass over a set of n batches counts n), and the HVPs' gradient graphs built
+    ("graph", per batch): what the stages' objectives make."""
+    return {**{kind: sum(p.count * p.batches for p in passes if p.kind == kind) for kind in KINDS},
+            "graph": sum(p.graphs * p.batches for p in passes)}
 
 
 # ----------------------------------------------------------------------------------------------
 # FLOPs and seconds.
 
 def flops(run: RunConfig, passes: Passes) -> float:
-    return passes.count * passes.texts * kind_flops(run, passes.kind, passes.merged)
+    return (passes.count * passes.texts * kind_flops(run, passes.kind, passes.merged)
+            + passes.graphs * passes.texts * kind_flops(run, "graph", passes.merged))
 
 
 class Throughput:
@@ -333,7 +352,8 @@ def _typical_time(work) -> float:
 
 def seconds(run: RunConfig, passes: Passes, throughput: Throughput) -> float:
     """Seconds of all the passes (each batch at the batch size's rate; the last, smaller batch too)."""
-    return passes.count * passes.batches * throughput.seconds(run, passes.kind, passes.batch_size, passes.merged)
+    return passes.batches * (passes.count * throughput.seconds(run, passes.kind, passes.batch_size, passes.merged)
+                             + passes.graphs * throughput.seconds(run, "graph", passes.batch_size, passes.merged))
 
 
 @dataclass

@@ -12,8 +12,9 @@ import optimization.train_setup
 import optimization.training
 from models.runs import run_dir
 from optimization.objective import Objective
-from optimization.cost import HVP_PER_GRADIENT, sequence_flops
+from optimization.cost import GRAPH_PER_GRADIENT, HVP_PER_GRADIENT, sequence_flops
 from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STAGES, Passes, Throughput, _line_points,
+                                     hvp_passes,
                                      train_passes,
                                      announce_long_run, flops, seconds, stage_costs, stage_passes, totals)
 from pipeline import STAGES
@@ -48,6 +49,14 @@ def counted(monkeypatch):
 
     for name, kind in (("loss", "forward"), ("loss_and_grad", "gradient"), ("hvp", "hvp")):
         monkeypatch.setattr(Objective, name, counting(getattr(Objective, name), kind))
+    made["graph"] = 0
+    build = Objective._gradient_graph
+
+    def building(self, *args, **kwargs):  # one batch's gradient graph, built for HVPs
+        made["graph"] += 1
+        return build(self, *args, **kwargs)
+
+    monkeypatch.setattr(Objective, "_gradient_graph", building)
     evaluate, retrain = optimization.training.evaluate, optimization.prune_stage.retrain_masked
 
     def evaluating(model, batches, device):
@@ -71,7 +80,7 @@ def test_every_stage_makes_the_passes_its_estimate_counts(tiny_experiment, tmp_p
     for stage in stages:
         before = dict(counted)
         STAGES[stage].handler()(experiment, tmp_path, False)
-        made = {kind: counted[kind] - before[kind] for kind in KINDS}
+        made = {kind: counted[kind] - before[kind] for kind in counted}
         estimated = totals([p for _, _, passes in stage_passes(experiment, stage, stages) for p in passes])
         if stage == "train":  # training steps are not the objective's: metrics.json counts them
             made["step"] = sum(json.loads((run_dir(tmp_path, experiment, run) / "metrics.json").read_text())
@@ -102,8 +111,9 @@ def test_a_search_trains_its_trials_as_the_estimate_counts(tiny_experiment, tmp_
 
 
 def test_flops_and_seconds_of_a_pass():
-    """A pass's FLOPs are its texts times one sequence's (an HVP HVP_PER_GRADIENT gradients); its seconds are its
-    batches times one batch's, timed once per batch shape."""
+    """A pass's FLOPs are its texts times one sequence's (an HVP HVP_PER_GRADIENT gradients, and its graphs
+    GRAPH_PER_GRADIENT each time they are built); its seconds are its batches times one batch's, timed once per batch
+    shape."""
     from config.schema import RunConfig
 
     run = RunConfig()
@@ -112,11 +122,14 @@ def test_flops_and_seconds_of_a_pass():
     run.data.max_length = 32
     forward, gradient = sequence_flops(run)
     assert gradient == pytest.approx(3 * forward, rel=0.05)  # backward: two matmuls per forward one, bar the embeddings
-    hvp = Passes("hvps", "hvp", 5, 10, 4)
-    assert hvp.batches == 3 and flops(run, hvp) == pytest.approx(5 * 10 * HVP_PER_GRADIENT * gradient)
+    hvp = hvp_passes(run, "hvps", 5, 2, 10, 4)  # 5 HVPs at 2 weights: their graphs built twice
+    per_hvp = 5 * HVP_PER_GRADIENT + 2 * GRAPH_PER_GRADIENT
+    assert hvp.batches == 3 and flops(run, hvp) == pytest.approx(10 * per_hvp * gradient)
     throughput, rng = Throughput(torch.device("cpu")), torch.get_rng_state()
     per_gradient = throughput.seconds(run, "gradient", 4)
-    assert seconds(run, hvp, throughput) == pytest.approx(5 * 3 * HVP_PER_GRADIENT * per_gradient)
+    assert seconds(run, hvp, throughput) == pytest.approx(3 * per_hvp * per_gradient)
+    run.sharpness.graph_memory = 0  # no graph kept: each HVP builds its own
+    assert hvp_passes(run, "hvps", 5, 2, 10, 4).graphs == 5
     timing = throughput.calibration_s
     assert throughput.seconds(run, "gradient", 4) == per_gradient and throughput.calibration_s == timing  # timed once
     assert throughput.seconds(run, "step", 4) > 0 and throughput.calibration_s > timing  # a step is timed on its own
