@@ -9,7 +9,9 @@ tensorboard  <folder>/tensorboard/events.out.tfevents.*; the run's config as tex
 wandb        <folder>/wandb/offline-run-<time>-<id>/ (offline unless WANDB_MODE says otherwise; `wandb sync`
              uploads it). The run id is a hash of the folder's path, so a resumed run continues the same run;
              wandb has no purge: steps the first attempt logged after the resume point stay in its folder.
-             Texts go to the run's summary; the config is the run's config.
+             Texts go to the run's summary; the config is the run's config. close() hands every record to the
+             wandb-core process, which writes the .wandb file a few ms later (also if this process is killed
+             then); wandb.teardown(), run at this process's exit, waits for it.
 
 Values are logged as Python floats; None is skipped, NaN and ±inf are logged as they are (both backends keep
 them), so a diverged loss shows as one.

@@ -136,6 +136,8 @@ def wandb_history(run_folder):
 
 
 def test_wandb_writes_an_offline_run_that_a_resume_continues(tmp_path, png, monkeypatch):
+    import wandb
+
     for name in ("WANDB_MODE", "WANDB_SILENT"):  # unset, for the tracker's defaults; set first, so undone after
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
@@ -148,6 +150,9 @@ def test_wandb_writes_an_offline_run_that_a_resume_continues(tmp_path, png, monk
         log.scalars(3, {"grad_norm": float("nan")})
         log.text("note", "*sharp*")
         log.image("figures/curves", png)  # step 0, behind the run: logged at its current step, 3
+    # finish() hands the records to the wandb-core process, which writes them when it closes the run a few ms
+    # later (the file held only its 7-byte header when read at once): wait for it, as a process's exit does.
+    wandb.teardown()
     with pytest.raises(BlockingIOError), server:  # offline: nothing connected, so no retry loop could be reached
         server.accept()
 
