@@ -168,6 +168,7 @@ def test_wandb_writes_an_offline_run_that_a_resume_continues(tmp_path, png, monk
     next_second()  # wandb names a run's folder by the second it started
     with open_log("wandb", tmp_path, "bs4", "", CONFIG, resume_step=3) as log:
         log.scalars(4, {"loss": 6.0}, prefix="train/")
+    wandb.teardown()  # no wandb-core left running, nor WANDB_SERVICE set, for the tests after this one
     folders = sorted(glob.glob(str(tmp_path / "wandb" / f"offline-run-*-{wandb_run_id(tmp_path)}")))
     assert len(folders) == 2
 
