@@ -126,12 +126,14 @@ def test_peak_memory_sees_a_peak_inside_its_window_that_has_gone_by_its_end(monk
     import utils.device
     from utils.device import PeakMemory
 
-    sampled = threading.Event()
+    read_start, sampled = threading.Event(), threading.Event()
     readings = iter([100, 300])  # MiB: at the start, then at the first sample; 120 afterwards
 
     class Process:
         def memory_info(self):
             rss = next(readings, 120)
+            if rss == 300:  # the thread's first sample waits until the test has read the start's: no race on a busy CPU
+                read_start.wait(600)
             if rss == 120:
                 sampled.set()
             return SimpleNamespace(rss=rss * 2**20)
@@ -139,6 +141,7 @@ def test_peak_memory_sees_a_peak_inside_its_window_that_has_gone_by_its_end(monk
     monkeypatch.setattr(utils.device.psutil, "Process", Process)
     memory = PeakMemory(torch.device("cpu"), interval=0.001)
     assert memory.peak == 100 * 2**20
+    read_start.set()
     assert sampled.wait(600)  # the thread has sampled past the peak (a guard against a hang, not a speed check)
     assert memory.stop() == 300
 
