@@ -140,7 +140,7 @@ class Objective:
         self.hvp_count += 1
         result = torch.zeros_like(self.base)
         with sdpa_kernel(SDPBackend.MATH):
-            if self.hvp_mode == "reverse" and self._graphs and not self._at_graph_weights():
+            if self._graphs and not self._at_graph_weights():  # kept by reverse mode only
                 self.release_graphs()
             for index, b in enumerate(self.batches):
                 result += self._batch_hvp(index, b, vector)

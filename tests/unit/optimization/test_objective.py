@@ -12,6 +12,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AutoModelForCausalLM, GPT2Config
 
+from config.schema import SharpnessConfig
 from data.batches import collate
 from optimization import evaluation, objective
 from optimization.objective import TOKEN_LOSS, Objective
@@ -116,7 +117,12 @@ def test_a_graph_is_built_again_when_the_weights_move_by_any_means(tiny64):
 def test_graphs_are_kept_only_within_their_share_of_the_free_memory(tiny64, monkeypatch, capsys):
     model, batches = tiny64
     v = vectors(Objective(model, batches).dim, 1)[0]
-    for free, builds, said in ((0, 4, 1), (10**12, 2, 0)):  # none fits (said once), or every one: 2 products, 2 batches
+    # Room for the weights' copy, the gradient and one batch's logits (float64), but a graph holds more than its
+    # logits (autograd saves them, their softmax and every layer's activations): none fits.
+    logits = max(b["input_ids"].numel() for b in batches) * model.config.vocab_size * 8
+    below_a_graph = (2 * v.numel() * 8 + logits) / SharpnessConfig.graph_memory
+    # 2 products on 2 batches: none fits (said once), or every one does
+    for free, builds, said in ((0, 4, 1), (below_a_graph, 4, 1), (10**12, 2, 0)):
         monkeypatch.setattr(objective, "free_memory", lambda device: free)
         measured = Objective(model, batches)
         measured.hvp(v), measured.hvp(v)
