@@ -9,18 +9,26 @@ optimization.cost.kind_flops):
             (cost.GRAPH_PER_GRADIENT gradients) once at each weights its pass is taken at (`graphs`); every HVP builds
             its graphs when sharpness.graph_memory is 0 (optimization.objective; the estimate takes the graphs to fit)
   step      a training step: a gradient and the optimizer's update (step_flops: the update's FLOPs are not counted)
+and, with no FLOPs, the bookkeeping around a training that outweighs its steps in short runs (BOOKKEEPING):
+  setup     a training's set-up: its model built, init.pt and checkpoint.pt written, and last.pt (the weights and the
+            optimizer's state) after every epoch but the last
+  study     a search's study opened (its SQLite storage)
+  trial     a search trial's asking and telling the study
 The counts are read off each stage's code (sharpness.sharpness_stage, sharpness.geometry and its stage,
 visualization.landscape_stage, optimization.prune_stage, optimization.tracking, optimization.search_stage: its
 trials are trainings of the search's run, each counted at the values its space leaves); an iterative solver counts at its
 max_iter (Lanczos stops earlier once its estimates converge, so its counts are upper bounds; exact when it runs to
 max_iter, as tests/unit/optimization/test_stage_cost.py checks against the passes the stages make). Every batch is
 counted at data.max_length tokens and every set at the texts it asks for: upper bounds where texts are shorter or the
-corpus has fewer of them. Not counted: loading checkpoints and texts, tokenizing, the geometry stage's row norms and
-bootstrap (CPU work on its sketch), the PCA of a trajectory, figures.
+corpus has fewer of them. Not counted: the measuring stages' loading of checkpoints, loading texts and tokenizing them
+(once per command), the geometry stage's row norms and bootstrap (CPU work on its sketch), the PCA of a trajectory,
+figures.
 
 Time: on a CPU, a loss and a gradient of the run's model (random weights, random tokens) timed at each batch shape
 the stages use (Throughput); on a GPU, FLOPs / (its datasheet peak at the run's precision × the price table's
-assumed_mfu), as optimization.estimate prices training.
+assumed_mfu), as optimization.estimate prices training. The bookkeeping is timed on the calibration's model and on a
+scratch study (set-up only where the model is small enough to be timed on a CPU: a model priced by its FLOPs trains for
+minutes or more, and its set-up takes seconds).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +49,10 @@ from models.runs import run_dir
 from optimization.cost import (cpu_matmul_peak, estimate, hub_model_config, kind_flops, load_prices,
                                model_config, peak_for_name, sequence_flops)
 from utils.errors import UserError
+from utils.io import save_torch
 
 KINDS = ("forward", "gradient", "hvp", "step")
+BOOKKEEPING = ("setup", "study", "trial")
 KIND_NAMES = {"forward": "forward", "gradient": "gradient", "hvp": "HVP", "step": "training-step"}
 # pipeline.DEFAULT_STAGES that do such work, and pipeline's stages that do none (optimization does not import
 # pipeline; a test keeps them in step)
@@ -185,7 +196,8 @@ def train_passes(run: RunConfig) -> list[Passes]:
     passes = [Passes("steps", "step", 1, steps * train.batch_size, train.batch_size),
               # the initial weights' and every epoch's validation; the test set and the training set at the end
               Passes("validation", "forward", train.epochs + 1, data.n_val, train.eval_batch_size),
-              Passes("test, final training loss", "forward", 1, data.n_test + data.n_train, train.eval_batch_size)]
+              Passes("test, final training loss", "forward", 1, data.n_test + data.n_train, train.eval_batch_size),
+              Passes("set-up, checkpoints", "setup", 1, 1, 1)]
     track = train.track
     if track.every:
         from optimization.tracking import tracked_metrics
@@ -206,8 +218,9 @@ def train_passes(run: RunConfig) -> list[Passes]:
 def search_passes(template: RunConfig) -> list[Passes]:
     """The search stage's study of `template`: search.n_trials trainings as train_passes counts them, each at the
     values the space leaves (what a trial draws may cost more or less; a pruned or failed trial stops early)."""
-    return [dataclasses.replace(p, what=f"trials' {p.what}", count=p.count * template.search.n_trials)
-            for p in train_passes(template)]
+    trials = template.search.n_trials
+    return [*(dataclasses.replace(p, what=f"trials' {p.what}", count=p.count * trials) for p in train_passes(template)),
+            Passes("study", "study", 1, 1, 1), Passes("study", "trial", trials, 1, 1)]
 
 
 PASSES = {"train": train_passes, "search": search_passes, "sharpness": sharpness_passes, "geometry": geometry_passes,
@@ -229,16 +242,19 @@ def stage_passes(experiment: Experiment, stage: str, stages: list[str] = ()) -> 
 
 
 def totals(passes: list[Passes]) -> dict[str, int]:
-    """Batch passes of each kind (a pass over a set of n batches counts n), and the HVPs' gradient graphs built
-    ("graph", per batch): what the stages' objectives make."""
+    """Batch passes of each kind (a pass over a set of n batches counts n), the HVPs' gradient graphs built ("graph",
+    per batch) and the trainings set up ("setup"): what the stages make."""
     return {**{kind: sum(p.count * p.batches for p in passes if p.kind == kind) for kind in KINDS},
-            "graph": sum(p.graphs * p.batches for p in passes)}
+            "graph": sum(p.graphs * p.batches for p in passes),
+            "setup": sum(p.count for p in passes if p.kind == "setup")}
 
 
 # ----------------------------------------------------------------------------------------------
 # FLOPs and seconds.
 
 def flops(run: RunConfig, passes: Passes) -> float:
+    if passes.kind in BOOKKEEPING:
+        return 0.0
     return (passes.count * passes.texts * kind_flops(run, passes.kind, passes.merged)
             + passes.graphs * passes.texts * kind_flops(run, "graph", passes.merged))
 
@@ -257,11 +273,16 @@ class Throughput:
         self.rates: dict[tuple, dict] = {}
         self.architectures: dict[str, str] = {}  # model settings -> its transformers config (JSON)
         self.objectives: dict[tuple, object] = {}  # a timed (architecture, length, shape)'s Objective, for its steps
+        self.setups: dict[tuple, dict] = {}  # (architecture, with adapter) -> seconds of building it, of a weights file
+        self.study_s: dict[str, float] = {}  # _timed_study's
         self.calibration_s = 0.0
         self.source = ""
 
     def seconds(self, run: RunConfig, kind: str, batch_size: int, merged: bool = False) -> float:
-        """Seconds of one pass of `kind` over a batch of batch_size texts of data.max_length tokens."""
+        """Seconds of one pass of `kind` over a batch of batch_size texts of data.max_length tokens (of a BOOKKEEPING
+        kind: its seconds once)."""
+        if kind in BOOKKEEPING:
+            return self._bookkeeping(run, kind)
         work = batch_size * kind_flops(run, kind, merged)
         if self.device.type == "cuda":
             peak, source = peak_for_name(torch.cuda.get_device_name(self.device), run.train.precision)
@@ -282,12 +303,15 @@ class Throughput:
             if update not in rates:
                 with torch.random.fork_rng(devices=[]):
                     rates[update] = self._timed_step(shape, run, batch_size * kind_flops(run, "step", merged))
-            rate = rates[update]
+            rate = rates[update]["rate"]
         else:
             rate = (rates.get(0) or rates[shape])["forward" if kind == "forward" else "gradient"]
-        self.source = (f"a loss, a gradient and a training step timed per batch shape on the {self.device.type}: "
-                       f"{self.calibration_s:.1f} s")
+        self._say_timed()
         return work / rate
+
+    def _say_timed(self) -> None:
+        self.source = (f"a loss, a gradient and a training step timed per batch shape on the {self.device.type}, and "
+                       f"the bookkeeping: {self.calibration_s:.1f} s")
 
     def _timed(self, run: RunConfig, shape: tuple[int, bool], merged: bool) -> dict:
         """Forward and gradient FLOP/s of the model at this batch shape (_typical_time of each), and whether the
@@ -306,19 +330,48 @@ class Throughput:
         model = AutoModelForCausalLM.from_config(config)
         if adapted:
             model = add_adapter(model, run.model.adapter, 0)
+        model = model.to(self.device)
+        build_s = time.perf_counter() - start
         tokens = torch.randint(0, config.vocab_size, (batch_size, run.data.max_length))
         batch = {"input_ids": tokens, "attention_mask": torch.ones_like(tokens), "labels": tokens}
-        objective = Objective(model.to(self.device), [batch])
+        objective = Objective(model, [batch])
         forward_s = _typical_time(objective.loss)
         bound = forward_s >= CALIBRATION_SECONDS
         if not bound:
             self.objectives[(self.architectures[repr(run.model)], run.data.max_length, *shape)] = objective
         gradient_rate = forward / forward_s if bound else gradient / _typical_time(objective.loss_and_grad)
+        built = (self.architectures[repr(run.model)], adapted)
+        if built not in self.setups:  # the same at every batch shape
+            self.setups[built] = {"build": build_s, "weights_file": _saving_time({"model": model.state_dict()})}
         self.calibration_s += time.perf_counter() - start
         return {"forward": forward / forward_s, "gradient": gradient_rate, "bound": bound}
 
-    def _timed_step(self, shape: tuple[int, bool], run: RunConfig, gradient: float) -> float:
-        """FLOP/s of a training step with the run's optimizer (its weights put back after)."""
+    def _bookkeeping(self, run: RunConfig, kind: str) -> float:
+        """Seconds of a training's set-up (on a CPU, for a model small enough to be timed: none otherwise), of opening
+        a study, or of a trial's asking and telling it (BOOKKEEPING)."""
+        if kind != "setup":
+            if not self.study_s:
+                start = time.perf_counter()
+                self.study_s = _timed_study()
+                self.calibration_s += time.perf_counter() - start
+                if self.device.type != "cuda":
+                    self._say_timed()
+            return self.study_s[kind]
+        if self.device.type == "cuda":
+            return 0.0
+        self.seconds(run, "step", run.train.batch_size)  # times the model, and its steps unless compute-bound
+        architecture, adapted = self.architectures[repr(run.model)], run.model.adapter.type != "none"
+        setup = self.setups.get((architecture, adapted))
+        if setup is None:  # too large to be built for timing
+            return 0.0
+        # last.pt timed with the run's optimizer, or (a compute-bound model's steps are not timed) as a weights file
+        last = self.rates[(architecture, run.data.max_length)].get((run.train.batch_size, adapted, repr(run.train)))
+        return (setup["build"] + 2 * setup["weights_file"]  # init.pt, checkpoint.pt
+                + (run.train.epochs - 1) * (last or {}).get("file", setup["weights_file"]))
+
+    def _timed_step(self, shape: tuple[int, bool], run: RunConfig, gradient: float) -> dict:
+        """FLOP/s of a training step with the run's optimizer (its weights put back after), and the seconds of
+        writing last.pt's weights and optimizer state."""
         from optimization.optimizers import hessian_diagonal, make_optimizer, needs_hessian_diagonal
 
         start = time.perf_counter()
@@ -334,9 +387,44 @@ class Throughput:
             optimizer.step(**inputs)
 
         seconds = _typical_time(step)
+        file_s = _saving_time({"model": objective.model.state_dict(), "optimizer": optimizer.state_dict()})
         objective.restore()
         self.calibration_s += time.perf_counter() - start
-        return gradient / seconds
+        return {"rate": gradient / seconds, "file": file_s}
+
+
+def _saving_time(checkpoint: dict) -> float:
+    """Seconds of writing `checkpoint` as the stages write theirs (utils.io.save_torch: its checksum too), into a
+    scratch folder; 0 where the scratch folder has no room for it (the estimate is then the passes')."""
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            return _typical_time(lambda: save_torch(Path(scratch) / "checkpoint.pt", checkpoint))
+    except OSError:
+        return 0.0
+
+
+def _timed_study() -> dict[str, float]:
+    """Seconds of opening a study (a SQLite storage, as search.storage's default) and of a trial's asking and telling
+    it, on a scratch study (optimization.search_stage's trials do more: locks, the manifest; their own runs)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with tempfile.TemporaryDirectory() as scratch:
+        opened = iter(range(100))
+
+        def open_study():
+            storage = optuna.storages.RDBStorage(f"sqlite:///{Path(scratch) / f'study-{next(opened)}.db'}")
+            return optuna.create_study(storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
+
+        study = open_study()  # the first opening also imports the database's modules: the process's, not a study's
+        study_s = _typical_time(open_study)
+
+        def trial():
+            asked = study.ask()
+            study.tell(asked, asked.suggest_float("lr", 1e-5, 1e-2, log=True))
+            study.get_trials(deepcopy=False)
+
+        return {"study": study_s, "trial": _typical_time(trial)}
 
 
 def _typical_time(work) -> float:

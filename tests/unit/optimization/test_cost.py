@@ -157,6 +157,22 @@ def test_a_model_that_cannot_run_on_the_meta_device_has_no_count():
         cost.step_flops(ReadsValues(), 1, 8)
 
 
+def test_a_structure_is_counted_once_per_process(monkeypatch):
+    """Every run builds its own model; runs of one shape share a count (a search's trials, an experiment's optimizers),
+    and anything the count depends on makes another."""
+    counts = []
+    monkeypatch.setattr(cost, "_COUNTED", {})
+    count = cost._count_on_meta
+    monkeypatch.setattr(cost, "_count_on_meta", lambda *args: counts.append(args[1:]) or count(*args))
+    first = cost.step_flops(tiny_gpt2(), 1, SEQ)
+    assert cost.step_flops(tiny_gpt2(), 2, SEQ) == 2 * first and len(counts) == 1  # another model, the same structure
+    assert cost.forward_flops(tiny_gpt2(), 1, SEQ) < first and len(counts) == 2
+    assert cost.step_flops(tiny_gpt2(), 1, 2 * SEQ) > first and len(counts) == 3
+    assert cost.step_flops(frozen_first_block(), 1, SEQ) < first and len(counts) == 4  # fewer weights trained
+    assert cost.step_flops(tiny_gpt2(n_embd=64), 1, SEQ) > first and len(counts) == 5
+    assert cost.step_flops(lora(["c_fc"]), 1, SEQ) != first and len(counts) == 6
+
+
 # ----------------------------------------------------------------------------------------------
 # Peaks and MFU.
 

@@ -14,8 +14,7 @@ from models.runs import run_dir
 from optimization.objective import Objective
 from optimization.cost import GRAPH_PER_GRADIENT, HVP_PER_GRADIENT, sequence_flops
 from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STAGES, Passes, Throughput, _line_points,
-                                     hvp_passes,
-                                     train_passes,
+                                     hvp_passes, search_passes, train_passes,
                                      announce_long_run, flops, seconds, stage_costs, stage_passes, totals)
 from pipeline import STAGES
 from utils.errors import UserError
@@ -38,7 +37,7 @@ runs:
 @pytest.fixture
 def counted(monkeypatch):
     """Batch passes of each kind that the stages make: the objectives' losses, gradients and HVPs, the training's
-    evaluations, the pruning's retraining steps (the training's steps: metrics.json)."""
+    evaluations, the pruning's retraining steps (the training's steps: metrics.json); and the trainings set up."""
     made = dict.fromkeys(KINDS, 0)
 
     def counting(method, kind):
@@ -70,6 +69,13 @@ def counted(monkeypatch):
 
     for module in (optimization.training, optimization.train_setup):
         monkeypatch.setattr(module, "evaluate", evaluating)
+    made["setup"], set_up = 0, optimization.training.set_up
+
+    def setting_up(*args, **kwargs):  # a training's model built and its checkpoints written
+        made["setup"] += 1
+        return set_up(*args, **kwargs)
+
+    monkeypatch.setattr(optimization.training, "set_up", setting_up)
     monkeypatch.setattr(optimization.prune_stage, "retrain_masked", retraining)
     return made
 
@@ -86,7 +92,7 @@ def test_every_stage_makes_the_passes_its_estimate_counts(tiny_experiment, tmp_p
             made["step"] = sum(json.loads((run_dir(tmp_path, experiment, run) / "metrics.json").read_text())
                                ["optimizer_steps"] for run in experiment.jobs())
         assert made == estimated, stage
-    assert counted["gradient"] and counted["hvp"] and counted["step"]  # every kind is exercised
+    assert counted["gradient"] and counted["hvp"] and counted["step"] and counted["setup"]  # every kind is exercised
     folder = run_dir(tmp_path, experiment, experiment.runs[0])
     hvps = json.loads((folder / "sharpness.json").read_text())["hvp_total"]
     # sharpness.json's own count: 6 Lanczos steps, 3 true residuals, 1 + 2 curvatures, 2 trace samples
@@ -139,6 +145,60 @@ def test_flops_and_seconds_of_a_pass():
     assert throughput.seconds(run, "step", 4) > 0 and len(throughput.rates[next(iter(throughput.rates))]) == 3
 
 
+def test_the_bookkeeping_of_a_training_and_a_search_is_timed_once_and_priced_per_run(monkeypatch):
+    """A training's set-up: its model built, init.pt and checkpoint.pt written (weights) and last.pt (weights and the
+    optimizer's state) after every epoch but the last; a search: its study opened once, its trials told. No FLOPs."""
+    import optimization.stage_cost
+    from config.schema import RunConfig
+
+    run = RunConfig()
+    run.model.init, run.model.tokenizer, run.model.bpe_vocab_size = "scratch", "bpe", 300
+    run.model.config = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32}
+    run.data.max_length, run.train.epochs, run.search.n_trials = 32, 3, 4
+    saved = []  # what _saving_time writes: a weights file takes 0.1 s here, a last.pt 0.3 s, any pass 1 ms
+    monkeypatch.setattr(optimization.stage_cost, "save_torch", lambda path, checkpoint: saved.append(sorted(checkpoint)))
+
+    def typical_time(work):
+        files = len(saved)
+        work()
+        return 1e-3 if len(saved) == files else 0.3 if "optimizer" in saved[-1] else 0.1
+
+    monkeypatch.setattr(optimization.stage_cost, "_typical_time", typical_time)
+    throughput = Throughput(torch.device("cpu"))
+    setup = seconds(run, Passes("set-up", "setup", 1, 1, 1), throughput)
+    build = throughput.setups[next(iter(throughput.setups))]["build"]
+    assert 0 < build < 5 and setup == pytest.approx(build + 2 * 0.1 + (3 - 1) * 0.3)
+    assert saved == [["model"], ["model", "optimizer"]]  # timed once each
+    studied = []
+    monkeypatch.setattr(optimization.stage_cost, "_timed_study", lambda: studied.append(1) or {"study": 3.0, "trial": 0.5})
+    search = search_passes(run)
+    assert [p.count for p in search if p.kind in ("setup", "study", "trial")] == [4, 1, 4]
+    assert sum(seconds(run, p, throughput) for p in search if p.kind in ("setup", "study", "trial")) == pytest.approx(
+        4 * setup + 3.0 + 4 * 0.5)
+    assert studied == [1] and totals(search)["setup"] == 4  # the study timed once
+    assert all(flops(run, p) == 0 for p in search if p.kind in ("setup", "study", "trial"))
+    assert Throughput(torch.device("cuda")).seconds(run, "setup", 1) == 0  # a GPU's runs: priced by their FLOPs
+
+
+def test_a_scratch_folder_without_room_prices_no_checkpoint(monkeypatch):
+    import errno
+
+    import optimization.stage_cost
+
+    def full(path, checkpoint):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(optimization.stage_cost, "save_torch", full)
+    assert optimization.stage_cost._saving_time({"model": {"w": torch.zeros(3)}}) == 0.0
+
+
+def test_a_scratch_study_is_opened_and_told_as_a_search_does():
+    from optimization.stage_cost import _timed_study
+
+    timed = _timed_study()
+    assert sorted(timed) == ["study", "trial"] and all(0 < s < 30 for s in timed.values())
+
+
 def test_a_large_model_is_not_built_to_be_timed(monkeypatch):
     """Its weights could take GBs: its passes run at the CPU's matmul peak × assumed_mfu, as a GPU's at its peak."""
     from config.schema import RunConfig
@@ -152,6 +212,7 @@ def test_a_large_model_is_not_built_to_be_timed(monkeypatch):
     rate = cpu_matmul_peak() * load_prices().assumed_mfu
     assert throughput.seconds(run, "forward", 8) == pytest.approx(8 * forward / rate)
     assert throughput.seconds(run, "step", 8) == pytest.approx(8 * step / rate)
+    assert throughput.seconds(run, "setup", 1) == 0  # not built: its passes take minutes, its set-up seconds
 
 
 def test_a_long_run_is_announced_stage_by_stage(tiny_experiment, capsys, monkeypatch, tmp_path):
