@@ -97,15 +97,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         overrides = args.overrides + ([f"device={args.device}"] if args.device else [])
-        # a list leaves out the checks that import a library (seconds): a run makes them
-        experiment = load_experiment(args.config, overrides, args.runs, library_checks=not args.list)
+        # First without the checks that import a library (seconds: a scratch model's config reads transformers, which
+        # loads torch), which a list leaves out and a run makes once it has said what it runs.
+        experiment = load_experiment(args.config, overrides, args.runs, library_checks=False)
         if args.list:
             print(describe_runs(experiment))
             return 0
         stages = experiment_stages(experiment, args.stages)
         if os.environ.get("RANK", "0") == "0":  # under torchrun rank 0 speaks for the job
             print(f"{headline(experiment)}; stages {', '.join(stages)}", flush=True)  # before torch loads
-        run_stages(experiment, stages, args.output, args.force)
+        run_stages(load_experiment(args.config, overrides, args.runs), stages, args.output, args.force)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

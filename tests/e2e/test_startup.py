@@ -55,13 +55,24 @@ def test_help_list_and_config_errors_answer_without_the_heavy_libraries(args, co
     assert (done.stdout if code == 0 else said[0]).startswith(first_line) and len(said) == (code != 0)
 
 
-def test_a_run_says_what_it_runs_before_torch_loads(tmp_path):
+@pytest.mark.parametrize("config, plan", [
+    ("exp1", "exp1: 2 run(s), seeds 42; stages train, sharpness, landscape, report"),
+    # a scratch model: its model.config is checked against transformers' (which loads torch) after the plan
+    ("quickstart", "quickstart: 2 run(s), seeds 42; stages train, sharpness, landscape, report"),
+])
+def test_a_run_says_what_it_runs_before_torch_loads(tmp_path, config, plan):
     """The first line of a run comes before its seconds of imports (stopped here as torch starts to load)."""
-    done = run_py("--config", "config/exp1.yaml", "--output", str(tmp_path / "out"), importing_torch="[torch]")
+    done = run_py("--config", f"config/{config}.yaml", "--output", str(tmp_path / "out"), importing_torch="[torch]")
     assert done.returncode == 130
-    assert done.stdout.splitlines() == ["exp1: 2 run(s), seeds 42; stages train, sharpness, landscape, report",
-                                        "[torch]"]
+    assert done.stdout.splitlines() == [plan, "[torch]"]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_scratch_models_config_is_still_checked_before_anything_runs(tmp_path):
+    done = run_py("--config", "config/quickstart.yaml", "--set", "model.config.n_layrs=2", "--output",
+                  str(tmp_path / "out"))
+    assert done.returncode == 2 and done.stdout.startswith("quickstart: 2 run(s)")
+    assert "model.config" in done.stderr.splitlines()[0] and not (tmp_path / "out").exists()
 
 
 # ---- threads
