@@ -31,7 +31,7 @@ def test_the_estimate_counts_every_step_at_the_largest_batch_shape(tiny_experime
 def test_the_paper_scale_config_is_priced_offline(capsys, monkeypatch):
     # Its stages at the CPU's matmul peak × assumed_mfu, as for a model too large to time: timing DistilGPT2's
     # passes here takes seconds (test_stage_cost times tiny models)
-    monkeypatch.setattr("optimization.stage_cost.CALIBRATION_WEIGHTS", 1e6)
+    monkeypatch.setattr("optimization.throughput.CALIBRATION_WEIGHTS", 1e6)
     assert main(["--config", str(REPO / "config/exp6-peft.yaml")]) == 0
     out = capsys.readouterr().out
     assert "| full | " in out and "| lora-r8 | " in out and "H100-SXM" in out and "$" in out

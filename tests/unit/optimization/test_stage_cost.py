@@ -13,9 +13,10 @@ import optimization.training
 from models.runs import run_dir
 from optimization.objective import Objective
 from optimization.cost import GRAPH_PER_GRADIENT, HVP_PER_GRADIENT, sequence_flops
-from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STAGES, Passes, Throughput, _line_points,
+from optimization.stage_cost import (DEFAULT_STAGES, KINDS, PASSES, UNCOSTED_STAGES, Passes, _line_points,
                                      hvp_passes, search_passes, train_passes,
                                      announce_long_run, flops, seconds, stage_costs, stage_passes, totals)
+from optimization.throughput import Throughput
 from pipeline import STAGES
 from utils.errors import UserError
 
@@ -148,7 +149,7 @@ def test_flops_and_seconds_of_a_pass():
 def test_the_bookkeeping_of_a_training_and_a_search_is_timed_once_and_priced_per_run(monkeypatch):
     """A training's set-up: its model built, init.pt and checkpoint.pt written (weights) and last.pt (weights and the
     optimizer's state) after every epoch but the last; a search: its study opened once, its trials told. No FLOPs."""
-    import optimization.stage_cost
+    import optimization.throughput
     from config.schema import RunConfig
 
     run = RunConfig()
@@ -156,21 +157,21 @@ def test_the_bookkeeping_of_a_training_and_a_search_is_timed_once_and_priced_per
     run.model.config = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 32}
     run.data.max_length, run.train.epochs, run.search.n_trials = 32, 3, 4
     saved = []  # what _saving_time writes: a weights file takes 0.1 s here, a last.pt 0.3 s, any pass 1 ms
-    monkeypatch.setattr(optimization.stage_cost, "save_torch", lambda path, checkpoint: saved.append(sorted(checkpoint)))
+    monkeypatch.setattr(optimization.throughput, "save_torch", lambda path, checkpoint: saved.append(sorted(checkpoint)))
 
     def typical_time(work):
         files = len(saved)
         work()
         return 1e-3 if len(saved) == files else 0.3 if "optimizer" in saved[-1] else 0.1
 
-    monkeypatch.setattr(optimization.stage_cost, "_typical_time", typical_time)
+    monkeypatch.setattr(optimization.throughput, "_typical_time", typical_time)
     throughput = Throughput(torch.device("cpu"))
     setup = seconds(run, Passes("set-up", "setup", 1, 1, 1), throughput)
     build = throughput.setups[next(iter(throughput.setups))]["build"]
     assert 0 < build < 5 and setup == pytest.approx(build + 2 * 0.1 + (3 - 1) * 0.3)
     assert saved == [["model"], ["model", "optimizer"]]  # timed once each
     studied = []
-    monkeypatch.setattr(optimization.stage_cost, "_timed_study", lambda: studied.append(1) or {"study": 3.0, "trial": 0.5})
+    monkeypatch.setattr(optimization.throughput, "_timed_study", lambda: studied.append(1) or {"study": 3.0, "trial": 0.5})
     search = search_passes(run)
     assert [p.count for p in search if p.kind in ("setup", "study", "trial")] == [4, 1, 4]
     assert sum(seconds(run, p, throughput) for p in search if p.kind in ("setup", "study", "trial")) == pytest.approx(
@@ -183,17 +184,17 @@ def test_the_bookkeeping_of_a_training_and_a_search_is_timed_once_and_priced_per
 def test_a_scratch_folder_without_room_prices_no_checkpoint(monkeypatch):
     import errno
 
-    import optimization.stage_cost
+    import optimization.throughput
 
     def full(path, checkpoint):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(optimization.stage_cost, "save_torch", full)
-    assert optimization.stage_cost._saving_time({"model": {"w": torch.zeros(3)}}) == 0.0
+    monkeypatch.setattr(optimization.throughput, "save_torch", full)
+    assert optimization.throughput._saving_time({"model": {"w": torch.zeros(3)}}) == 0.0
 
 
 def test_a_scratch_study_is_opened_and_told_as_a_search_does():
-    from optimization.stage_cost import _timed_study
+    from optimization.throughput import _timed_study
 
     timed = _timed_study()
     assert sorted(timed) == ["study", "trial"] and all(0 < s < 30 for s in timed.values())
@@ -206,7 +207,7 @@ def test_a_large_model_is_not_built_to_be_timed(monkeypatch):
 
     run = RunConfig()  # DistilGPT2's shape
     forward, step = sequence_flops(run)  # counted on the meta device (and kept)
-    monkeypatch.setattr("optimization.stage_cost.CALIBRATION_WEIGHTS", 1e6)
+    monkeypatch.setattr("optimization.throughput.CALIBRATION_WEIGHTS", 1e6)
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_config", None)  # building it would fail
     throughput = Throughput(torch.device("cpu"))
     rate = cpu_matmul_peak() * load_prices().assumed_mfu
