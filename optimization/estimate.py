@@ -41,8 +41,8 @@ def stage_table(experiment, stages: str | None) -> str:
     searched = f" and its searches' {trials} trials" if trials else ""
     lines = [f"each stage over the experiment's {len(experiment.jobs())} (run, seed) jobs{searched}: batch passes (Lanczos at "
              f"its max_iter, every batch at data.max_length: at most), FLOPs (an HVP counted as {HVP_PER_GRADIENT:g} "
-             f"gradients, and its gradient graph as {GRAPH_PER_GRADIENT:g} once at each weights) and time on {device.type} "
-             f"({throughput.source or 'nothing timed'})",
+             f"gradients, and its gradient graph as {GRAPH_PER_GRADIENT:g} once at each weights) and time on {device.type}, "
+             f"each training's set-up and each study's bookkeeping included ({throughput.source or 'nothing timed'})",
              "| stage | forward / gradient / HVP / training-step batch passes | FLOPs | time | most of it |",
              "|---|--:|--:|--:|---|"]
     for cost in costs:
